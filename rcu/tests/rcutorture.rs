@@ -48,7 +48,7 @@ fn duration() -> Duration {
     let secs = std::env::var("RCU_TORTURE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+        .unwrap_or(if cfg!(miri) { 0.05 } else { 1.0 });
     Duration::from_secs_f64(secs)
 }
 
