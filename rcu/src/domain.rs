@@ -6,13 +6,13 @@
 //! # Readers
 //!
 //! A *memb* reader owns one word, `Record::ctr`, written only by its own thread. Its low
-//! half counts nesting; the high half holds the phase bit copied from `Domain::gp_ctr`
+//! half counts nesting; the high half holds the phase bit copied from `ReadMostly::gp_ctr`
 //! at the outermost lock (liburcu packs the same way; QEMU keeps a separate `depth`
 //! word, which costs an extra access on every lock and unlock). A count of zero means
 //! the thread is outside any read section.
 //!
 //! A *QSBR* reader owns `Record::qs`: zero while offline, otherwise the value of
-//! `Domain::qs_seq` it saw at its latest quiescent state. Its read sections cost nothing.
+//! `ReadMostly::qs_seq` it saw at its latest quiescent state. Its read sections cost nothing.
 //!
 //! # Grace periods
 //!
@@ -46,7 +46,7 @@ use crate::sync::{
 const NEST_COUNT: usize = 1;
 /// The nesting count's bits in `Record::ctr`.
 const NEST_MASK: usize = (1 << (usize::BITS / 2)) - 1;
-/// The grace-period phase bit in `Domain::gp_ctr` and `Record::ctr`.
+/// The grace-period phase bit in `ReadMostly::gp_ctr` and `Record::ctr`.
 const PHASE: usize = 1 << (usize::BITS / 2);
 
 /// How many scans an updater spins for before it sleeps until a reader wakes it.
@@ -81,15 +81,22 @@ struct GpSeq {
     running: bool,
 }
 
+/// The words readers read, kept on one cache line (readers touch one shared line per
+/// section pair, as with liburcu's `rcu_gp`).
+struct ReadMostly {
+    /// Read by every outermost memb lock: `NEST_COUNT | phase`.
+    gp_ctr: AtomicUsize,
+    /// QSBR grace-period sequence; never 0 (0 means offline in `Record::qs`).
+    qs_seq: AtomicU64,
+    /// `WAITING` while an updater sleeps for readers; read by readers as they leave.
+    gp_waiting: AtomicI32,
+}
+
 /// A set of readers and the updaters that wait for them. The process has one
 /// (`reader::DOMAIN`); loom models build their own.
 pub(crate) struct Domain {
-    /// Read by every outermost memb lock: `NEST_COUNT | phase`.
-    gp_ctr: CachePadded<AtomicUsize>,
-    /// QSBR grace-period sequence; never 0 (0 means offline in `Record::qs`).
-    qs_seq: CachePadded<AtomicU64>,
-    /// `WAITING` while an updater sleeps for readers; read by readers as they leave.
-    gp_waiting: CachePadded<AtomicI32>,
+    /// What readers read on every section; written once or twice per grace period.
+    shared: CachePadded<ReadMostly>,
     /// Head of the registry, a push-only list of records.
     registry: AtomicPtr<CachePadded<Record>>,
     /// The barrier mode: 0 while unknown, else `Mode` as 1 or 2.
@@ -107,9 +114,11 @@ pub(crate) struct Domain {
 macro_rules! domain_new {
     ($mode:expr) => {
         Domain {
-            gp_ctr: CachePadded::new(AtomicUsize::new(NEST_COUNT)),
-            qs_seq: CachePadded::new(AtomicU64::new(1)),
-            gp_waiting: CachePadded::new(AtomicI32::new(0)),
+            shared: CachePadded::new(ReadMostly {
+                gp_ctr: AtomicUsize::new(NEST_COUNT),
+                qs_seq: AtomicU64::new(1),
+                gp_waiting: AtomicI32::new(0),
+            }),
             registry: AtomicPtr::new(std::ptr::null_mut()),
             mode: AtomicUsize::new($mode),
             #[cfg(not(loom))]
@@ -240,8 +249,10 @@ impl Domain {
         if tmp & NEST_MASK == 0 {
             // Outermost: snapshot the phase with a count of one. Relaxed: the snapshot's
             // age is what the two-phase wait tolerates (module docs).
-            rec.ctr
-                .store(self.gp_ctr.load(Ordering::Relaxed), Ordering::Relaxed);
+            rec.ctr.store(
+                self.shared.gp_ctr.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
             // Orders the ctr store before the section's loads. Pairs with the updater's
             // heavy barrier U1: either the updater's scan sees this reader active, or
             // this reader's loads see what the updater stored before U1.
@@ -265,7 +276,7 @@ impl Domain {
             // Orders the ctr store before the gp_waiting load (store-buffering against
             // the updater's `gp_waiting` store, heavy barrier, ctr load).
             Mode::light(full_fence);
-            if self.gp_waiting.load(Ordering::Relaxed) == WAITING {
+            if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
                 self.wake_updater();
             }
         } else {
@@ -286,8 +297,10 @@ impl Domain {
     /// Makes the record's thread an online QSBR reader: from now on grace periods wait
     /// for its quiescent states.
     pub(crate) fn online(&self, rec: &Record) {
-        rec.qs
-            .store(self.qs_seq.load(Ordering::Relaxed), Ordering::Relaxed);
+        rec.qs.store(
+            self.shared.qs_seq.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         // SeqCst fence: the store must be visible before this thread's following read
         // sections load anything (store-load, against the updater's heavy barrier U1).
         fence(Ordering::SeqCst);
@@ -299,7 +312,7 @@ impl Domain {
         // sees 0 with its Acquire scan.
         rec.qs.store(0, Ordering::Release);
         fence(Ordering::SeqCst);
-        if self.gp_waiting.load(Ordering::Relaxed) == WAITING {
+        if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
             self.wake_updater();
         }
     }
@@ -311,7 +324,7 @@ impl Domain {
     pub(crate) fn quiescent_state(&self, rec: &Record) {
         // Acquire pairs with the updater's SeqCst bump: once this thread reports the new
         // value, its next read sections see everything the updater did before it.
-        let seq = self.qs_seq.load(Ordering::Acquire);
+        let seq = self.shared.qs_seq.load(Ordering::Acquire);
         if rec.qs.load(Ordering::Relaxed) == seq {
             return;
         }
@@ -319,7 +332,7 @@ impl Domain {
         // Acquire scan that sees `seq`.
         rec.qs.store(seq, Ordering::Release);
         Mode::light(rec.full_fence);
-        if self.gp_waiting.load(Ordering::Relaxed) == WAITING {
+        if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
             self.wake_updater();
         }
     }
@@ -327,8 +340,8 @@ impl Domain {
     #[cold]
     fn wake_updater(&self) {
         let _guard = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.gp_waiting.load(Ordering::Relaxed) == WAITING {
-            self.gp_waiting.store(0, Ordering::Relaxed);
+        if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
+            self.shared.gp_waiting.store(0, Ordering::Relaxed);
             self.wake.notify_all();
         }
     }
@@ -377,12 +390,12 @@ impl Domain {
         mode.heavy();
         // SeqCst RMW: a QSBR reader that loads the new value (Acquire) sees everything
         // this thread did before.
-        let target = self.qs_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let target = self.shared.qs_seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.wait_for_readers(mode, Some(target));
         // Finish reading the old phase's counters before the flip is visible.
         fence(Ordering::SeqCst);
-        let gp = self.gp_ctr.load(Ordering::Relaxed);
-        self.gp_ctr.store(gp ^ PHASE, Ordering::Relaxed);
+        let gp = self.shared.gp_ctr.load(Ordering::Relaxed);
+        self.shared.gp_ctr.store(gp ^ PHASE, Ordering::Relaxed);
         // The flip is visible before the second scan reads counters.
         fence(Ordering::SeqCst);
         self.wait_for_readers(mode, None);
@@ -394,7 +407,7 @@ impl Domain {
     /// Whether no memb reader is active with a phase other than `gp_ctr`'s and (with a
     /// target) every QSBR reader is offline or has reported `qs_target`.
     fn readers_quiescent(&self, qs_target: Option<u64>) -> bool {
-        let gp = self.gp_ctr.load(Ordering::Relaxed);
+        let gp = self.shared.gp_ctr.load(Ordering::Relaxed);
         self.records().all(|rec| {
             // Acquire pairs with the Release stores of read_unlock, offline and
             // quiescent_state: the reader's sections happen before our return.
@@ -413,14 +426,14 @@ impl Domain {
         loop {
             let sleepy = attempts >= ACTIVE_ATTEMPTS;
             if sleepy {
-                self.gp_waiting.store(WAITING, Ordering::Relaxed);
+                self.shared.gp_waiting.store(WAITING, Ordering::Relaxed);
                 // Write gp_waiting before reading reader state (pairs with the light
                 // barrier between a reader's ctr store and its gp_waiting load).
                 mode.heavy();
             }
             if self.readers_quiescent(qs_target) {
                 if sleepy {
-                    self.gp_waiting.store(0, Ordering::Relaxed);
+                    self.shared.gp_waiting.store(0, Ordering::Relaxed);
                 }
                 return;
             }
@@ -437,7 +450,7 @@ impl Domain {
         // Read reader state before gp_waiting: a reader's unlock may have had no fence.
         mode.heavy();
         let mut guard = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.gp_waiting.load(Ordering::Relaxed) == WAITING {
+        while self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
             guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
     }
