@@ -39,7 +39,7 @@ use crossbeam_utils::CachePadded;
 use crate::barrier::Mode;
 use crate::sync::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, fence,
-    spin_hint,
+    spin_hint, yield_now,
 };
 
 /// One level of read-side nesting in `Record::ctr`.
@@ -48,29 +48,84 @@ const NEST_COUNT: usize = 1;
 const NEST_MASK: usize = (1 << (usize::BITS / 2)) - 1;
 /// The grace-period phase bit in `ReadMostly::gp_ctr` and `Record::ctr`.
 const PHASE: usize = 1 << (usize::BITS / 2);
+/// Set in `ReadMostly::gp_ctr` (and so in every active reader's `ctr`) when the domain
+/// runs in [`Mode::Fences`]: the read side learns its barrier from the word it loads
+/// anyway, with no extra memory access.
+const FENCE: usize = 1 << (usize::BITS - 2);
 
 /// How many scans an updater spins for before it sleeps until a reader wakes it.
 const ACTIVE_ATTEMPTS: u32 = if cfg!(loom) { 1 } else { 100 };
+/// How many of those scans spin before the rest yield the CPU between scans.
+const SPIN_ATTEMPTS: u32 = 10;
 
 /// `Domain::gp_waiting` while an updater is (about to be) asleep.
 const WAITING: i32 = -1;
 
-/// One reader thread's state, shared with updaters. Never freed while its domain lives:
-/// a thread that exits releases its record for reuse by a later thread.
+/// One reader's state, written only by its thread and read by updaters. A thread keeps
+/// its record in a thread-local (so the read side addresses it directly, as liburcu
+/// does) and publishes it to updaters through a [`Slot`].
 pub(crate) struct Record {
     /// memb reader state: nesting count (low half) and phase (high half); see the
-    /// module docs. Written only by the owning thread.
+    /// module docs.
     ctr: AtomicUsize,
     /// QSBR reader state: 0 offline, else the `qs_seq` seen at the latest quiescent
-    /// state. Written only by the owning thread.
+    /// state.
     qs: AtomicU64,
-    /// Whether a live thread owns this record.
+}
+
+impl Record {
+    /// A record outside any section and offline.
+    pub(crate) fn new() -> Record {
+        Record {
+            ctr: AtomicUsize::new(0),
+            qs: AtomicU64::new(0),
+        }
+    }
+
+    /// The record of a thread that has not registered (or whose registration moved, see
+    /// `reader.rs`): its saturated nesting count sends `read_lock` and `read_unlock` to
+    /// their cold paths, so the hot paths need no registration test.
+    #[cfg(not(loom))]
+    pub(crate) const fn unregistered() -> Record {
+        Record {
+            ctr: AtomicUsize::new(NEST_MASK),
+            qs: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes an unregistered record a fresh one, before it is registered.
+    pub(crate) fn reset(&self) {
+        self.ctr.store(0, Ordering::Relaxed);
+        self.qs.store(0, Ordering::Relaxed);
+    }
+
+    /// Marks the record unregistered again (after its slot stopped pointing to it).
+    #[cfg(not(loom))]
+    pub(crate) fn mark_unregistered(&self) {
+        self.ctr.store(NEST_MASK, Ordering::Relaxed);
+        self.qs.store(0, Ordering::Relaxed);
+    }
+
+    /// A heap copy of this record's state, to outlive the thread that owns this one.
+    #[cfg(not(loom))]
+    pub(crate) fn copy(&self) -> Record {
+        Record {
+            ctr: AtomicUsize::new(self.ctr.load(Ordering::Relaxed)),
+            qs: AtomicU64::new(self.qs.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// A registry entry: where updaters find one reader's record. Slots are never freed
+/// while their domain lives; a thread that exits gives its slot back for reuse.
+pub(crate) struct Slot {
+    /// The registered record, or null. Changed only under `Domain::scan_lock`, so a
+    /// scan that loaded a non-null pointer may use it until the lock is released.
+    rec: AtomicPtr<Record>,
+    /// Whether a reader owns this slot.
     in_use: AtomicBool,
-    /// Whether this record's read sections use full fences (the domain's barrier mode
-    /// when the record was created; the mode never changes afterwards).
-    pub(crate) full_fence: bool,
-    /// The next record in the registry; set before the record is published, then fixed.
-    next: AtomicPtr<CachePadded<Record>>,
+    /// The next slot; set before the slot is published, then fixed.
+    next: AtomicPtr<Slot>,
 }
 
 /// Grace-period bookkeeping for sharing grace periods among concurrent updaters.
@@ -79,6 +134,8 @@ struct GpSeq {
     completed: u64,
     /// Whether a grace period is in progress.
     running: bool,
+    /// Callers blocked in `gp_done.wait` (notify only if any: a futex wake is a syscall).
+    waiters: u32,
 }
 
 /// The words readers read, kept on one cache line (readers touch one shared line per
@@ -97,8 +154,12 @@ struct ReadMostly {
 pub(crate) struct Domain {
     /// What readers read on every section; written once or twice per grace period.
     shared: CachePadded<ReadMostly>,
-    /// Head of the registry, a push-only list of records.
-    registry: AtomicPtr<CachePadded<Record>>,
+    /// Head of the registry, a push-only list of slots.
+    registry: AtomicPtr<Slot>,
+    /// Held by each scan of the registry (one pass, never across a wait) and by every
+    /// change of a slot's record pointer: a record is never read after its thread has
+    /// withdrawn it.
+    scan_lock: Mutex<()>,
     /// The barrier mode: 0 while unknown, else `Mode` as 1 or 2.
     mode: AtomicUsize,
     #[cfg(not(loom))]
@@ -120,12 +181,14 @@ macro_rules! domain_new {
                 gp_waiting: AtomicI32::new(0),
             }),
             registry: AtomicPtr::new(std::ptr::null_mut()),
+            scan_lock: Mutex::new(()),
             mode: AtomicUsize::new($mode),
             #[cfg(not(loom))]
             mode_init: std::sync::Once::new(),
             gp: Mutex::new(GpSeq {
                 completed: 0,
                 running: false,
+                waiters: 0,
             }),
             gp_done: Condvar::new(),
             wake_lock: Mutex::new(()),
@@ -151,7 +214,9 @@ impl Domain {
     /// A domain with full fences on both sides (loom cannot model membarrier).
     #[cfg(loom)]
     pub(crate) fn new() -> Domain {
-        domain_new!(2)
+        let domain = domain_new!(2);
+        domain.shared.gp_ctr.fetch_or(FENCE, Ordering::Relaxed);
+        domain
     }
 
     /// The barrier mode, probing the kernel on first call.
@@ -162,9 +227,15 @@ impl Domain {
             _ => {
                 #[cfg(not(loom))]
                 self.mode_init.call_once(|| {
-                    // Release: a thread that sees the mode also sees the registration
-                    // with the kernel that `detect` performed.
-                    self.mode.store(encode(Mode::detect()), Ordering::Release);
+                    let mode = Mode::detect();
+                    if mode == Mode::Fences {
+                        // Before any record exists (records are created after `mode()`),
+                        // so every reader's first snapshot carries the bit.
+                        self.shared.gp_ctr.fetch_or(FENCE, Ordering::Relaxed);
+                    }
+                    // Release: a thread that sees the mode also sees the FENCE bit and
+                    // the registration with the kernel that `detect` performed.
+                    self.mode.store(encode(mode), Ordering::Release);
                 });
                 self.mode()
             }
@@ -176,53 +247,59 @@ impl Domain {
         self.mode() == Mode::Membarrier
     }
 
-    fn records(&self) -> impl Iterator<Item = &Record> {
-        // Acquire pairs with the Release CAS in `acquire_record`: a record reached
-        // through the list is fully initialised.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        // Acquire pairs with the Release CAS in `register`: a slot reached through the
+        // list is fully initialised.
         let mut p = self.registry.load(Ordering::Acquire);
         std::iter::from_fn(move || {
-            // SAFETY: records are pushed fully initialised (Release/Acquire above) and
-            // are freed only by `Domain::drop`, which has exclusive access; `&self`
-            // outlives the returned reference.
-            let rec: &CachePadded<Record> = unsafe { p.as_ref()? };
-            p = rec.next.load(Ordering::Acquire);
-            Some(&**rec)
+            // SAFETY: slots are pushed fully initialised (Release/Acquire above) and are
+            // freed only by `Domain::drop`, which has exclusive access; `&self` outlives
+            // the returned reference.
+            let slot = unsafe { p.as_ref()? };
+            p = slot.next.load(Ordering::Acquire);
+            Some(slot)
         })
     }
 
-    /// Takes a free record, or adds one to the registry. The caller owns it until
-    /// [`Domain::release_record`].
-    pub(crate) fn acquire_record(&self) -> &Record {
-        for rec in self.records() {
-            // Acquire pairs with the Release store in `release_record`: the previous
-            // owner's last writes (ctr and qs back to 0) are visible.
-            if !rec.in_use.load(Ordering::Relaxed)
-                && rec
+    /// Publishes `rec` to updaters, in a free slot or a new one.
+    ///
+    /// # Safety
+    ///
+    /// `rec` must stay valid until [`Domain::unregister`] or [`Domain::repoint`] on the
+    /// returned slot has returned, and must be registered in no other slot.
+    pub(crate) unsafe fn register(&self, rec: &Record) -> &Slot {
+        // Fixes the barrier mode (and gp_ctr's FENCE bit) before the first reader exists.
+        self.mode();
+        let rec = std::ptr::from_ref(rec).cast_mut();
+        for slot in self.slots() {
+            // Acquire pairs with the Release store in `unregister`.
+            if !slot.in_use.load(Ordering::Relaxed)
+                && slot
                     .in_use
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return rec;
+                let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+                slot.rec.store(rec, Ordering::Release);
+                return slot;
             }
         }
-        let full_fence = !self.uses_membarrier();
-        let rec = Box::into_raw(Box::new(CachePadded::new(Record {
-            ctr: AtomicUsize::new(0),
-            qs: AtomicU64::new(0),
+        let slot = Box::into_raw(Box::new(Slot {
+            rec: AtomicPtr::new(rec),
             in_use: AtomicBool::new(true),
-            full_fence,
             next: AtomicPtr::new(std::ptr::null_mut()),
-        })));
-        // SAFETY: `rec` came from Box::into_raw above; once published it lives until
+        }));
+        // SAFETY: `slot` came from Box::into_raw above; once published it lives until
         // `Domain::drop`, which needs `&mut self`, so it outlives `&self`.
-        let rec_ref: &Record = unsafe { &*rec };
+        let slot_ref: &Slot = unsafe { &*slot };
         let mut head = self.registry.load(Ordering::Relaxed);
         loop {
-            rec_ref.next.store(head, Ordering::Relaxed);
-            // Release publishes the initialised record to `records()`.
+            slot_ref.next.store(head, Ordering::Relaxed);
+            // Release publishes the initialised slot (and the record's reset state) to
+            // `slots()`.
             match self.registry.compare_exchange_weak(
                 head,
-                rec,
+                slot,
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {
@@ -230,45 +307,66 @@ impl Domain {
                 Err(now) => head = now,
             }
         }
-        rec_ref
+        slot_ref
     }
 
-    /// Returns a record to the free pool. The owner must be outside any read section
-    /// and offline.
-    pub(crate) fn release_record(&self, rec: &Record) {
-        debug_assert_eq!(rec.ctr.load(Ordering::Relaxed) & NEST_MASK, 0);
-        debug_assert_eq!(rec.qs.load(Ordering::Relaxed), 0);
+    /// Withdraws the slot's record (it may be freed once this returns) and frees the
+    /// slot for reuse. The record must be outside any read section and offline.
+    pub(crate) fn unregister(&self, slot: &Slot) {
+        {
+            let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+            slot.rec.store(std::ptr::null_mut(), Ordering::Relaxed);
+        }
         // Release pairs with the Acquire CAS of the next owner.
-        rec.in_use.store(false, Ordering::Release);
+        slot.in_use.store(false, Ordering::Release);
     }
 
-    /// Enters a memb read section (nestable).
+    /// Makes the slot point to `rec` instead of its current record, which may be freed
+    /// once this returns.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Domain::register`]: `rec` must stay valid while the slot points to it.
+    pub(crate) unsafe fn repoint(&self, slot: &Slot, rec: &Record) {
+        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        slot.rec
+            .store(std::ptr::from_ref(rec).cast_mut(), Ordering::Release);
+    }
+
+    /// Enters a memb read section (nestable). Returns false, having done nothing, when
+    /// the nesting count is saturated: `rec` is [`Record::unregistered`] (the caller
+    /// registers and retries) or the thread nested 2^32 - 1 sections.
     #[inline(always)]
-    pub(crate) fn read_lock(&self, rec: &Record, full_fence: bool) {
+    pub(crate) fn read_lock(&self, rec: &Record, always_fence: bool) -> bool {
         let tmp = rec.ctr.load(Ordering::Relaxed);
         if tmp & NEST_MASK == 0 {
             // Outermost: snapshot the phase with a count of one. Relaxed: the snapshot's
             // age is what the two-phase wait tolerates (module docs).
-            rec.ctr.store(
-                self.shared.gp_ctr.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
+            let gp = self.shared.gp_ctr.load(Ordering::Relaxed);
+            rec.ctr.store(gp, Ordering::Relaxed);
             // Orders the ctr store before the section's loads. Pairs with the updater's
             // heavy barrier U1: either the updater's scan sees this reader active, or
             // this reader's loads see what the updater stored before U1.
-            Mode::light(full_fence);
-        } else {
-            assert_ne!(tmp & NEST_MASK, NEST_MASK, "RCU read-side nesting overflow");
+            Mode::light(always_fence || gp & FENCE != 0);
+            true
+        } else if tmp & NEST_MASK != NEST_MASK {
             rec.ctr.store(tmp + NEST_COUNT, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
     }
 
-    /// Leaves a memb read section entered with [`Domain::read_lock`].
+    /// Leaves a memb read section entered with [`Domain::read_lock`]. Returns false,
+    /// having done nothing, if `rec` is saturated: its registration moved to another
+    /// record while the section was open (`reader.rs`, thread exit), which the caller
+    /// unlocks instead.
     #[inline(always)]
-    pub(crate) fn read_unlock(&self, rec: &Record, full_fence: bool) {
+    pub(crate) fn read_unlock(&self, rec: &Record, always_fence: bool) -> bool {
         let tmp = rec.ctr.load(Ordering::Relaxed);
         debug_assert_ne!(tmp & NEST_MASK, 0, "read_unlock outside a read section");
         if tmp & NEST_MASK == NEST_COUNT {
+            let full_fence = always_fence || tmp & FENCE != 0;
             // Release (with the barrier, for fence mode) orders the section's accesses
             // before the store; pairs with the updater's Acquire scan.
             Mode::light(full_fence);
@@ -279,14 +377,20 @@ impl Domain {
             if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
                 self.wake_updater();
             }
-        } else {
+            true
+        } else if tmp & NEST_MASK != NEST_MASK {
             rec.ctr.store(tmp - NEST_COUNT, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
     }
 
-    /// Whether the record's thread is inside a memb read section.
+    /// Whether the record's thread is inside a memb read section (false for a
+    /// saturated, unregistered record).
     pub(crate) fn in_read_section(rec: &Record) -> bool {
-        rec.ctr.load(Ordering::Relaxed) & NEST_MASK != 0
+        let nest = rec.ctr.load(Ordering::Relaxed) & NEST_MASK;
+        nest != 0 && nest != NEST_MASK
     }
 
     /// Whether the record's thread is an online QSBR reader.
@@ -331,7 +435,7 @@ impl Domain {
         // Release: the read sections before this point happen before the updater's
         // Acquire scan that sees `seq`.
         rec.qs.store(seq, Ordering::Release);
-        Mode::light(rec.full_fence);
+        Mode::light(self.shared.gp_ctr.load(Ordering::Relaxed) & FENCE != 0);
         if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
             self.wake_updater();
         }
@@ -358,7 +462,9 @@ impl Domain {
         let need = st.completed + 1 + u64::from(st.running);
         while st.completed < need {
             if st.running {
+                st.waiters += 1;
                 st = self.gp_done.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.waiters -= 1;
                 continue;
             }
             st.running = true;
@@ -373,7 +479,9 @@ impl Domain {
                     if !std::thread::panicking() {
                         st.completed += 1;
                     }
-                    self.0.gp_done.notify_all();
+                    if st.waiters > 0 {
+                        self.0.gp_done.notify_all();
+                    }
                 }
             }
             let finish = Finish(self);
@@ -408,7 +516,15 @@ impl Domain {
     /// target) every QSBR reader is offline or has reported `qs_target`.
     fn readers_quiescent(&self, qs_target: Option<u64>) -> bool {
         let gp = self.shared.gp_ctr.load(Ordering::Relaxed);
-        self.records().all(|rec| {
+        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.slots().all(|slot| {
+            // Acquire pairs with the Release stores of `register` and `repoint`.
+            let rec = slot.rec.load(Ordering::Acquire);
+            // SAFETY: a non-null record pointer stays valid until its thread withdraws it
+            // with `unregister` or `repoint`, which must take `scan_lock`, held here.
+            let Some(rec) = (unsafe { rec.as_ref() }) else {
+                return true;
+            };
             // Acquire pairs with the Release stores of read_unlock, offline and
             // quiescent_state: the reader's sections happen before our return.
             let v = rec.ctr.load(Ordering::Acquire);
@@ -441,7 +557,13 @@ impl Domain {
                 self.sleep_until_woken(mode);
             } else {
                 attempts += 1;
-                spin_hint();
+                // Spin briefly for a reader on another CPU; then yield, in case the
+                // reader we wait for is preempted and needs this CPU to finish.
+                if attempts < SPIN_ATTEMPTS {
+                    spin_hint();
+                } else {
+                    yield_now();
+                }
             }
         }
     }
@@ -460,10 +582,11 @@ impl Drop for Domain {
     fn drop(&mut self) {
         let mut p = self.registry.load(Ordering::Relaxed);
         while !p.is_null() {
-            // SAFETY: `&mut self` means no thread holds a record any more; every record
-            // came from Box::into_raw in `acquire_record` and is freed once, here.
-            let rec = unsafe { Box::from_raw(p) };
-            p = rec.next.load(Ordering::Relaxed);
+            // SAFETY: `&mut self` means no thread uses a slot any more; every slot came
+            // from Box::into_raw in `register` and is freed once, here. Records belong to
+            // their threads, not to the slots.
+            let slot = unsafe { Box::from_raw(p) };
+            p = slot.next.load(Ordering::Relaxed);
         }
     }
 }

@@ -68,7 +68,7 @@ pub use list::{Iter, ListWriter, RcuList};
 #[cfg(not(loom))]
 pub use qsbr::{QsbrGuard, QsbrThread};
 #[cfg(not(loom))]
-pub use reader::{Guard, read, read_mb, synchronize, uses_membarrier};
+pub use reader::{Guard, MbGuard, read, read_mb, synchronize, uses_membarrier};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub trait ReadSide: private::Sealed {}
 #[cfg(not(loom))]
 impl ReadSide for Guard {}
 #[cfg(not(loom))]
+impl ReadSide for MbGuard {}
+#[cfg(not(loom))]
 impl ReadSide for QsbrGuard<'_> {}
 
 mod private {
@@ -97,13 +99,15 @@ mod private {
     #[cfg(not(loom))]
     impl Sealed for crate::Guard {}
     #[cfg(not(loom))]
+    impl Sealed for crate::MbGuard {}
+    #[cfg(not(loom))]
     impl Sealed for crate::QsbrGuard<'_> {}
 }
 
 /// The grace-period protocol on a private domain, for loom models (`tests/loom_*.rs`).
 #[cfg(loom)]
 pub mod loom_model {
-    use crate::domain::{Domain, Record};
+    use crate::domain::{Domain, Record, Slot};
 
     /// A private set of readers and updaters, with full fences on both sides.
     pub struct ModelDomain(Domain);
@@ -111,7 +115,8 @@ pub mod loom_model {
     /// A reader thread's record in a [`ModelDomain`].
     pub struct ModelReader<'d> {
         domain: &'d Domain,
-        rec: &'d Record,
+        rec: Box<Record>,
+        slot: &'d Slot,
     }
 
     impl ModelDomain {
@@ -121,9 +126,14 @@ pub mod loom_model {
         }
         /// Registers a reader.
         pub fn register(&self) -> ModelReader<'_> {
+            let rec = Box::new(Record::new());
+            // SAFETY: the box moves into the returned reader, whose `Drop` withdraws
+            // the record before the box is freed.
+            let slot = unsafe { self.0.register(&rec) };
             ModelReader {
                 domain: &self.0,
-                rec: self.0.acquire_record(),
+                rec,
+                slot,
             }
         }
         /// Waits for a grace period.
@@ -135,27 +145,32 @@ pub mod loom_model {
     impl ModelReader<'_> {
         /// Enters a memb read section.
         pub fn lock(&self) {
-            self.domain.read_lock(self.rec, true)
+            assert!(self.domain.read_lock(&self.rec, false));
         }
         /// Leaves a memb read section.
         pub fn unlock(&self) {
-            self.domain.read_unlock(self.rec, true)
+            assert!(self.domain.read_unlock(&self.rec, false));
         }
         /// Goes online as a QSBR reader.
         pub fn online(&self) {
-            self.domain.online(self.rec)
+            self.domain.online(&self.rec)
         }
         /// Goes offline as a QSBR reader.
         pub fn offline(&self) {
-            self.domain.offline(self.rec)
+            self.domain.offline(&self.rec)
         }
         /// Reports a QSBR quiescent state.
         pub fn quiescent_state(&self) {
-            self.domain.quiescent_state(self.rec)
+            self.domain.quiescent_state(&self.rec)
         }
-        /// Releases the record.
-        pub fn unregister(self) {
-            self.domain.release_record(self.rec)
+        /// Withdraws the record, then frees it (as dropping the reader does).
+        pub fn unregister(self) {}
+    }
+
+    impl Drop for ModelReader<'_> {
+        fn drop(&mut self) {
+            // Runs before the fields drop: the record is withdrawn before it is freed.
+            self.domain.unregister(self.slot);
         }
     }
 }

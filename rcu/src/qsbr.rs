@@ -4,7 +4,6 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 
-use crate::domain::Record;
 use crate::reader::{DOMAIN, current_record};
 use crate::{Error, Result};
 
@@ -39,7 +38,6 @@ thread_local! {
 /// thread.offline(|| std::thread::sleep(std::time::Duration::from_millis(1)));
 /// ```
 pub struct QsbrThread {
-    rec: &'static Record,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -62,10 +60,8 @@ impl QsbrThread {
         if REGISTERED.with(|r| r.replace(true)) {
             return Err(Error::AlreadyRegistered);
         }
-        let rec = current_record();
-        DOMAIN.online(rec);
+        DOMAIN.online(current_record());
         Ok(QsbrThread {
-            rec,
             _not_send: PhantomData,
         })
     }
@@ -82,21 +78,22 @@ impl QsbrThread {
     /// read section. One load and compare unless a grace period is waiting for it.
     #[inline]
     pub fn quiescent_state(&mut self) {
-        DOMAIN.quiescent_state(self.rec);
+        // Looked up each time: at thread exit the record may move (reader.rs).
+        DOMAIN.quiescent_state(current_record());
     }
 
     /// Runs `f` in an extended quiescent state (offline), then comes back online, also if
     /// `f` unwinds. Grace periods do not wait for an offline thread, so blocking calls
     /// (`epoll_wait`, `io_uring_enter`, a condition variable) belong here.
     pub fn offline<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        struct Online<'a>(&'a Record);
-        impl Drop for Online<'_> {
+        struct Online;
+        impl Drop for Online {
             fn drop(&mut self) {
-                DOMAIN.online(self.0);
+                DOMAIN.online(current_record());
             }
         }
-        DOMAIN.offline(self.rec);
-        let _online = Online(self.rec);
+        DOMAIN.offline(current_record());
+        let _online = Online;
         f()
     }
 
@@ -114,7 +111,7 @@ impl QsbrThread {
 
 impl Drop for QsbrThread {
     fn drop(&mut self) {
-        DOMAIN.offline(self.rec);
+        DOMAIN.offline(current_record());
         REGISTERED.with(|r| r.set(false));
     }
 }

@@ -1,62 +1,157 @@
-//! The process-wide domain and its memb readers: each thread's record lives in a
-//! thread-local, taken on first use and given back at thread exit.
+//! The process-wide domain and its memb readers.
+//!
+//! Each thread's [`Record`] lives in a thread-local, so `read()` addresses its counter
+//! directly (one thread-pointer-relative load and store, as liburcu's TLS counter), and
+//! is published to updaters through a registry [`Slot`] on the thread's first read.
+//!
+//! # Thread exit
+//!
+//! A thread-local destructor withdraws the record (under the domain's scan lock, so no
+//! updater reads it afterwards) and frees the slot for reuse. If the thread is still a
+//! reader at that point (a guard or `QsbrThread` kept in another thread-local, or
+//! leaked), its state moves to a leaked heap copy, the slot points there, and the
+//! thread-local record is marked unregistered: its saturated count sends the thread's
+//! later locks and unlocks to the cold paths below, which follow `FORWARD` to the copy.
+//! A leaked section thus stays open forever (as it must: a leaked guard can lend
+//! `'static` references to other threads), and one that a later destructor closes is
+//! closed on the record the updaters see. A thread that reads after its destructor ran
+//! gets a leaked record of its own the same way.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::ptr;
 
-use crate::domain::{Domain, Record};
+use crate::domain::{Domain, Record, Slot};
 
 /// The one domain every reader, updater and `call_rcu` callback of the process shares.
 pub(crate) static DOMAIN: Domain = Domain::new();
 
 thread_local! {
-    /// This thread's record, or null before the thread's first use of RCU. No destructor,
-    /// so reading it is a plain thread-pointer-relative load.
-    static RECORD: Cell<*const Record> = const { Cell::new(std::ptr::null()) };
-    /// Gives the record back when the thread exits. Touched only when the record is taken.
+    /// This thread's record; saturated (see [`Record::unregistered`]) until the first
+    /// read registers it. Const-initialised and without destructor, so accessing it
+    /// compiles to a plain thread-pointer-relative address.
+    static READER: Record = const { Record::unregistered() };
+    /// This thread's registry slot while `READER` is registered, else null.
+    static SLOT: Cell<*const Slot> = const { Cell::new(ptr::null()) };
+    /// Where this thread's reader state lives after thread-exit release (module docs).
+    static FORWARD: Cell<Option<&'static Record>> = const { Cell::new(None) };
+    /// Withdraws the record when the thread exits; armed at registration.
     static RELEASE_AT_EXIT: ReleaseAtExit = const { ReleaseAtExit };
+}
+
+/// A pointer to this thread's `READER`.
+fn reader_ptr() -> *const Record {
+    READER.with(ptr::from_ref)
+}
+
+/// Dereferences a record pointer of the calling thread.
+///
+/// # Safety
+///
+/// `rec` must be this thread's `READER` (valid until the thread's thread-locals are
+/// freed, after every use the thread can make of it) or a leaked orphan (`'static`).
+unsafe fn deref<'a>(rec: *const Record) -> &'a Record {
+    // SAFETY: per the contract.
+    unsafe { &*rec }
 }
 
 struct ReleaseAtExit;
 
 impl Drop for ReleaseAtExit {
     fn drop(&mut self) {
-        let rec = RECORD.with(|r| r.replace(std::ptr::null()));
-        // SAFETY: records of the static domain live for the rest of the process.
-        let Some(rec) = (unsafe { rec.as_ref() }) else {
+        let slot = SLOT.replace(ptr::null());
+        // SAFETY: `SLOT` holds slots of the static domain, which are never freed.
+        let Some(slot) = (unsafe { slot.as_ref() }) else {
             return;
         };
+        // SAFETY: our own READER, used within this thread's lifetime.
+        let rec = unsafe { deref(reader_ptr()) };
         if Domain::in_read_section(rec) || Domain::is_online(rec) {
-            // A guard or QSBR handle was leaked. References obtained under it may still
-            // be in use (a leaked guard can hand out `'static` references to other
-            // threads), so the read section must stay open: the record stays in use.
-            return;
+            let orphan: &'static Record = Box::leak(Box::new(rec.copy()));
+            // SAFETY: the orphan is leaked, so valid for as long as the slot points to it.
+            unsafe { DOMAIN.repoint(slot, orphan) };
+            FORWARD.set(Some(orphan));
+        } else {
+            DOMAIN.unregister(slot);
         }
-        DOMAIN.release_record(rec);
+        rec.mark_unregistered();
     }
 }
 
-/// This thread's record, taking one on first use.
-#[inline(always)]
-pub(crate) fn current_record() -> &'static Record {
-    let rec = RECORD.with(Cell::get);
-    if rec.is_null() {
-        return register_current_thread();
+/// The record this thread's sections use now, registering the thread if needed.
+fn registered_record() -> *const Record {
+    if let Some(orphan) = FORWARD.get() {
+        return orphan;
     }
-    // SAFETY: non-null means `register_current_thread` stored a record of the static
-    // domain, which lives for the rest of the process.
-    unsafe { &*rec }
+    let rec = reader_ptr();
+    if !SLOT.get().is_null() {
+        return rec;
+    }
+    if RELEASE_AT_EXIT.try_with(|_| ()).is_err() {
+        // Thread teardown, past our destructor: the thread-local record may not be
+        // registered any more (it would dangle), so this thread gets a leaked one.
+        let orphan: &'static Record = Box::leak(Box::new(Record::new()));
+        // SAFETY: leaked, so valid for as long as the slot points to it.
+        unsafe { DOMAIN.register(orphan) };
+        FORWARD.set(Some(orphan));
+        return orphan;
+    }
+    // SAFETY: our own READER.
+    let reader = unsafe { deref(rec) };
+    reader.reset();
+    // SAFETY: READER stays valid until this thread's thread-locals are freed, and
+    // RELEASE_AT_EXIT (armed above, so its destructor will run) withdraws it before.
+    let slot = unsafe { DOMAIN.register(reader) };
+    SLOT.set(slot);
+    rec
 }
 
+/// This thread's current record (registering the thread if needed), for QSBR.
+pub(crate) fn current_record<'a>() -> &'a Record {
+    // SAFETY: `registered_record` returns our READER or a leaked orphan.
+    unsafe { deref(registered_record()) }
+}
+
+/// The cold path of [`read`] and [`read_mb`]: the thread's first section, a section
+/// after thread-exit release, or a nesting overflow.
 #[cold]
 #[inline(never)]
-fn register_current_thread() -> &'static Record {
-    let rec = DOMAIN.acquire_record();
-    RECORD.with(|r| r.set(rec));
-    // Arms the exit-time release. During thread teardown the destructor may already
-    // have run; then the record simply stays taken (harmless: its ctr returns to 0).
-    let _ = RELEASE_AT_EXIT.try_with(|_| ());
+fn read_lock_slow(always_fence: bool) -> *const Record {
+    let rec = registered_record();
+    // SAFETY: our READER or a leaked orphan.
+    let locked = DOMAIN.read_lock(unsafe { deref(rec) }, always_fence);
+    assert!(locked, "RCU read-side nesting overflow");
     rec
+}
+
+/// The cold path of a guard's drop: the thread's state moved to `FORWARD`.
+#[cold]
+#[inline(never)]
+fn read_unlock_slow(always_fence: bool) {
+    let orphan = FORWARD
+        .get()
+        .expect("read_unlock on a record that was never registered");
+    let unlocked = DOMAIN.read_unlock(orphan, always_fence);
+    debug_assert!(unlocked);
+}
+
+#[inline(always)]
+fn read_lock(always_fence: bool) -> *const Record {
+    READER.with(|rec| {
+        if DOMAIN.read_lock(rec, always_fence) {
+            ptr::from_ref(rec)
+        } else {
+            read_lock_slow(always_fence)
+        }
+    })
+}
+
+#[inline(always)]
+fn read_unlock(rec: *const Record, always_fence: bool) {
+    // SAFETY: `rec` came from `read_lock` on this thread (guards are !Send).
+    if !DOMAIN.read_unlock(unsafe { deref(rec) }, always_fence) {
+        read_unlock_slow(always_fence);
+    }
 }
 
 /// A memb read-side critical section: while it lives, nothing published through this
@@ -68,8 +163,8 @@ fn register_current_thread() -> &'static Record {
 /// section open forever, and with it every later grace period.
 #[must_use = "the read section ends when the guard is dropped"]
 pub struct Guard {
-    rec: &'static Record,
-    full_fence: bool,
+    /// The record locked: this thread's READER, or its orphan (module docs).
+    rec: *const Record,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -87,27 +182,8 @@ pub struct Guard {
 /// ```
 #[inline]
 pub fn read() -> Guard {
-    let rec = current_record();
-    let full_fence = rec.full_fence;
-    DOMAIN.read_lock(rec, full_fence);
     Guard {
-        rec,
-        full_fence,
-        _not_send: PhantomData,
-    }
-}
-
-/// Enters a read-side critical section with full fences around it: liburcu's "mb"
-/// flavour and QEMU's default read side. Interoperates with [`read`]; it exists as the
-/// benchmark anchor for what the memb read side saves, and for callers that want no
-/// dependence on `membarrier(2)`.
-#[inline]
-pub fn read_mb() -> Guard {
-    let rec = current_record();
-    DOMAIN.read_lock(rec, true);
-    Guard {
-        rec,
-        full_fence: true,
+        rec: read_lock(false),
         _not_send: PhantomData,
     }
 }
@@ -115,13 +191,44 @@ pub fn read_mb() -> Guard {
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        DOMAIN.read_unlock(self.rec, self.full_fence);
+        read_unlock(self.rec, false);
     }
 }
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guard").finish_non_exhaustive()
+    }
+}
+
+/// A read-side critical section with full fences around it: see [`read_mb`].
+#[must_use = "the read section ends when the guard is dropped"]
+pub struct MbGuard {
+    rec: *const Record,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Enters a read-side critical section with full fences around it: liburcu's "mb"
+/// flavour and QEMU's default read side. Interoperates with [`read`] (they nest). It
+/// exists as the benchmark anchor for what the memb read side saves.
+#[inline]
+pub fn read_mb() -> MbGuard {
+    MbGuard {
+        rec: read_lock(true),
+        _not_send: PhantomData,
+    }
+}
+
+impl Drop for MbGuard {
+    #[inline]
+    fn drop(&mut self) {
+        read_unlock(self.rec, true);
+    }
+}
+
+impl std::fmt::Debug for MbGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbGuard").finish_non_exhaustive()
     }
 }
 
@@ -140,19 +247,17 @@ pub fn synchronize() {
 
 /// Panics if the calling thread is a reader (`what` would deadlock on itself).
 pub(crate) fn assert_not_reader(what: &str) {
-    let rec = RECORD.with(Cell::get);
-    // SAFETY: as in `current_record`.
-    if let Some(rec) = unsafe { rec.as_ref() } {
-        assert!(
-            !Domain::in_read_section(rec),
-            "rcu::{what}() called inside a read-side critical section: it would wait for itself"
-        );
-        assert!(
-            !Domain::is_online(rec),
-            "rcu::{what}() called on an online QSBR thread: it would wait for itself; \
-             use the QsbrThread method or call it inside QsbrThread::offline"
-        );
-    }
+    // SAFETY: our READER or a leaked orphan.
+    let rec = unsafe { deref(FORWARD.get().map_or_else(reader_ptr, ptr::from_ref)) };
+    assert!(
+        !Domain::in_read_section(rec),
+        "rcu::{what}() called inside a read-side critical section: it would wait for itself"
+    );
+    assert!(
+        !Domain::is_online(rec),
+        "rcu::{what}() called on an online QSBR thread: it would wait for itself; \
+         use the QsbrThread method or call it inside QsbrThread::offline"
+    );
 }
 
 /// Whether the process's grace periods use `membarrier(2)` (and readers only compiler

@@ -32,3 +32,12 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// Gives the CPU away: lets a preempted reader finish its section on an overloaded
+/// machine. Loom must be told to schedule another thread.
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}

@@ -74,8 +74,9 @@ impl Torture {
         self.ages[age.min(PIPE_LEN)].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn read_once_memb(&self, mb: bool) {
-        let enter = if mb { rcu::read_mb } else { rcu::read };
+    /// One read: load the current entry under `enter()`, nest a second section, and
+    /// read the entry's age before leaving the outer one.
+    fn read_once<G>(&self, enter: fn() -> G) {
         let outer = enter();
         // Acquire pairs with the updater's Release publication.
         let p = &self.ring[self.current.load(Ordering::Acquire)];
@@ -95,9 +96,14 @@ impl Torture {
 
     fn reader(&self, kind: Reader) {
         match kind {
-            Reader::Memb | Reader::Mb => {
+            Reader::Memb => {
                 while !self.stop.load(Ordering::Relaxed) {
-                    self.read_once_memb(matches!(kind, Reader::Mb));
+                    self.read_once(rcu::read);
+                }
+            }
+            Reader::Mb => {
+                while !self.stop.load(Ordering::Relaxed) {
+                    self.read_once(rcu::read_mb);
                 }
             }
             Reader::Qsbr => {
