@@ -23,7 +23,7 @@
 //!    offline or has reported the target;
 //! 3. flip the phase of `gp_ctr`;
 //! 4. wait until no memb reader is active with the old phase (now the one before the
-//!    flip); heavy barrier (U2).
+//!    flip).
 //!
 //! Two phases are needed because a memb reader reads `gp_ctr` and stores it into its
 //! `ctr` non-atomically: a reader preempted between the two stores a stale snapshot,
@@ -340,9 +340,12 @@ impl Domain {
     pub(crate) fn read_lock(&self, rec: &Record, always_fence: bool) -> bool {
         let tmp = rec.ctr.load(Ordering::Relaxed);
         if tmp & NEST_MASK == 0 {
-            // Outermost: snapshot the phase with a count of one. Relaxed: the snapshot's
-            // age is what the two-phase wait tolerates (module docs).
-            let gp = self.shared.gp_ctr.load(Ordering::Relaxed);
+            // Outermost: snapshot the phase with a count of one. The snapshot's age is
+            // what the two-phase wait tolerates (module docs). Acquire (a plain load on
+            // x86) pairs with the fence before the updater's phase flip: a section that
+            // sees the new phase sees everything unpublished before the grace period,
+            // which is why the updater needs no barrier after its last scan.
+            let gp = self.shared.gp_ctr.load(Ordering::Acquire);
             rec.ctr.store(gp, Ordering::Relaxed);
             // Orders the ctr store before the section's loads. Pairs with the updater's
             // heavy barrier U1: either the updater's scan sees this reader active, or
@@ -507,9 +510,11 @@ impl Domain {
         // The flip is visible before the second scan reads counters.
         fence(Ordering::SeqCst);
         self.wait_for_readers(mode, None);
-        // U2: the readers' section accesses are ordered before whatever the caller
-        // does next (typically, freeing).
-        mode.heavy();
+        // No second heavy barrier (liburcu issues one here): every reader state that
+        // let the scans finish was written by a Release store (unlock, offline,
+        // quiescent state) and read with Acquire, or is a section that began with the
+        // new phase (Acquire, above); either way the reader's accesses happen before
+        // whatever the caller does next, on every architecture.
     }
 
     /// Whether no memb reader is active with a phase other than `gp_ctr`'s and (with a
