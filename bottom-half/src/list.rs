@@ -194,9 +194,15 @@ fn run(bh: &Arc<BhInner>, oneshot: bool) {
 
 impl Drop for BhList {
     fn drop(&mut self) {
-        // Nothing will dispatch any more: release every queued and ready reference.
+        // Pending BHs will never run: drop their callbacks here, on the owner's thread
+        // (which also breaks reference cycles through a BH's own handle), then release
+        // every queued and ready reference.
+        self.take_queued();
+        for bh in self.ready.get_mut().drain(..) {
+            // SAFETY: owner thread, outside any poll, so no callback is running.
+            drop(bh.callback.with_mut(|cb| unsafe { (*cb).take() }));
+        }
         self.shared.close();
-        self.ready.get_mut().clear();
     }
 }
 
