@@ -10,10 +10,10 @@ fn list() -> BhList {
     BhList::new(|| {})
 }
 
-fn recorder() -> (
-    Arc<Mutex<Vec<&'static str>>>,
-    impl Fn(&'static str) -> Box<dyn FnMut() + Send>,
-) {
+type Log = Arc<Mutex<Vec<&'static str>>>;
+
+/// A shared log, and a maker of callbacks that append their name to it.
+fn recorder() -> (Log, impl Fn(&'static str) -> Box<dyn FnMut() + Send>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     (log, move |name| {
@@ -56,7 +56,7 @@ fn a_bh_scheduled_during_a_poll_runs_in_the_next_one() {
 
 #[test]
 fn a_nested_poll_runs_the_rest_of_the_slice_and_newer_bhs() {
-    let list = Arc::new(list());
+    let list = Box::new(list());
     let (log, cb) = recorder();
     let s = list.scheduler();
     let newer = s.new_bh(cb("newer"));
@@ -64,7 +64,7 @@ fn a_nested_poll_runs_the_rest_of_the_slice_and_newer_bhs() {
     let mut nesting_cb = cb("nesting");
     // The BH list is not Sync; the test's callbacks run on this thread only, so a raw
     // pointer stands in for the reference an event loop's callbacks would have.
-    let list_ptr = Arc::as_ptr(&list) as usize;
+    let list_ptr = std::ptr::from_ref::<BhList>(&*list) as usize;
     let nesting = s.new_bh(move || {
         nesting_cb();
         newer.schedule();
@@ -81,11 +81,11 @@ fn a_nested_poll_runs_the_rest_of_the_slice_and_newer_bhs() {
 
 #[test]
 fn a_bh_is_never_reentered_by_a_nested_poll() {
-    let list = Arc::new(list());
+    let list = Box::new(list());
     let depth = Arc::new(AtomicUsize::new(0));
     let runs = Arc::new(AtomicUsize::new(0));
     let me: Arc<Mutex<Option<Bh>>> = Arc::default();
-    let list_ptr = Arc::as_ptr(&list) as usize;
+    let list_ptr = std::ptr::from_ref::<BhList>(&*list) as usize;
     let (d, r, m) = (depth.clone(), runs.clone(), me.clone());
     let bh = list.scheduler().new_bh(move || {
         assert_eq!(d.fetch_add(1, Ordering::SeqCst), 0, "re-entered");
@@ -114,8 +114,8 @@ fn a_bh_is_never_reentered_by_a_nested_poll() {
 
 #[test]
 fn deleting_a_bh_from_its_own_callback_inside_a_nested_poll() {
-    let list = Arc::new(list());
-    let list_ptr = Arc::as_ptr(&list) as usize;
+    let list = Box::new(list());
+    let list_ptr = std::ptr::from_ref::<BhList>(&*list) as usize;
     let victim_runs = Arc::new(AtomicUsize::new(0));
     let vr = victim_runs.clone();
     let s = list.scheduler();
