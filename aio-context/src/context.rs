@@ -1,0 +1,684 @@
+//! The event loop: `AioContext` and its `poll`.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bottom_half::{Bh, BhList, BhScheduler};
+use rcu::{QsbrGuard, QsbrThread};
+
+use crate::event_notifier::EventNotifier;
+use crate::fdmon::{FdMonitor, Interest, Readiness};
+use crate::handlers::{Handler, Handlers, IoCallback, PollCallback, Slot};
+use crate::task::Tasks;
+use crate::timer::{Timer, TimerList};
+use crate::wakeup::Wakeup;
+use crate::{Error, Result};
+
+/// The token of the context's own notifier in the fd monitor.
+const NOTIFIER_TOKEN: u64 = u64::MAX;
+
+/// The shared wake-up state, with the eventfd write as its kick.
+pub(crate) type SharedWakeup = Wakeup<Box<dyn Fn() + Send + Sync>>;
+
+/// Busy-polling parameters (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollParams {
+    /// The longest a poll may busy-wait before sleeping; 0 disables busy polling.
+    pub max_ns: u64,
+    /// Factor to grow a handler's window by (0: QEMU's default, 2).
+    pub grow: u64,
+    /// Factor to shrink it by (0: drop it to zero at once).
+    pub shrink: u64,
+}
+
+impl PollParams {
+    /// QEMU's defaults for an iothread: up to 32 µs of busy polling.
+    pub const IOTHREAD: PollParams = PollParams {
+        max_ns: 32_768,
+        grow: 0,
+        shrink: 0,
+    };
+
+    /// QEMU's `adjust_polling_time`: a window that was too short grows, one that would
+    /// have to exceed `max_ns` shrinks.
+    fn adjust(&self, window_ns: u64, block_ns: u64) -> u64 {
+        if block_ns <= window_ns {
+            window_ns
+        } else if block_ns > self.max_ns {
+            window_ns.checked_div(self.shrink).unwrap_or(0)
+        } else if window_ns < self.max_ns {
+            let grow = if self.grow == 0 { 2 } else { self.grow };
+            let grown = if window_ns == 0 {
+                4_000
+            } else {
+                window_ns.saturating_mul(grow)
+            };
+            grown.min(self.max_ns)
+        } else {
+            window_ns
+        }
+    }
+}
+
+/// What to run for one fd: read/write callbacks, and an optional busy-poll pair.
+///
+/// ```
+/// # use aio_context::FdHandler;
+/// let handler = FdHandler::new().on_read(|| println!("readable"));
+/// ```
+#[derive(Default)]
+pub struct FdHandler {
+    read: Option<IoCallback>,
+    write: Option<IoCallback>,
+    poll: Option<PollCallback>,
+    poll_ready: Option<IoCallback>,
+}
+
+impl FdHandler {
+    /// A handler with no callbacks (registering it removes the fd's handler).
+    pub fn new() -> FdHandler {
+        FdHandler::default()
+    }
+    /// Runs `f` while the fd is readable (level-triggered).
+    pub fn on_read(mut self, f: impl FnMut() + 'static) -> Self {
+        self.read = Some(Box::new(f));
+        self
+    }
+    /// Runs `f` while the fd is writable (level-triggered).
+    pub fn on_write(mut self, f: impl FnMut() + 'static) -> Self {
+        self.write = Some(Box::new(f));
+        self
+    }
+    /// Busy polling: `poll` checks for work without a syscall (a virtqueue's avail
+    /// index, a completion ring) and returns whether there is some; then `ready` runs
+    /// (the read callback if `ready` is `None`). Used only while the context's
+    /// [`PollParams`] allow it, never from a nested poll.
+    pub fn on_poll(
+        mut self,
+        poll: impl FnMut() -> bool + 'static,
+        ready: Option<Box<dyn FnMut()>>,
+    ) -> Self {
+        self.poll = Some(Box::new(poll));
+        self.poll_ready = ready;
+        self
+    }
+    fn is_empty(&self) -> bool {
+        self.read.is_none() && self.write.is_none() && self.poll.is_none()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) bhs: BhList,
+    pub(crate) wakeup: Arc<SharedWakeup>,
+    notifier: Arc<EventNotifier>,
+    fdmon: RefCell<FdMonitor>,
+    handlers: RefCell<Handlers>,
+    pub(crate) timers: Arc<TimerList>,
+    qsbr: RefCell<QsbrThread>,
+    depth: Cell<u32>,
+    poll_params: Cell<PollParams>,
+    /// The adaptive busy-poll window of the context's own notifier (cross-thread BHs).
+    notifier_poll_ns: Cell<u64>,
+    pub(crate) tasks: Tasks,
+}
+
+/// A per-thread event loop (QEMU's `AioContext`): bottom halves, fd handlers, timers,
+/// io_uring completions and futures, all run on the thread that owns it.
+///
+/// One context per thread; it is `!Send`. Other threads reach it through an
+/// [`AioHandle`]. The owning thread is a QSBR reader of the `rcu` crate: the outermost
+/// `poll` reports a quiescent state, and goes offline while it sleeps, so callbacks
+/// read RCU data with [`AioContext::rcu_read`] at no cost.
+#[derive(Clone)]
+pub struct AioContext {
+    pub(crate) inner: Rc<Inner>,
+}
+
+/// A handle to an [`AioContext`] usable from any thread: create and schedule BHs, arm
+/// timers, notify, spawn `Send` futures.
+#[derive(Clone)]
+pub struct AioHandle {
+    bhs: BhScheduler,
+    wakeup: Arc<SharedWakeup>,
+    timers: Arc<TimerList>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Weak<Inner>> = const { RefCell::new(Weak::new()) };
+}
+
+impl AioContext {
+    /// Creates the calling thread's context, with busy polling off (QEMU's main-loop
+    /// default). The fd monitor is io_uring if the kernel supports it, else epoll
+    /// (`AIO_FDMON=epoll` forces epoll).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ContextExists`] if this thread already has a live context (or is a QSBR
+    /// reader through other means); [`Error::Io`] if the eventfd or fd monitor cannot
+    /// be created.
+    pub fn new() -> Result<AioContext> {
+        Self::with_fdmon(FdMonitor::new().map_err(Error::Io)?)
+    }
+
+    pub(crate) fn with_fdmon(mut fdmon: FdMonitor) -> Result<AioContext> {
+        if CURRENT.with(|c| c.borrow().strong_count() > 0) {
+            return Err(Error::ContextExists);
+        }
+        let qsbr = QsbrThread::register().map_err(|_| Error::ContextExists)?;
+        let notifier = Arc::new(EventNotifier::new(false).map_err(Error::Io)?);
+        let kick = notifier.clone();
+        let wakeup: Arc<SharedWakeup> = Arc::new(Wakeup::new(Box::new(move || {
+            // Cannot fail for an eventfd we own (a saturated counter is still "set").
+            let _ = kick.set();
+        })));
+        fdmon
+            .set(
+                notifier.as_raw_fd(),
+                NOTIFIER_TOKEN,
+                Interest {
+                    read: true,
+                    write: false,
+                },
+            )
+            .map_err(Error::Io)?;
+        let w = wakeup.clone();
+        // The bottom-half crate fences before calling notify (see its `Notify` docs).
+        let bhs = BhList::new(move || w.notify(true));
+        let w = wakeup.clone();
+        let timers = TimerList::new(move || w.notify(false));
+        let inner = Rc::new(Inner {
+            bhs,
+            wakeup,
+            notifier,
+            fdmon: RefCell::new(fdmon),
+            handlers: RefCell::default(),
+            timers,
+            qsbr: RefCell::new(qsbr),
+            depth: Cell::new(0),
+            poll_params: Cell::new(PollParams::default()),
+            notifier_poll_ns: Cell::new(0),
+            tasks: Tasks::default(),
+        });
+        CURRENT.with(|c| *c.borrow_mut() = Rc::downgrade(&inner));
+        Ok(AioContext { inner })
+    }
+
+    /// The calling thread's context, if it has one.
+    pub fn current() -> Option<AioContext> {
+        CURRENT
+            .with(|c| c.borrow().upgrade())
+            .map(|inner| AioContext { inner })
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> AioHandle {
+        AioHandle {
+            bhs: self.inner.bhs.scheduler(),
+            wakeup: self.inner.wakeup.clone(),
+            timers: self.inner.timers.clone(),
+        }
+    }
+
+    /// Which kernel interface watches fds: io_uring or epoll.
+    pub fn fdmon_backend(&self) -> crate::Backend {
+        self.inner.fdmon.borrow().backend()
+    }
+
+    /// Creates a BH owned by this context (QEMU's `aio_bh_new`).
+    pub fn new_bh(&self, callback: impl FnMut() + Send + 'static) -> Bh {
+        self.inner.bhs.scheduler().new_bh(callback)
+    }
+
+    /// Runs `f` once in this context's next poll (QEMU's `aio_bh_schedule_oneshot`).
+    pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
+        self.inner.bhs.scheduler().schedule_oneshot(f);
+    }
+
+    /// Creates a disarmed timer whose callback runs in this context.
+    pub fn new_timer(&self, callback: impl FnMut() + Send + 'static) -> Timer {
+        self.inner.timers.new_timer(callback)
+    }
+
+    /// Wakes the context if it sleeps (QEMU's `aio_notify`). The wake-up alone is not
+    /// progress.
+    pub fn notify(&self) {
+        self.inner.wakeup.notify(false);
+    }
+
+    /// Sets the busy-polling parameters (QEMU's `aio_context_set_poll_params`).
+    pub fn set_poll_params(&self, params: PollParams) {
+        self.inner.poll_params.set(params);
+        if params.max_ns == 0 {
+            self.inner.notifier_poll_ns.set(0);
+        }
+    }
+
+    /// The busy-polling parameters.
+    pub fn poll_params(&self) -> PollParams {
+        self.inner.poll_params.get()
+    }
+
+    /// Registers (or replaces, or with an empty [`FdHandler`] removes) the handler of
+    /// `fd` (QEMU's `aio_set_fd_handler`). May be called from inside any callback,
+    /// including the fd's own: a running callback of a replaced handler finishes, then
+    /// is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The fd monitor's error for a bad fd; the context keeps running.
+    pub fn set_fd_handler(&self, fd: RawFd, handler: FdHandler) -> io::Result<()> {
+        if handler.is_empty() {
+            self.remove_fd_handler(fd);
+            return Ok(());
+        }
+        let handler = Handler {
+            fd,
+            generation: 0,
+            read: handler.read,
+            write: handler.write,
+            poll: handler.poll,
+            poll_ready: handler.poll_ready,
+            poll_ns: 0,
+        };
+        let interest = handler.interest();
+        let (token, old) = self.inner.handlers.borrow_mut().insert(handler);
+        let result = self.inner.fdmon.borrow_mut().set(fd, token, interest);
+        if let Err(e) = result {
+            let removed = self.inner.handlers.borrow_mut().remove(fd);
+            drop(removed);
+            drop(old);
+            return Err(e);
+        }
+        drop(old); // dropped outside the borrows: its destructors may call back in
+        Ok(())
+    }
+
+    /// Removes the handler of `fd`, if any.
+    pub fn remove_fd_handler(&self, fd: RawFd) {
+        let removed = self.inner.handlers.borrow_mut().remove(fd);
+        if removed.is_some() {
+            // The fd may already be closed; the registration is gone either way.
+            let _ = self
+                .inner
+                .fdmon
+                .borrow_mut()
+                .set(fd, 0, Interest::default());
+        }
+        drop(removed);
+    }
+
+    /// Runs `read` whenever `notifier` is set (QEMU's `aio_set_event_notifier`); `None`
+    /// removes the handler.
+    pub fn set_event_notifier(
+        &self,
+        notifier: &EventNotifier,
+        read: Option<Box<dyn FnMut()>>,
+    ) -> io::Result<()> {
+        let mut handler = FdHandler::new();
+        handler.read = read;
+        self.set_fd_handler(notifier.as_raw_fd(), handler)
+    }
+
+    /// Submits an io_uring operation; `callback(result)` runs in this context when it
+    /// completes (result: the CQE's `res`, a negative errno on failure).
+    ///
+    /// # Safety
+    ///
+    /// Every buffer and fd `entry` refers to must stay valid until `callback` runs or is
+    /// dropped (let the callback own them). The context never closes its ring with
+    /// operations in flight: dropping it cancels them and waits for their completions.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` if this kernel has no io_uring; the ring's error otherwise.
+    pub unsafe fn submit(
+        &self,
+        entry: io_uring::squeue::Entry,
+        callback: impl FnOnce(i32) + 'static,
+    ) -> io::Result<()> {
+        let mut fdmon = self.inner.fdmon.borrow_mut();
+        if !fdmon.supports_ops() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring is not available",
+            ));
+        }
+        // SAFETY: forwarded to our caller's contract.
+        unsafe { fdmon.submit(entry, Box::new(callback)) }
+    }
+
+    /// Whether io_uring operations can be submitted.
+    pub fn supports_io_uring_ops(&self) -> bool {
+        self.inner.fdmon.borrow().supports_ops()
+    }
+
+    /// How many submitted io_uring operations have not completed yet.
+    pub fn io_uring_ops_in_flight(&self) -> usize {
+        self.inner.fdmon.borrow().in_flight()
+    }
+
+    /// Runs `f` with a QSBR read guard of this thread: RCU-protected data read under it
+    /// costs nothing, and stays valid until `f` returns.
+    pub fn rcu_read<R>(&self, f: impl FnOnce(&QsbrGuard<'_>) -> R) -> R {
+        let qsbr = self.inner.qsbr.borrow();
+        f(&qsbr.read())
+    }
+
+    /// Waits for an RCU grace period from this context's thread (offline meanwhile;
+    /// `rcu::synchronize` would wait for this very thread). Panics if called inside
+    /// [`AioContext::rcu_read`].
+    pub fn synchronize_rcu(&self) {
+        self.inner.qsbr.borrow_mut().synchronize();
+    }
+
+    /// Runs one iteration of the loop (QEMU's `aio_poll`): busy polling if enabled,
+    /// waiting for events if `blocking` and nothing is pending, then BHs, fd handlers,
+    /// io_uring completions and timers. Returns whether any of them made progress (a
+    /// wake-up through [`AioContext::notify`] alone does not count).
+    ///
+    /// A callback may call `poll` again (a nested poll): it runs whatever is ready, but
+    /// never busy-polls, never goes offline for RCU, and never re-enters a running BH.
+    pub fn poll(&self, blocking: bool) -> bool {
+        let inner = &*self.inner;
+        let depth = inner.depth.get();
+        let outermost = depth == 0;
+        inner.depth.set(depth + 1);
+        struct Leave<'a>(&'a Cell<u32>, u32);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _leave = Leave(&inner.depth, depth);
+        if outermost {
+            // Every reference from earlier iterations is dead: callbacks only got them
+            // inside `rcu_read`, which has returned.
+            inner.qsbr.borrow_mut().quiescent_state();
+        }
+
+        let params = inner.poll_params.get();
+        let start = Instant::now();
+        let mut polled = Vec::new();
+        let mut notified = false;
+        let busy = outermost
+            && params.max_ns > 0
+            && self.busy_poll(blocking, start, &mut polled, &mut notified);
+
+        let mut ready = Vec::new();
+        let mut completions = Vec::new();
+        let mut timeout = Some(Duration::ZERO);
+        if blocking && !busy {
+            inner.wakeup.prepare_to_sleep();
+            // A notification since the last poll means "do not sleep" (QEMU's notifier
+            // poll callback reads `notified` for the same reason).
+            timeout = if inner.wakeup.is_notified() {
+                Some(Duration::ZERO)
+            } else {
+                self.compute_timeout()
+            };
+        }
+        let mut wait = |timeout| {
+            inner
+                .fdmon
+                .borrow_mut()
+                .wait(timeout, &mut ready, &mut completions)
+        };
+        let waited = if outermost && timeout != Some(Duration::ZERO) {
+            inner.qsbr.borrow_mut().offline(|| wait(timeout))
+        } else {
+            wait(timeout)
+        };
+        if let Err(e) = waited {
+            // A failing monitor is a bug or a dying process; report it and carry on
+            // with whatever else is ready rather than spin silently.
+            eprintln!("aio-context: fd monitor wait failed: {e}");
+        }
+        // Everything notified so far is looked at below (BHs, fds, timers), so the
+        // notifications are consumed here, by every poll, blocking or not.
+        if blocking && !busy {
+            inner.wakeup.finish_sleep();
+        } else {
+            inner.wakeup.accept();
+        }
+        if outermost && params.max_ns > 0 {
+            let block_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.adjust_poll_windows(params, block_ns, notified, &ready, &polled);
+        }
+
+        let mut progress = inner.bhs.poll();
+        progress |= self.dispatch(&ready, &polled);
+        for completion in completions {
+            completion.run();
+            progress = true;
+        }
+        progress |= inner.timers.run_expired(Instant::now());
+        progress
+    }
+
+    /// How long a blocking poll may sleep: zero if a BH is scheduled, else until the
+    /// next timer (or an idle BH's 10 ms); `None` for "until an event".
+    fn compute_timeout(&self) -> Option<Duration> {
+        let bh = self.inner.bhs.timeout();
+        let timer = self.inner.timers.timeout(Instant::now());
+        match (bh, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Busy-polls the handlers' poll callbacks and the context's own notification flag
+    /// for up to the largest adaptive window. Returns whether something was found.
+    fn busy_poll(
+        &self,
+        blocking: bool,
+        start: Instant,
+        polled: &mut Vec<u64>,
+        notified: &mut bool,
+    ) -> bool {
+        let inner = &*self.inner;
+        let tokens: Vec<(u64, u64)> = {
+            let mut handlers = inner.handlers.borrow_mut();
+            let tokens: Vec<u64> = handlers.pollable().collect();
+            tokens
+                .into_iter()
+                .map(|t| (t, handlers.get_mut(t).map_or(0, |h| h.poll_ns)))
+                .collect()
+        };
+        let window = tokens
+            .iter()
+            .map(|&(_, ns)| ns)
+            .chain([inner.notifier_poll_ns.get()])
+            .max()
+            .unwrap_or(0);
+        let window = if blocking {
+            Duration::from_nanos(window)
+        } else {
+            Duration::ZERO
+        };
+        loop {
+            // A BH scheduled (or a notify) from anywhere sets the flag: consume it and
+            // stop polling, so the BHs run now.
+            if inner.wakeup.accept() {
+                *notified = true;
+                return true;
+            }
+            for &(token, _) in &tokens {
+                let cb = inner.handlers.borrow_mut().take_poll(token);
+                let Some(mut cb) = cb else { continue };
+                let found = cb();
+                let leftover = inner.handlers.borrow_mut().put_back_poll(token, cb);
+                drop(leftover);
+                if found {
+                    polled.push(token);
+                }
+            }
+            if !polled.is_empty() {
+                return true;
+            }
+            if start.elapsed() >= window {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Grows or shrinks the windows of what woke this poll (and of the notifier when
+    /// nothing did, so idle polling decays).
+    fn adjust_poll_windows(
+        &self,
+        params: PollParams,
+        block_ns: u64,
+        notified: bool,
+        ready: &[(u64, Readiness)],
+        polled: &[u64],
+    ) {
+        let inner = &*self.inner;
+        let notified = notified || ready.iter().any(|&(t, _)| t == NOTIFIER_TOKEN);
+        if notified || ready.is_empty() && polled.is_empty() {
+            inner
+                .notifier_poll_ns
+                .set(params.adjust(inner.notifier_poll_ns.get(), block_ns));
+        }
+        let mut handlers = inner.handlers.borrow_mut();
+        for &token in polled.iter().chain(ready.iter().map(|(t, _)| t)) {
+            if let Some(h) = handlers.get_mut(token) {
+                if h.poll.is_some() {
+                    h.poll_ns = params.adjust(h.poll_ns, block_ns);
+                }
+            }
+        }
+    }
+
+    /// Runs the callbacks of ready fds and of handlers whose busy poll found work.
+    fn dispatch(&self, ready: &[(u64, Readiness)], polled: &[u64]) -> bool {
+        let mut progress = false;
+        for &(token, readiness) in ready {
+            if token == NOTIFIER_TOKEN {
+                // The wake-up itself: drain it; not progress.
+                self.inner.notifier.test_and_clear();
+                continue;
+            }
+            if readiness.readable {
+                progress |= self.call(token, Slot::Read);
+            }
+            if readiness.writable {
+                progress |= self.call(token, Slot::Write);
+            }
+        }
+        for &token in polled {
+            let has_ready_cb = self
+                .inner
+                .handlers
+                .borrow_mut()
+                .get_mut(token)
+                .is_some_and(|h| h.poll_ready.is_some());
+            progress |= self.call(
+                token,
+                if has_ready_cb {
+                    Slot::PollReady
+                } else {
+                    Slot::Read
+                },
+            );
+        }
+        progress
+    }
+
+    /// Calls one handler callback, taken out of the table for the call (so the
+    /// callback may change any handler, its own included) and put back afterwards,
+    /// also on unwind.
+    fn call(&self, token: u64, slot: Slot) -> bool {
+        let cb = self.inner.handlers.borrow_mut().take(token, slot);
+        let Some(cb) = cb else { return false };
+        struct PutBack<'a> {
+            handlers: &'a RefCell<Handlers>,
+            token: u64,
+            slot: Slot,
+            cb: Option<IoCallback>,
+        }
+        impl Drop for PutBack<'_> {
+            fn drop(&mut self) {
+                if let Some(cb) = self.cb.take() {
+                    let leftover = self
+                        .handlers
+                        .borrow_mut()
+                        .put_back(self.token, self.slot, cb);
+                    drop(leftover);
+                }
+            }
+        }
+        let mut guard = PutBack {
+            handlers: &self.inner.handlers,
+            token,
+            slot,
+            cb: Some(cb),
+        };
+        if let Some(cb) = guard.cb.as_mut() {
+            cb();
+        }
+        true
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        CURRENT.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                *c = Weak::new();
+            }
+        });
+        self.timers.clear();
+        self.tasks.clear();
+    }
+}
+
+impl AioHandle {
+    /// Creates a BH owned by the handle's context.
+    pub fn new_bh(&self, callback: impl FnMut() + Send + 'static) -> Bh {
+        self.bhs.new_bh(callback)
+    }
+
+    /// Runs `f` once in the context's next poll, on its thread.
+    pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
+        self.bhs.schedule_oneshot(f);
+    }
+
+    /// Creates a disarmed timer whose callback runs in the handle's context.
+    pub fn new_timer(&self, callback: impl FnMut() + Send + 'static) -> Timer {
+        self.timers.new_timer(callback)
+    }
+
+    /// Wakes the context if it sleeps.
+    pub fn notify(&self) {
+        self.wakeup.notify(false);
+    }
+}
+
+impl std::fmt::Debug for AioContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AioContext")
+            .field("depth", &self.inner.depth.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AioHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AioHandle").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FdHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FdHandler")
+            .field("read", &self.read.is_some())
+            .field("write", &self.write.is_some())
+            .field("poll", &self.poll.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,204 @@
+//! Timers: callbacks run by the owning context once their deadline passes, kept in
+//! deadline order.
+//!
+//! The list is a `BTreeMap` keyed by `(deadline, id)` behind a mutex, because timers may
+//! be armed from any thread (QEMU's `timer_mod` from vCPU threads): an ordered map gives
+//! the earliest deadline in O(log n) and removal by key without intrusive links or
+//! unsafe code. Arming a timer earlier than the current head notifies the owner, so a
+//! sleeping loop shortens its timeout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A timer's callback.
+type TimerCallback = Box<dyn FnMut() + Send>;
+
+struct TimerInner {
+    id: u64,
+    /// Taken out while it runs; `None` after `delete`.
+    callback: Mutex<Option<TimerCallback>>,
+    deleted: AtomicBool,
+    list: Arc<TimerList>,
+}
+
+/// Armed timers. Keys are `(deadline, arm sequence)`: unique per arming, so a run of
+/// expired timers can tell a timer that was re-armed or disarmed meanwhile.
+#[derive(Default)]
+struct Armed {
+    by_deadline: BTreeMap<(Instant, u64), Arc<TimerInner>>,
+    key_of: HashMap<u64, (Instant, u64)>,
+    next_seq: u64,
+}
+
+/// The timers of one context.
+pub(crate) struct TimerList {
+    armed: Mutex<Armed>,
+    next_id: AtomicU64,
+    /// Wakes the owner when the earliest deadline moves earlier.
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+/// A timer owned by one context: [`Timer::arm`] it from any thread; its callback runs on
+/// the context's thread once the deadline has passed (QEMU's `QEMUTimer`).
+///
+/// Handles are references: clones refer to the same timer; dropping them does not
+/// disarm it. [`Timer::delete`] disarms it for good and drops its callback.
+#[derive(Clone)]
+pub struct Timer {
+    inner: Arc<TimerInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TimerList {
+    pub(crate) fn new(wake: impl Fn() + Send + Sync + 'static) -> Arc<TimerList> {
+        Arc::new(TimerList {
+            armed: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            wake: Box::new(wake),
+        })
+    }
+
+    /// A new, disarmed timer.
+    pub(crate) fn new_timer(self: &Arc<Self>, callback: impl FnMut() + Send + 'static) -> Timer {
+        Timer {
+            inner: Arc::new(TimerInner {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                callback: Mutex::new(Some(Box::new(callback))),
+                deleted: AtomicBool::new(false),
+                list: self.clone(),
+            }),
+        }
+    }
+
+    /// Time until the earliest deadline (zero if passed), or `None` if nothing is armed.
+    pub(crate) fn timeout(&self, now: Instant) -> Option<Duration> {
+        let armed = lock(&self.armed);
+        armed
+            .by_deadline
+            .keys()
+            .next()
+            .map(|(deadline, _)| deadline.saturating_duration_since(now))
+    }
+
+    /// Runs the timers whose deadline is at or before `now`, in deadline order, each at
+    /// most once per call (a callback that re-arms its timer in the past runs again in
+    /// the next call, not in a loop here). A timer disarmed by an earlier callback of
+    /// the same call does not run. Returns whether any ran.
+    pub(crate) fn run_expired(&self, now: Instant) -> bool {
+        let expired: Vec<(Instant, u64)> = {
+            let armed = lock(&self.armed);
+            armed
+                .by_deadline
+                .range(..=(now, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        let mut ran = false;
+        for key in expired {
+            let timer = {
+                let mut armed = lock(&self.armed);
+                let Some(timer) = armed.by_deadline.remove(&key) else {
+                    continue;
+                };
+                armed.key_of.remove(&timer.id);
+                timer
+            };
+            // Taken out for the call: `arm`, `disarm` and `delete` from the callback (or
+            // from other threads) do not wait for it.
+            let Some(mut callback) = lock(&timer.callback).take() else {
+                continue;
+            };
+            callback();
+            ran = true;
+            if !timer.deleted.load(Ordering::Acquire) {
+                *lock(&timer.callback) = Some(callback);
+            }
+        }
+        ran
+    }
+
+    /// Drops every armed timer's callback (the context is going away).
+    pub(crate) fn clear(&self) {
+        let armed = std::mem::take(&mut *lock(&self.armed));
+        for timer in armed.by_deadline.into_values() {
+            let callback = lock(&timer.callback).take();
+            drop(callback);
+        }
+    }
+}
+
+impl Timer {
+    /// Arms (or re-arms) the timer to fire at `deadline`. Safe from any thread; a
+    /// deleted timer stays disarmed.
+    pub fn arm(&self, deadline: Instant) {
+        let inner = &self.inner;
+        if inner.deleted.load(Ordering::Acquire) {
+            return;
+        }
+        let list = &inner.list;
+        let now_first = {
+            let mut armed = lock(&list.armed);
+            let key = (deadline, armed.next_seq);
+            armed.next_seq += 1;
+            if let Some(old) = armed.key_of.insert(inner.id, key) {
+                armed.by_deadline.remove(&old);
+            }
+            armed.by_deadline.insert(key, inner.clone());
+            armed.by_deadline.keys().next() == Some(&key)
+        };
+        if now_first {
+            (list.wake)();
+        }
+    }
+
+    /// Arms the timer to fire `delay` from now.
+    pub fn arm_in(&self, delay: Duration) {
+        self.arm(Instant::now() + delay);
+    }
+
+    /// Disarms the timer if it is armed.
+    pub fn disarm(&self) {
+        let mut armed = lock(&self.inner.list.armed);
+        if let Some(old) = armed.key_of.remove(&self.inner.id) {
+            armed.by_deadline.remove(&old);
+        }
+    }
+
+    /// Whether the timer is armed.
+    pub fn is_armed(&self) -> bool {
+        lock(&self.inner.list.armed)
+            .key_of
+            .contains_key(&self.inner.id)
+    }
+
+    /// The deadline the timer is armed for.
+    pub fn deadline(&self) -> Option<Instant> {
+        lock(&self.inner.list.armed)
+            .key_of
+            .get(&self.inner.id)
+            .map(|k| k.0)
+    }
+
+    /// Disarms the timer for good and drops its callback (at once, or when a call in
+    /// progress returns).
+    pub fn delete(&self) {
+        self.inner.deleted.store(true, Ordering::Release);
+        self.disarm();
+        let callback = lock(&self.inner.callback).take();
+        drop(callback);
+    }
+}
+
+impl fmt::Debug for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timer")
+            .field("deadline", &self.deadline())
+            .finish_non_exhaustive()
+    }
+}
