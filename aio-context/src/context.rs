@@ -36,11 +36,14 @@ pub struct PollParams {
 }
 
 impl PollParams {
-    /// QEMU's defaults for an iothread: up to 32 µs of busy polling.
+    /// An iothread's default: up to 32 µs of busy polling (QEMU's `poll-max-ns`), doubling
+    /// and halving. QEMU's `poll-shrink` default drops the window to zero after one wait
+    /// longer than `max_ns`; on a loaded host (a wake-up across CPUs takes 30-100 µs here)
+    /// that switches polling off after a single hiccup, so the default here halves it.
     pub const IOTHREAD: PollParams = PollParams {
         max_ns: 32_768,
-        grow: 0,
-        shrink: 0,
+        grow: 2,
+        shrink: 2,
     };
 
     /// QEMU's `adjust_polling_time`: a window that was too short grows, one that would
@@ -402,12 +405,12 @@ impl AioContext {
         }
 
         let params = inner.poll_params.get();
-        let start = Instant::now();
+        // Read the clock only when busy polling needs it (a clock read is ~25 ns here).
+        let start = (outermost && params.max_ns > 0).then(Instant::now);
         let mut polled = Vec::new();
         let mut notified = false;
-        let busy = outermost
-            && params.max_ns > 0
-            && self.busy_poll(blocking, start, &mut polled, &mut notified);
+        let busy =
+            start.is_some_and(|start| self.busy_poll(blocking, start, &mut polled, &mut notified));
 
         let mut ready = Vec::new();
         let mut completions = Vec::new();
@@ -445,7 +448,7 @@ impl AioContext {
         } else {
             inner.wakeup.accept();
         }
-        if outermost && params.max_ns > 0 {
+        if let Some(start) = start {
             let block_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.adjust_poll_windows(params, block_ns, notified, &ready, &polled);
         }
@@ -456,7 +459,9 @@ impl AioContext {
             completion.run();
             progress = true;
         }
-        progress |= inner.timers.run_expired(Instant::now());
+        if inner.timers.any_armed() {
+            progress |= inner.timers.run_expired(Instant::now());
+        }
         progress
     }
 
@@ -464,7 +469,11 @@ impl AioContext {
     /// next timer (or an idle BH's 10 ms); `None` for "until an event".
     fn compute_timeout(&self) -> Option<Duration> {
         let bh = self.inner.bhs.timeout();
-        let timer = self.inner.timers.timeout(Instant::now());
+        let timer = if self.inner.timers.any_armed() {
+            self.inner.timers.timeout(Instant::now())
+        } else {
+            None
+        };
         match (bh, timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -503,7 +512,9 @@ impl AioContext {
         loop {
             // A BH scheduled (or a notify) from anywhere sets the flag: consume it and
             // stop polling, so the BHs run now.
-            if inner.wakeup.accept() {
+            // A plain load first: the swap and fence of `accept` would make every spin
+            // iteration fight the producers for the cache line.
+            if inner.wakeup.is_notified() && inner.wakeup.accept() {
                 *notified = true;
                 return true;
             }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,10 @@ struct Armed {
 /// The timers of one context.
 pub(crate) struct TimerList {
     armed: Mutex<Armed>,
+    /// How many timers are armed, readable without the lock: a poll with no timer armed
+    /// skips the clock read and the lock. Updated under the lock; a poll that reads a
+    /// stale zero is woken by the arming's notification and looks again.
+    armed_count: AtomicUsize,
     next_id: AtomicU64,
     /// Wakes the owner when the earliest deadline moves earlier.
     wake: Box<dyn Fn() + Send + Sync>,
@@ -59,6 +63,7 @@ impl TimerList {
     pub(crate) fn new(wake: impl Fn() + Send + Sync + 'static) -> Arc<TimerList> {
         Arc::new(TimerList {
             armed: Mutex::default(),
+            armed_count: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             wake: Box::new(wake),
         })
@@ -74,6 +79,16 @@ impl TimerList {
                 list: self.clone(),
             }),
         }
+    }
+
+    /// Whether any timer is armed (a hint; see `armed_count`).
+    pub(crate) fn any_armed(&self) -> bool {
+        self.armed_count.load(Ordering::Acquire) > 0
+    }
+
+    fn update_count(&self, armed: &Armed) {
+        self.armed_count
+            .store(armed.by_deadline.len(), Ordering::Release);
     }
 
     /// Time until the earliest deadline (zero if passed), or `None` if nothing is armed.
@@ -107,6 +122,7 @@ impl TimerList {
                     continue;
                 };
                 armed.key_of.remove(&timer.id);
+                self.update_count(&armed);
                 timer
             };
             // Taken out for the call: `arm`, `disarm` and `delete` from the callback (or
@@ -126,6 +142,7 @@ impl TimerList {
     /// Drops every armed timer's callback (the context is going away).
     pub(crate) fn clear(&self) {
         let armed = std::mem::take(&mut *lock(&self.armed));
+        self.armed_count.store(0, Ordering::Release);
         for timer in armed.by_deadline.into_values() {
             let callback = lock(&timer.callback).take();
             drop(callback);
@@ -150,6 +167,7 @@ impl Timer {
                 armed.by_deadline.remove(&old);
             }
             armed.by_deadline.insert(key, inner.clone());
+            list.update_count(&armed);
             armed.by_deadline.keys().next() == Some(&key)
         };
         if now_first {
@@ -164,9 +182,11 @@ impl Timer {
 
     /// Disarms the timer if it is armed.
     pub fn disarm(&self) {
-        let mut armed = lock(&self.inner.list.armed);
+        let list = &self.inner.list;
+        let mut armed = lock(&list.armed);
         if let Some(old) = armed.key_of.remove(&self.inner.id) {
             armed.by_deadline.remove(&old);
+            list.update_count(&armed);
         }
     }
 

@@ -219,13 +219,31 @@ fn backend_from_env(value: Option<&OsStr>) -> io::Result<Option<Backend>> {
 }
 
 /// When a wait must end: `None` is never.
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
+fn deadline(timeout: Option<Duration>) -> Deadline {
+    match timeout {
+        None => Deadline::Never,
+        Some(t) if t.is_zero() => Deadline::Now,
+        Some(t) => Instant::now()
+            .checked_add(t)
+            .map_or(Deadline::Never, Deadline::At),
+    }
+}
+
+/// When a wait ends; `Now` needs no clock read (the common non-blocking poll).
+#[derive(Clone, Copy, Debug)]
+enum Deadline {
+    Now,
+    At(Instant),
+    Never,
 }
 
 /// Time left until `deadline` (`None`: no limit).
-fn remaining(deadline: Option<Instant>) -> Option<Duration> {
-    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+fn remaining(deadline: Deadline) -> Option<Duration> {
+    match deadline {
+        Deadline::Now => Some(Duration::ZERO),
+        Deadline::At(d) => Some(d.saturating_duration_since(Instant::now())),
+        Deadline::Never => None,
+    }
 }
 
 /// The errno of `err` is `errno`.

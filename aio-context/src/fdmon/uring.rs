@@ -141,8 +141,18 @@ impl Ring {
         }
     }
 
+    /// Whether a syscall would do nothing: no SQE queued, and no CQE held back by the
+    /// kernel (an overflowed CQ is only flushed by `io_uring_enter`).
+    fn idle(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.is_empty() && !sq.cq_overflow()
+    }
+
     /// Hands the queued SQEs to the kernel without waiting; returns how many it took.
     pub(super) fn submit(&mut self) -> io::Result<usize> {
+        if self.idle() {
+            return Ok(0);
+        }
         loop {
             match self.ring.submit() {
                 Err(e) if is_errno(&e, libc::EINTR) => {}
@@ -203,6 +213,10 @@ impl Ring {
     pub(super) fn enter(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         let res = match timeout {
             _ if !self.backlog.is_empty() => self.ring.submit(),
+            // Nothing to hand over and no wait: completions are read straight from the
+            // CQ (the ring has no deferred task work), so skip the syscall (QEMU's
+            // `need_wait` does the same). This is most of a non-blocking poll's cost.
+            Some(t) if t.is_zero() && self.idle() => Ok(0),
             Some(t) if t.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
             Some(t) if self.ext_arg => {
