@@ -1,0 +1,10 @@
+//! The borrow checker, not a comment, keeps references inside their read sections:
+//! each program under `tests/ui/` must fail to compile with the recorded error.
+
+#![cfg(not(miri))]
+
+#[test]
+fn references_cannot_outlive_their_read_section() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}
