@@ -34,7 +34,10 @@ impl Shared {
         // against `close`: closed store, fence, drain), and before whatever the
         // notifier reads (an event loop's "may I sleep?" flag), as its contract says.
         fence(Ordering::SeqCst);
-        if self.closed.load(Ordering::Relaxed) {
+        // Acquire pairs with the Release in `close`: a producer that sees `closed` also
+        // sees every pop the owner made before closing (its `tail`), so it never pops a
+        // node the owner already took.
+        if self.closed.load(Ordering::Acquire) {
             self.drain_orphans();
         } else {
             self.notify.notify();
@@ -44,7 +47,9 @@ impl Shared {
     /// Called once by the dropping list: from now on nothing is dispatched, and every
     /// queued reference is released (by us now, or by the producer that queues later).
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        // Release: publishes the owner's pops (see `wake`). The fence then orders the store
+        // before our own drain's reads of the links (store-buffering with `wake`).
+        self.closed.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
         self.drain_orphans();
     }
@@ -53,7 +58,9 @@ impl Shared {
         let mut orphans = Vec::new();
         {
             let _consumer = self.orphan_drain.lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: after `closed`, every consumer holds `orphan_drain`: one at a time.
+            // SAFETY: single consumer. Before `closed` only the list pops; it stops before
+            // publishing `closed` (Release), and every later consumer acquired `closed` (so
+            // sees the list's last pops) and holds `orphan_drain`: one at a time.
             while let Some(node) = unsafe { self.queue.pop() } {
                 // SAFETY: queued nodes are `BhInner`s pushed with a leaked reference.
                 orphans.push(unsafe { Arc::from_raw(node.cast::<BhInner>().cast_const()) });

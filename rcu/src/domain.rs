@@ -346,7 +346,11 @@ impl Domain {
             // sees the new phase sees everything unpublished before the grace period,
             // which is why the updater needs no barrier after its last scan.
             let gp = self.shared.gp_ctr.load(Ordering::Acquire);
-            rec.ctr.store(gp, Ordering::Relaxed);
+            // Release (a plain store on x86): the previous section's accesses happen
+            // before this store too, so a scan that reads this (later) value still
+            // synchronizes with the previous unlock (a release sequence no longer
+            // includes later plain stores of the same thread, since C++20).
+            rec.ctr.store(gp, Ordering::Release);
             // Orders the ctr store before the section's loads. Pairs with the updater's
             // heavy barrier U1: either the updater's scan sees this reader active, or
             // this reader's loads see what the updater stored before U1.
@@ -404,9 +408,11 @@ impl Domain {
     /// Makes the record's thread an online QSBR reader: from now on grace periods wait
     /// for its quiescent states.
     pub(crate) fn online(&self, rec: &Record) {
+        // Release: as in `read_lock`, a scan that reads this value synchronizes with the
+        // thread's earlier reports.
         rec.qs.store(
             self.shared.qs_seq.load(Ordering::Relaxed),
-            Ordering::Relaxed,
+            Ordering::Release,
         );
         // SeqCst fence: the store must be visible before this thread's following read
         // sections load anything (store-load, against the updater's heavy barrier U1).
@@ -473,22 +479,32 @@ impl Domain {
             st.running = true;
             drop(st);
             // Resets `running` even if the grace period panics, so that no caller
-            // waits forever for a grace period nobody runs.
-            struct Finish<'a>(&'a Domain);
+            // waits forever for a grace period nobody runs. Completion is recorded
+            // explicitly: `thread::panicking()` would also be true for a synchronize()
+            // called from a destructor during an unrelated unwind, which would then
+            // never count its grace periods.
+            struct Finish<'a> {
+                domain: &'a Domain,
+                done: bool,
+            }
             impl Drop for Finish<'_> {
                 fn drop(&mut self) {
-                    let mut st = self.0.gp.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut st = self.domain.gp.lock().unwrap_or_else(|e| e.into_inner());
                     st.running = false;
-                    if !std::thread::panicking() {
+                    if self.done {
                         st.completed += 1;
                     }
                     if st.waiters > 0 {
-                        self.0.gp_done.notify_all();
+                        self.domain.gp_done.notify_all();
                     }
                 }
             }
-            let finish = Finish(self);
+            let mut finish = Finish {
+                domain: self,
+                done: false,
+            };
             self.grace_period();
+            finish.done = true;
             drop(finish);
             st = lock();
         }
