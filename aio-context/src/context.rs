@@ -376,7 +376,13 @@ impl AioContext {
     /// `rcu::synchronize` would wait for this very thread). Panics if called inside
     /// [`AioContext::rcu_read`].
     pub fn synchronize_rcu(&self) {
-        self.inner.qsbr.borrow_mut().synchronize();
+        self.inner
+            .qsbr
+            .try_borrow_mut()
+            .expect(
+                "AioContext::synchronize_rcu() called inside rcu_read: it would wait for itself",
+            )
+            .synchronize();
     }
 
     /// Runs one iteration of the loop (QEMU's `aio_poll`): busy polling if enabled,
@@ -400,8 +406,11 @@ impl AioContext {
         let _leave = Leave(&inner.depth, depth);
         if outermost {
             // Every reference from earlier iterations is dead: callbacks only got them
-            // inside `rcu_read`, which has returned.
-            inner.qsbr.borrow_mut().quiescent_state();
+            // inside `rcu_read`, which has returned. (If this poll itself runs inside
+            // `rcu_read`, the borrow fails and no quiescent state is reported.)
+            if let Ok(mut qsbr) = inner.qsbr.try_borrow_mut() {
+                qsbr.quiescent_state();
+            }
         }
 
         let params = inner.poll_params.get();
@@ -431,10 +440,14 @@ impl AioContext {
                 .borrow_mut()
                 .wait(timeout, &mut ready, &mut completions)
         };
-        let waited = if outermost && timeout != Some(Duration::ZERO) {
-            inner.qsbr.borrow_mut().offline(|| wait(timeout))
-        } else {
-            wait(timeout)
+        // Sleep offline, also in a nested poll: otherwise a BH that waits (nested) for
+        // something that needs a grace period (a call_rcu, an unmap, a DEVICE_DELETED)
+        // would deadlock. Offline is sound whenever the QSBR handle can be borrowed
+        // mutably: QSBR references only come from `rcu_read`, which holds a shared
+        // borrow for as long as any of them lives.
+        let waited = match inner.qsbr.try_borrow_mut() {
+            Ok(mut qsbr) if timeout != Some(Duration::ZERO) => qsbr.offline(|| wait(timeout)),
+            _ => wait(timeout),
         };
         if let Err(e) = waited {
             // A failing monitor is a bug or a dying process; report it and carry on
@@ -638,7 +651,9 @@ impl AioContext {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        CURRENT.with(|c| {
+        // `try_with`: a context kept in a thread-local may be dropped after CURRENT's own
+        // destructor ran, at thread exit.
+        let _ = CURRENT.try_with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
                 *c = Weak::new();
             }

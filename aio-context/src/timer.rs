@@ -132,8 +132,14 @@ impl TimerList {
             };
             callback();
             ran = true;
+            // `deleted` is set before `delete` takes the callback lock, so either it sees
+            // the callback we put back (and drops it) or we see `deleted` here.
+            let mut slot = lock(&timer.callback);
             if !timer.deleted.load(Ordering::Acquire) {
-                *lock(&timer.callback) = Some(callback);
+                *slot = Some(callback);
+            } else {
+                drop(slot);
+                drop(callback);
             }
         }
         ran
@@ -155,12 +161,14 @@ impl Timer {
     /// deleted timer stays disarmed.
     pub fn arm(&self, deadline: Instant) {
         let inner = &self.inner;
-        if inner.deleted.load(Ordering::Acquire) {
-            return;
-        }
         let list = &inner.list;
         let now_first = {
             let mut armed = lock(&list.armed);
+            // Checked under the list lock, which `delete` holds while setting it: a
+            // deleted timer is never re-armed.
+            if inner.deleted.load(Ordering::Acquire) {
+                return;
+            }
             let key = (deadline, armed.next_seq);
             armed.next_seq += 1;
             if let Some(old) = armed.key_of.insert(inner.id, key) {
@@ -208,8 +216,15 @@ impl Timer {
     /// Disarms the timer for good and drops its callback (at once, or when a call in
     /// progress returns).
     pub fn delete(&self) {
-        self.inner.deleted.store(true, Ordering::Release);
-        self.disarm();
+        {
+            let list = &self.inner.list;
+            let mut armed = lock(&list.armed);
+            self.inner.deleted.store(true, Ordering::Release);
+            if let Some(old) = armed.key_of.remove(&self.inner.id) {
+                armed.by_deadline.remove(&old);
+                list.update_count(&armed);
+            }
+        }
         let callback = lock(&self.inner.callback).take();
         drop(callback);
     }
