@@ -32,9 +32,13 @@ impl MapClients {
         // the release's budget update: store-buffering, so at least one side sees the
         // other and the wake-up cannot be lost (tests/loom_map_client.rs).
         fence(Ordering::SeqCst);
-        if budget_available() {
-            Self::notify_locked(&mut list, &self.waiting);
-        }
+        let woken = if budget_available() {
+            Self::take_all(&mut list, &self.waiting)
+        } else {
+            Vec::new()
+        };
+        drop(list);
+        Self::wake(woken);
         id
     }
 
@@ -59,15 +63,24 @@ impl MapClients {
         if self.waiting.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let mut list = self.lock();
-        Self::notify_locked(&mut list, &self.waiting);
+        let woken = Self::take_all(&mut self.lock(), &self.waiting);
+        Self::wake(woken);
     }
 
-    fn notify_locked(list: &mut Vec<(u64, Bh)>, waiting: &AtomicUsize) {
-        for (_, bh) in list.drain(..) {
+    /// Empties the list (under its lock); the BHs are scheduled by `wake`, after the lock
+    /// is released.
+    fn take_all(list: &mut Vec<(u64, Bh)>, waiting: &AtomicUsize) -> Vec<(u64, Bh)> {
+        waiting.store(0, Ordering::Relaxed);
+        std::mem::take(list)
+    }
+
+    /// Schedules the taken BHs. Outside the lock: scheduling runs the owner's `Notify`,
+    /// and into a closed list it may drop other BHs' callbacks, whose destructors (a
+    /// `Waiter`'s, say) take the list lock again.
+    fn wake(woken: Vec<(u64, Bh)>) {
+        for (_, bh) in woken {
             bh.schedule();
         }
-        waiting.store(0, Ordering::Relaxed);
     }
 
     /// How many clients wait.

@@ -124,9 +124,16 @@ impl RunStateMachine {
         *lock(&self.inner.events) = Some(Box::new(hook));
     }
 
+    /// Calls the hook outside its lock (taken out and put back), so a hook may read the
+    /// state or emit further events without deadlock.
     fn emit(&self, event: Event) {
-        if let Some(hook) = lock(&self.inner.events).as_mut() {
-            hook(event);
+        let Some(mut hook) = lock(&self.inner.events).take() else {
+            return;
+        };
+        hook(event);
+        let mut slot = lock(&self.inner.events);
+        if slot.is_none() {
+            *slot = Some(hook); // unless the hook was replaced meanwhile
         }
     }
 
@@ -220,11 +227,22 @@ impl RunStateMachine {
     /// [`Error::InvalidTransition`] if the current state cannot go to running (e.g.
     /// `inmigrate` or `shutdown` without a reset).
     pub fn start(&self) -> Result<Outcome> {
+        self.start_request(false)
+    }
+
+    /// `from_queue`: performed by the deferral BH for a queued request (which must not
+    /// queue behind later ones).
+    fn start_request(&self, from_queue: bool) -> Result<Outcome> {
+        // Lock order: stop_request, then core (request_stop_with holds stop_request while
+        // its `before` emits an event whose hook may read the state).
+        let mut posted = lock(&self.inner.stop_request);
         let mut core = lock(&self.inner.core);
-        if core.in_round {
+        if core.in_round || (!from_queue && !core.deferred.is_empty()) {
+            drop(posted);
+            // Requests stay in order: a start may not overtake one deferred earlier.
             return Ok(self.defer(&mut core, Request::Start));
         }
-        let posted = lock(&self.inner.stop_request).take();
+        let posted = posted.take();
         if core.state == RunState::Running {
             drop(core);
             if posted.is_some() {
@@ -242,9 +260,9 @@ impl RunStateMachine {
         core.state = RunState::Running;
         core.in_round = true;
         drop(core);
+        let _round = Round(self);
         self.emit(Event::Resume);
         self.notify(true, RunState::Running);
-        self.finish_round();
         Ok(Outcome::Done)
     }
 
@@ -256,8 +274,12 @@ impl RunStateMachine {
     ///
     /// [`Error::InvalidTransition`] if `to` is not a state a running VM can stop into.
     pub fn stop(&self, to: RunState) -> Result<Outcome> {
+        self.stop_request(to, false)
+    }
+
+    fn stop_request(&self, to: RunState, from_queue: bool) -> Result<Outcome> {
         let mut core = lock(&self.inner.core);
-        if core.in_round {
+        if core.in_round || (!from_queue && !core.deferred.is_empty()) {
             return Ok(self.defer(&mut core, Request::Stop(to)));
         }
         if !core.state.is_live() {
@@ -272,9 +294,9 @@ impl RunStateMachine {
         core.state = to;
         core.in_round = true;
         drop(core);
+        let _round = Round(self);
         self.notify(false, to);
         self.emit(Event::Stop);
-        self.finish_round();
         Ok(Outcome::Done)
     }
 
@@ -353,7 +375,19 @@ impl RunStateMachine {
             self.inner.deferral.schedule();
         }
     }
+}
 
+/// Ends a notification round when dropped, also if a handler panics (else every later
+/// request would be deferred forever).
+struct Round<'a>(&'a RunStateMachine);
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        self.0.finish_round();
+    }
+}
+
+impl RunStateMachine {
     /// The deferral BH: posted stops first (QEMU's main loop checks them each
     /// iteration), then the requests deferred during rounds, in order.
     fn run_pending(&self) {
@@ -362,8 +396,10 @@ impl RunStateMachine {
         }
         let posted = lock(&self.inner.stop_request).take();
         if let Some(to) = posted {
-            // A posted stop of a VM that is not live is dropped, as in QEMU.
-            let _ = self.stop(to);
+            // A posted stop of a VM that is not live is dropped, as in QEMU. It is
+            // performed ahead of requests deferred during rounds: QEMU's main loop checks
+            // posted stops first, each iteration.
+            let _ = self.stop_request(to, true);
         }
         loop {
             let request = {
@@ -379,8 +415,8 @@ impl RunStateMachine {
             // Errors of deferred requests have no caller to return to; an invalid
             // deferred transition is dropped (the state machine stays consistent).
             let _ = match request {
-                Request::Start => self.start(),
-                Request::Stop(to) => self.stop(to),
+                Request::Start => self.start_request(true),
+                Request::Stop(to) => self.stop_request(to, true),
             };
         }
     }
