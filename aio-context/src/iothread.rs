@@ -12,6 +12,8 @@ use crate::context::{AioContext, AioHandle, PollParams};
 /// iothread default ([`PollParams::IOTHREAD`]).
 pub struct IoThread {
     name: String,
+    /// The iothread's `std` thread id, to refuse `run`/`stop` from the thread itself.
+    std_id: std::thread::ThreadId,
     handle: AioHandle,
     stop: Arc<AtomicBool>,
     thread_id: i32,
@@ -51,6 +53,7 @@ impl IoThread {
         match rx.recv() {
             Ok(Ok((handle, thread_id))) => Ok(IoThread {
                 name: name.to_owned(),
+                std_id: thread.thread().id(),
                 handle,
                 stop,
                 thread_id,
@@ -83,8 +86,15 @@ impl IoThread {
     ///
     /// # Panics
     ///
-    /// If `f` panics (the iothread keeps running), or if the iothread has stopped.
+    /// If `f` panics (the iothread keeps running), if the iothread has stopped, or if
+    /// called on the iothread itself (it would wait for itself).
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        assert_ne!(
+            std::thread::current().id(),
+            self.std_id,
+            "IoThread::run called on iothread {} itself: it would wait for itself",
+            self.name
+        );
         let (tx, rx) = mpsc::sync_channel(1);
         self.handle.schedule_oneshot(move || {
             let _ = tx.send(f());
@@ -102,6 +112,13 @@ impl IoThread {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if std::thread::current().id() == self.std_id {
+            // Stopped from inside its own loop: set the flag (the loop ends after this
+            // iteration) and detach, since a thread cannot join itself.
+            self.stop.store(true, Ordering::Release);
+            drop(thread);
+            return;
+        }
         let stop = self.stop.clone();
         // Set from inside the loop, so the flag is seen by the iteration it ends.
         self.handle

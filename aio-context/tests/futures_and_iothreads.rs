@@ -188,3 +188,19 @@ fn rcu_reads_in_a_context_cost_nothing_and_grace_periods_pass() {
     );
     t.stop();
 }
+
+#[test]
+fn an_iothread_can_be_stopped_from_inside_its_own_loop() {
+    let t = IoThread::spawn("self-stopper").unwrap();
+    let id = t.run(|| std::thread::current().id());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = t.handle().clone();
+    // Hand the IoThread to its own loop and drop it there: no self-join deadlock.
+    handle.schedule_oneshot(move || {
+        assert_eq!(std::thread::current().id(), id);
+        drop(t);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the iothread stopped itself");
+}

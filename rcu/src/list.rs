@@ -20,7 +20,9 @@ struct Node<T> {
 /// - Readers go forward only, see each node fully initialised, and may see a node that is
 ///   being removed (and then continue from it to the nodes after it).
 /// - Writers are serialized by an internal mutex ([`RcuList::write`] holds it across
-///   several operations; the single-operation methods take it themselves).
+///   several operations; the single-operation methods take it themselves). Predicates
+///   passed to writer methods run under that mutex: writing to the same list from
+///   inside one deadlocks.
 /// - A removed node is unlinked at once and dropped after a grace period, on the
 ///   `call_rcu` thread.
 ///
