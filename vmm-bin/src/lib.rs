@@ -1,0 +1,5 @@
+//! `vmm-bin`: the composition of the vmm-core crates into a KVM virtual machine monitor
+//! (SeaBIOS and Linux guests, QMP) and a vhost-user storage daemon.
+//!
+//! The library target exists so that integration tests and benchmarks can reach the device
+//! models and the monitor; the product is the `vmm-bin` binary.
