@@ -141,6 +141,12 @@ pub struct AioContext {
     pub(crate) inner: Rc<Inner>,
 }
 
+/// An io_uring operation submitted with [`AioContext::submit`], for
+/// [`AioContext::cancel_op`]. Only meaningful in the context that submitted it; a stale id
+/// (the operation completed) is recognised and ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpId(u64);
+
 /// A handle to an [`AioContext`] usable from any thread: create and schedule BHs, arm
 /// timers, notify, spawn `Send` futures.
 #[derive(Clone)]
@@ -328,7 +334,12 @@ impl AioContext {
     }
 
     /// Submits an io_uring operation; `callback(result)` runs in this context when it
-    /// completes (result: the CQE's `res`, a negative errno on failure).
+    /// completes (result: the CQE's `res`, a negative errno on failure). The returned
+    /// [`OpId`] cancels it ([`cancel_op`](Self::cancel_op)).
+    ///
+    /// Entries are queued on the submission ring and handed to the kernel together at the
+    /// next poll (or when the ring is full), so the operations one dispatch round submits
+    /// cost one `io_uring_enter`.
     ///
     /// # Safety
     ///
@@ -343,7 +354,7 @@ impl AioContext {
         &self,
         entry: io_uring::squeue::Entry,
         callback: impl FnOnce(i32) + 'static,
-    ) -> io::Result<()> {
+    ) -> io::Result<OpId> {
         let mut fdmon = self.inner.fdmon.borrow_mut();
         if !fdmon.supports_ops() {
             return Err(io::Error::new(
@@ -352,7 +363,26 @@ impl AioContext {
             ));
         }
         // SAFETY: forwarded to our caller's contract.
-        unsafe { fdmon.submit(entry, Box::new(callback)) }
+        unsafe { fdmon.submit(entry, Box::new(callback)) }.map(OpId)
+    }
+
+    /// Asks the kernel to cancel the operation `id` (`IORING_OP_ASYNC_CANCEL`). Its
+    /// callback still runs exactly once, with the operation's own result: `-ECANCELED`
+    /// if the cancel won, the normal result if the operation finished first. Returns
+    /// whether the operation was still in flight (false: already completed, or not from
+    /// this context).
+    ///
+    /// # Errors
+    ///
+    /// The ring's error if the cancel request could not be queued.
+    pub fn cancel_op(&self, id: OpId) -> io::Result<bool> {
+        self.inner.fdmon.borrow_mut().cancel(id.0)
+    }
+
+    /// Whether this kernel's io_uring supports `opcode` (for example
+    /// `io_uring::opcode::Fallocate::CODE`); false without io_uring.
+    pub fn supports_opcode(&self, opcode: u8) -> bool {
+        self.inner.fdmon.borrow().supports_opcode(opcode)
     }
 
     /// Whether io_uring operations can be submitted.

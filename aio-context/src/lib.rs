@@ -53,7 +53,7 @@ pub mod wakeup;
 #[cfg(not(loom))]
 pub use bottom_half::Bh;
 #[cfg(not(loom))]
-pub use context::{AioContext, AioHandle, FdHandler, PollParams};
+pub use context::{AioContext, AioHandle, FdHandler, OpId, PollParams};
 #[cfg(not(loom))]
 pub use event_notifier::EventNotifier;
 #[cfg(not(loom))]

@@ -101,6 +101,16 @@ impl RamBlocks {
         self.find_entry(addr).map(|(entry, _)| &*entry.block)
     }
 
+    /// The block that contains `addr`, as a counted reference that keeps its memory
+    /// mapped after the guard ends, even if the block is removed meanwhile (QEMU's
+    /// `memory_region_ref` in `address_space_map`): what in-flight DMA holds so the kernel
+    /// never writes into unmapped guest memory. The unmap waits for the last reference.
+    #[inline]
+    pub fn find_shared(&self, addr: GuestAddress) -> Option<Arc<RamBlock>> {
+        self.find_entry(addr)
+            .map(|(entry, _)| Arc::clone(&entry.block))
+    }
+
     /// The entry that contains `addr`, and `addr`'s offset in it.
     #[inline]
     fn find_entry(&self, addr: GuestAddress) -> Option<(&Entry, u64)> {

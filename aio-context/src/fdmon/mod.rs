@@ -181,7 +181,7 @@ impl FdMonitor {
         &mut self,
         entry: io_uring::squeue::Entry,
         callback: Box<dyn FnOnce(i32)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let ring = match &mut self.imp {
             Imp::Uring(m) => Some(m.ring_mut()),
             Imp::Epoll(m) => m.ring_mut(),
@@ -194,6 +194,22 @@ impl FdMonitor {
         };
         // SAFETY: the caller upholds the contract above, which is `Ring::submit_op`'s.
         unsafe { ring.submit_op(entry, callback) }
+    }
+
+    /// Cancels the op submitted as `user_data` if it is still in flight (see `Ring::cancel`).
+    pub(crate) fn cancel(&mut self, user_data: u64) -> io::Result<bool> {
+        match &mut self.imp {
+            Imp::Uring(m) => m.ring_mut().cancel(user_data),
+            Imp::Epoll(m) => m.ring_mut().map_or(Ok(false), |r| r.cancel(user_data)),
+        }
+    }
+
+    /// Whether operations with `opcode` can be submitted.
+    pub(crate) fn supports_opcode(&self, opcode: u8) -> bool {
+        match &self.imp {
+            Imp::Uring(m) => m.ring().supports_opcode(opcode),
+            Imp::Epoll(m) => m.ring().is_some_and(|r| r.supports_opcode(opcode)),
+        }
     }
 
     /// Number of operations submitted whose callback has not been handed out yet.

@@ -72,6 +72,8 @@ pub(super) struct Ring {
     backlog: Vec<cqueue::Entry>,
     /// The fallback `IORING_OP_TIMEOUT`'s timespec, at a stable address until submitted.
     timeout: Box<types::Timespec>,
+    /// The opcodes this kernel supports.
+    probe: io_uring::Probe,
 }
 
 impl Ring {
@@ -108,7 +110,34 @@ impl Ring {
             ext_arg,
             backlog: Vec::new(),
             timeout: Box::new(types::Timespec::new()),
+            probe,
         })
+    }
+
+    /// Whether the kernel supports `opcode` (from the probe taken when the ring was built).
+    pub(super) fn supports_opcode(&self, opcode: u8) -> bool {
+        self.probe.is_supported(opcode)
+    }
+
+    /// Queues an `ASYNC_CANCEL` of the op submitted as `user_data` if it is still in flight;
+    /// its callback then runs with the op's own result (`-ECANCELED` if the cancel won).
+    /// Returns whether the op was in flight.
+    pub(super) fn cancel(&mut self, user_data: u64) -> io::Result<bool> {
+        let (tag, generation, key) = decode(user_data);
+        let live = tag == TAG_OP
+            && self
+                .ops
+                .get(key)
+                .is_some_and(|op| op.generation == generation);
+        if !live {
+            return Ok(false);
+        }
+        let cancel = opcode::AsyncCancel::new(user_data)
+            .build()
+            .user_data(UD_INTERNAL);
+        // SAFETY: an ASYNC_CANCEL references no memory.
+        unsafe { self.push(&cancel) }?;
+        Ok(true)
     }
 
     pub(super) fn submitter(&self) -> io_uring::Submitter<'_> {
@@ -183,7 +212,7 @@ impl Ring {
         &mut self,
         entry: squeue::Entry,
         callback: Box<dyn FnOnce(i32)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         // SAFETY: `Entry` is `#[repr(C)]` around `io_uring_sqe`, 64 bytes (asserted above),
         // whose second byte is the `u8` flags field (kernel ABI): initialized and in bounds.
         let flags = unsafe { *(&raw const entry).cast::<u8>().add(1) };
@@ -198,7 +227,8 @@ impl Ring {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let (key, generation) = (slot.key(), self.next_generation());
-        let entry = entry.user_data(encode(TAG_OP, generation, key));
+        let user_data = encode(TAG_OP, generation, key);
+        let entry = entry.user_data(user_data);
         // SAFETY: the caller keeps what `entry` references valid until the callback is handed
         // out or dropped, which `reap`/`drop` do only after the op's (single) CQE.
         unsafe { self.push(&entry) }?;
@@ -206,7 +236,7 @@ impl Ring {
             generation,
             callback,
         });
-        Ok(())
+        Ok(user_data)
     }
 
     /// Submits and waits up to `timeout` (`None`: no limit) for a CQE. `Ok(true)`: timed out.
