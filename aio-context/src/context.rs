@@ -694,6 +694,13 @@ impl Drop for Inner {
 }
 
 impl AioHandle {
+    /// The context's BH scheduler, for components that take one (for example
+    /// `runstate::RunStateMachine::new`, whose deferred transitions then run in this
+    /// context).
+    pub fn bh_scheduler(&self) -> &BhScheduler {
+        &self.bhs
+    }
+
     /// Creates a BH owned by the handle's context.
     pub fn new_bh(&self, callback: impl FnMut() + Send + 'static) -> Bh {
         self.bhs.new_bh(callback)

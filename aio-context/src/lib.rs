@@ -51,7 +51,7 @@ mod timer;
 pub mod wakeup;
 
 #[cfg(not(loom))]
-pub use bottom_half::Bh;
+pub use bottom_half::{Bh, BhScheduler};
 #[cfg(not(loom))]
 pub use context::{AioContext, AioHandle, FdHandler, OpId, PollParams};
 #[cfg(not(loom))]

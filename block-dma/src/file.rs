@@ -1,0 +1,537 @@
+//! Raw image files (and block devices) on io_uring: buffered or O_DIRECT.
+//!
+//! O_DIRECT (`cache=none`, `cache.direct=on`) needs offsets, lengths and memory aligned
+//! to what the file system asks for (`statx(STATX_DIOALIGN)`, else probed like QEMU's
+//! `raw_probe_alignment`). Requests that do not fit take one of two slow paths, both
+//! correct:
+//! - aligned offset and length, unaligned memory (or more iovecs than `IOV_MAX`): the
+//!   data goes through an aligned buffer of ours, still with O_DIRECT;
+//! - unaligned offset or length: the request goes through a second, buffered descriptor
+//!   of the same file. The kernel's page cache does the read-modify-write under its page
+//!   locks, so two sub-block writes to one block cannot lose each other's data (which a
+//!   naive RMW of ours could), and Linux writes back and invalidates cached pages before
+//!   an O_DIRECT access to them, so the two descriptors stay coherent. `fdatasync`
+//!   covers both.
+
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+
+use aio_context::AioContext;
+use io_uring::{opcode, types};
+use smallvec::SmallVec;
+
+use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op};
+use crate::{AlignedBuf, Errno, IoBuffers, OpenError};
+
+/// `IOV_MAX`: the most iovecs one `readv`/`writev` takes.
+const IOV_MAX: usize = 1024;
+/// `_IOR(0x12, 114, size_t)`.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `_IO(0x12, 104)`.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+/// `STATX_DIOALIGN` (Linux 6.1).
+const STATX_DIOALIGN: u32 = 0x2000;
+/// Chunk of the last-resort write-zeroes fallback (writing zeros).
+const ZERO_CHUNK: u64 = 1 << 20;
+
+/// How to open an image (QEMU's `driver=file` options).
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// The image file or block device.
+    pub path: PathBuf,
+    /// Open read-only; writes then fail with `EROFS`.
+    pub read_only: bool,
+    /// Bypass the host page cache (O_DIRECT).
+    pub direct: bool,
+    /// The smallest acceptable size in bytes (at least one 512-byte sector).
+    pub min_size: u64,
+}
+
+impl FileOptions {
+    /// Read-write, buffered, at least one sector.
+    pub fn new(path: impl Into<PathBuf>) -> FileOptions {
+        FileOptions {
+            path: path.into(),
+            read_only: false,
+            direct: false,
+            min_size: 512,
+        }
+    }
+
+    /// Sets read-only.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Sets O_DIRECT.
+    pub fn direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
+    }
+}
+
+struct Files {
+    /// The descriptor of the fast path (O_DIRECT if asked).
+    main: File,
+    /// With O_DIRECT: a buffered descriptor for unaligned requests.
+    buffered: Option<File>,
+    info: BackendInfo,
+}
+
+/// A raw image on io_uring. Cheap to clone; in-flight operations keep the descriptors
+/// open.
+#[derive(Clone)]
+pub struct FileBackend {
+    files: Arc<Files>,
+}
+
+impl std::fmt::Debug for FileBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBackend")
+            .field("fd", &self.files.main.as_raw_fd())
+            .field("info", &self.files.info)
+            .finish()
+    }
+}
+
+/// The opcodes a file image uses, probed once per process on a small ring.
+struct Opcodes {
+    rw_and_sync: bool,
+    fallocate: bool,
+}
+
+fn opcodes() -> &'static Opcodes {
+    static OPCODES: OnceLock<Opcodes> = OnceLock::new();
+    OPCODES.get_or_init(|| {
+        let mut probe = io_uring::Probe::new();
+        let ok = io_uring::IoUring::new(2)
+            .and_then(|ring| ring.submitter().register_probe(&mut probe))
+            .is_ok();
+        Opcodes {
+            rw_and_sync: ok
+                && [
+                    opcode::Readv::CODE,
+                    opcode::Writev::CODE,
+                    opcode::Fsync::CODE,
+                ]
+                .iter()
+                .all(|&c| probe.is_supported(c)),
+            fallocate: ok && probe.is_supported(opcode::Fallocate::CODE),
+        }
+    })
+}
+
+fn open_file(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
+    let mut flags = libc::O_CLOEXEC;
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(flags)
+        .open(path)
+}
+
+impl FileBackend {
+    /// Opens an image.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: a missing, unreadable or too-small image, one that is not a file
+    /// or block device, O_DIRECT refused by its file system, or an io_uring without
+    /// `readv`/`writev`/`fsync`.
+    pub fn open(options: &FileOptions) -> Result<FileBackend, OpenError> {
+        let path = &options.path;
+        let ops = opcodes();
+        if !ops.rw_and_sync {
+            return Err(OpenError::Unsupported("readv/writev/fsync"));
+        }
+        let os = |source| OpenError::Os {
+            path: path.clone(),
+            source,
+        };
+        let meta = match std::fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(OpenError::NotFound { path: path.clone() });
+            }
+            r => r.map_err(os)?,
+        };
+        let block_device = meta.file_type().is_block_device();
+        if !meta.is_file() && !block_device {
+            return Err(OpenError::NotAFile { path: path.clone() });
+        }
+        let mode = match (options.read_only, options.direct) {
+            (_, true) => "with O_DIRECT",
+            (true, false) => "read-only",
+            (false, false) => "read-write",
+        };
+        let main = open_file(path, options.read_only, options.direct).map_err(|source| {
+            OpenError::Open {
+                path: path.clone(),
+                mode,
+                source,
+            }
+        })?;
+        let size = if block_device {
+            let mut size: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid.
+            if unsafe { libc::ioctl(main.as_raw_fd(), BLKGETSIZE64, &mut size) } < 0 {
+                return Err(os(io::Error::last_os_error()));
+            }
+            size
+        } else {
+            meta.len()
+        };
+        let min = options.min_size.max(512);
+        if size < min {
+            return Err(OpenError::TooSmall {
+                path: path.clone(),
+                size,
+                min,
+            });
+        }
+        let (request_alignment, memory_alignment, buffered) = if options.direct {
+            let (req, mem) = dio_alignment(&main, block_device).map_err(os)?;
+            let buffered =
+                open_file(path, options.read_only, false).map_err(|source| OpenError::Open {
+                    path: path.clone(),
+                    mode: "buffered (unaligned requests)",
+                    source,
+                })?;
+            (req, mem, Some(buffered))
+        } else {
+            (1, 1, None)
+        };
+        let info = BackendInfo {
+            size,
+            read_only: options.read_only,
+            request_alignment,
+            memory_alignment,
+            discard: ops.fallocate,
+            write_zeroes: true,
+            direct: options.direct,
+        };
+        Ok(FileBackend {
+            files: Arc::new(Files {
+                main,
+                buffered,
+                info,
+            }),
+        })
+    }
+}
+
+/// O_DIRECT's (request, memory) alignment: `statx(STATX_DIOALIGN)`, the logical block
+/// size of a block device, or probed with reads of growing size (QEMU's
+/// `raw_probe_alignment`); 4096 if nothing works.
+fn dio_alignment(file: &File, block_device: bool) -> io::Result<(u32, u32)> {
+    let fd = file.as_raw_fd();
+    // SAFETY: `statx` is plain old data; zeroes are a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, an empty C string with AT_EMPTY_PATH, and a valid out pointer.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if r == 0 && stx.stx_mask & STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0 {
+        return Ok((stx.stx_dio_offset_align, stx.stx_dio_mem_align.max(1)));
+    }
+    if block_device {
+        let mut ssz: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the valid pointer.
+        if unsafe { libc::ioctl(fd, BLKSSZGET, &mut ssz) } == 0 && ssz > 0 {
+            return Ok((ssz as u32, ssz as u32));
+        }
+    }
+    let mut buf = AlignedBuf::zeroed(4096, 4096);
+    for size in [512usize, 1024, 2048, 4096] {
+        // SAFETY: `buf` holds 4096 writable bytes, aligned to 4096.
+        let r = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), size, 0) };
+        if r >= 0 {
+            return Ok((size as u32, size as u32));
+        }
+    }
+    Ok((4096, 4096))
+}
+
+/// Which descriptor and buffers an in-flight read or write uses.
+enum Path_ {
+    /// O_DIRECT or buffered, on the caller's iovecs.
+    Direct,
+    /// O_DIRECT through our aligned copy of the data.
+    Aligned(AlignedBuf),
+    /// The buffered descriptor (unaligned offset or length under O_DIRECT).
+    Buffered,
+}
+
+/// One operation in flight: owns everything the kernel may touch until its CQE.
+struct InFlight {
+    files: Arc<Files>,
+    kind: OpKind,
+    offset: u64,
+    len: u64,
+    /// Bytes done so far (a short read or write is resubmitted for the rest).
+    done_bytes: u64,
+    bufs: Option<IoBuffers>,
+    path: Path_,
+    /// The iovecs of the current submission (a resubmission skips what is done).
+    iov: SmallVec<[libc::iovec; 4]>,
+    /// Write-zeroes fallbacks: 0 = ZERO_RANGE, 1 = PUNCH_HOLE, 2 = writing zeros.
+    zero_stage: u8,
+    zeros: Option<AlignedBuf>,
+    done: Option<Done>,
+}
+
+impl BlockBackend for FileBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.files.info
+    }
+
+    fn submit(&self, ctx: &AioContext, op: BlockOp, done: Done) -> Result<Ticket, Errno> {
+        check_op(&self.files.info, &op)?;
+        let kind = op.kind();
+        let (offset, len) = op.range().unwrap_or((0, 0));
+        let unmap = matches!(op, BlockOp::WriteZeroes { unmap: true, .. });
+        let bufs = op.into_bufs();
+        let info = &self.files.info;
+        let path = match &bufs {
+            Some(b) if info.direct => {
+                let req = u64::from(info.request_alignment);
+                if offset % req != 0 || len % req != 0 {
+                    Path_::Buffered
+                } else if !b.is_aligned(info.memory_alignment as usize) || b.count() > IOV_MAX {
+                    let mut copy = AlignedBuf::zeroed(len as usize, info.memory_alignment as usize);
+                    if kind == OpKind::Write {
+                        b.copy_to(&mut copy);
+                    }
+                    Path_::Aligned(copy)
+                } else {
+                    Path_::Direct
+                }
+            }
+            Some(b) if b.count() > IOV_MAX => {
+                let mut copy = AlignedBuf::zeroed(len as usize, 1);
+                if kind == OpKind::Write {
+                    b.copy_to(&mut copy);
+                }
+                Path_::Aligned(copy)
+            }
+            _ => Path_::Direct,
+        };
+        let op = Box::new(InFlight {
+            files: self.files.clone(),
+            kind,
+            offset,
+            len,
+            done_bytes: 0,
+            bufs,
+            path,
+            iov: SmallVec::new(),
+            zero_stage: u8::from(unmap),
+            zeros: None,
+            done: Some(done),
+        });
+        submit(ctx, op)
+            .map(Ticket::Uring)
+            .map_err(|(_, errno)| errno)
+    }
+
+    fn cancel(&self, ctx: &AioContext, ticket: Ticket) {
+        let Ticket::Uring(id) = ticket;
+        // A failure to queue the cancel leaves the op to complete normally.
+        let _ = ctx.cancel_op(id);
+    }
+}
+
+/// Builds the SQE for the current stage of `op` and submits it; gives `op` back if
+/// it cannot be queued.
+fn submit(
+    ctx: &AioContext,
+    mut op: Box<InFlight>,
+) -> Result<aio_context::OpId, (Box<InFlight>, Errno)> {
+    let entry = op.entry();
+    // The op sits in a cell shared with the callback, so a failed submit (which drops the
+    // callback) does not lose it.
+    let cell = Rc::new(Cell::new(Some(op)));
+    let slot = cell.clone();
+    let on_cqe = move |res: i32| {
+        let Some(op) = slot.take() else { return };
+        match AioContext::current() {
+            Some(ctx) => op.complete(&ctx, res),
+            // Not reachable: completions run inside their context's poll.
+            None => op.finish(Err(Errno::EIO)),
+        }
+    };
+    // SAFETY: every pointer in `entry` (iovecs, buffers) points into the boxed `InFlight`
+    // or into memory it owns (`IoBuffers` keeps guest RAM mapped, `AlignedBuf`s are
+    // heap). The box stays in `cell`, which the callback co-owns; the context keeps the
+    // callback until the CQE (and drops it only after the kernel let go, on teardown).
+    // The fds are kept open by `op.files`.
+    match unsafe { ctx.submit(entry, on_cqe) } {
+        Ok(id) => Ok(id),
+        Err(e) => match cell.take() {
+            Some(op) => Err((op, Errno::from_io(&e))),
+            None => unreachable!("the callback did not run"),
+        },
+    }
+}
+
+impl InFlight {
+    fn fd(&self) -> RawFd {
+        match (&self.path, &self.files.buffered) {
+            (Path_::Buffered, Some(b)) => b.as_raw_fd(),
+            _ => self.files.main.as_raw_fd(),
+        }
+    }
+
+    /// The SQE for what is left to do. Pointers it holds point into `self` (boxed) or
+    /// memory `self` owns.
+    fn entry(&mut self) -> io_uring::squeue::Entry {
+        let fd = types::Fd(self.fd());
+        let offset = self.offset + self.done_bytes;
+        match self.kind {
+            OpKind::Read | OpKind::Write => {
+                self.iov = match (&mut self.path, &self.bufs) {
+                    (Path_::Aligned(buf), _) => {
+                        let skip = self.done_bytes as usize;
+                        std::iter::once(libc::iovec {
+                            // SAFETY: `skip` < the buffer's length (only a short transfer
+                            // of it is resubmitted).
+                            iov_base: unsafe { buf.as_mut_ptr().add(skip) }.cast(),
+                            iov_len: buf.len() - skip,
+                        })
+                        .collect()
+                    }
+                    (_, Some(bufs)) => skip_iovecs(bufs.iovecs(), self.done_bytes as usize),
+                    (_, None) => SmallVec::new(),
+                };
+                let (ptr, n) = (self.iov.as_ptr(), self.iov.len() as u32);
+                if self.kind == OpKind::Read {
+                    opcode::Readv::new(fd, ptr, n).offset(offset).build()
+                } else {
+                    opcode::Writev::new(fd, ptr, n).offset(offset).build()
+                }
+            }
+            OpKind::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            OpKind::Discard => opcode::Fallocate::new(fd, self.len)
+                .offset(offset)
+                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                .build(),
+            OpKind::WriteZeroes => match self.zero_stage {
+                0 => opcode::Fallocate::new(fd, self.len)
+                    .offset(offset)
+                    .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                    .build(),
+                1 => opcode::Fallocate::new(fd, self.len)
+                    .offset(offset)
+                    .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                    .build(),
+                _ => {
+                    let chunk = (self.len - self.done_bytes).min(ZERO_CHUNK) as usize;
+                    let align = self.files.info.memory_alignment.max(512) as usize;
+                    let zeros = self
+                        .zeros
+                        .get_or_insert_with(|| AlignedBuf::zeroed(ZERO_CHUNK as usize, align));
+                    opcode::Write::new(fd, zeros.as_mut_ptr(), chunk as u32)
+                        .offset(offset)
+                        .build()
+                }
+            },
+        }
+    }
+
+    fn complete(mut self: Box<Self>, ctx: &AioContext, res: i32) {
+        if res < 0 {
+            let errno = Errno::from_cqe(res);
+            let unsupported = errno.0 == libc::EOPNOTSUPP || errno.0 == libc::ENOTTY;
+            match self.kind {
+                // Discard is advisory (QEMU ignores ENOTSUP too).
+                OpKind::Discard if unsupported => return self.finish(Ok(0)),
+                OpKind::WriteZeroes if unsupported && self.zero_stage < 2 => {
+                    // Punching a hole reads back zeros from a raw file, so it may stand in
+                    // even without UNMAP; a block device may not do it, and the last
+                    // resort writes zeros.
+                    self.zero_stage += 1;
+                    return self.resubmit(ctx);
+                }
+                _ => return self.finish(Err(errno)),
+            }
+        }
+        let res = res as u64;
+        match self.kind {
+            OpKind::Read | OpKind::Write => {
+                if res == 0 {
+                    // EOF on a read of a file that shrank, or a write that makes no progress.
+                    return self.finish(Err(Errno::EIO));
+                }
+                self.done_bytes += res;
+                if self.done_bytes < self.len {
+                    return self.resubmit(ctx);
+                }
+                let total = self.done_bytes;
+                if let (OpKind::Read, Path_::Aligned(buf), Some(bufs)) =
+                    (self.kind, &self.path, &mut self.bufs)
+                {
+                    bufs.copy_from(buf);
+                }
+                self.finish(Ok(total))
+            }
+            OpKind::WriteZeroes if self.zero_stage >= 2 => {
+                self.done_bytes += res;
+                if res == 0 {
+                    return self.finish(Err(Errno::EIO));
+                }
+                if self.done_bytes < self.len {
+                    return self.resubmit(ctx);
+                }
+                self.finish(Ok(0))
+            }
+            _ => self.finish(Ok(0)),
+        }
+    }
+
+    fn resubmit(self: Box<Self>, ctx: &AioContext) {
+        if let Err((op, errno)) = submit(ctx, self) {
+            op.finish(Err(errno));
+        }
+    }
+
+    fn finish(mut self: Box<Self>, result: Result<u64, Errno>) {
+        if let Some(done) = self.done.take() {
+            done(result, self.bufs.take());
+        }
+    }
+}
+
+/// The iovecs of `iov` after skipping `skip` bytes.
+fn skip_iovecs(iov: &[libc::iovec], mut skip: usize) -> SmallVec<[libc::iovec; 4]> {
+    let mut out = SmallVec::new();
+    for v in iov {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: `skip` < `iov_len`: still inside the same buffer.
+            iov_base: unsafe { v.iov_base.cast::<u8>().add(skip) }.cast(),
+            iov_len: v.iov_len - skip,
+        });
+        skip = 0;
+    }
+    out
+}
