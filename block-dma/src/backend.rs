@@ -175,3 +175,17 @@ pub fn check_op(info: &BackendInfo, op: &BlockOp) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// A shared backend is a backend (wrappers such as [`FaultInjector`](crate::FaultInjector)
+/// can take an `Arc` the test or the VMM keeps a reference to).
+impl<B: BlockBackend + ?Sized> BlockBackend for std::sync::Arc<B> {
+    fn info(&self) -> &BackendInfo {
+        (**self).info()
+    }
+    fn submit(&self, ctx: &AioContext, op: BlockOp, done: Done) -> Result<Ticket, Errno> {
+        (**self).submit(ctx, op, done)
+    }
+    fn cancel(&self, ctx: &AioContext, ticket: Ticket) {
+        (**self).cancel(ctx, ticket)
+    }
+}

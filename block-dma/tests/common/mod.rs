@@ -130,3 +130,114 @@ pub fn have_uring(ctx: &AioContext, test: &str) -> bool {
     eprintln!("SKIPPED {test}: io_uring operations are not available on this kernel");
     false
 }
+
+/// A backend whose reads and writes are io_uring timeouts of `delay`: they stay in
+/// flight until then (or until cancelled), then succeed without touching the buffers.
+pub struct SlowBackend {
+    pub info: block_dma::BackendInfo,
+    pub delay: Duration,
+    pub submitted: std::sync::atomic::AtomicU64,
+}
+
+impl SlowBackend {
+    pub fn new(size: u64, delay: Duration) -> SlowBackend {
+        SlowBackend {
+            info: block_dma::BackendInfo {
+                size,
+                read_only: false,
+                request_alignment: 1,
+                memory_alignment: 1,
+                discard: true,
+                write_zeroes: true,
+                direct: false,
+            },
+            delay,
+            submitted: Default::default(),
+        }
+    }
+}
+
+impl block_dma::BlockBackend for SlowBackend {
+    fn info(&self) -> &block_dma::BackendInfo {
+        &self.info
+    }
+
+    fn submit(
+        &self,
+        ctx: &AioContext,
+        op: block_dma::BlockOp,
+        done: block_dma::Done,
+    ) -> Result<block_dma::Ticket, Errno> {
+        block_dma::check_op(&self.info, &op)?;
+        self.submitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let len = op.range().map_or(0, |(_, l)| l);
+        let bufs = op.into_bufs();
+        let ts = Box::new(io_uring::types::Timespec::from(self.delay));
+        let entry = io_uring::opcode::Timeout::new(&*ts).build();
+        let cb = move |res: i32| {
+            drop(ts);
+            // A timeout that expires reports -ETIME: that is our success.
+            let result = if res == -libc::ETIME || res == 0 {
+                Ok(len)
+            } else {
+                Err(Errno::from_cqe(res))
+            };
+            done(result, bufs);
+        };
+        // SAFETY: the timespec is owned by the callback until the CQE.
+        unsafe { ctx.submit(entry, cb) }
+            .map(block_dma::Ticket::Uring)
+            .map_err(|e| Errno::from_io(&e))
+    }
+
+    fn cancel(&self, ctx: &AioContext, ticket: block_dma::Ticket) {
+        let block_dma::Ticket::Uring(id) = ticket;
+        let _ = ctx.cancel_op(id);
+    }
+}
+
+/// MMIO that accepts DMA: a byte array at `base`, counting accesses.
+pub struct FakeMmio {
+    pub base: u64,
+    pub data: std::sync::Mutex<Vec<u8>>,
+    pub reads: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+}
+
+impl FakeMmio {
+    pub fn new(base: u64, len: usize) -> FakeMmio {
+        FakeMmio {
+            base,
+            data: std::sync::Mutex::new(vec![0; len]),
+            reads: Default::default(),
+            writes: Default::default(),
+        }
+    }
+
+    fn range(&self, addr: u64, len: usize) -> Result<std::ops::Range<usize>, Errno> {
+        let start = addr.checked_sub(self.base).ok_or(Errno::EFAULT)? as usize;
+        let end = start.checked_add(len).ok_or(Errno::EFAULT)?;
+        if end > self.data.lock().unwrap().len() {
+            return Err(Errno::EFAULT);
+        }
+        Ok(start..end)
+    }
+}
+
+impl block_dma::MmioAccess for FakeMmio {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = self.range(addr, buf.len())?;
+        buf.copy_from_slice(&self.data.lock().unwrap()[r]);
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = self.range(addr, buf.len())?;
+        self.data.lock().unwrap()[r].copy_from_slice(buf);
+        Ok(())
+    }
+}
