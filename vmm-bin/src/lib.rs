@@ -3,3 +3,5 @@
 //!
 //! The library target exists so that integration tests and benchmarks can reach the device
 //! models and the monitor; the product is the `vmm-bin` binary.
+
+pub mod monitor;
