@@ -24,6 +24,37 @@ impl EventNotifier {
         Ok(EventNotifier { fd })
     }
 
+    /// Wraps an eventfd made elsewhere (an ioeventfd's, a vhost-user kick or call fd),
+    /// switching it to non-blocking so that [`test_and_clear`](Self::test_and_clear)
+    /// never blocks.
+    ///
+    /// # Errors
+    ///
+    /// The `fcntl` error (for example, `fd` is not open).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<EventNotifier> {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers involved.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0
+            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(EventNotifier { fd })
+    }
+
+    /// A second notifier on the same eventfd (for the other side: an irqfd, a kick
+    /// source).
+    ///
+    /// # Errors
+    ///
+    /// The `dup` error.
+    pub fn try_clone(&self) -> io::Result<EventNotifier> {
+        Ok(EventNotifier {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// Sets the notifier (idempotent until cleared). Safe from any thread.
     pub fn set(&self) -> io::Result<()> {
         let one: u64 = 1;

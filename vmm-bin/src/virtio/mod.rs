@@ -1,0 +1,117 @@
+//! Virtio device models, independent of their transport.
+//!
+//! A device model ([`VirtioDevice`]) knows its features, its config space and how to
+//! serve a queue; a transport (virtio-pci on KVM, vhost-user in the storage daemon)
+//! negotiates features, sets the queues up in guest memory and hands each one over with
+//! its kick notifier, the guest memory ([`RamList`]), an interrupt ([`VirtioInterrupt`])
+//! and the iothread that serves it. Requests then never leave that iothread: kick →
+//! descriptor chain → block-dma on io_uring → status + used ring → interrupt.
+
+pub mod blk;
+
+use std::sync::Arc;
+
+use aio_context::{EventNotifier, IoThread};
+use ram_block::RamList;
+use virtio_queue::Queue;
+
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// How a device tells the driver that a queue has used buffers (or the config
+/// changed): a write to an irqfd or a vhost-user call eventfd, an MSI-X message, an
+/// INTx line with the ISR bit. Called on the queue's iothread.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Signals that queue `index` has new used buffers.
+    fn notify_queue(&self, index: u16);
+    /// Signals a configuration change.
+    fn notify_config(&self) {}
+}
+
+/// An interrupt that writes an eventfd (irqfd, vhost-user call fd).
+pub struct EventInterrupt {
+    /// One notifier per queue.
+    pub queues: Vec<Option<EventNotifier>>,
+}
+
+impl VirtioInterrupt for EventInterrupt {
+    fn notify_queue(&self, index: u16) {
+        if let Some(Some(n)) = self.queues.get(usize::from(index)) {
+            // A failed write means the other side is gone; nothing to do.
+            let _ = n.set();
+        }
+    }
+}
+
+/// What a transport hands a device to serve one queue.
+pub struct QueueSetup {
+    /// The queue, with addresses, size and `next_avail`/`next_used` set, ready.
+    pub queue: Queue,
+    /// Set by the driver's notification (ioeventfd, vhost-user kick fd).
+    pub kick: EventNotifier,
+    /// The guest memory the queue and the buffers live in.
+    pub memory: RamList,
+    /// How used buffers are signalled.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The iothread that serves the queue.
+    pub iothread: Arc<IoThread>,
+}
+
+/// Why a queue could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The index is not one of the device's queues.
+    #[error("queue {0} does not exist")]
+    NoSuchQueue(u16),
+    /// The queue's rings are not valid in guest memory.
+    #[error("queue {0} is not valid (rings outside guest memory or bad size)")]
+    Invalid(u16),
+    /// Registering the kick notifier failed.
+    #[error("queue {index}: {source}")]
+    Io {
+        /// The queue.
+        index: u16,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (2: block).
+    fn device_type(&self) -> u32;
+    /// How many queues the device offers.
+    fn num_queues(&self) -> u16;
+    /// The largest size of each queue.
+    fn queue_max_size(&self) -> u16;
+    /// The feature bits offered.
+    fn features(&self) -> u64;
+    /// Records the features the driver accepted (a subset of [`features`](Self::features)).
+    fn ack_features(&mut self, features: u64);
+    /// Reads the device-specific config space (out-of-range bytes read as 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific config space (read-only fields are ignored).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts serving queue `index`.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError`].
+    fn start_queue(&mut self, index: u16, setup: QueueSetup) -> Result<(), QueueError>;
+    /// Stops serving queue `index` after its in-flight requests completed (their
+    /// status and used entries are written), and returns the queue (its
+    /// `next_avail`/`next_used` are the vhost-user vring base). `None` if not started.
+    fn stop_queue(&mut self, index: u16) -> Option<Queue>;
+    /// Stops every queue (a device reset).
+    fn reset(&mut self) {
+        for i in 0..self.num_queues() {
+            self.stop_queue(i);
+        }
+    }
+}
