@@ -106,11 +106,18 @@ class GuestResult:
 
 
 def export_args(image: str, sock: str, num_queues: int = 2, direct: bool = False,
-                readonly: bool = False) -> List[str]:
-    """qemu-storage-daemon's options for a vhost-user-blk export of a raw file (ours takes the same)."""
+                readonly: bool = False, aio: Optional[str] = None) -> List[str]:
+    """qemu-storage-daemon's options for a vhost-user-blk export of a raw file (ours takes the same).
+
+    direct: cache.direct=on (O_DIRECT); aio: the file node's aio= (threads, native, io_uring);
+    with direct and no aio given, io_uring.
+    """
     f = f"driver=file,node-name=file0,filename={image}"
     if direct:
-        f += ",cache.direct=on,aio=native"
+        f += ",cache.direct=on"
+        aio = aio or "io_uring"
+    if aio:
+        f += f",aio={aio}"
     return [
         "--blockdev", f,
         "--blockdev", "driver=raw,node-name=disk0,file=file0",
@@ -136,8 +143,9 @@ class StorageDaemon:
     """A vhost-user-blk export (qemu-storage-daemon or ours) of IMAGE at SOCK."""
 
     def __init__(self, cmd: List[str], image: str, sock: str, num_queues: int = 2,
-                 direct: bool = False, log_path: Optional[str] = None, extra: Optional[List[str]] = None):
-        self.cmd = list(cmd) + export_args(image, sock, num_queues, direct) + list(extra or [])
+                 direct: bool = False, log_path: Optional[str] = None, extra: Optional[List[str]] = None,
+                 aio: Optional[str] = None):
+        self.cmd = list(cmd) + export_args(image, sock, num_queues, direct, aio=aio) + list(extra or [])
         self.sock = sock
         self.log_path = log_path or tempfile.mktemp(prefix="storage-daemon-", suffix=".log")
         self.proc: Optional[subprocess.Popen] = None
@@ -375,7 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--export-cmd", help="start this storage daemon on --image, e.g. 'qemu-storage-daemon' "
                    "or 'target/release/vmm-bin storage-daemon' (the --blockdev/--export options are added)")
     p.add_argument("--qsd", action="store_true", help="short for --export-cmd qemu-storage-daemon")
-    p.add_argument("--export-direct", action="store_true", help="cache.direct=on,aio=native on the export's file node")
+    p.add_argument("--export-direct", action="store_true", help="cache.direct=on,aio=io_uring on the export's file node")
     p.add_argument("--num-queues", type=int, default=2)
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="guest parameter: pattern_seed, size_mb, hammer_secs, fio_engine, ...")
