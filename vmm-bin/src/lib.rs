@@ -5,3 +5,4 @@
 //! models and the monitor; the product is the `vmm-bin` binary.
 
 pub mod monitor;
+pub mod virtio;
