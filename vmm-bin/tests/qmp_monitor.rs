@@ -424,3 +424,54 @@ fn the_qemu_qmp_python_client_works_unchanged() {
     assert!(vm.quit.load(Ordering::SeqCst), "quit reached the machine");
     vm.join();
 }
+
+#[test]
+fn wait_on_blocks_until_the_first_client_connects() {
+    let path = std::env::temp_dir().join(format!("qmp-{}-wait.sock", std::process::id()));
+    let listening = Arc::new(AtomicBool::new(false));
+    let (p, l) = (path.clone(), listening.clone());
+    let main = thread::spawn(move || {
+        let ctx = AioContext::new().unwrap();
+        let vm = RunStateMachine::new(ctx.handle().bh_scheduler());
+        let monitor = Monitor::new(&ctx, &vm, Rc::new(MachineHooks::new(|| {}, || {}))).unwrap();
+        let option: QmpOption = format!("unix:{},server=on,wait=on", p.display())
+            .parse()
+            .unwrap();
+        monitor.listen(&option).unwrap(); // blocks until the client below connects
+        l.store(true, Ordering::SeqCst);
+        while monitor.client_count() > 0 {
+            ctx.poll(true);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        if let Ok(stream) = UnixStream::connect(&path) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            break Raw {
+                stream,
+                reader,
+                events: Vec::new(),
+            };
+        }
+        assert!(!listening.load(Ordering::SeqCst) && Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(c.line().starts_with("{\"QMP\": "));
+    assert_eq!(
+        c.cmd(r#"{"execute":"qmp_capabilities"}"#),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        c.cmd(r#"{"execute":"query-status"}"#),
+        json!({"return": {"status": "prelaunch", "running": false}})
+    );
+    drop(c); // the monitor's loop above ends when its only client leaves
+    main.join().unwrap();
+    assert!(
+        !path.exists(),
+        "the socket file is removed with the monitor"
+    );
+}
