@@ -32,12 +32,14 @@ impl EventNotifier {
     ///
     /// The `fcntl` error (for example, `fd` is not open).
     pub fn from_fd(fd: OwnedFd) -> io::Result<EventNotifier> {
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers involved.
-        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0
-            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
+        let raw = fd.as_raw_fd();
+        // SAFETY: F_GETFL on a descriptor we own; no pointers involved.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: F_SETFL with an int argument on a descriptor we own.
+        if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(EventNotifier { fd })

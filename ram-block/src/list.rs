@@ -95,6 +95,43 @@ impl RamList {
         Ok(())
     }
 
+    /// Replaces the whole map with `blocks` in one step (a vhost-user `SET_MEM_TABLE`):
+    /// a reader sees either the old map or the new one, never a mix or a gap. The old
+    /// blocks are unmapped after a grace period, like [`RamList::remove`]'s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Overlap`] or [`Error::DuplicateName`] among `blocks`; the map is then
+    /// unchanged.
+    pub fn replace_all(&self, blocks: Vec<RamBlock>) -> Result<()> {
+        let mut new: Vec<Arc<RamBlock>> = blocks.into_iter().map(Arc::new).collect();
+        new.sort_by_key(|b| b.start());
+        for pair in new.windows(2) {
+            if pair[1].start() <= pair[0].last_addr() {
+                return Err(Error::Overlap {
+                    name: pair[1].name().to_owned(),
+                    start: pair[1].start().0,
+                    last: pair[1].last_addr().0,
+                    other: pair[0].name().to_owned(),
+                    other_start: pair[0].start().0,
+                    other_last: pair[0].last_addr().0,
+                });
+            }
+        }
+        let mut names: Vec<&str> = new.iter().map(|b| b.name()).collect();
+        names.sort_unstable();
+        if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::DuplicateName {
+                name: dup[0].to_owned(),
+            });
+        }
+        let mut writer = self.lock_writer();
+        self.shared.current.replace(RamBlocks::new(&new));
+        let old = std::mem::replace(&mut *writer, new);
+        rcu::defer_drop(old);
+        Ok(())
+    }
+
     /// Removes the block that starts at `start` (hot remove; QEMU's `qemu_ram_free`).
     ///
     /// The block is unlinked at once: readers that start from now on do not find it,

@@ -407,3 +407,41 @@ fn errors_name_the_bad_input() {
         "no RAM block starts at guest address 0x42"
     );
 }
+
+#[test]
+fn replace_all_swaps_the_map_at_once() {
+    use ram_block::{Backing, RamBlock, RamList};
+    use vm_memory::GuestAddress;
+    let anon = || Backing::Anonymous { huge_pages: false };
+    let ram = RamList::new();
+    ram.add(RamBlock::new("a", GuestAddress(0), 0x1000, anon()).unwrap())
+        .unwrap();
+    let guard = rcu::read();
+    let old = ram.translate(&guard, GuestAddress(0), 4).unwrap();
+    ram.replace_all(vec![
+        RamBlock::new("b", GuestAddress(0x10_0000), 0x2000, anon()).unwrap(),
+        RamBlock::new("c", GuestAddress(0x2000), 0x1000, anon()).unwrap(),
+    ])
+    .unwrap();
+    // The old slice stays valid under the old guard; new readers see only the new map.
+    old.write_obj(7u32, 0).unwrap();
+    drop(guard);
+    let g = rcu::read();
+    assert!(ram.find(&g, GuestAddress(0)).is_none());
+    assert_eq!(ram.find(&g, GuestAddress(0x2000)).unwrap().name(), "c");
+    assert_eq!(ram.blocks(&g).len(), 2);
+    drop(g);
+    // Overlaps and duplicate names are refused, leaving the map alone.
+    let err = ram.replace_all(vec![
+        RamBlock::new("x", GuestAddress(0), 0x2000, anon()).unwrap(),
+        RamBlock::new("y", GuestAddress(0x1000), 0x1000, anon()).unwrap(),
+    ]);
+    assert!(err.is_err());
+    let err = ram.replace_all(vec![
+        RamBlock::new("x", GuestAddress(0), 0x1000, anon()).unwrap(),
+        RamBlock::new("x", GuestAddress(0x1000), 0x1000, anon()).unwrap(),
+    ]);
+    assert!(err.is_err());
+    assert_eq!(ram.blocks(&rcu::read()).len(), 2);
+    rcu::barrier();
+}
