@@ -59,7 +59,8 @@ impl Driver {
         let base = table + u64::from(i) * 16;
         self.w(base, d.addr);
         self.w(base + 8, d.len);
-        let flags: u16 = u16::from(next.is_some()) | if d.write { 2 } else { 0 } | if indirect { 4 } else { 0 };
+        let flags: u16 =
+            u16::from(next.is_some()) | if d.write { 2 } else { 0 } | if indirect { 4 } else { 0 };
         self.w(base + 12, flags);
         self.w(base + 14, next.unwrap_or(0));
     }
@@ -84,7 +85,11 @@ impl Driver {
             self.write_desc(INDIRECT, k as u16, *d, next, false);
         }
         let head = self.next_desc;
-        let table = D { addr: INDIRECT, len: 16 * descs.len() as u32, write: false };
+        let table = D {
+            addr: INDIRECT,
+            len: 16 * descs.len() as u32,
+            write: false,
+        };
         self.write_desc(DESC, head, table, None, true);
         self.next_desc = (head + 1) % QSIZE;
         self.publish(head);
@@ -118,12 +123,20 @@ impl Driver {
         self.w(HDR, kind);
         self.w(HDR + 4, 0u32);
         self.w(HDR + 8, sector);
-        D { addr: HDR, len: 16, write: false }
+        D {
+            addr: HDR,
+            len: 16,
+            write: false,
+        }
     }
 
     fn status(&self) -> D {
         self.w(STATUS, 0xffu8);
-        D { addr: STATUS, len: 1, write: true }
+        D {
+            addr: STATUS,
+            len: 1,
+            write: true,
+        }
     }
 
     fn status_byte(&self) -> u8 {
@@ -150,13 +163,31 @@ fn fixture(size: usize, read_only: bool, features: u64) -> Option<Fixture> {
         }
         Err(e) => panic!("{e}"),
     };
-    let drive = Drive::new("vblk0", "file0", Arc::new(backend), ErrorPolicy::default(), None);
-    let opts = BlkOptions { serial: "vmm-core-serial-0001".into(), queue_size: QSIZE, ..BlkOptions::default() };
+    let drive = Drive::new(
+        "vblk0",
+        "file0",
+        Arc::new(backend),
+        ErrorPolicy::default(),
+        None,
+    );
+    let opts = BlkOptions {
+        serial: "vmm-core-serial-0001".into(),
+        queue_size: QSIZE,
+        ..BlkOptions::default()
+    };
     let mut dev = VirtioBlk::new(drive, opts).unwrap();
     dev.ack_features(features);
     let ram = RamList::new();
-    ram.add(RamBlock::new("ram", GuestAddress(0), 4 << 20, Backing::Memfd { huge_pages: false }).unwrap())
-        .unwrap();
+    ram.add(
+        RamBlock::new(
+            "ram",
+            GuestAddress(0),
+            4 << 20,
+            Backing::Memfd { huge_pages: false },
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let kick = EventNotifier::new(false).unwrap();
     let mut queue = Queue::new(QSIZE).unwrap();
     queue.set_size(QSIZE);
@@ -174,19 +205,35 @@ fn fixture(size: usize, read_only: bool, features: u64) -> Option<Fixture> {
         iothread: iothread.clone(),
     };
     dev.start_queue(0, setup).unwrap();
-    let driver = Driver { ram, kick, next_desc: 0, avail_idx: 0, used_seen: 0 };
-    Some(Fixture { dev, driver, irqs, img, iothread })
+    let driver = Driver {
+        ram,
+        kick,
+        next_desc: 0,
+        avail_idx: 0,
+        used_seen: 0,
+    };
+    Some(Fixture {
+        dev,
+        driver,
+        irqs,
+        img,
+        iothread,
+    })
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 const ALL: u64 = (1 << 32) | (1 << 28) | (1 << 29);
 
 #[test]
 fn write_read_flush_get_id_and_config() {
-    let Some(mut f) = fixture(1 << 20, false, ALL) else { return };
+    let Some(mut f) = fixture(1 << 20, false, ALL) else {
+        return;
+    };
     let mut cfg = [0u8; 8];
     f.dev.read_config(0, &mut cfg);
     assert_eq!(u64::from_le_bytes(cfg), 2048, "capacity in sectors");
@@ -194,10 +241,26 @@ fn write_read_flush_get_id_and_config() {
     assert_eq!(f.dev.features() & (1 << F_RO), 0);
     let d = &mut f.driver;
     let data = pattern(1, 65536);
-    d.ram.memory().write_slice(&data, GuestAddress(DATA)).unwrap();
+    d.ram
+        .memory()
+        .write_slice(&data, GuestAddress(DATA))
+        .unwrap();
     // A write of 64 KiB in two data descriptors at sector 8.
     let h = d.header(T_OUT, 8);
-    let descs = [h, D { addr: DATA, len: 4096, write: false }, D { addr: DATA + 4096, len: 61440, write: false }, d.status()];
+    let descs = [
+        h,
+        D {
+            addr: DATA,
+            len: 4096,
+            write: false,
+        },
+        D {
+            addr: DATA + 4096,
+            len: 61440,
+            write: false,
+        },
+        d.status(),
+    ];
     let head = d.submit(&descs);
     assert_eq!(d.wait_used(), (u32::from(head), 1));
     assert_eq!(d.status_byte(), S_OK);
@@ -207,25 +270,50 @@ fn write_read_flush_get_id_and_config() {
     d.submit(&[h, s]);
     d.wait_used();
     assert_eq!(d.status_byte(), S_OK);
-    assert_eq!(std::fs::read(f.img.path()).unwrap()[4096..4096 + 65536], data[..]);
+    assert_eq!(
+        std::fs::read(f.img.path()).unwrap()[4096..4096 + 65536],
+        data[..]
+    );
     // Read it back through an indirect table.
     let h = d.header(T_IN, 8);
     let s = d.status();
-    d.submit_indirect(&[h, D { addr: DATA + 0x10_0000, len: 65536, write: true }, s]);
+    d.submit_indirect(&[
+        h,
+        D {
+            addr: DATA + 0x10_0000,
+            len: 65536,
+            write: true,
+        },
+        s,
+    ]);
     let (_, len) = d.wait_used();
     assert_eq!(len, 65537);
     assert_eq!(d.status_byte(), S_OK);
     let mut back = vec![0; 65536];
-    d.ram.memory().read_slice(&mut back, GuestAddress(DATA + 0x10_0000)).unwrap();
+    d.ram
+        .memory()
+        .read_slice(&mut back, GuestAddress(DATA + 0x10_0000))
+        .unwrap();
     assert_eq!(back, data);
     // GET_ID.
     let h = d.header(T_GET_ID, 0);
     let s = d.status();
-    d.submit(&[h, D { addr: DATA, len: 20, write: true }, s]);
+    d.submit(&[
+        h,
+        D {
+            addr: DATA,
+            len: 20,
+            write: true,
+        },
+        s,
+    ]);
     d.wait_used();
     assert_eq!(d.status_byte(), S_OK);
     let mut id = [0u8; 20];
-    d.ram.memory().read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    d.ram
+        .memory()
+        .read_slice(&mut id, GuestAddress(DATA))
+        .unwrap();
     assert_eq!(&id, b"vmm-core-serial-0001");
     assert!(f.irqs.0.load(Ordering::SeqCst) > 0);
     let _ = &f.iothread;
@@ -233,21 +321,64 @@ fn write_read_flush_get_id_and_config() {
 
 #[test]
 fn bad_requests_get_ioerr_or_unsupp_and_the_queue_keeps_going() {
-    let Some(mut f) = fixture(1 << 20, false, ALL) else { return };
+    let Some(mut f) = fixture(1 << 20, false, ALL) else {
+        return;
+    };
     let d = &mut f.driver;
-    let data = D { addr: DATA, len: 4096, write: true };
-    let short = D { addr: DATA, len: 100, write: true };
-    let far = D { addr: 1 << 40, len: 4096, write: true };
+    let data = D {
+        addr: DATA,
+        len: 4096,
+        write: true,
+    };
+    let short = D {
+        addr: DATA,
+        len: 100,
+        write: true,
+    };
+    let far = D {
+        addr: 1 << 40,
+        len: 4096,
+        write: true,
+    };
     // (what, header kind and sector or None for a short header, data, expected status)
-    let cases: Vec<(&str, Option<(u32, u64)>, Vec<D>, u8)> = vec![
+    type Case = (&'static str, Option<(u32, u64)>, Vec<D>, u8);
+    let cases: Vec<Case> = vec![
         ("past the end", Some((T_IN, 2047)), vec![data], S_IOERR),
-        ("sector overflow", Some((T_IN, u64::MAX / 256)), vec![data], S_IOERR),
-        ("length not a sector multiple", Some((T_IN, 0)), vec![short], S_IOERR),
+        (
+            "sector overflow",
+            Some((T_IN, u64::MAX / 256)),
+            vec![data],
+            S_IOERR,
+        ),
+        (
+            "length not a sector multiple",
+            Some((T_IN, 0)),
+            vec![short],
+            S_IOERR,
+        ),
         ("unknown type", Some((99, 0)), vec![], S_UNSUPP),
         ("short header", None, vec![], S_IOERR),
         ("buffer outside RAM", Some((T_IN, 0)), vec![far], S_IOERR),
-        ("discard with UNMAP", Some((T_DISCARD, 0)), vec![D { addr: DATA, len: 16, write: false }], S_UNSUPP),
-        ("two discard segments", Some((T_DISCARD, 0)), vec![D { addr: DATA, len: 32, write: false }], S_UNSUPP),
+        (
+            "discard with UNMAP",
+            Some((T_DISCARD, 0)),
+            vec![D {
+                addr: DATA,
+                len: 16,
+                write: false,
+            }],
+            S_UNSUPP,
+        ),
+        (
+            "two discard segments",
+            Some((T_DISCARD, 0)),
+            vec![D {
+                addr: DATA,
+                len: 32,
+                write: false,
+            }],
+            S_UNSUPP,
+        ),
     ];
     for (what, header, body, want) in cases {
         // One segment: sector 0, 8 sectors, flags = 1 (UNMAP: not allowed for discard).
@@ -256,7 +387,11 @@ fn bad_requests_get_ioerr_or_unsupp_and_the_queue_keeps_going() {
         d.w(DATA + 12, 1u32);
         let h = match header {
             Some((kind, sector)) => d.header(kind, sector),
-            None => D { addr: HDR, len: 8, write: false },
+            None => D {
+                addr: HDR,
+                len: 8,
+                write: false,
+            },
         };
         let mut descs = vec![h];
         descs.extend(body);
@@ -272,7 +407,17 @@ fn bad_requests_get_ioerr_or_unsupp_and_the_queue_keeps_going() {
     // A descriptor chain that loops on itself: virtio-queue stops at the queue size.
     let h = d.header(T_FLUSH, 0);
     d.write_desc(DESC, 10, h, Some(11), false);
-    d.write_desc(DESC, 11, D { addr: STATUS, len: 1, write: true }, Some(10), false);
+    d.write_desc(
+        DESC,
+        11,
+        D {
+            addr: STATUS,
+            len: 1,
+            write: true,
+        },
+        Some(10),
+        false,
+    );
     d.next_desc = 12;
     d.publish(10);
     d.wait_used();
@@ -286,12 +431,22 @@ fn bad_requests_get_ioerr_or_unsupp_and_the_queue_keeps_going() {
 
 #[test]
 fn read_only_disk_refuses_writes() {
-    let Some(mut f) = fixture(1 << 20, true, ALL) else { return };
+    let Some(mut f) = fixture(1 << 20, true, ALL) else {
+        return;
+    };
     assert_ne!(f.dev.features() & (1 << F_RO), 0);
     let d = &mut f.driver;
     let h = d.header(T_OUT, 0);
     let s = d.status();
-    d.submit(&[h, D { addr: DATA, len: 512, write: false }, s]);
+    d.submit(&[
+        h,
+        D {
+            addr: DATA,
+            len: 512,
+            write: false,
+        },
+        s,
+    ]);
     d.wait_used();
     assert_eq!(d.status_byte(), S_IOERR);
     d.w(DATA, 0u64);
@@ -299,19 +454,37 @@ fn read_only_disk_refuses_writes() {
     d.w(DATA + 12, 0u32);
     let h = d.header(T_WRITE_ZEROES, 0);
     let s = d.status();
-    d.submit(&[h, D { addr: DATA, len: 16, write: false }, s]);
+    d.submit(&[
+        h,
+        D {
+            addr: DATA,
+            len: 16,
+            write: false,
+        },
+        s,
+    ]);
     d.wait_used();
     assert_eq!(d.status_byte(), S_IOERR);
     let h = d.header(T_IN, 0);
     let s = d.status();
-    d.submit(&[h, D { addr: DATA, len: 512, write: true }, s]);
+    d.submit(&[
+        h,
+        D {
+            addr: DATA,
+            len: 512,
+            write: true,
+        },
+        s,
+    ]);
     d.wait_used();
     assert_eq!(d.status_byte(), S_OK);
 }
 
 #[test]
 fn write_zeroes_and_discard() {
-    let Some(mut f) = fixture(1 << 20, false, ALL) else { return };
+    let Some(mut f) = fixture(1 << 20, false, ALL) else {
+        return;
+    };
     std::fs::write(f.img.path(), vec![0xaa; 1 << 20]).unwrap();
     let d = &mut f.driver;
     for (kind, sector) in [(T_WRITE_ZEROES, 0u64), (T_DISCARD, 16)] {
@@ -320,7 +493,15 @@ fn write_zeroes_and_discard() {
         d.w(DATA + 12, 0u32);
         let h = d.header(kind, 0);
         let s = d.status();
-        d.submit(&[h, D { addr: DATA, len: 16, write: false }, s]);
+        d.submit(&[
+            h,
+            D {
+                addr: DATA,
+                len: 16,
+                write: false,
+            },
+            s,
+        ]);
         d.wait_used();
         assert_eq!(d.status_byte(), S_OK);
     }
@@ -332,7 +513,9 @@ fn write_zeroes_and_discard() {
 
 #[test]
 fn stop_returns_the_ring_position_and_a_restart_continues() {
-    let Some(mut f) = fixture(1 << 20, false, ALL) else { return };
+    let Some(mut f) = fixture(1 << 20, false, ALL) else {
+        return;
+    };
     for _ in 0..3 {
         let d = &mut f.driver;
         let h = d.header(T_FLUSH, 0);
