@@ -5,4 +5,10 @@
 //! models and the monitor; the product is the `vmm-bin` binary.
 
 pub mod monitor;
+pub mod storage_daemon;
+pub mod vhost_user;
 pub mod virtio;
+
+pub mod cli;
+pub mod devices;
+pub mod machine;

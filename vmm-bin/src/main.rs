@@ -1,6 +1,68 @@
 //! The `vmm-bin` command: a QEMU-compatible VMM, or `vmm-bin storage-daemon ...`.
 
+use vmm_bin::cli;
+use vmm_bin::machine::{Runner, kvm_available};
+
 fn main() {
-    eprintln!("vmm-bin: not yet implemented");
-    std::process::exit(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("storage-daemon") {
+        std::process::exit(vmm_bin::storage_daemon::main(&args[1..]));
+    }
+    if args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-help" | "--help" | "-h"))
+    {
+        print!("{}", cli::USAGE);
+        return;
+    }
+    let config = match cli::parse(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("vmm-bin: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(reason) = unsupported(&config) {
+        eprintln!("vmm-bin: {reason}");
+        std::process::exit(1);
+    }
+    if !config.qmp.is_empty() {
+        eprintln!("vmm-bin: warning: -qmp is parsed but the monitor is not wired in yet");
+    }
+    if !kvm_available() {
+        eprintln!("vmm-bin: /dev/kvm is not available");
+        std::process::exit(1);
+    }
+    let runner = match Runner::new(&config) {
+        Ok(runner) => runner,
+        Err(e) => {
+            eprintln!("vmm-bin: {e}");
+            std::process::exit(1);
+        }
+    };
+    let status = runner.run(config.start_paused);
+    std::process::exit(status);
+}
+
+/// Options the command line accepts that the machine cannot honour yet.
+fn unsupported(config: &cli::Config) -> Option<String> {
+    if let Some(d) = config.drives.first() {
+        return Some(format!(
+            "-drive (if={}): not yet supported: the disk models are still being written",
+            d.interface
+        ));
+    }
+    if let Some(d) = config.devices.first() {
+        return Some(format!(
+            "-device {}: not yet supported: the device model is still being written",
+            d.driver
+        ));
+    }
+    if let Some(o) = config.objects.first() {
+        return Some(format!(
+            "-object {},id={}: not yet supported",
+            o.qom_type, o.id
+        ));
+    }
+    None
 }

@@ -1,0 +1,488 @@
+//! `vmm-bin storage-daemon`: qemu-storage-daemon's `--blockdev` and `--export` options,
+//! serving block devices over vhost-user.
+//!
+//! ```text
+//! vmm-bin storage-daemon \
+//!   --blockdev driver=file,node-name=file0,filename=disk.img,cache.direct=on,aio=io_uring \
+//!   --blockdev driver=raw,node-name=disk0,file=file0 \
+//!   --export type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=/tmp/vhost.sock,writable=on,num-queues=2
+//! ```
+//!
+//! Options are QEMU "keyval" lists (`key=value,...`, a literal comma written `,,`).
+//! Unknown options, unknown keys and bad values fail with a message naming them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aio_context::IoThread;
+use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+
+use crate::vhost_user::{ExportServer, VhostUserDevice};
+use crate::virtio::blk::{BlkOptions, VirtioBlk};
+
+/// A parsed keyval list, keys in order of appearance checked off as they are used.
+#[derive(Debug)]
+pub struct KeyVal {
+    option: &'static str,
+    pairs: BTreeMap<String, String>,
+}
+
+impl KeyVal {
+    /// Parses `a=b,c=d` (`,,` is a literal comma).
+    ///
+    /// # Errors
+    ///
+    /// A pair without `=`, an empty key, or a key given twice.
+    pub fn parse(option: &'static str, text: &str) -> Result<KeyVal, String> {
+        let mut pairs = BTreeMap::new();
+        let mut items = Vec::new();
+        let mut cur = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    cur.push(',');
+                } else {
+                    items.push(std::mem::take(&mut cur));
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+        items.push(cur);
+        for item in items {
+            let Some((k, v)) = item.split_once('=') else {
+                return Err(format!("{option}: expected key=value, got '{item}'"));
+            };
+            if k.is_empty() {
+                return Err(format!("{option}: empty key in '{item}'"));
+            }
+            if pairs.insert(k.to_owned(), v.to_owned()).is_some() {
+                return Err(format!("{option}: parameter '{k}' given twice"));
+            }
+        }
+        Ok(KeyVal { option, pairs })
+    }
+
+    /// Takes a required key.
+    ///
+    /// # Errors
+    ///
+    /// If it is missing.
+    pub fn required(&mut self, key: &str) -> Result<String, String> {
+        self.pairs
+            .remove(key)
+            .ok_or_else(|| format!("{}: parameter '{key}' is missing", self.option))
+    }
+
+    /// Takes an optional key.
+    pub fn optional(&mut self, key: &str) -> Option<String> {
+        self.pairs.remove(key)
+    }
+
+    /// Takes an on/off key.
+    ///
+    /// # Errors
+    ///
+    /// A value other than on/off/true/false/yes/no.
+    pub fn flag(&mut self, key: &str, default: bool) -> Result<bool, String> {
+        match self.pairs.remove(key).as_deref() {
+            None => Ok(default),
+            Some("on" | "true" | "yes") => Ok(true),
+            Some("off" | "false" | "no") => Ok(false),
+            Some(v) => Err(format!(
+                "{}: parameter '{key}' expects 'on' or 'off', not '{v}'",
+                self.option
+            )),
+        }
+    }
+
+    /// Takes a number.
+    ///
+    /// # Errors
+    ///
+    /// A value that is not a number of that type.
+    pub fn number<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>, String> {
+        match self.pairs.remove(key) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                format!(
+                    "{}: parameter '{key}' expects a number, not '{v}'",
+                    self.option
+                )
+            }),
+        }
+    }
+
+    /// Fails if keys are left over.
+    ///
+    /// # Errors
+    ///
+    /// Names the first unknown key.
+    pub fn finish(self) -> Result<(), String> {
+        match self.pairs.keys().next() {
+            Some(k) => Err(format!("{}: invalid parameter '{k}'", self.option)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A `--blockdev`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockdevSpec {
+    /// `driver=file`.
+    File {
+        /// `node-name`.
+        node: String,
+        /// `filename`.
+        filename: PathBuf,
+        /// `cache.direct`.
+        direct: bool,
+        /// `read-only`.
+        read_only: bool,
+    },
+    /// `driver=raw` over another node.
+    Raw {
+        /// `node-name`.
+        node: String,
+        /// `file`: the node below.
+        file: String,
+        /// `read-only`.
+        read_only: bool,
+    },
+}
+
+/// An `--export`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportSpec {
+    /// `id`.
+    pub id: String,
+    /// `node-name`.
+    pub node: String,
+    /// `addr.path`.
+    pub path: PathBuf,
+    /// `writable`.
+    pub writable: bool,
+    /// `num-queues`.
+    pub num_queues: u16,
+    /// `logical-block-size`.
+    pub logical_block_size: u32,
+    /// `serial` (ours; QEMU's export uses the node name).
+    pub serial: String,
+}
+
+/// The whole command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Block nodes.
+    pub blockdevs: Vec<BlockdevSpec>,
+    /// Exports.
+    pub exports: Vec<ExportSpec>,
+}
+
+fn parse_blockdev(text: &str) -> Result<BlockdevSpec, String> {
+    let mut kv = KeyVal::parse("--blockdev", text)?;
+    let driver = kv.required("driver")?;
+    let node = kv.required("node-name")?;
+    let read_only = kv.flag("read-only", false)?;
+    let spec = match driver.as_str() {
+        "file" => {
+            let filename = PathBuf::from(kv.required("filename")?);
+            let direct = kv.flag("cache.direct", false)?;
+            kv.flag("cache.no-flush", false)?;
+            match kv.optional("aio").as_deref() {
+                None | Some("io_uring") => {}
+                Some(other) => {
+                    return Err(format!(
+                        "--blockdev: aio={other} is not supported (this daemon always uses io_uring)"
+                    ));
+                }
+            }
+            BlockdevSpec::File {
+                node,
+                filename,
+                direct,
+                read_only,
+            }
+        }
+        "raw" => BlockdevSpec::Raw {
+            node,
+            file: kv.required("file")?,
+            read_only,
+        },
+        other => {
+            return Err(format!(
+                "--blockdev: unknown driver '{other}' (supported: file, raw)"
+            ));
+        }
+    };
+    kv.finish()?;
+    Ok(spec)
+}
+
+fn parse_export(text: &str) -> Result<ExportSpec, String> {
+    let mut kv = KeyVal::parse("--export", text)?;
+    let kind = kv.required("type")?;
+    if kind != "vhost-user-blk" {
+        return Err(format!(
+            "--export: type '{kind}' is not supported (supported: vhost-user-blk)"
+        ));
+    }
+    let id = kv.required("id")?;
+    let node = kv.required("node-name")?;
+    let addr_type = kv.required("addr.type")?;
+    if addr_type != "unix" {
+        return Err(format!(
+            "--export: addr.type '{addr_type}' is not supported (supported: unix)"
+        ));
+    }
+    let path = PathBuf::from(kv.required("addr.path")?);
+    let writable = kv.flag("writable", false)?;
+    let num_queues = kv.number::<u16>("num-queues")?.unwrap_or(1);
+    let logical_block_size = kv.number::<u32>("logical-block-size")?.unwrap_or(512);
+    let serial = kv.optional("serial").unwrap_or_else(|| node.clone());
+    kv.optional("iothread");
+    kv.finish()?;
+    Ok(ExportSpec {
+        id,
+        node,
+        path,
+        writable,
+        num_queues,
+        logical_block_size,
+        serial,
+    })
+}
+
+/// Parses the arguments after `storage-daemon`.
+///
+/// # Errors
+///
+/// A message naming the bad option or value.
+pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
+    let mut config = DaemonConfig::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs an argument"))
+        };
+        match name {
+            "--blockdev" => config.blockdevs.push(parse_blockdev(&value()?)?),
+            "--export" => config.exports.push(parse_export(&value()?)?),
+            other => {
+                return Err(format!(
+                    "unknown option '{other}' (supported: --blockdev, --export)"
+                ));
+            }
+        }
+    }
+    if config.exports.is_empty() {
+        return Err("nothing to do: give at least one --export".into());
+    }
+    Ok(config)
+}
+
+/// The file behind `node` (through raw nodes) and whether some layer is read-only.
+fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, bool, bool), String> {
+    let mut read_only = false;
+    let mut name = node.to_owned();
+    for _ in 0..8 {
+        let spec = config
+            .blockdevs
+            .iter()
+            .find(|b| match b {
+                BlockdevSpec::File { node, .. } | BlockdevSpec::Raw { node, .. } => *node == name,
+            })
+            .ok_or_else(|| format!("no block node named '{name}'"))?;
+        match spec {
+            BlockdevSpec::File {
+                filename,
+                direct,
+                read_only: ro,
+                ..
+            } => return Ok((filename, *direct, read_only || *ro)),
+            BlockdevSpec::Raw {
+                file,
+                read_only: ro,
+                ..
+            } => {
+                read_only |= *ro;
+                name = file.clone();
+            }
+        }
+    }
+    Err(format!("block node '{node}': too many layers"))
+}
+
+/// Opens everything and serves until killed.
+///
+/// # Errors
+///
+/// An image that cannot be opened, a socket that cannot be bound.
+pub fn run(config: &DaemonConfig) -> Result<(), String> {
+    let mut servers = Vec::new();
+    for export in &config.exports {
+        let (path, direct, ro) = resolve(config, &export.node)?;
+        let read_only = ro || !export.writable;
+        let backend =
+            FileBackend::open(&FileOptions::new(path).direct(direct).read_only(read_only))
+                .map_err(|e| e.to_string())?;
+        let drive = Drive::new(
+            &export.id,
+            &export.node,
+            Arc::new(backend),
+            ErrorPolicy::default(),
+            None,
+        );
+        let mut serial = export.serial.clone();
+        serial.truncate(20);
+        let options = BlkOptions {
+            num_queues: export.num_queues,
+            logical_block_size: export.logical_block_size,
+            serial,
+            ..BlkOptions::default()
+        };
+        let device =
+            VirtioBlk::new(drive, options).map_err(|e| format!("--export {}: {e}", export.id))?;
+        let iothread =
+            Arc::new(IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?);
+        let vhost = VhostUserDevice::new(Box::new(device), iothread);
+        let server = ExportServer::bind(&export.path, vhost)
+            .map_err(|e| format!("--export {}: {}: {e}", export.id, export.path.display()))?;
+        servers.push(server);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for server in &servers {
+            let stop = &stop;
+            s.spawn(move || server.run(stop));
+        }
+    });
+    Ok(())
+}
+
+/// `vmm-bin storage-daemon ARGS`: returns the process exit status.
+pub fn main(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "usage: vmm-bin storage-daemon --blockdev OPTIONS... --export OPTIONS...\n\n{}",
+            USAGE
+        );
+        return 0;
+    }
+    let config = match parse_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmm-bin storage-daemon: {e}");
+            return 1;
+        }
+    };
+    match run(&config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vmm-bin storage-daemon: {e}");
+            1
+        }
+    }
+}
+
+const USAGE: &str = "\
+  --blockdev driver=file,node-name=NAME,filename=PATH[,cache.direct=on|off][,aio=io_uring][,read-only=on|off]
+  --blockdev driver=raw,node-name=NAME,file=NODE[,read-only=on|off]
+  --export type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=SOCKET
+           [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_qemu_storage_daemon_options() {
+        let c = parse_args(&args(
+            "--blockdev driver=file,node-name=file0,filename=a,,b.img,cache.direct=on,aio=io_uring \
+             --blockdev driver=raw,node-name=disk0,file=file0 \
+             --export type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=/tmp/s,writable=on,num-queues=2",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.blockdevs[0],
+            BlockdevSpec::File {
+                node: "file0".into(),
+                filename: "a,b.img".into(),
+                direct: true,
+                read_only: false
+            }
+        );
+        assert_eq!(c.exports[0].num_queues, 2);
+        assert!(c.exports[0].writable);
+        assert_eq!(
+            resolve(&c, "disk0").unwrap(),
+            (&PathBuf::from("a,b.img"), true, false)
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let cases = [
+            ("--frobnicate x", "unknown option '--frobnicate'"),
+            (
+                "--blockdev driver=qcow2,node-name=a,file=b --export type=vhost-user-blk",
+                "unknown driver 'qcow2'",
+            ),
+            (
+                "--blockdev driver=file,node-name=a,filename=x,colour=red",
+                "invalid parameter 'colour'",
+            ),
+            (
+                "--blockdev driver=file,node-name=a,filename=x,aio=native",
+                "aio=native",
+            ),
+            (
+                "--blockdev driver=file,node-name=a,filename=x,cache.direct=maybe",
+                "expects 'on' or 'off'",
+            ),
+            (
+                "--blockdev driver=file,node-name=a",
+                "'filename' is missing",
+            ),
+            ("--export type=nbd,id=e", "type 'nbd'"),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=inet,addr.path=p",
+                "addr.type 'inet'",
+            ),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,num-queues=x",
+                "expects a number",
+            ),
+            ("--blockdev", "needs an argument"),
+            ("--blockdev driver", "expected key=value"),
+            ("", "nothing to do"),
+        ];
+        for (line, want) in cases {
+            let err = parse_args(&args(line)).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        let c = parse_args(&args(
+            "--export type=vhost-user-blk,id=e,node-name=missing,addr.type=unix,addr.path=/tmp/x",
+        ))
+        .unwrap();
+        assert!(
+            resolve(&c, "missing")
+                .unwrap_err()
+                .contains("no block node named 'missing'")
+        );
+    }
+}
