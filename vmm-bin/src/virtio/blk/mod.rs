@@ -78,7 +78,10 @@ impl VirtioBlk {
     /// 4096).
     pub fn new(drive: Drive, options: BlkOptions) -> Result<VirtioBlk, String> {
         if options.num_queues == 0 || options.num_queues > 64 {
-            return Err(format!("num-queues {} out of range 1..=64", options.num_queues));
+            return Err(format!(
+                "num-queues {} out of range 1..=64",
+                options.num_queues
+            ));
         }
         if !options.queue_size.is_power_of_two() || !(2..=1024).contains(&options.queue_size) {
             return Err(format!(
@@ -87,7 +90,10 @@ impl VirtioBlk {
             ));
         }
         if options.serial.len() > ID_BYTES {
-            return Err(format!("serial '{}' is longer than 20 bytes", options.serial));
+            return Err(format!(
+                "serial '{}' is longer than 20 bytes",
+                options.serial
+            ));
         }
         if ![512, 4096].contains(&options.logical_block_size) {
             return Err("logical block size must be 512 or 4096".into());

@@ -158,7 +158,9 @@ pub fn parse<M: GuestMemory>(mem: &M, descs: &[Desc], disk: &DiskLimits) -> Requ
     let in_data = writable_len - 1; // before the status byte
     let out_data = readable_len - 16;
     let range_ok = |offset: Option<u64>, len: u64| {
-        offset.and_then(|o| o.checked_add(len)).is_some_and(|end| end <= disk.size)
+        offset
+            .and_then(|o| o.checked_add(len))
+            .is_some_and(|end| end <= disk.size)
     };
     let offset = sector.checked_mul(512);
     match kind {
@@ -200,7 +202,11 @@ pub fn parse<M: GuestMemory>(mem: &M, descs: &[Desc], disk: &DiskLimits) -> Requ
             let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
             let num = u32::from_le_bytes(seg[8..12].try_into().unwrap());
             let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap());
-            let allowed = if is_discard { 0 } else { WRITE_ZEROES_FLAG_UNMAP };
+            let allowed = if is_discard {
+                0
+            } else {
+                WRITE_ZEROES_FLAG_UNMAP
+            };
             if flags & !allowed != 0 {
                 return done(Action::Status(S_UNSUPP));
             }

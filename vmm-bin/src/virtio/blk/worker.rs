@@ -93,7 +93,8 @@ pub(super) fn stop(id: u64) -> Option<Queue> {
     let ctx = {
         let mut w = worker.borrow_mut();
         w.stopping = true;
-        w.ctx.remove_fd_handler(std::os::fd::AsRawFd::as_raw_fd(&w.kick));
+        w.ctx
+            .remove_fd_handler(std::os::fd::AsRawFd::as_raw_fd(&w.kick));
         for (_, req) in w.in_flight.iter() {
             if let Some(req) = req {
                 if req.is_parked() {
@@ -163,7 +164,10 @@ fn dispatch(worker: &Rc<RefCell<Worker>>, head: u16, req: Request) {
             let mut done = 0usize;
             for e in data.entries() {
                 let n = e.len as usize;
-                if mem.write_slice(&serial[done..done + n], GuestAddress(e.addr)).is_err() {
+                if mem
+                    .write_slice(&serial[done..done + n], GuestAddress(e.addr))
+                    .is_err()
+                {
                     return finish(S_IOERR);
                 }
                 done += n;
@@ -174,12 +178,22 @@ fn dispatch(worker: &Rc<RefCell<Worker>>, head: u16, req: Request) {
             let _ = offset;
             return finish(S_OK);
         }
-        Action::Read { offset, data } => {
-            drive.dma(&ctx, &dma, DmaDirection::Read, offset, data, status_of(finish))
-        }
-        Action::Write { offset, data } => {
-            drive.dma(&ctx, &dma, DmaDirection::Write, offset, data, status_of(finish))
-        }
+        Action::Read { offset, data } => drive.dma(
+            &ctx,
+            &dma,
+            DmaDirection::Read,
+            offset,
+            data,
+            status_of(finish),
+        ),
+        Action::Write { offset, data } => drive.dma(
+            &ctx,
+            &dma,
+            DmaDirection::Write,
+            offset,
+            data,
+            status_of(finish),
+        ),
         Action::Flush => drive.op(&ctx, || BlockOp::Flush, status_of(finish)),
         Action::Discard { offset, len } => drive.op(
             &ctx,
