@@ -1,0 +1,797 @@
+//! The QEMU-compatible command line: `vmm-bin -m 512 -smp 2 -kernel bzImage ...`.
+//!
+//! [`parse`] turns the arguments (without the program name) into a [`Config`]; it never
+//! panics and never exits: every problem is an [`Error`] whose message names the option
+//! and what was wrong with it. Options take one argument in the next word, as in QEMU,
+//! and may be spelled with one or two dashes. Option arguments in QEMU's `key=value,...`
+//! form are split by [`KeyVal`] (`,,` is a literal comma).
+//!
+//! Options that the machine cannot honour yet (a disk model that is still being written)
+//! are parsed into the config all the same; the machine reports them "not yet supported".
+
+use std::path::PathBuf;
+
+/// What was wrong with the command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// An option we do not know.
+    #[error("unknown option '{0}' (see vmm-bin -help)")]
+    UnknownOption(String),
+    /// An option given as the last word, without its argument.
+    #[error("option '{0}' requires an argument")]
+    MissingArgument(String),
+    /// A word that is not an option (QEMU's positional disk image is not supported).
+    #[error("unexpected argument '{0}': options start with '-'")]
+    Positional(String),
+    /// A malformed option argument.
+    #[error("invalid argument for '{option}': {reason}")]
+    Invalid {
+        /// The option, with its dash.
+        option: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where the guest's COM1 goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialBackend {
+    /// The process's stdin/stdout (`-serial stdio`, implied by `-nographic`).
+    Stdio,
+    /// Nowhere (`-serial none`, or the default without `-nographic`).
+    None,
+}
+
+/// `-device isa-debug-exit,iobase=..,iosize=..`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugExit {
+    /// First port.
+    pub iobase: u16,
+    /// Number of ports (1, 2 or 4).
+    pub iosize: u16,
+}
+
+/// `-qmp unix:PATH,server=on,wait=off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QmpConfig {
+    /// The socket path.
+    pub path: PathBuf,
+    /// `server=on`: we listen (the only mode supported).
+    pub server: bool,
+    /// `wait=on`: wait for a client before starting the guest.
+    pub wait: bool,
+}
+
+/// One `-drive` option.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// `file=`: the image path.
+    pub file: Option<PathBuf>,
+    /// `format=` (only `raw` is planned).
+    pub format: Option<String>,
+    /// `if=`: `ide`, `scsi`, `virtio` or `none` (QEMU's default is `ide`).
+    pub interface: String,
+    /// `id=`.
+    pub id: Option<String>,
+    /// `werror=` (`report`, `ignore`, `stop`, `enospc`).
+    pub werror: Option<String>,
+    /// `rerror=`.
+    pub rerror: Option<String>,
+    /// `cache=`.
+    pub cache: Option<String>,
+    /// `aio=`.
+    pub aio: Option<String>,
+    /// `readonly=on`.
+    pub readonly: bool,
+    /// Every key and value, in order, for the disk code to check further.
+    pub options: KeyVal,
+}
+
+/// One `-device` option other than `isa-debug-exit` (which the machine builds in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The device type (`virtio-blk-pci`, `scsi-hd`, ...).
+    pub driver: String,
+    /// Its properties (`drive=`, `id=`, `bootindex=`, ...).
+    pub props: KeyVal,
+}
+
+impl DeviceConfig {
+    /// The `id=` property.
+    pub fn id(&self) -> Option<&str> {
+        self.props.get("id")
+    }
+}
+
+/// One `-object` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectConfig {
+    /// The QOM type (`iothread`).
+    pub qom_type: String,
+    /// `id=`.
+    pub id: String,
+    /// The other properties.
+    pub props: KeyVal,
+}
+
+/// The VM the command line describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Guest RAM in bytes (`-m`; QEMU's default is 128 MiB).
+    pub ram_bytes: u64,
+    /// Number of vCPUs (`-smp N` or `-smp cpus=N`).
+    pub cpus: u32,
+    /// `-kernel`: direct Linux boot.
+    pub kernel: Option<PathBuf>,
+    /// `-initrd`.
+    pub initrd: Option<PathBuf>,
+    /// `-append`.
+    pub append: Option<String>,
+    /// `-bios`.
+    pub bios: PathBuf,
+    /// `-nographic`.
+    pub nographic: bool,
+    /// `-serial`.
+    pub serial: SerialBackend,
+    /// `-no-reboot`: a guest reset ends the VM instead.
+    pub no_reboot: bool,
+    /// `-S`: start with the vCPUs stopped (prelaunch) until the monitor says `cont`.
+    pub start_paused: bool,
+    /// `-device isa-debug-exit,...`.
+    pub debug_exit: Option<DebugExit>,
+    /// `-qmp ...`, for the monitor.
+    pub qmp: Vec<QmpConfig>,
+    /// `-drive ...`.
+    pub drives: Vec<DriveConfig>,
+    /// `-device ...` (other than `isa-debug-exit`).
+    pub devices: Vec<DeviceConfig>,
+    /// `-object ...`.
+    pub objects: Vec<ObjectConfig>,
+    /// `-boot reboot-timeout=MS`: how long SeaBIOS waits before rebooting after a boot
+    /// failure (`None`: forever, QEMU's default).
+    pub reboot_timeout_ms: Option<u32>,
+}
+
+/// The default firmware: Debian's SeaBIOS (package `seabios`).
+pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            ram_bytes: 128 << 20,
+            cpus: 1,
+            kernel: None,
+            initrd: None,
+            append: None,
+            bios: PathBuf::from(DEFAULT_BIOS),
+            nographic: false,
+            serial: SerialBackend::None,
+            no_reboot: false,
+            start_paused: false,
+            debug_exit: None,
+            qmp: Vec::new(),
+            drives: Vec::new(),
+            devices: Vec::new(),
+            objects: Vec::new(),
+            reboot_timeout_ms: None,
+        }
+    }
+}
+
+/// The most vCPUs `-smp` accepts (KVM's usual `KVM_MAX_VCPUS` is larger, SeaBIOS's
+/// tables stop at 255).
+pub const MAX_CPUS: u32 = 255;
+
+/// A `key=value,key=value` option argument, in order. A first item without `=` is kept
+/// under the key given to [`KeyVal::parse`] (QEMU's "implied key": the driver of
+/// `-device`, the type of `-object`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyVal(pub Vec<(String, String)>);
+
+impl KeyVal {
+    /// Splits `text`; `implied` names the key of a leading bare value.
+    ///
+    /// # Errors
+    ///
+    /// A bare value other than the first, or an empty key.
+    pub fn parse(text: &str, implied: Option<&str>) -> std::result::Result<KeyVal, String> {
+        let mut items = Vec::new();
+        for (index, item) in split_commas(text).into_iter().enumerate() {
+            match item.split_once('=') {
+                Some(("", _)) => return Err(format!("empty key in '{item}'")),
+                Some((k, v)) => items.push((k.to_owned(), v.to_owned())),
+                None if index == 0 && implied.is_some() => {
+                    items.push((implied.unwrap_or_default().to_owned(), item))
+                }
+                None if item.is_empty() => return Err("empty item".to_owned()),
+                // QEMU's `key` alone means `key=on`.
+                None => items.push((item, "on".to_owned())),
+            }
+        }
+        Ok(KeyVal(items))
+    }
+
+    /// The last value of `key` (QEMU: later wins).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The keys not in `known`.
+    pub fn unknown_keys<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
+        self.0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !known.contains(k))
+            .collect()
+    }
+}
+
+/// Splits at single commas; `,,` is a literal comma.
+fn split_commas(text: &str) -> Vec<String> {
+    let mut items = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                if let Some(s) = items.last_mut() {
+                    s.push(',');
+                }
+            } else {
+                items.push(String::new());
+            }
+        } else {
+            if let Some(s) = items.last_mut() {
+                s.push(c);
+            }
+        }
+    }
+    items
+}
+
+/// QEMU's on/off spellings.
+fn parse_bool(option: &str, key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(invalid(
+            option,
+            format!("{key}={value}: expected on or off"),
+        )),
+    }
+}
+
+fn invalid(option: &str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        option: option.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A number in decimal or `0x` hex.
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// `-m`'s size: a number with an optional suffix (`K`, `M`, `G`, `T`; `B` for bytes);
+/// a bare number is MiB, as in QEMU.
+pub fn parse_ram_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    if let Some((int, frac)) = number.split_once('.') {
+        // "1.5G": exact for the fractions people write.
+        let int: u64 = int.parse().ok()?;
+        let digits = u32::try_from(frac.len())
+            .ok()
+            .filter(|&d| d > 0 && d <= 6)?;
+        let frac: u64 = frac.parse().ok()?;
+        let scale = 10u64.pow(digits);
+        let whole = int.checked_mul(scale)?.checked_add(frac)?;
+        return whole.checked_mul(1u64 << shift).map(|b| b / scale);
+    }
+    number.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+/// The options that take an argument, and those that do not.
+const WITH_ARG: &[&str] = &[
+    "m", "smp", "kernel", "initrd", "append", "bios", "serial", "display", "device", "drive",
+    "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor",
+];
+const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "S", "nodefaults"];
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+///
+/// See [`Error`]; the first problem found is returned.
+pub fn parse<I, S>(args: I) -> Result<Config>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut config = Config::default();
+    let mut serial_given = false;
+    let mut args = args.into_iter().map(Into::into);
+    while let Some(word) = args.next() {
+        let Some(name) = word
+            .strip_prefix("--")
+            .or_else(|| word.strip_prefix('-'))
+            .filter(|n| !n.is_empty())
+        else {
+            return Err(Error::Positional(word));
+        };
+        // QEMU also accepts `-opt=value`? It does not; keep the name whole.
+        let name = name.to_owned();
+        if FLAGS.contains(&name.as_str()) {
+            match name.as_str() {
+                "nographic" => config.nographic = true,
+                "no-reboot" => config.no_reboot = true,
+                "S" => config.start_paused = true,
+                _ => {} // -enable-kvm, -nodefaults: what we do anyway
+            }
+            continue;
+        }
+        if !WITH_ARG.contains(&name.as_str()) {
+            return Err(Error::UnknownOption(word));
+        }
+        let Some(arg) = args.next() else {
+            return Err(Error::MissingArgument(word));
+        };
+        apply(&mut config, &word, &name, &arg, &mut serial_given)?;
+    }
+    if config.nographic && !serial_given {
+        config.serial = SerialBackend::Stdio;
+    }
+    Ok(config)
+}
+
+fn apply(
+    config: &mut Config,
+    option: &str,
+    name: &str,
+    arg: &str,
+    serial_given: &mut bool,
+) -> Result<()> {
+    match name {
+        "m" => {
+            let kv = KeyVal::parse(arg, Some("size")).map_err(|e| invalid(option, e))?;
+            if let Some(bad) = kv.unknown_keys(&["size"]).first() {
+                return Err(invalid(option, format!("unsupported key '{bad}'")));
+            }
+            let size = kv.get("size").unwrap_or_default();
+            let bytes = parse_ram_size(size)
+                .ok_or_else(|| invalid(option, format!("'{size}' is not a size")))?;
+            if bytes < (1 << 20) {
+                return Err(invalid(option, "guest RAM must be at least 1 MiB"));
+            }
+            if bytes > (1 << 40) {
+                return Err(invalid(option, "guest RAM is limited to 1 TiB"));
+            }
+            config.ram_bytes = bytes;
+        }
+        "smp" => {
+            let kv = KeyVal::parse(arg, Some("cpus")).map_err(|e| invalid(option, e))?;
+            let mut cpus = None;
+            for (k, v) in &kv.0 {
+                let n = parse_number(v)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| invalid(option, format!("{k}={v}: not a number")))?;
+                match k.as_str() {
+                    "cpus" => cpus = Some(n),
+                    "maxcpus" if n != 0 && cpus.is_some_and(|c| c != n) => {
+                        return Err(invalid(option, "CPU hotplug (maxcpus) is not supported"));
+                    }
+                    "maxcpus" | "sockets" | "cores" | "threads" | "dies" => {}
+                    _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
+                }
+            }
+            let cpus = cpus.unwrap_or(1);
+            if cpus == 0 || cpus > MAX_CPUS {
+                return Err(invalid(option, format!("cpus must be 1..={MAX_CPUS}")));
+            }
+            config.cpus = cpus;
+        }
+        "kernel" => config.kernel = Some(PathBuf::from(arg)),
+        "initrd" => config.initrd = Some(PathBuf::from(arg)),
+        "append" => config.append = Some(arg.to_owned()),
+        "bios" => config.bios = PathBuf::from(arg),
+        "serial" => {
+            *serial_given = true;
+            config.serial = match arg {
+                "stdio" | "mon:stdio" => SerialBackend::Stdio,
+                "none" | "null" => SerialBackend::None,
+                _ => return Err(invalid(option, format!("'{arg}': only stdio and none"))),
+            };
+        }
+        "display" => {
+            if KeyVal::parse(arg, Some("type"))
+                .ok()
+                .and_then(|kv| kv.get("type").map(str::to_owned))
+                .as_deref()
+                != Some("none")
+            {
+                return Err(invalid(option, "only '-display none' (no display exists)"));
+            }
+        }
+        "vga" if arg == "none" => {}
+        "vga" => return Err(invalid(option, "only '-vga none' (no display exists)")),
+        "monitor" if arg == "none" => {}
+        "monitor" => return Err(invalid(option, "use -qmp; only '-monitor none'")),
+        "machine" | "M" => {
+            let kv = KeyVal::parse(arg, Some("type")).map_err(|e| invalid(option, e))?;
+            for (k, v) in &kv.0 {
+                let ok = match k.as_str() {
+                    "type" => v == "pc" || v.starts_with("pc-i440fx"),
+                    "accel" => v == "kvm",
+                    _ => false,
+                };
+                if !ok {
+                    return Err(invalid(
+                        option,
+                        format!("unsupported {k}={v} (pc, accel=kvm)"),
+                    ));
+                }
+            }
+        }
+        "accel" if arg == "kvm" || arg.starts_with("kvm,") => {}
+        "accel" => return Err(invalid(option, "only KVM acceleration")),
+        "cpu" if arg == "host" || arg.starts_with("host,") => {}
+        "cpu" => return Err(invalid(option, "only '-cpu host' (the host's KVM CPUID)")),
+        "name" => {}
+        "boot" => {
+            let kv = KeyVal::parse(arg, Some("order")).map_err(|e| invalid(option, e))?;
+            for (k, v) in &kv.0 {
+                match k.as_str() {
+                    "reboot-timeout" => {
+                        let ms = v.parse::<i64>().map_err(|_| {
+                            invalid(option, format!("reboot-timeout={v}: not a number"))
+                        })?;
+                        config.reboot_timeout_ms =
+                            u32::try_from(ms).ok().filter(|&ms| ms < u32::MAX);
+                    }
+                    "order" | "once" | "menu" | "strict" => {}
+                    _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
+                }
+            }
+        }
+        "qmp" => config.qmp.push(parse_qmp(option, arg)?),
+        "drive" => config.drives.push(parse_drive(option, arg)?),
+        "object" => config.objects.push(parse_object(option, arg)?),
+        "device" => {
+            let props = KeyVal::parse(arg, Some("driver")).map_err(|e| invalid(option, e))?;
+            let driver = props.get("driver").unwrap_or_default().to_owned();
+            if driver.is_empty() {
+                return Err(invalid(option, "missing device type"));
+            }
+            if driver == "isa-debug-exit" {
+                config.debug_exit = Some(parse_debug_exit(option, &props)?);
+            } else {
+                let props = KeyVal(props.0.into_iter().filter(|(k, _)| k != "driver").collect());
+                config.devices.push(DeviceConfig { driver, props });
+            }
+        }
+        _ => return Err(Error::UnknownOption(option.to_owned())),
+    }
+    Ok(())
+}
+
+fn parse_debug_exit(option: &str, props: &KeyVal) -> Result<DebugExit> {
+    if let Some(bad) = props
+        .unknown_keys(&["driver", "iobase", "iosize", "id"])
+        .first()
+    {
+        return Err(invalid(
+            option,
+            format!("isa-debug-exit: unsupported key '{bad}'"),
+        ));
+    }
+    let number = |key: &str, default: u64| -> Result<u16> {
+        let value = props.get(key).map_or(Some(default), parse_number);
+        value
+            .and_then(|v| u16::try_from(v).ok())
+            .ok_or_else(|| invalid(option, format!("isa-debug-exit: bad {key}")))
+    };
+    let iobase = number("iobase", 0x501)?;
+    let iosize = number("iosize", 2)?;
+    if !matches!(iosize, 1 | 2 | 4) || iobase.checked_add(iosize - 1).is_none() {
+        return Err(invalid(option, "isa-debug-exit: iosize must be 1, 2 or 4"));
+    }
+    Ok(DebugExit { iobase, iosize })
+}
+
+fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
+    let kv = KeyVal::parse(arg, Some("chardev")).map_err(|e| invalid(option, e))?;
+    let chardev = kv.get("chardev").unwrap_or_default();
+    let Some(path) = chardev.strip_prefix("unix:").filter(|p| !p.is_empty()) else {
+        return Err(invalid(option, "expected unix:PATH,server=on,wait=off"));
+    };
+    let mut qmp = QmpConfig {
+        path: PathBuf::from(path),
+        server: false,
+        wait: true,
+    };
+    for (k, v) in &kv.0 {
+        match k.as_str() {
+            "chardev" => {}
+            "server" => qmp.server = parse_bool(option, k, v)?,
+            "wait" => qmp.wait = parse_bool(option, k, v)?,
+            _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
+        }
+    }
+    if !qmp.server {
+        return Err(invalid(option, "only server=on is supported"));
+    }
+    Ok(qmp)
+}
+
+fn parse_drive(option: &str, arg: &str) -> Result<DriveConfig> {
+    let kv = KeyVal::parse(arg, None).map_err(|e| invalid(option, e))?;
+    const KNOWN: &[&str] = &[
+        "file", "format", "if", "id", "werror", "rerror", "cache", "aio", "readonly", "media",
+        "index", "bus", "unit", "discard",
+    ];
+    if let Some(bad) = kv.unknown_keys(KNOWN).first() {
+        return Err(invalid(option, format!("unsupported key '{bad}'")));
+    }
+    let interface = kv.get("if").unwrap_or("ide").to_owned();
+    if !matches!(interface.as_str(), "ide" | "scsi" | "virtio" | "none") {
+        return Err(invalid(
+            option,
+            format!("if={interface}: ide, scsi, virtio or none"),
+        ));
+    }
+    if let Some(format) = kv.get("format").filter(|f| *f != "raw") {
+        return Err(invalid(option, format!("format={format}: only raw images")));
+    }
+    for key in ["werror", "rerror"] {
+        if let Some(v) = kv.get(key) {
+            if !matches!(v, "report" | "ignore" | "stop" | "enospc") {
+                return Err(invalid(
+                    option,
+                    format!("{key}={v}: report, ignore, stop, enospc"),
+                ));
+            }
+        }
+    }
+    Ok(DriveConfig {
+        file: kv.get("file").map(PathBuf::from),
+        format: kv.get("format").map(str::to_owned),
+        interface,
+        id: kv.get("id").map(str::to_owned),
+        werror: kv.get("werror").map(str::to_owned),
+        rerror: kv.get("rerror").map(str::to_owned),
+        cache: kv.get("cache").map(str::to_owned),
+        aio: kv.get("aio").map(str::to_owned),
+        readonly: kv
+            .get("readonly")
+            .map(|v| parse_bool(option, "readonly", v))
+            .transpose()?
+            .unwrap_or(false),
+        options: kv,
+    })
+}
+
+fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
+    let kv = KeyVal::parse(arg, Some("qom-type")).map_err(|e| invalid(option, e))?;
+    let qom_type = kv.get("qom-type").unwrap_or_default().to_owned();
+    if qom_type != "iothread" {
+        return Err(invalid(
+            option,
+            format!("'{qom_type}': only iothread objects"),
+        ));
+    }
+    let Some(id) = kv.get("id").filter(|id| !id.is_empty()).map(str::to_owned) else {
+        return Err(invalid(option, "an object needs id="));
+    };
+    let props = KeyVal(
+        kv.0.into_iter()
+            .filter(|(k, _)| k != "qom-type" && k != "id")
+            .collect(),
+    );
+    Ok(ObjectConfig {
+        qom_type,
+        id,
+        props,
+    })
+}
+
+/// The usage text for `-help`.
+pub const USAGE: &str = "\
+usage: vmm-bin [options]
+  -m SIZE            guest RAM (512, 512M, 2G; default 128M)
+  -smp N             vCPUs
+  -bios PATH         firmware (default /usr/share/seabios/bios-256k.bin)
+  -kernel PATH       direct Linux boot (bzImage or ELF vmlinux)
+  -initrd PATH       initial ramdisk for -kernel
+  -append CMDLINE    kernel command line for -kernel
+  -nographic         no display; COM1 on stdio
+  -serial stdio|none COM1 backend
+  -display none      accepted (there is no display)
+  -no-reboot         exit instead of rebooting
+  -S                 start paused (for the monitor's cont)
+  -boot reboot-timeout=MS
+  -device isa-debug-exit,iobase=0xf4,iosize=0x04
+  -device virtio-blk-pci,drive=ID[,id=..][,iothread=..]
+  -drive file=PATH,format=raw,if=ide|scsi|virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
+  -object iothread,id=ID
+  -qmp unix:PATH,server=on,wait=off
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> Config {
+        parse(args.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn sizes_default_to_mib_and_take_suffixes() {
+        assert_eq!(parse_ram_size("512"), Some(512 << 20));
+        assert_eq!(parse_ram_size("512M"), Some(512 << 20));
+        assert_eq!(parse_ram_size("2G"), Some(2 << 30));
+        assert_eq!(parse_ram_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_ram_size("4096k"), Some(4 << 20));
+        assert_eq!(parse_ram_size("x"), None);
+        assert_eq!(parse_ram_size("-1"), None);
+        assert_eq!(parse_ram_size(""), None);
+        assert_eq!(parse_ram_size("99999999999999999999T"), None);
+        assert_eq!(parse_ram_size("18446744073709551615G"), None);
+        assert_eq!(parse_ram_size("."), None);
+    }
+
+    #[test]
+    fn a_typical_command_line() {
+        let c = parse_ok(&[
+            "-m",
+            "2G",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            "/k",
+            "-append",
+            "console=ttyS0 a=b,c",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-qmp",
+            "unix:/tmp/q.sock,server=on,wait=off",
+            "-display",
+            "none",
+        ]);
+        assert_eq!(c.ram_bytes, 2 << 30);
+        assert_eq!(c.cpus, 2);
+        assert!(c.nographic && c.no_reboot);
+        assert_eq!(c.serial, SerialBackend::Stdio);
+        assert_eq!(c.append.as_deref(), Some("console=ttyS0 a=b,c"));
+        assert_eq!(
+            c.debug_exit,
+            Some(DebugExit {
+                iobase: 0xf4,
+                iosize: 4
+            })
+        );
+        assert_eq!(c.qmp[0].path, PathBuf::from("/tmp/q.sock"));
+        assert!(c.qmp[0].server && !c.qmp[0].wait);
+        assert_eq!(c.bios, PathBuf::from(DEFAULT_BIOS));
+    }
+
+    #[test]
+    fn disks_and_iothreads_are_structured() {
+        let c = parse_ok(&[
+            "--drive",
+            "file=/d,,x.img,format=raw,if=none,id=d0,werror=stop,cache=none,aio=io_uring",
+            "-object",
+            "iothread,id=io0",
+            "-device",
+            "virtio-blk-pci,drive=d0,iothread=io0,id=vblk0",
+        ]);
+        let d = &c.drives[0];
+        assert_eq!(d.file, Some(PathBuf::from("/d,x.img")));
+        assert_eq!(d.interface, "none");
+        assert_eq!(d.id.as_deref(), Some("d0"));
+        assert_eq!(d.werror.as_deref(), Some("stop"));
+        assert_eq!(c.objects[0].id, "io0");
+        assert_eq!(c.devices[0].driver, "virtio-blk-pci");
+        assert_eq!(c.devices[0].props.get("drive"), Some("d0"));
+        assert_eq!(c.devices[0].id(), Some("vblk0"));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_never_a_panic() {
+        let cases: &[&[&str]] = &[
+            &["-frobnicate"],
+            &["-m"],
+            &["-m", "lots"],
+            &["-m", "0"],
+            &["-smp", "0"],
+            &["-smp", "100000"],
+            &["-smp", "x"],
+            &["disk.img"],
+            &["-"],
+            &["--"],
+            &["-serial", "tcp:1"],
+            &["-device", ""],
+            &["-device", "isa-debug-exit,iobase=0x10000"],
+            &["-device", "isa-debug-exit,iosize=3"],
+            &["-device", "isa-debug-exit,iobase=0xffff,iosize=4"],
+            &["-qmp", "tcp:1"],
+            &["-qmp", "unix:/x,server=maybe"],
+            &["-qmp", "unix:/x,server=off"],
+            &["-drive", "file=x,if=floppy"],
+            &["-drive", "file=x,format=qcow2"],
+            &["-drive", "=x"],
+            &["-drive", "file=x,bogus=1"],
+            &["-object", "memory-backend-ram,id=m"],
+            &["-object", "iothread"],
+            &["-display", "gtk"],
+            &["-machine", "q35"],
+            &["-cpu", "qemu64"],
+            &["-boot", "reboot-timeout=soon"],
+        ];
+        for args in cases {
+            assert!(
+                parse(args.iter().copied()).is_err(),
+                "{args:?} was accepted"
+            );
+        }
+        assert_eq!(
+            parse(["-frobnicate"]).unwrap_err().to_string(),
+            "unknown option '-frobnicate' (see vmm-bin -help)"
+        );
+        assert_eq!(
+            parse(["-kernel"]).unwrap_err(),
+            Error::MissingArgument("-kernel".into())
+        );
+    }
+
+    #[test]
+    fn serial_defaults_follow_nographic() {
+        assert_eq!(parse_ok(&[]).serial, SerialBackend::None);
+        assert_eq!(parse_ok(&["-serial", "stdio"]).serial, SerialBackend::Stdio);
+        assert_eq!(
+            parse_ok(&["-nographic", "-serial", "none"]).serial,
+            SerialBackend::None
+        );
+    }
+
+    #[test]
+    fn keyval_rules() {
+        let kv = KeyVal::parse("virtio-blk-pci,drive=d0,drive=d1,x", Some("driver")).unwrap();
+        assert_eq!(kv.get("driver"), Some("virtio-blk-pci"));
+        assert_eq!(kv.get("drive"), Some("d1"));
+        assert_eq!(kv.get("x"), Some("on"));
+        assert!(KeyVal::parse("a=1,,", None).is_ok()); // "a=1," literally
+        assert!(KeyVal::parse("a=1,", None).is_err());
+    }
+
+    #[test]
+    fn reboot_timeout() {
+        let c = parse_ok(&["-boot", "reboot-timeout=0"]);
+        assert_eq!(c.reboot_timeout_ms, Some(0));
+        let c = parse_ok(&["-boot", "reboot-timeout=-1"]);
+        assert_eq!(c.reboot_timeout_ms, None);
+    }
+}

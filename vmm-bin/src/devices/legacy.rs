@@ -1,0 +1,223 @@
+//! The small ISA pieces a PC has to answer on: the i8042 (enough for its reset pulse),
+//! port 0x92 (fast reset, A20), the APM control port 0xB2 (ACPI enable), and ports
+//! that only need to exist (8237 DMA, POST code 0x80, the ELCR at 0x4D0).
+
+use std::sync::Mutex;
+
+use crate::devices::{EventSink, SystemEvent};
+use crate::machine::BusDevice;
+
+/// Ports that accept writes and read back 0xff (or what was last written, for
+/// registers firmware reads back, like the ELCR).
+pub struct Ignored {
+    last: Mutex<Vec<u8>>,
+}
+
+impl Ignored {
+    /// A range of `len` ports that remembers byte writes.
+    pub fn new(len: usize) -> Ignored {
+        Ignored {
+            last: Mutex::new(vec![0; len]),
+        }
+    }
+}
+
+impl BusDevice for Ignored {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = usize::try_from(offset)
+                .ok()
+                .and_then(|o| last.get(o + i))
+                .copied()
+                .unwrap_or(0xff);
+        }
+    }
+    fn write(&self, offset: u64, data: &[u8]) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, d) in data.iter().enumerate() {
+            if let Some(slot) = usize::try_from(offset)
+                .ok()
+                .and_then(|o| last.get_mut(o + i))
+            {
+                *slot = *d;
+            }
+        }
+    }
+}
+
+/// A minimal i8042 keyboard controller at 0x60 (data) and 0x64 (status/command): the
+/// status says "no data, input buffer empty"; command 0xFE (pulse the reset line)
+/// resets the machine; self-test (0xAA) and command-byte reads (0x20) answer so that
+/// firmware probing the controller does not wait for a timeout.
+pub struct I8042 {
+    state: Mutex<KbdState>,
+    events: EventSink,
+}
+
+struct KbdState {
+    output: Option<u8>,
+    command_byte: u8,
+    /// The command waiting for its data byte on port 0x60.
+    pending: Option<u8>,
+}
+
+/// i8042 data port.
+pub const I8042_DATA: u16 = 0x60;
+/// i8042 status/command port.
+pub const I8042_COMMAND: u16 = 0x64;
+
+impl I8042 {
+    /// A controller reporting resets to `events`.
+    pub fn new(events: EventSink) -> I8042 {
+        I8042 {
+            state: Mutex::new(KbdState {
+                output: None,
+                command_byte: 0x61,
+                pending: None,
+            }),
+            events,
+        }
+    }
+
+    /// Maps to both ports: the device sees its port as the offset from 0x60.
+    fn port_read(&self, port: u16) -> u8 {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match port {
+            I8042_DATA => s.output.take().unwrap_or(0),
+            // System flag (bit 2), unlocked (bit 4); bit 0 set while a byte waits.
+            _ => 0x14 | u8::from(s.output.is_some()),
+        }
+    }
+
+    fn port_write(&self, port: u16, value: u8) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match port {
+            I8042_COMMAND => match value {
+                0x20 => s.output = Some(s.command_byte),
+                0x60 | 0xd1 | 0xd2 | 0xd3 | 0xd4 => s.pending = Some(value),
+                0xaa => s.output = Some(0x55),
+                0xab => s.output = Some(0x00),
+                0xfe => {
+                    drop(s);
+                    (self.events)(SystemEvent::Reset);
+                }
+                _ => {}
+            },
+            _ => match s.pending.take() {
+                Some(0x60) => s.command_byte = value,
+                // Output port: bit 0 low holds the CPU in reset.
+                Some(0xd1) if value & 1 == 0 => {
+                    drop(s);
+                    (self.events)(SystemEvent::Reset);
+                }
+                // A byte for the keyboard itself: there is none; answer nothing.
+                _ => {}
+            },
+        }
+    }
+}
+
+/// The i8042 as seen from one of its two ports.
+pub struct I8042Port {
+    /// The controller.
+    pub controller: std::sync::Arc<I8042>,
+    /// Which port this mapping is.
+    pub port: u16,
+}
+
+impl BusDevice for I8042Port {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(d) = data.first_mut() {
+            *d = self.controller.port_read(self.port);
+        }
+    }
+    fn write(&self, _offset: u64, data: &[u8]) {
+        if let Some(&v) = data.first() {
+            self.controller.port_write(self.port, v);
+        }
+    }
+}
+
+/// Port 0x92, "system control port A": bit 0 resets the machine on a 0 to 1
+/// transition, bit 1 is the A20 gate (kept, always enabled in fact).
+pub struct Port92 {
+    value: Mutex<u8>,
+    events: EventSink,
+}
+
+impl Port92 {
+    /// Reports resets to `events`.
+    pub fn new(events: EventSink) -> Port92 {
+        Port92 {
+            value: Mutex::new(0x02),
+            events,
+        }
+    }
+}
+
+impl BusDevice for Port92 {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(d) = data.first_mut() {
+            *d = *self.value.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    fn write(&self, _offset: u64, data: &[u8]) {
+        let Some(&v) = data.first() else { return };
+        let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        let old = *value;
+        *value = v & !1;
+        drop(value);
+        if v & 1 != 0 && old & 1 == 0 {
+            (self.events)(SystemEvent::Reset);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn sink() -> (EventSink, Arc<Mutex<Vec<SystemEvent>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        (Arc::new(move |e| log.lock().unwrap().push(e)), seen)
+    }
+
+    #[test]
+    fn resets_from_the_keyboard_controller_and_port_92() {
+        let (events, seen) = sink();
+        let kbd = Arc::new(I8042::new(events.clone()));
+        let status = I8042Port {
+            controller: kbd.clone(),
+            port: I8042_COMMAND,
+        };
+        let data = I8042Port {
+            controller: kbd,
+            port: I8042_DATA,
+        };
+        let mut b = [0];
+        status.read(0, &mut b);
+        assert_eq!(b[0] & 1, 0, "no data");
+        status.write(0, &[0xaa]);
+        data.read(0, &mut b);
+        assert_eq!(b[0], 0x55);
+        status.write(0, &[0xfe]);
+        let p92 = Port92::new(events);
+        p92.write(0, &[0x03]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [SystemEvent::Reset, SystemEvent::Reset]
+        );
+        let ignored = Ignored::new(2);
+        ignored.write(1, &[0x0c]);
+        ignored.read(0, &mut b);
+        assert_eq!(b, [0]);
+        let mut w = [0u8; 4];
+        ignored.read(1, &mut w);
+        assert_eq!(w, [0x0c, 0xff, 0xff, 0xff]);
+    }
+}

@@ -1,0 +1,59 @@
+//! The PC platform devices SeaBIOS and Linux expect, QEMU-compatible: PCI host bridge
+//! and PIIX function models, CMOS/RTC, fw_cfg, the 16550 on COM1, the reset and
+//! power-off paths, isa-debug-exit, and the ports that only need to exist.
+//!
+//! Each model is a state machine behind its own lock, reached through
+//! [`BusDevice`](crate::machine::BusDevice) from vCPU threads. Guest input they parse,
+//! and what they check:
+//!
+//! | device | guest input | bounds checked |
+//! | --- | --- | --- |
+//! | PCI config (0xCF8/0xCFC) | address register, config offset and width | bus/slot/function exist, offset < 256, access inside the dword |
+//! | PCI BARs | written BAR values, command register | size-aligned, below the top of the space, no overlap (else unmapped) |
+//! | CMOS | index register | index masked to 0..128 |
+//! | fw_cfg | selector, data reads | unknown keys read as empty, reads past the end return 0 |
+//! | debug exit | written value | any value; the exit status is `(value << 1) \| 1` truncated to a byte by the OS |
+//! | serial | UART registers | vm-superio's 16550 model |
+
+pub mod cmos;
+pub mod debug_exit;
+pub mod fw_cfg;
+pub mod legacy;
+pub mod pci;
+pub mod serial;
+
+use std::sync::Arc;
+
+/// What a device asks of the machine (handled on the main thread, never inside the
+/// vCPU exit that caused it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SystemEvent {
+    /// A guest-initiated reset (0xCF9, port 0x92, the i8042 pulse, a triple fault).
+    Reset,
+    /// A guest-initiated power-off (ACPI S5).
+    Shutdown,
+    /// isa-debug-exit: end the process with this status, as QEMU does.
+    Exit(i32),
+    /// The guest made the machine unusable (a vCPU failed); the message says how.
+    InternalError(String),
+}
+
+/// Where devices send [`SystemEvent`]s.
+pub type EventSink = Arc<dyn Fn(SystemEvent) + Send + Sync>;
+
+/// Fills `data` with the little-endian bytes of `value` from byte `offset` on; bytes
+/// past the eighth read as 0. Helper for devices that keep registers as integers.
+pub(crate) fn read_le(value: u64, offset: usize, data: &mut [u8]) {
+    let bytes = value.to_le_bytes();
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = bytes.get(offset + i).copied().unwrap_or(0);
+    }
+}
+
+/// The little-endian value of `data` (at most 8 bytes are used).
+pub(crate) fn le_value(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = data.len().min(8);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(bytes)
+}

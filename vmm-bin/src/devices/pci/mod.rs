@@ -1,0 +1,123 @@
+//! PCI: function models, the i440FX host bridge with configuration mechanism #1, and
+//! the PIIX3/PIIX4 functions SeaBIOS looks for.
+//!
+//! A PCI function is a [`PciFunction`] plugged into the machine's
+//! `qdev_bus::Bus<PciAddress, dyn PciFunction>` (its child list is an RCU list: config
+//! cycles from vCPUs look functions up under a read guard while hotplug changes it).
+//! After every config write the [`PciHost`] asks the function where it decodes now
+//! ([`PciFunction::mappings`]) and updates the port and memory [`IoBus`]es, so BAR
+//! programming by firmware or the OS takes effect at once. A function's BAR handlers
+//! are `Arc<dyn BusDevice>`s that it hands out; they stay valid for readers that found
+//! them until a grace period after unmapping.
+//!
+//! To add a device (virtio-pci): build a [`PciConfig`] (ids, class, BARs, interrupt
+//! pin), implement [`PciFunction`] (usually by delegating to a `Mutex<PciConfig>` and
+//! mapping decoded BARs to handlers, as [`SimpleFunction`] does), and plug it with
+//! [`PciHost::plug`]. INTx goes through [`IntxRouter::set_level`].
+//!
+//! [`IoBus`]: crate::machine::IoBus
+//! [`BusDevice`]: crate::machine::BusDevice
+
+mod config;
+mod host;
+mod piix;
+
+pub use config::{BadBar, BarKind, PciConfig, PciMapping, Space, regs};
+pub use host::{PCI_CONFIG_PORT, PciHost, PlugError};
+pub use piix::{
+    ApmControl, I440fxHost, IntxRouter, IrqLine, PM_IO_LEN, Piix3Isa, Piix4Pm, PmRegisters, PmState,
+};
+
+use std::sync::{Arc, Mutex};
+
+use crate::machine::BusDevice;
+
+/// A PCI function as the host bridge sees it. All methods take `&self`: vCPU threads
+/// call them concurrently; the function serializes itself.
+pub trait PciFunction: qdev_bus::Device {
+    /// A config read of `data.len()` (1, 2 or 4) bytes at `offset` (inside one dword,
+    /// below 256).
+    fn config_read(&self, offset: usize, data: &mut [u8]);
+
+    /// A config write, same bounds as reads. The host bridge calls
+    /// [`mappings`](Self::mappings) afterwards.
+    fn config_write(&self, offset: usize, data: &[u8]);
+
+    /// The regions the function decodes now (after the last config write).
+    fn mappings(&self) -> Vec<PciMapping>;
+
+    /// Returns the function to its power-on state (config space included).
+    fn pci_reset(&self);
+}
+
+/// A function whose config space is a plain [`PciConfig`] and whose BAR `n` is
+/// handled by `bars[n]`: the host bridge, the ISA bridge, and any simple device.
+pub struct SimpleFunction {
+    id: String,
+    config: Mutex<PciConfig>,
+    bars: Vec<Option<Arc<dyn BusDevice>>>,
+}
+
+impl SimpleFunction {
+    /// A function with id `id`, `config`, and one optional handler per BAR index.
+    pub fn new(
+        id: impl Into<String>,
+        config: PciConfig,
+        bars: Vec<Option<Arc<dyn BusDevice>>>,
+    ) -> SimpleFunction {
+        SimpleFunction {
+            id: id.into(),
+            config: Mutex::new(config),
+            bars,
+        }
+    }
+
+    /// The config space, locked.
+    pub fn config(&self) -> std::sync::MutexGuard<'_, PciConfig> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl qdev_bus::Device for SimpleFunction {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn reset(&self) {
+        self.pci_reset();
+    }
+}
+
+impl PciFunction for SimpleFunction {
+    fn config_read(&self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
+    fn config_write(&self, offset: usize, data: &[u8]) {
+        self.config().write(offset, data);
+    }
+    fn mappings(&self) -> Vec<PciMapping> {
+        bar_mappings(&self.config(), &self.bars)
+    }
+    fn pci_reset(&self) {
+        self.config().reset();
+    }
+}
+
+/// The mappings of `config`'s decoded BARs to their handlers (`handlers[index]`).
+pub fn bar_mappings(
+    config: &PciConfig,
+    handlers: &[Option<Arc<dyn BusDevice>>],
+) -> Vec<PciMapping> {
+    config
+        .decoded_bars()
+        .into_iter()
+        .filter_map(|(index, space, base, len)| {
+            let device = handlers.get(index)?.clone()?;
+            Some(PciMapping {
+                space,
+                base,
+                len,
+                device,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,128 @@
+//! CPUID for each vCPU: KVM's supported set, with the vCPU's APIC id and topology, the
+//! hypervisor bit, and without features we do not virtualize (arch-capabilities).
+
+use kvm_bindings::CpuId;
+
+/// CPUID.1:ECX: running under a hypervisor.
+const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:EDX: an APIC.
+const EDX_APIC: u32 = 1 << 9;
+/// CPUID.7.0:EDX bit 29: IA32_ARCH_CAPABILITIES exists (we do not offer it).
+const EDX7_ARCH_CAPABILITIES: u32 = 1 << 29;
+/// CPUID.1:ECX bit 24: TSC deadline timer (the in-kernel LAPIC emulates it).
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Bits needed to number `n` things.
+fn bits_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Adjusts `cpuid` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `index` of `count`, each
+/// a single-threaded core of one socket.
+pub fn filter(cpuid: &mut CpuId, index: u32, count: u32) {
+    let apic_id = index;
+    let core_bits = bits_for(count);
+    for entry in cpuid.as_mut_slice().iter_mut() {
+        match entry.function {
+            1 => {
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (count.clamp(1, 255) << 16);
+                entry.ecx |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
+                entry.edx |= EDX_APIC;
+                // HTT: logical processor count in EBX[23:16] is valid.
+                if count > 1 {
+                    entry.edx |= 1 << 28;
+                }
+            }
+            4 => {
+                // Cores per package - 1 in EAX[31:26]; one thread per cache level.
+                entry.eax = (entry.eax & 0x03ff_ffff) & !(0xfff << 14);
+                entry.eax |= (count.saturating_sub(1).min(63)) << 26;
+            }
+            6 => {
+                // No power management features we would have to emulate.
+                entry.ecx &= !(1 << 3); // energy-perf bias
+            }
+            7 if entry.index == 0 => {
+                entry.edx &= !EDX7_ARCH_CAPABILITIES;
+            }
+            0xa => {
+                // No architectural PMU.
+                entry.eax = 0;
+                entry.ebx = 0;
+                entry.ecx = 0;
+                entry.edx = 0;
+            }
+            0xb | 0x1f => {
+                // x2APIC topology: level 0 SMT (1 thread), level 1 core.
+                entry.edx = apic_id;
+                match entry.index {
+                    0 => {
+                        entry.eax = 0;
+                        entry.ebx = 1;
+                        entry.ecx = 1 << 8; // SMT
+                    }
+                    1 => {
+                        entry.eax = core_bits;
+                        entry.ebx = count;
+                        entry.ecx = (2 << 8) | 1; // core
+                    }
+                    i => {
+                        entry.eax = 0;
+                        entry.ebx = 0;
+                        entry.ecx = i & 0xff;
+                    }
+                }
+            }
+            0x8000_0001 => {
+                // CmpLegacy, extended APIC space, topology extensions: not offered.
+                entry.ecx &= !((1 << 1) | (1 << 3) | (1 << 22));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn apic_id_topology_and_arch_capabilities() {
+        let entries = [
+            kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0xff00_0800,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 0,
+                edx: u32::MAX,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xb,
+                index: 1,
+                ..Default::default()
+            },
+        ];
+        let mut cpuid = CpuId::from_entries(&entries).unwrap();
+        filter(&mut cpuid, 2, 3);
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].ebx >> 24, 2);
+        assert_eq!((e[0].ebx >> 16) & 0xff, 3);
+        assert_eq!(e[0].ebx & 0xffff, 0x0800);
+        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_eq!(e[1].edx & EDX7_ARCH_CAPABILITIES, 0);
+        assert_eq!((e[2].eax, e[2].ebx, e[2].edx), (2, 3, 2));
+        assert_eq!(bits_for(1), 0);
+        assert_eq!(bits_for(4), 2);
+        assert_eq!(bits_for(5), 3);
+    }
+}

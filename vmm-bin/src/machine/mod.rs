@@ -1,0 +1,453 @@
+//! The KVM machine: an i440FX PC with in-kernel PIC, IOAPIC, LAPIC and PIT, guest RAM
+//! from `ram-block`, SeaBIOS (or a directly booted Linux), and vCPU threads that the
+//! main loop can pause, resume, reset and stop.
+//!
+//! ```text
+//! main thread (AioContext)          vCPU threads
+//!   Machine::new ─ creates VM, RAM, devices, parked vCPUs
+//!   RunStateMachine handler ──────► Control: pause (kick + wait parked) / resume
+//!   SystemEvent queue ◄───────────── devices: reset, power-off, debug exit, errors
+//!   MachineControl::system_reset ─► pause, reset devices, reload firmware/kernel,
+//!                                    bump reset epoch, resume
+//! ```
+//!
+//! Port I/O and MMIO exits are dispatched through [`IoBus`]es (RCU-read lookups); PCI
+//! functions plug into [`PciHost`] and get their BARs mapped into those buses as the
+//! guest programs them. See [`Machine`] for how devices and the monitor plug in.
+
+pub mod cpuid;
+mod io_bus;
+pub mod layout;
+mod linux;
+mod memory;
+mod platform;
+mod runner;
+mod vcpu;
+
+pub use io_bus::{BusDevice, IoBus, Overlap, PLATFORM_OWNER};
+pub use layout::{E820Entry, E820Type, RamLayout};
+pub use memory::GuestRam;
+pub use platform::Platform;
+pub use runner::Runner;
+pub use vcpu::ControlError;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use crate::cli::Config;
+use crate::devices::pci::PciHost;
+use crate::devices::{EventSink, SystemEvent};
+use vcpu::{BootEntry, Control, InitialState, Vcpu};
+
+/// Errors building or running the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` is missing or unusable.
+    #[error("cannot use KVM (/dev/kvm): {0}")]
+    NoKvm(kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("{0} failed: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    /// KVM lacks something we need.
+    #[error("KVM lacks {0}")]
+    MissingCap(&'static str),
+    /// Guest RAM.
+    #[error("guest RAM: {0}")]
+    Memory(#[from] ram_block::Error),
+    /// The firmware image.
+    #[error("BIOS: {0}")]
+    Bios(String),
+    /// Direct kernel boot.
+    #[error("kernel boot: {0}")]
+    Boot(String),
+    /// A file we were told to use.
+    #[error("{path}: {error}")]
+    File {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A device could not be placed.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether this host can run the machine at all (`/dev/kvm` opens).
+pub fn kvm_available() -> bool {
+    Kvm::new().is_ok()
+}
+
+/// The machine. Built on the main thread; its vCPUs start parked and run once
+/// [`MachineControl::resume_all`] is called (normally by the run state machine's
+/// change handler on `cont`/start).
+///
+/// - **PCI devices** (virtio-pci): [`Machine::pci`] → [`PciHost::plug`] a
+///   [`PciFunction`](crate::devices::pci::PciFunction); INTx through
+///   [`Machine::intx`]; ioeventfd/irqfd/MSI routing through [`Machine::vm_fd`]; guest
+///   memory through [`Machine::ram`]; `bootorder`/other firmware files through
+///   [`Machine::platform`]`.fw_cfg`. Plug before the vCPUs first run.
+/// - **Monitor**: [`Machine::control`] gives a cloneable handle with
+///   `pause_all`/`resume_all`/`system_reset`/`request_quit`.
+pub struct Machine {
+    vm: Arc<VmFd>,
+    ram: GuestRam,
+    layout: RamLayout,
+    platform: Platform,
+    control: MachineControl,
+    config: Config,
+}
+
+/// A handle to the machine's vCPUs and reset path, for the main loop and the monitor.
+/// Cheap to clone; `Send + Sync`. Pausing and resetting wait for vCPU threads and must
+/// run on the main thread (never on a vCPU thread: they return
+/// [`ControlError::OnVcpuThread`]).
+#[derive(Clone)]
+pub struct MachineControl {
+    inner: Arc<ControlInner>,
+}
+
+struct ControlInner {
+    control: Arc<Control>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    count: usize,
+    /// Re-runs firmware/kernel loading and device resets (set by `Machine::new`).
+    reset_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
+    boot: Arc<Mutex<Option<BootEntry>>>,
+}
+
+impl MachineControl {
+    fn kick(&self) {
+        let threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+        for t in threads.iter() {
+            use std::os::unix::thread::JoinHandleExt;
+            // SAFETY: the pthread id comes from a JoinHandle we still hold (not joined),
+            // so it names a live or not-yet-reaped thread; pthread_kill only queues a
+            // signal whose handler (installed before any vCPU thread started) is
+            // async-signal-safe.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+        }
+    }
+
+    /// Parks every vCPU and returns once all are out of `KVM_RUN` (QEMU's
+    /// `pause_all_vcpus`).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::OnVcpuThread`] when called from a vCPU thread.
+    pub fn pause_all(&self) -> std::result::Result<(), ControlError> {
+        self.inner.control.pause(self.inner.count, || self.kick())
+    }
+
+    /// Lets the vCPUs run (QEMU's `resume_all_vcpus`).
+    pub fn resume_all(&self) {
+        self.inner.control.resume();
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.inner.control.is_paused()
+    }
+
+    /// Resets the machine (QEMU's `qemu_system_reset`): pauses the vCPUs, resets the
+    /// devices, restores the firmware (or reloads the kernel), gives every vCPU its
+    /// power-on state, and resumes them if they were running.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::OnVcpuThread`] when called from a vCPU thread.
+    pub fn system_reset(&self) -> std::result::Result<(), ControlError> {
+        let was_paused = self.is_paused();
+        self.pause_all()?;
+        if let Some(hook) = &*self
+            .inner
+            .reset_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            hook();
+        }
+        self.inner.control.bump_reset();
+        if !was_paused {
+            self.resume_all();
+        }
+        Ok(())
+    }
+
+    /// Stops and joins every vCPU thread (QEMU's `quit`: the caller then exits).
+    pub fn shutdown_vcpus(&self) {
+        self.inner.control.quit(|| self.kick());
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// The number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.inner.count
+    }
+}
+
+impl std::fmt::Debug for MachineControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineControl")
+            .field("vcpus", &self.inner.count)
+            .field("paused", &self.is_paused())
+            .finish()
+    }
+}
+
+/// `KVM_SET_IRQ_LINE` as an [`IrqLine`](crate::devices::pci::IrqLine).
+struct KvmIrqLine(Arc<VmFd>);
+
+impl crate::devices::pci::IrqLine for KvmIrqLine {
+    fn set_level(&self, gsi: u32, level: bool) {
+        let _ = self.0.set_irq_line(gsi, level);
+    }
+}
+
+impl Machine {
+    /// Builds the VM `config` describes; devices report to `events` (which must hand
+    /// them to the main loop, not act in the vCPU thread).
+    ///
+    /// # Errors
+    ///
+    /// Any [`Error`]: no KVM, RAM that cannot be mapped, a missing BIOS or kernel.
+    pub fn new(config: &Config, events: EventSink) -> Result<Machine> {
+        let kvm = Kvm::new().map_err(Error::NoKvm)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "an in-kernel irqchip"),
+            (Cap::UserMemory, "user memory"),
+            (Cap::Pit2, "an in-kernel PIT"),
+            (Cap::Irqfd, "irqfd"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::MissingCap(name));
+            }
+        }
+        let vm = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?,
+        );
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)
+            .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+        vm.set_tss_address(layout::KVM_TSS as usize)
+            .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+        vm.create_irq_chip()
+            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+
+        let layout = RamLayout::new(config.ram_bytes);
+        let mut ram = GuestRam::new(&vm, layout)?;
+        let boot_entry = Arc::new(Mutex::new(None));
+        if config.kernel.is_none() {
+            let bios = std::fs::read(&config.bios).map_err(|error| Error::File {
+                path: config.bios.clone(),
+                error,
+            })?;
+            ram.load_bios(&vm, bios)?;
+        }
+
+        let platform = Platform::new(
+            config,
+            &vm,
+            layout,
+            events.clone(),
+            Arc::new(KvmIrqLine(vm.clone())),
+        )?;
+
+        let control = MachineControl {
+            inner: Arc::new(ControlInner {
+                control: Arc::new(Control::new_paused()),
+                threads: Mutex::new(Vec::new()),
+                count: config.cpus as usize,
+                reset_hook: Mutex::new(None),
+                boot: boot_entry,
+            }),
+        };
+        let machine = Machine {
+            vm,
+            ram,
+            layout,
+            platform,
+            control,
+            config: config.clone(),
+        };
+        machine.load_kernel()?;
+        machine.install_reset_hook();
+        machine.create_vcpus(&kvm, events)?;
+        Ok(machine)
+    }
+
+    /// Loads `-kernel` (if any) into RAM and records the boot vCPU's entry state.
+    fn load_kernel(&self) -> Result<()> {
+        let Some(kernel) = &self.config.kernel else {
+            return Ok(());
+        };
+        let entry = linux::load(
+            self.ram.list(),
+            self.layout,
+            kernel,
+            self.config.initrd.as_deref(),
+            self.config.append.as_deref().unwrap_or(""),
+        )?;
+        *self
+            .control
+            .inner
+            .boot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(entry);
+        Ok(())
+    }
+
+    fn install_reset_hook(&self) {
+        let platform = self.platform.resetter();
+        let list = self.ram.list().clone();
+        let layout = self.layout;
+        let config = self.config.clone();
+        let boot = self.control.inner.boot.clone();
+        let bios = self.ram.bios_shadow();
+        let hook = move || {
+            platform();
+            if let Some(restore) = &bios {
+                if let Err(e) = restore() {
+                    eprintln!("vmm-bin: reset: {e}");
+                }
+            }
+            if let Some(kernel) = &config.kernel {
+                match linux::load(
+                    &list,
+                    layout,
+                    kernel,
+                    config.initrd.as_deref(),
+                    config.append.as_deref().unwrap_or(""),
+                ) {
+                    Ok(entry) => {
+                        *boot.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
+                    }
+                    Err(e) => eprintln!("vmm-bin: reset: cannot reload the kernel: {e}"),
+                }
+            }
+        };
+        *self
+            .control
+            .inner
+            .reset_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
+    fn create_vcpus(&self, kvm: &Kvm, events: EventSink) -> Result<()> {
+        vcpu::install_kick_handler().map_err(Error::Thread)?;
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let count = self.config.cpus;
+        let mut threads = Vec::new();
+        for index in 0..count {
+            let fd = self
+                .vm
+                .create_vcpu(u64::from(index))
+                .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter(&mut cpuid, index, count);
+            fd.set_cpuid2(&cpuid)
+                .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+            let initial =
+                InitialState::capture(&fd).map_err(|e| Error::Kvm("KVM_GET_REGS/SREGS", e))?;
+            let vcpu = Vcpu {
+                index,
+                fd,
+                pio: self.platform.pio.clone(),
+                mmio: self.platform.mmio.clone(),
+                control: self.control.inner.control.clone(),
+                events: events.clone(),
+                initial,
+                boot: self.control.inner.boot.clone(),
+                trace: std::env::var_os("VMM_TRACE_EXITS").is_some(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu.run())
+                .map_err(Error::Thread)?;
+            threads.push(thread);
+        }
+        *self
+            .control
+            .inner
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = threads;
+        Ok(())
+    }
+
+    /// The control handle (pause/resume/reset/quit).
+    pub fn control(&self) -> MachineControl {
+        self.control.clone()
+    }
+
+    /// The KVM VM, for irqfd, ioeventfd and MSI routing.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Where RAM is.
+    pub fn layout(&self) -> RamLayout {
+        self.layout
+    }
+
+    /// The platform devices and buses.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// The PCI host (plug functions here).
+    pub fn pci(&self) -> &Arc<PciHost> {
+        &self.platform.pci
+    }
+
+    /// PCI INTx routing.
+    pub fn intx(&self) -> &Arc<crate::devices::pci::IntxRouter> {
+        &self.platform.intx
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.control.shutdown_vcpus();
+    }
+}
+
+/// Reports a [`SystemEvent`] from a device or vCPU thread; the main loop consumes them.
+pub fn event_channel(
+    notify: impl Fn() + Send + Sync + 'static,
+) -> (EventSink, std::sync::mpsc::Receiver<SystemEvent>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let sink: EventSink = Arc::new(move |event| {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(event);
+        notify();
+    });
+    (sink, rx)
+}

@@ -1,0 +1,223 @@
+//! The PC platform wiring: which device answers at which port, the PCI functions of
+//! the i440FX/PIIX chipset, and the firmware configuration SeaBIOS reads.
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_irqchip,
+};
+use kvm_ioctls::VmFd;
+use qdev_bus::PciAddress;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::io_bus::{BusDevice, IoBus, PLATFORM_OWNER};
+use super::layout::{RamLayout, e820_bytes};
+use super::{Error, Result};
+use crate::cli::{Config, SerialBackend};
+use crate::devices::EventSink;
+use crate::devices::cmos::{CMOS_BASE, Cmos, CmosLayout};
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::fw_cfg::{FW_CFG_PORT, FwCfg, keys};
+use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
+use crate::devices::pci::{
+    ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PciHost, Piix3Isa, Piix4Pm,
+    PmState,
+};
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialPort};
+
+/// The platform devices and the buses they sit on.
+pub struct Platform {
+    /// Port I/O space.
+    pub pio: Arc<IoBus>,
+    /// MMIO space (what KVM does not handle: LAPIC, IOAPIC are in the kernel).
+    pub mmio: Arc<IoBus>,
+    /// PCI bus 0 and config mechanism #1.
+    pub pci: Arc<PciHost>,
+    /// PCI INTx to IRQ routing (PIIX3 PIRQs).
+    pub intx: Arc<IntxRouter>,
+    /// The firmware configuration device (add `bootorder` etc. before the guest runs).
+    pub fw_cfg: Arc<FwCfg>,
+    /// COM1.
+    pub serial: Arc<SerialPort>,
+    /// CMOS/RTC.
+    pub cmos: Arc<Cmos>,
+    /// ACPI PM registers.
+    pub pm: Arc<PmState>,
+    vm: Arc<VmFd>,
+    irqchips: Vec<kvm_irqchip>,
+    pit: Option<kvm_bindings::kvm_pit_state2>,
+}
+
+fn map(bus: &IoBus, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<()> {
+    bus.insert(base, len, PLATFORM_OWNER, device)
+        .map_err(|e| Error::Device(e.to_string()))
+}
+
+impl Platform {
+    /// Builds and maps the platform devices for `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] if two devices collide (a debug-exit port over another device)
+    /// or the serial irqfd cannot be registered.
+    pub fn new(
+        config: &Config,
+        vm: &Arc<VmFd>,
+        layout: RamLayout,
+        events: EventSink,
+        irq: Arc<dyn IrqLine>,
+    ) -> Result<Platform> {
+        let pio = Arc::new(IoBus::new("pio"));
+        let mmio = Arc::new(IoBus::new("mmio"));
+
+        // COM1 on IRQ 4 through an irqfd (an edge into the in-kernel PIC/IOAPIC).
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let out = match config.serial {
+            SerialBackend::Stdio => SerialOut::Stdout,
+            SerialBackend::None => SerialOut::Sink,
+        };
+        let serial = Arc::new(SerialPort::new(serial_irq, out));
+        if config.serial == SerialBackend::Stdio {
+            serial.spawn_stdin_reader().map_err(Error::Thread)?;
+        }
+        map(&pio, u64::from(COM1_BASE), 8, serial.clone())?;
+
+        let cmos = Arc::new(Cmos::new(CmosLayout {
+            below_4g: layout.below_4g,
+            above_4g: layout.above_4g,
+            cpus: config.cpus,
+        }));
+        map(&pio, u64::from(CMOS_BASE), 2, cmos.clone())?;
+
+        let fw_cfg = Arc::new(firmware_config(config, layout)?);
+        map(&pio, u64::from(FW_CFG_PORT), 2, fw_cfg.clone())?;
+
+        let kbd = Arc::new(I8042::new(events.clone()));
+        for port in [I8042_DATA, I8042_COMMAND] {
+            let dev = Arc::new(I8042Port {
+                controller: kbd.clone(),
+                port,
+            });
+            map(&pio, u64::from(port), 1, dev)?;
+        }
+        map(&pio, 0x92, 1, Arc::new(Port92::new(events.clone())))?;
+        // 8237 DMA controllers and page registers (0x80 is the POST code port).
+        map(&pio, 0x00, 0x20, Arc::new(Ignored::new(0x20)))?;
+        map(&pio, 0x80, 0x10, Arc::new(Ignored::new(0x10)))?;
+        map(&pio, 0xc0, 0x20, Arc::new(Ignored::new(0x20)))?;
+
+        let pm = PmState::new(events.clone());
+        map(&pio, 0xb2, 2, Arc::new(ApmControl::new(pm.clone())))?;
+
+        let pci = Arc::new(PciHost::new(
+            pio.clone(),
+            mmio.clone(),
+            events.clone(),
+            |_| {},
+        ));
+        map(&pio, u64::from(PCI_CONFIG_PORT), 8, pci.clone())?;
+        let plug_err = |e: qdev_bus::Error| Error::Device(e.to_string());
+        let at = |slot, function| PciAddress::new(slot, function).map_err(plug_err);
+        pci.plug(at(0, 0)?, Box::new(I440fxHost::function()))
+            .map_err(plug_err)?;
+        let (isa, intx) = Piix3Isa::new(irq);
+        pci.plug(at(1, 0)?, Box::new(isa)).map_err(plug_err)?;
+        pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))
+            .map_err(plug_err)?;
+
+        if let Some(exit) = config.debug_exit {
+            let dev = Arc::new(DebugExit::new(events.clone()));
+            map(&pio, u64::from(exit.iobase), u64::from(exit.iosize), dev)?;
+        }
+
+        // The in-kernel chips' power-on state, restored on reset.
+        let mut irqchips = Vec::new();
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            if vm.get_irqchip(&mut chip).is_ok() {
+                irqchips.push(chip);
+            }
+        }
+        let pit = vm.get_pit2().ok();
+
+        Ok(Platform {
+            pio,
+            mmio,
+            pci,
+            intx,
+            fw_cfg,
+            serial,
+            cmos,
+            pm,
+            vm: vm.clone(),
+            irqchips,
+            pit,
+        })
+    }
+
+    /// A closure that returns the platform to its power-on state (devices, PCI config
+    /// and BAR mappings, the in-kernel PIC/IOAPIC/PIT). Runs with the vCPUs paused.
+    pub fn resetter(&self) -> impl Fn() + Send + 'static {
+        let cmos = self.cmos.clone();
+        let fw_cfg = self.fw_cfg.clone();
+        let pci = self.pci.clone();
+        let vm = self.vm.clone();
+        let irqchips = self.irqchips.clone();
+        let pit = self.pit;
+        move || {
+            cmos.reset();
+            fw_cfg.reset();
+            pci.reset();
+            for chip in &irqchips {
+                let _ = vm.set_irqchip(chip);
+            }
+            if let Some(pit) = &pit {
+                let _ = vm.set_pit2(pit);
+            }
+        }
+    }
+}
+
+/// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS.
+fn firmware_config(config: &Config, layout: RamLayout) -> Result<FwCfg> {
+    let cfg = FwCfg::new();
+    let cpus = config.cpus as u16;
+    cfg.add_bytes(keys::RAM_SIZE, layout.total().to_le_bytes().to_vec());
+    cfg.add_bytes(
+        keys::NOGRAPHIC,
+        u16::from(config.nographic).to_le_bytes().to_vec(),
+    );
+    cfg.add_bytes(keys::NB_CPUS, cpus.to_le_bytes().to_vec());
+    cfg.add_bytes(keys::MAX_CPUS, cpus.to_le_bytes().to_vec());
+    cfg.add_bytes(keys::MACHINE_ID, 0u32.to_le_bytes().to_vec());
+    cfg.add_bytes(keys::BOOT_MENU, 0u16.to_le_bytes().to_vec());
+    cfg.add_bytes(keys::IRQ0_OVERRIDE, 1u32.to_le_bytes().to_vec());
+    // No NUMA: a zero node count, then one zero entry per CPU.
+    cfg.add_bytes(keys::NUMA, vec![0; 8 * (1 + usize::from(cpus))]);
+    cfg.add_bytes(keys::ACPI_TABLES, 0u16.to_le_bytes().to_vec());
+    cfg.add_bytes(keys::SMBIOS_ENTRIES, 0u16.to_le_bytes().to_vec());
+    cfg.add_bytes(keys::E820_TABLE, 0u32.to_le_bytes().to_vec());
+    let file = |name: &str, data: Vec<u8>| {
+        cfg.add_file(name, data)
+            .map(drop)
+            .map_err(|e| Error::Device(e.to_string()))
+    };
+    file("etc/e820", e820_bytes(&layout.firmware_e820()))?;
+    file("etc/boot-cpus", cpus.to_le_bytes().to_vec())?;
+    let wait = config.reboot_timeout_ms.unwrap_or(u32::MAX);
+    file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
+    if config.serial == SerialBackend::Stdio {
+        // No display: SeaBIOS mirrors its screen output (banner, boot messages) to COM1.
+        file("etc/sercon-port", 0x3f8u16.to_le_bytes().to_vec())?;
+    }
+    Ok(cfg)
+}
