@@ -1,0 +1,143 @@
+//! SeaBIOS boots our own boot sector (`tests/bootsector/disktest.S`) from a virtio-blk
+//! disk: the program reads 1 MiB through INT 13h extended reads, checks the pattern,
+//! writes a sector and reads it back, prints PASS on COM1 and exits through
+//! isa-debug-exit (status 33 for PASS).
+//!
+//! Until the machine accepts `-device virtio-blk-pci`, the test says SKIPPED loudly.
+//! It also skips without `/dev/kvm`, SeaBIOS, or binutils (`as`, `ld`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn skip(why: &str) {
+    eprintln!("SKIPPED boot_disk: {why}");
+}
+
+/// Assembles the boot sector into `dir`; `None` (after saying why) without binutils.
+fn assemble(dir: &Path) -> Option<Vec<u8>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bootsector/disktest.S");
+    let obj = dir.join("disktest.o");
+    let bin = dir.join("disktest.bin");
+    let as_ok = Command::new("as")
+        .args(["--32", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status();
+    match as_ok {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("as failed on {}: {s}", src.display()),
+        Err(e) => {
+            skip(&format!("cannot run `as` (binutils): {e}"));
+            return None;
+        }
+    }
+    let ld = Command::new("ld")
+        .args([
+            "-m",
+            "elf_i386",
+            "-Ttext",
+            "0x7c00",
+            "--oformat",
+            "binary",
+            "-e",
+            "_start",
+            "-o",
+        ])
+        .arg(&bin)
+        .arg(&obj)
+        .status()
+        .expect("run ld");
+    assert!(ld.success(), "ld failed");
+    let sector = std::fs::read(&bin).unwrap();
+    assert_eq!(
+        sector.len(),
+        512,
+        "the boot sector must be exactly 512 bytes"
+    );
+    assert_eq!(&sector[510..], &[0x55, 0xaa]);
+    Some(sector)
+}
+
+/// Boot sector, then sectors 1..=2048 with dword i of sector N = N << 16 | i, then
+/// zeros up to and including LBA 4096 (which the program writes).
+fn disk_image(boot: &[u8]) -> Vec<u8> {
+    let mut disk = boot.to_vec();
+    for n in 1u32..=2048 {
+        for i in 0u32..128 {
+            disk.extend_from_slice(&(n << 16 | i).to_le_bytes());
+        }
+    }
+    disk.resize(4097 * 512, 0);
+    disk
+}
+
+#[test]
+fn seabios_boots_our_boot_sector_from_virtio_blk() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return skip("/dev/kvm is not available");
+    }
+    if !Path::new("/usr/share/seabios/bios-256k.bin").exists() {
+        return skip("/usr/share/seabios/bios-256k.bin is missing (apt-get install seabios)");
+    }
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("vmm-bin-boot-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(boot) = assemble(&dir) else { return };
+    let image = dir.join("disk.img");
+    std::fs::write(&image, disk_image(&boot)).unwrap();
+    let drive = format!("file={},format=raw,if=none,id=d0", image.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
+        .args(["-nographic", "-m", "128", "-no-reboot", "-drive", &drive])
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=1"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    if status.and_then(|s| s.code()) == Some(1) && stderr.contains("not yet supported") {
+        return skip(&format!(
+            "the machine has no virtio-blk-pci disk yet ({})",
+            stderr.trim()
+        ));
+    }
+    assert!(
+        stdout.contains("PASS"),
+        "serial:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(33), "{stderr}");
+}
+
+#[test]
+fn the_disk_pattern_is_what_the_boot_sector_checks() {
+    let disk = disk_image(&[0u8; 512]);
+    let dword = |sector: usize, i: usize| {
+        let at = sector * 512 + i * 4;
+        u32::from_le_bytes(disk[at..at + 4].try_into().unwrap())
+    };
+    assert_eq!(dword(1, 0), 0x1_0000);
+    assert_eq!(dword(2048, 127), 2048 << 16 | 127);
+    assert_eq!(disk.len(), 4097 * 512);
+}
