@@ -8,6 +8,7 @@
 //! descriptor chain → block-dma on io_uring → status + used ring → interrupt.
 
 pub mod blk;
+pub mod pci;
 
 use std::sync::Arc;
 

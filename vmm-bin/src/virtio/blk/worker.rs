@@ -46,6 +46,8 @@ pub(super) struct Worker {
     /// Requests in flight (to cancel parked ones on stop).
     in_flight: Slab<Option<DriveRequest>>,
     stopping: bool,
+    /// The driver corrupted the ring: ignore it until the queue is restarted.
+    broken: bool,
 }
 
 /// Creates the worker on the current (iothread) thread and watches its kick.
@@ -70,6 +72,7 @@ pub(super) fn start(
         ctx: ctx.clone(),
         in_flight: Slab::new(),
         stopping: false,
+        broken: false,
     }));
     let w = worker.clone();
     let handler = Box::new(move || {
@@ -117,7 +120,7 @@ pub(super) fn stop(id: u64) -> Option<Queue> {
 fn process(worker: &Rc<RefCell<Worker>>) {
     loop {
         let mut w = worker.borrow_mut();
-        if w.stopping {
+        if w.stopping || w.broken {
             return;
         }
         let mem = w.memory.memory();
@@ -135,6 +138,18 @@ fn process(worker: &Rc<RefCell<Worker>>) {
             chains.push((head, parse(&*mem, &descs, &w.device.limits)));
         }
         let more = w.queue.enable_notification(&*mem).unwrap_or(false);
+        if more && chains.is_empty() {
+            // The avail index says there is work, but no chain can be popped: the
+            // driver moved the index by more than the queue size (QEMU: "Guest moved
+            // used index"). Retrying would spin forever; the queue is broken until the
+            // driver resets the device.
+            w.broken = true;
+            eprintln!(
+                "virtio-blk: queue {}: avail index out of range; queue stopped until reset",
+                w.index
+            );
+            return;
+        }
         drop(mem);
         drop(w);
         for (head, req) in chains {

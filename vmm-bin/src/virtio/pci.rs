@@ -1,0 +1,716 @@
+//! The virtio-pci transport (modern, virtio 1.x): a PCI function whose capabilities
+//! point into one 64-bit memory BAR (common config, ISR, device config, notify), with
+//! MSI-X (its table and PBA in BAR 1) and an INTx fallback.
+//!
+//! Layout (QEMU's, so guests and firmware see what they expect):
+//!
+//! | BAR 4 offset | region |
+//! |---|---|
+//! | 0x0000 | common config (`struct virtio_pci_common_cfg`) |
+//! | 0x1000 | ISR status (read clears, lowers INTx) |
+//! | 0x2000 | device config |
+//! | 0x3000 | notify: queue `n` at `0x3000 + 4 n` |
+//!
+//! A notify write sets the queue's kick eventfd, which the device's iothread watches
+//! (the machine may also register that eventfd as a KVM ioeventfd on the notify
+//! address, so notifications skip the exit to user space). Used-buffer interrupts go
+//! to the guest as MSI messages ([`MsiSender`]), or set the ISR and raise INTx when
+//! MSI-X is off. Every guest-written value is checked: queue sizes, indexes, feature
+//! words, access widths; a driver that breaks the rules gets `DEVICE_NEEDS_RESET`,
+//! never a panic.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use aio_context::{EventNotifier, IoThread};
+use ram_block::RamList;
+use virtio_queue::{Queue, QueueT};
+
+use super::{QueueSetup, VirtioDevice, VirtioInterrupt};
+use crate::devices::pci::{BarKind, PciConfig, PciFunction, PciMapping, bar_mappings, regs};
+use crate::machine::BusDevice;
+
+/// Device status bits.
+const ACKNOWLEDGE: u8 = 1;
+const DRIVER_OK: u8 = 4;
+const FEATURES_OK: u8 = 8;
+const NEEDS_RESET: u8 = 0x40;
+const FAILED: u8 = 0x80;
+/// "No MSI-X vector".
+const NO_VECTOR: u16 = 0xffff;
+
+/// BAR 4 regions.
+const COMMON: u64 = 0x0000;
+const ISR: u64 = 0x1000;
+const DEVICE: u64 = 0x2000;
+const NOTIFY: u64 = 0x3000;
+const NOTIFY_MULTIPLIER: u32 = 4;
+const BAR_SIZE: u64 = 0x4000;
+/// The virtio BAR and the MSI-X BAR.
+const VIRTIO_BAR: usize = 4;
+const MSIX_BAR: usize = 1;
+const MSIX_PBA: u64 = 0x800;
+
+/// Config-space offsets of the capabilities.
+const CAP_MSIX: usize = 0x40;
+const CAP_COMMON: usize = 0x4c;
+const CAP_NOTIFY: usize = 0x5c;
+const CAP_ISR: usize = 0x70;
+const CAP_DEVICE: usize = 0x80;
+
+/// Sends an MSI message (KVM's `KVM_SIGNAL_MSI`, or an irqfd routed to it).
+pub trait MsiSender: Send + Sync {
+    /// Delivers `data` to `address`.
+    fn send(&self, address: u64, data: u32);
+}
+
+/// Drives the function's INTx pin.
+pub type IntxLine = Arc<dyn Fn(bool) + Send + Sync>;
+
+#[derive(Clone, Copy, Default)]
+struct MsixEntry {
+    address: u64,
+    data: u32,
+    masked: bool,
+}
+
+struct Msix {
+    enabled: bool,
+    function_masked: bool,
+    table: Vec<MsixEntry>,
+    pending: Vec<bool>,
+    config_vector: u16,
+    queue_vectors: Vec<u16>,
+}
+
+/// The interrupt side, shared with the device's iothreads.
+struct Interrupts {
+    msix: Mutex<Msix>,
+    isr: Mutex<u8>,
+    msi: Arc<dyn MsiSender>,
+    intx: IntxLine,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Interrupts {
+    /// Signals `vector` (MSI-X on) or sets ISR bit `isr_bit` and raises INTx.
+    fn signal(&self, vector: impl FnOnce(&Msix) -> u16, isr_bit: u8) {
+        let mut msix = lock(&self.msix);
+        if msix.enabled {
+            let v = vector(&msix);
+            let Some(entry) = msix.table.get(usize::from(v)).copied() else {
+                return; // NO_VECTOR or out of range: no interrupt
+            };
+            if entry.masked || msix.function_masked {
+                msix.pending[usize::from(v)] = true;
+                return;
+            }
+            drop(msix);
+            self.msi.send(entry.address, entry.data);
+            return;
+        }
+        drop(msix);
+        *lock(&self.isr) |= isr_bit;
+        (self.intx)(true);
+    }
+
+    /// Delivers pending vectors that are now unmasked.
+    fn flush_pending(&self) {
+        let mut msix = lock(&self.msix);
+        if !msix.enabled || msix.function_masked {
+            return;
+        }
+        let mut send = Vec::new();
+        for (i, entry) in msix.table.clone().iter().enumerate() {
+            if msix.pending[i] && !entry.masked {
+                msix.pending[i] = false;
+                send.push(*entry);
+            }
+        }
+        drop(msix);
+        for e in send {
+            self.msi.send(e.address, e.data);
+        }
+    }
+}
+
+impl VirtioInterrupt for Interrupts {
+    fn notify_queue(&self, index: u16) {
+        self.signal(
+            |m| {
+                m.queue_vectors
+                    .get(usize::from(index))
+                    .copied()
+                    .unwrap_or(NO_VECTOR)
+            },
+            1,
+        );
+    }
+
+    fn notify_config(&self) {
+        self.signal(|m| m.config_vector, 2);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct QueueRegs {
+    size: u16,
+    enabled: bool,
+    desc: u64,
+    driver: u64,
+    device: u64,
+}
+
+struct Transport {
+    device: Box<dyn VirtioDevice>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    queues: Vec<QueueRegs>,
+    kicks: Vec<EventNotifier>,
+    memory: RamList,
+    iothread: Arc<IoThread>,
+    started: bool,
+}
+
+struct Shared {
+    id: String,
+    config: Mutex<PciConfig>,
+    transport: Mutex<Transport>,
+    irq: Arc<Interrupts>,
+}
+
+/// A virtio device on PCI.
+pub struct VirtioPci {
+    shared: Arc<Shared>,
+    bars: Vec<Option<Arc<dyn BusDevice>>>,
+}
+
+/// Why a virtio-pci function could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("virtio-pci {id}: {reason}")]
+pub struct BuildError {
+    id: String,
+    reason: String,
+}
+
+impl VirtioPci {
+    /// Wraps `device` (served on `iothread`, DMA into `memory`) as PCI function `id`.
+    ///
+    /// # Errors
+    ///
+    /// If the kick eventfds cannot be created.
+    pub fn new(
+        id: impl Into<String>,
+        device: Box<dyn VirtioDevice>,
+        memory: RamList,
+        iothread: Arc<IoThread>,
+        msi: Arc<dyn MsiSender>,
+        intx: IntxLine,
+    ) -> Result<VirtioPci, BuildError> {
+        let id = id.into();
+        let err = |reason: String| BuildError {
+            id: id.clone(),
+            reason,
+        };
+        let nq = device.num_queues();
+        let vectors = usize::from(nq) + 1;
+        let config =
+            pci_config(device.device_type(), vectors as u16).map_err(|e| err(e.to_string()))?;
+        let kicks = (0..nq)
+            .map(|_| EventNotifier::new(false))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| err(e.to_string()))?;
+        let irq = Arc::new(Interrupts {
+            msix: Mutex::new(Msix {
+                enabled: false,
+                function_masked: false,
+                table: vec![
+                    MsixEntry {
+                        masked: true,
+                        ..MsixEntry::default()
+                    };
+                    vectors
+                ],
+                pending: vec![false; vectors],
+                config_vector: NO_VECTOR,
+                queue_vectors: vec![NO_VECTOR; usize::from(nq)],
+            }),
+            isr: Mutex::new(0),
+            msi,
+            intx,
+        });
+        let shared = Arc::new(Shared {
+            id,
+            config: Mutex::new(config),
+            transport: Mutex::new(Transport {
+                device,
+                device_feature_select: 0,
+                driver_feature_select: 0,
+                driver_features: 0,
+                status: 0,
+                config_generation: 0,
+                queue_select: 0,
+                queues: vec![
+                    QueueRegs {
+                        size: 0,
+                        enabled: false,
+                        desc: 0,
+                        driver: 0,
+                        device: 0
+                    };
+                    usize::from(nq)
+                ],
+                kicks,
+                memory,
+                iothread,
+                started: false,
+            }),
+            irq,
+        });
+        let mut bars: Vec<Option<Arc<dyn BusDevice>>> = vec![None; 6];
+        bars[VIRTIO_BAR] = Some(Arc::new(VirtioBar(shared.clone())));
+        bars[MSIX_BAR] = Some(Arc::new(MsixBar(shared.clone())));
+        let mut t = lock(&shared.transport);
+        for (i, q) in t.queues.iter_mut().enumerate() {
+            q.size = 0;
+            let _ = i;
+        }
+        let max = t.device.queue_max_size();
+        for q in &mut t.queues {
+            q.size = max;
+        }
+        drop(t);
+        Ok(VirtioPci { shared, bars })
+    }
+
+    /// The kick notifier of queue `index` (to register as a KVM ioeventfd on
+    /// [`notify_address`](Self::notify_address)).
+    pub fn kick(&self, index: u16) -> Option<EventNotifier> {
+        lock(&self.shared.transport)
+            .kicks
+            .get(usize::from(index))
+            .and_then(|k| k.try_clone().ok())
+    }
+
+    /// The guest address a notification of queue `index` is written to, once the BAR is
+    /// placed.
+    pub fn notify_address(&self, index: u16) -> Option<u64> {
+        let (base, _, _) = lock(&self.shared.config).bar(VIRTIO_BAR)?;
+        (base != 0).then(|| base + NOTIFY + u64::from(index) * u64::from(NOTIFY_MULTIPLIER))
+    }
+}
+
+/// The config space: ids, BARs, MSI-X and the four virtio capabilities.
+fn pci_config(device_type: u32, vectors: u16) -> Result<PciConfig, crate::devices::pci::BadBar> {
+    // Mass storage (0x01) for block, "other" elsewhere; modern device ids 0x1040 + type.
+    let class = if device_type == 2 {
+        0x01_00_00
+    } else {
+        0xff_00_00
+    };
+    let mut c = PciConfig::new(0x1af4, 0x1040 + device_type as u16, class, 1);
+    c.set_interrupt_pin(1);
+    c.add_bar(MSIX_BAR, 0x1000, BarKind::Mem32, false)?;
+    c.add_bar(VIRTIO_BAR, BAR_SIZE, BarKind::Mem64, true)?;
+    c.set_u16(regs::STATUS, 0x10); // capability list
+    c.set_u8(regs::CAPABILITIES, CAP_MSIX as u8);
+    // MSI-X: id 0x11, table size - 1, table and PBA in BAR 1. Enable and function
+    // mask (bits 15, 14 of message control) are writable.
+    c.set_u8(CAP_MSIX, 0x11);
+    c.set_u8(CAP_MSIX + 1, CAP_COMMON as u8);
+    c.set_u16(CAP_MSIX + 2, vectors - 1);
+    c.set_writable(CAP_MSIX + 2, 2, 0xc000);
+    c.set_u32(CAP_MSIX + 4, MSIX_BAR as u32);
+    c.set_u32(CAP_MSIX + 8, MSIX_PBA as u32 | MSIX_BAR as u32);
+    let vendor_cap =
+        |c: &mut PciConfig, at: usize, next: usize, len: u8, kind: u8, offset: u64, length: u32| {
+            c.set_u8(at, 0x09);
+            c.set_u8(at + 1, next as u8);
+            c.set_u8(at + 2, len);
+            c.set_u8(at + 3, kind);
+            c.set_u8(at + 4, VIRTIO_BAR as u8);
+            c.set_u32(at + 8, offset as u32);
+            c.set_u32(at + 12, length);
+        };
+    vendor_cap(&mut c, CAP_COMMON, CAP_NOTIFY, 16, 1, COMMON, 0x1000);
+    vendor_cap(&mut c, CAP_NOTIFY, CAP_ISR, 20, 2, NOTIFY, 0x1000);
+    c.set_u32(CAP_NOTIFY + 16, NOTIFY_MULTIPLIER);
+    vendor_cap(&mut c, CAP_ISR, CAP_DEVICE, 16, 3, ISR, 0x1000);
+    vendor_cap(&mut c, CAP_DEVICE, 0, 16, 4, DEVICE, 0x1000);
+    Ok(c)
+}
+
+impl Transport {
+    fn selected(&mut self) -> Option<&mut QueueRegs> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn reset(&mut self, irq: &Interrupts) {
+        if self.started {
+            self.device.reset();
+            self.started = false;
+        }
+        self.device.ack_features(0);
+        let max = self.device.queue_max_size();
+        for q in &mut self.queues {
+            *q = QueueRegs {
+                size: max,
+                enabled: false,
+                desc: 0,
+                driver: 0,
+                device: 0,
+            };
+        }
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+        let mut msix = lock(&irq.msix);
+        msix.config_vector = NO_VECTOR;
+        msix.queue_vectors.fill(NO_VECTOR);
+        drop(msix);
+        *lock(&irq.isr) = 0;
+        (irq.intx)(false);
+    }
+
+    fn set_status(&mut self, value: u8, irq: &Arc<Interrupts>) {
+        if value == 0 {
+            return self.reset(irq);
+        }
+        let mut value = value;
+        if value & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
+            let offered = self.device.features();
+            // VERSION_1 is mandatory for a modern device; unknown bits refuse.
+            if self.driver_features & !offered != 0 || self.driver_features & (1 << 32) == 0 {
+                value &= !FEATURES_OK;
+            } else {
+                self.device.ack_features(self.driver_features);
+            }
+        }
+        if value & DRIVER_OK != 0 && !self.started && value & FEATURES_OK != 0 {
+            if let Err(e) = self.activate(irq) {
+                eprintln!("virtio-pci: {e}");
+                value |= NEEDS_RESET;
+            }
+        }
+        let _ = (ACKNOWLEDGE, FAILED);
+        self.status = value;
+    }
+
+    fn activate(&mut self, irq: &Arc<Interrupts>) -> Result<(), String> {
+        for (i, regs) in self.queues.clone().iter().enumerate() {
+            if !regs.enabled {
+                continue;
+            }
+            let mut queue =
+                Queue::new(self.device.queue_max_size()).map_err(|e| format!("{e:?}"))?;
+            queue.set_size(regs.size);
+            queue.set_desc_table_address(Some(regs.desc as u32), Some((regs.desc >> 32) as u32));
+            queue
+                .set_avail_ring_address(Some(regs.driver as u32), Some((regs.driver >> 32) as u32));
+            queue.set_used_ring_address(Some(regs.device as u32), Some((regs.device >> 32) as u32));
+            queue.set_ready(true);
+            let kick = self.kicks[i].try_clone().map_err(|e| e.to_string())?;
+            let setup = QueueSetup {
+                queue,
+                kick,
+                memory: self.memory.clone(),
+                interrupt: irq.clone() as Arc<dyn VirtioInterrupt>,
+                iothread: self.iothread.clone(),
+            };
+            self.device
+                .start_queue(i as u16, setup)
+                .map_err(|e| e.to_string())?;
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// The common config structure as the driver reads it.
+    fn common_image(&self, irq: &Interrupts) -> [u8; 0x38] {
+        let mut b = [0u8; 0x38];
+        let q = self.queues.get(usize::from(self.queue_select)).copied();
+        let msix = lock(&irq.msix);
+        let features = self.device.features();
+        let word = |sel: u32, v: u64| match sel {
+            0 => v as u32,
+            1 => (v >> 32) as u32,
+            _ => 0,
+        };
+        let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0x00, &self.device_feature_select.to_le_bytes());
+        put(
+            0x04,
+            &word(self.device_feature_select, features).to_le_bytes(),
+        );
+        put(0x08, &self.driver_feature_select.to_le_bytes());
+        put(
+            0x0c,
+            &word(self.driver_feature_select, self.driver_features).to_le_bytes(),
+        );
+        put(0x10, &msix.config_vector.to_le_bytes());
+        put(0x12, &self.device.num_queues().to_le_bytes());
+        put(0x14, &[self.status, self.config_generation]);
+        put(0x16, &self.queue_select.to_le_bytes());
+        if let Some(q) = q {
+            let vector = msix
+                .queue_vectors
+                .get(usize::from(self.queue_select))
+                .copied()
+                .unwrap_or(NO_VECTOR);
+            put(0x18, &q.size.to_le_bytes());
+            put(0x1a, &vector.to_le_bytes());
+            put(0x1c, &u16::from(q.enabled).to_le_bytes());
+            put(0x1e, &self.queue_select.to_le_bytes());
+            put(0x20, &q.desc.to_le_bytes());
+            put(0x28, &q.driver.to_le_bytes());
+            put(0x30, &q.device.to_le_bytes());
+        } else {
+            put(0x1a, &NO_VECTOR.to_le_bytes());
+        }
+        b
+    }
+
+    fn common_write(&mut self, offset: u64, value: u32, irq: &Arc<Interrupts>) {
+        let running = self.status & DRIVER_OK != 0;
+        let set_lo = |v: &mut u64| *v = (*v & !0xffff_ffff) | u64::from(value);
+        let set_hi = |v: &mut u64| *v = (*v & 0xffff_ffff) | (u64::from(value) << 32);
+        match offset {
+            0x00 => self.device_feature_select = value,
+            0x08 => self.driver_feature_select = value,
+            0x0c if self.status & FEATURES_OK == 0 => match self.driver_feature_select {
+                0 => set_lo(&mut self.driver_features),
+                1 => set_hi(&mut self.driver_features),
+                _ => {}
+            },
+            0x10 => {
+                let nv = lock(&irq.msix).table.len();
+                lock(&irq.msix).config_vector = vector_or_none(value as u16, nv);
+            }
+            0x14 => self.set_status(value as u8, irq),
+            0x16 => self.queue_select = value as u16,
+            0x18 if !running => {
+                let max = self.device.queue_max_size();
+                let size = value as u16;
+                if let Some(q) = self.selected() {
+                    // A power of two no larger than the maximum, else ignored.
+                    if size.is_power_of_two() && size <= max {
+                        q.size = size;
+                    }
+                }
+            }
+            0x1a => {
+                let qs = usize::from(self.queue_select);
+                let mut msix = lock(&irq.msix);
+                let nv = msix.table.len();
+                if let Some(v) = msix.queue_vectors.get_mut(qs) {
+                    *v = vector_or_none(value as u16, nv);
+                }
+            }
+            0x1c if !running => {
+                if let Some(q) = self.selected() {
+                    q.enabled = value & 1 != 0;
+                }
+            }
+            0x20 if !running => self.selected().map_or((), |q| set_lo(&mut q.desc)),
+            0x24 if !running => self.selected().map_or((), |q| set_hi(&mut q.desc)),
+            0x28 if !running => self.selected().map_or((), |q| set_lo(&mut q.driver)),
+            0x2c if !running => self.selected().map_or((), |q| set_hi(&mut q.driver)),
+            0x30 if !running => self.selected().map_or((), |q| set_lo(&mut q.device)),
+            0x34 if !running => self.selected().map_or((), |q| set_hi(&mut q.device)),
+            _ => {}
+        }
+    }
+}
+
+/// A vector the table has, or NO_VECTOR (the driver reads it back to see it failed).
+fn vector_or_none(v: u16, table_len: usize) -> u16 {
+    if usize::from(v) < table_len {
+        v
+    } else {
+        NO_VECTOR
+    }
+}
+
+/// BAR 4: the virtio registers.
+struct VirtioBar(Arc<Shared>);
+
+impl BusDevice for VirtioBar {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let irq = &self.0.irq;
+        match offset {
+            COMMON..ISR => {
+                let image = lock(&self.0.transport).common_image(irq);
+                let start = offset as usize;
+                for (i, d) in data.iter_mut().enumerate() {
+                    *d = image.get(start + i).copied().unwrap_or(0);
+                }
+            }
+            ISR => {
+                let mut isr = lock(&irq.isr);
+                data[0] = *isr;
+                *isr = 0;
+                drop(isr);
+                (irq.intx)(false);
+            }
+            DEVICE..NOTIFY => {
+                lock(&self.0.transport)
+                    .device
+                    .read_config(offset - DEVICE, data);
+            }
+            _ => {}
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        let mut buf = [0u8; 4];
+        let n = data.len().min(4);
+        buf[..n].copy_from_slice(&data[..n]);
+        let value = u32::from_le_bytes(buf);
+        match offset {
+            COMMON..ISR => {
+                let mut t = lock(&self.0.transport);
+                // Byte and word writes to the registers inside shared dwords.
+                match (offset, data.len()) {
+                    (0x14, 1) | (0x16, 2) | (0x18, 2) | (0x1a, 2) | (0x1c, 2) | (0x10, 2) => {
+                        t.common_write(offset, value, &self.0.irq)
+                    }
+                    (o, 4) if o % 4 == 0 => t.common_write(o, value, &self.0.irq),
+                    (o, 8) if o % 8 == 0 => {
+                        let hi = u32::from_le_bytes(data[4..8].try_into().unwrap_or([0; 4]));
+                        t.common_write(o, value, &self.0.irq);
+                        t.common_write(o + 4, hi, &self.0.irq);
+                    }
+                    _ => {} // other widths are not part of the interface
+                }
+            }
+            DEVICE..NOTIFY => {
+                let mut t = lock(&self.0.transport);
+                t.device.write_config(offset - DEVICE, data);
+                t.config_generation = t.config_generation.wrapping_add(1);
+            }
+            NOTIFY..BAR_SIZE => {
+                let index = (offset - NOTIFY) / u64::from(NOTIFY_MULTIPLIER);
+                let t = lock(&self.0.transport);
+                if let Some(k) = t.kicks.get(index as usize) {
+                    let _ = k.set();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// BAR 1: the MSI-X table and PBA.
+struct MsixBar(Arc<Shared>);
+
+impl BusDevice for MsixBar {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let msix = lock(&self.0.irq.msix);
+        if offset >= MSIX_PBA {
+            let bit0 = (offset - MSIX_PBA) * 8;
+            for (i, d) in data.iter_mut().enumerate() {
+                for b in 0..8 {
+                    let v = bit0 + i as u64 * 8 + b;
+                    if msix.pending.get(v as usize).copied().unwrap_or(false) {
+                        *d |= 1 << b;
+                    }
+                }
+            }
+            return;
+        }
+        let Some(e) = msix.table.get((offset / 16) as usize) else {
+            return;
+        };
+        let word = match (offset % 16) & !3 {
+            0 => e.address as u32,
+            4 => (e.address >> 32) as u32,
+            8 => e.data,
+            _ => u32::from(e.masked),
+        };
+        let bytes = word.to_le_bytes();
+        let start = (offset % 4) as usize;
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = bytes.get(start + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        if offset >= MSIX_PBA || data.len() != 4 || offset % 4 != 0 {
+            return; // the PBA is read-only; the table takes dword writes
+        }
+        let value = u32::from_le_bytes(data.try_into().unwrap_or([0; 4]));
+        {
+            let mut msix = lock(&self.0.irq.msix);
+            let Some(e) = msix.table.get_mut((offset / 16) as usize) else {
+                return;
+            };
+            match offset % 16 {
+                0 => e.address = (e.address & !0xffff_ffff) | u64::from(value),
+                4 => e.address = (e.address & 0xffff_ffff) | (u64::from(value) << 32),
+                8 => e.data = value,
+                _ => e.masked = value & 1 != 0,
+            }
+        }
+        self.0.irq.flush_pending();
+    }
+}
+
+impl qdev_bus::Device for VirtioPci {
+    fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    fn reset(&self) {
+        self.pci_reset();
+    }
+}
+
+impl PciFunction for VirtioPci {
+    fn config_read(&self, offset: usize, data: &mut [u8]) {
+        lock(&self.shared.config).read(offset, data);
+    }
+
+    fn config_write(&self, offset: usize, data: &[u8]) {
+        let control = {
+            let mut c = lock(&self.shared.config);
+            c.write(offset, data);
+            c.value(CAP_MSIX + 2, 2) as u16
+        };
+        {
+            let mut msix = lock(&self.shared.irq.msix);
+            msix.enabled = control & 0x8000 != 0;
+            msix.function_masked = control & 0x4000 != 0;
+        }
+        self.shared.irq.flush_pending();
+    }
+
+    fn mappings(&self) -> Vec<PciMapping> {
+        bar_mappings(&lock(&self.shared.config), &self.bars)
+    }
+
+    fn pci_reset(&self) {
+        lock(&self.shared.config).reset();
+        let mut t = lock(&self.shared.transport);
+        t.reset(&self.shared.irq);
+        let mut msix = lock(&self.shared.irq.msix);
+        msix.enabled = false;
+        msix.function_masked = false;
+        for e in &mut msix.table {
+            *e = MsixEntry {
+                masked: true,
+                ..MsixEntry::default()
+            };
+        }
+        msix.pending.fill(false);
+    }
+}
