@@ -5,6 +5,7 @@
 //! models and the monitor; the product is the `vmm-bin` binary.
 
 pub mod monitor;
+pub mod disks;
 pub mod storage_daemon;
 pub mod vhost_user;
 pub mod virtio;

@@ -40,29 +40,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let _disks = match vmm_bin::disks::attach(&runner, &config) {
+        Ok(disks) => disks,
+        Err(e) => {
+            eprintln!("vmm-bin: {e}");
+            std::process::exit(1);
+        }
+    };
     let status = runner.run(config.start_paused);
     std::process::exit(status);
 }
 
 /// Options the command line accepts that the machine cannot honour yet.
-fn unsupported(config: &cli::Config) -> Option<String> {
-    if let Some(d) = config.drives.first() {
-        return Some(format!(
-            "-drive (if={}): not yet supported: the disk models are still being written",
-            d.interface
-        ));
-    }
-    if let Some(d) = config.devices.first() {
-        return Some(format!(
-            "-device {}: not yet supported: the device model is still being written",
-            d.driver
-        ));
-    }
-    if let Some(o) = config.objects.first() {
-        return Some(format!(
-            "-object {},id={}: not yet supported",
-            o.qom_type, o.id
-        ));
-    }
+fn unsupported(_config: &cli::Config) -> Option<String> {
     None
 }

@@ -1,0 +1,273 @@
+//! Disks of the VMM: `-drive`, `-device virtio-blk-pci` and `-object iothread` turned
+//! into block-dma drives, virtio-blk devices and virtio-pci functions on the machine.
+//!
+//! - `-drive file=IMG,format=raw,if=virtio|none,id=ID,cache=..,aio=io_uring,werror=..,rerror=..,readonly=on`
+//!   (`cache=none`/`directsync` bypass the host page cache with O_DIRECT).
+//! - `-device virtio-blk-pci,drive=ID[,id=..][,iothread=..][,num-queues=N][,queue-size=N][,serial=..][,bootindex=N][,addr=SLOT]`.
+//! - `-object iothread,id=ID`: an iothread (an `AioContext` on its own thread) serving
+//!   the queues of the devices that name it; devices without one share a default.
+//!
+//! Each drive's error policy stops the VM through the runstate machine
+//! (werror/rerror=stop), and its BLOCK_IO_ERROR events go to [`Disks::set_event_hook`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aio_context::IoThread;
+use block_dma::{BlockIoError, Drive, ErrorAction, ErrorPolicy, FileBackend, FileOptions};
+use kvm_bindings::kvm_msi;
+use kvm_ioctls::VmFd;
+use qdev_bus::PciAddress;
+
+use crate::cli::{Config, DeviceConfig, DriveConfig};
+use crate::machine::Runner;
+use crate::virtio::blk::{BlkOptions, VirtioBlk};
+use crate::virtio::pci::{MsiSender, VirtioPci};
+
+/// MSI through `KVM_SIGNAL_MSI`.
+struct KvmMsi(Arc<VmFd>);
+
+impl MsiSender for KvmMsi {
+    fn send(&self, address: u64, data: u32) {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..kvm_msi::default()
+        };
+        // A failure (no such vector route) drops the interrupt, as hardware would.
+        let _ = self.0.signal_msi(msi);
+    }
+}
+
+/// One attached disk.
+pub struct Disk {
+    /// The `-device` id (or the drive id for `if=virtio`).
+    pub id: String,
+    /// The drive id.
+    pub drive_id: String,
+    /// The image.
+    pub file: String,
+    /// The drive.
+    pub drive: Drive,
+    /// Whether it is read-only.
+    pub read_only: bool,
+    /// PCI slot.
+    pub slot: u8,
+}
+
+/// The disks of a machine and the iothreads that serve them.
+pub struct Disks {
+    /// In command-line order.
+    pub disks: Vec<Disk>,
+    /// `-object iothread` ids, and the default one (`"main-iothread"`) if used.
+    pub iothreads: Vec<(String, Arc<IoThread>)>,
+}
+
+impl Disks {
+    /// Sends every drive's BLOCK_IO_ERROR to `hook`.
+    pub fn set_event_hook(&self, hook: impl Fn(&BlockIoError) + Send + Sync + Clone + 'static) {
+        for d in &self.disks {
+            d.drive.set_event_hook(hook.clone());
+        }
+    }
+}
+
+fn drive_policy(d: &DriveConfig) -> Result<ErrorPolicy, String> {
+    let mut p = ErrorPolicy::default();
+    if let Some(w) = &d.werror {
+        p.werror = w.parse::<ErrorAction>().map_err(|e| format!("-drive werror: {e}"))?;
+    }
+    if let Some(r) = &d.rerror {
+        p.rerror = r.parse::<ErrorAction>().map_err(|e| format!("-drive rerror: {e}"))?;
+        if p.rerror == ErrorAction::Enospc {
+            return Err("-drive rerror=enospc is not supported (QEMU refuses it too)".into());
+        }
+    }
+    Ok(p)
+}
+
+fn open_drive(d: &DriveConfig, runner: &Runner, id: &str) -> Result<(Drive, bool, String), String> {
+    let file = d
+        .file
+        .as_ref()
+        .ok_or_else(|| format!("-drive id={id}: file= is required"))?;
+    match d.format.as_deref() {
+        None | Some("raw") => {}
+        Some(f) => return Err(format!("-drive id={id}: format={f} is not supported (only raw)")),
+    }
+    let direct = match d.cache.as_deref() {
+        None | Some("writeback") | Some("writethrough") | Some("unsafe") => false,
+        Some("none") | Some("directsync") => true,
+        Some(c) => return Err(format!("-drive id={id}: invalid cache mode '{c}'")),
+    };
+    match d.aio.as_deref() {
+        None | Some("io_uring") => {}
+        Some(a) => {
+            return Err(format!(
+                "-drive id={id}: aio={a} is not supported (block I/O always uses io_uring)"
+            ));
+        }
+    }
+    let policy = drive_policy(d)?;
+    let backend = FileBackend::open(&FileOptions::new(file).direct(direct).read_only(d.readonly))
+        .map_err(|e| format!("-drive id={id}: {e}"))?;
+    let drive = Drive::new(id, id, Arc::new(backend), policy, Some(runner.runstate().clone()));
+    Ok((drive, d.readonly, file.display().to_string()))
+}
+
+/// Builds and plugs every disk of `config` into `runner`'s machine.
+///
+/// # Errors
+///
+/// A message naming the bad option: an unknown device or object type, a drive that
+/// cannot be opened, a device whose drive does not exist or is used twice.
+pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
+    let mut iothreads: HashMap<String, Arc<IoThread>> = HashMap::new();
+    let mut order = Vec::new();
+    for o in &config.objects {
+        if o.qom_type != "iothread" {
+            return Err(format!("-object {}: unknown object type (supported: iothread)", o.qom_type));
+        }
+        let unknown = o.props.unknown_keys(&["qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink"]);
+        if let Some(k) = unknown.first() {
+            return Err(format!("-object iothread,id={}: invalid parameter '{k}'", o.id));
+        }
+        let t = Arc::new(IoThread::spawn(&o.id).map_err(|e| format!("-object iothread,id={}: {e}", o.id))?);
+        iothreads.insert(o.id.clone(), t.clone());
+        order.push((o.id.clone(), t));
+    }
+    let mut default_iothread: Option<Arc<IoThread>> = None;
+    let mut default_io = |order: &mut Vec<(String, Arc<IoThread>)>| -> Result<Arc<IoThread>, String> {
+        if let Some(t) = &default_iothread {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(IoThread::spawn("main-iothread").map_err(|e| e.to_string())?);
+        order.push(("main-iothread".into(), t.clone()));
+        default_iothread = Some(t.clone());
+        Ok(t)
+    };
+
+    // if=none drives wait for a -device; if=virtio drives get one now.
+    let mut pending: HashMap<String, &DriveConfig> = HashMap::new();
+    let mut devices: Vec<(DeviceConfig, Option<&DriveConfig>)> = Vec::new();
+    for (n, d) in config.drives.iter().enumerate() {
+        match d.interface.as_str() {
+            "none" => {
+                let id = d.id.clone().ok_or("-drive if=none needs id=")?;
+                if pending.insert(id.clone(), d).is_some() {
+                    return Err(format!("-drive id={id}: duplicate drive id"));
+                }
+            }
+            "virtio" => {
+                let id = d.id.clone().unwrap_or_else(|| format!("virtio{n}"));
+                let dev = DeviceConfig {
+                    driver: "virtio-blk-pci".into(),
+                    props: crate::cli::KeyVal(vec![("id".into(), id)]),
+                };
+                devices.push((dev, Some(d)));
+            }
+            other => {
+                return Err(format!(
+                    "-drive if={other}: not supported yet (supported: virtio, none with -device virtio-blk-pci)"
+                ));
+            }
+        }
+    }
+    for dev in &config.devices {
+        if dev.driver != "virtio-blk-pci" {
+            return Err(format!("-device {}: unknown device (supported: virtio-blk-pci, isa-debug-exit)", dev.driver));
+        }
+        let drive_id = dev
+            .props
+            .get("drive")
+            .ok_or("-device virtio-blk-pci: drive= is required")?;
+        let d = pending
+            .remove(drive_id)
+            .ok_or_else(|| format!("-device virtio-blk-pci: no -drive with id={drive_id} (or it is used twice)"))?;
+        devices.push((dev.clone(), Some(d)));
+    }
+    if let Some(id) = pending.keys().next() {
+        eprintln!("vmm-bin: warning: -drive id={id} is not used by any device");
+    }
+
+    let machine = runner.machine();
+    let mut disks = Vec::new();
+    let mut next_slot = 3u8;
+    let mut bootorder = String::new();
+    for (dev, d) in devices {
+        let d = d.expect("every device has a drive");
+        let props = &dev.props;
+        let known = ["driver", "drive", "id", "iothread", "num-queues", "queue-size", "serial", "bootindex", "addr"];
+        if let Some(k) = props.unknown_keys(&known).first() {
+            return Err(format!("-device virtio-blk-pci: invalid parameter '{k}'"));
+        }
+        let drive_id = d.id.clone().unwrap_or_else(|| props.get("id").unwrap_or("virtio").to_owned());
+        let id = props.get("id").map(str::to_owned).unwrap_or_else(|| format!("{drive_id}-dev"));
+        let num = |key: &str, default: u16| -> Result<u16, String> {
+            props.get(key).map_or(Ok(default), |v| {
+                v.parse().map_err(|_| format!("-device virtio-blk-pci: {key}={v} is not a number"))
+            })
+        };
+        let options = BlkOptions {
+            num_queues: num("num-queues", 1)?,
+            queue_size: num("queue-size", 256)?,
+            serial: props.get("serial").unwrap_or_default().to_owned(),
+            ..BlkOptions::default()
+        };
+        let iothread = match props.get("iothread") {
+            Some(name) => iothreads
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("-device virtio-blk-pci: no -object iothread,id={name}"))?,
+            None => default_io(&mut order)?,
+        };
+        let slot = match props.get("addr") {
+            Some(a) => {
+                let a = a.trim_start_matches("0x");
+                u8::from_str_radix(a.split('.').next().unwrap_or(a), 16)
+                    .map_err(|_| format!("-device virtio-blk-pci: bad addr={a}"))?
+            }
+            None => {
+                next_slot += 1;
+                next_slot - 1
+            }
+        };
+        let (drive, read_only, file) = open_drive(d, runner, &drive_id)?;
+        let blk = VirtioBlk::new(drive.clone(), options).map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
+        let intx = machine.intx().clone();
+        let pci = VirtioPci::new(
+            id.clone(),
+            Box::new(blk),
+            machine.ram().list().clone(),
+            iothread,
+            Arc::new(KvmMsi(machine.vm_fd().clone())),
+            Arc::new(move |level| intx.set_level(slot, 1, level)),
+        )
+        .map_err(|e| e.to_string())?;
+        let address = PciAddress::new(slot, 0).map_err(|e| format!("-device {id}: {e}"))?;
+        machine
+            .pci()
+            .plug(address, Box::new(pci))
+            .map_err(|e| format!("-device {id}: {e}"))?;
+        if props.get("bootindex").is_some() {
+            // SeaBIOS's name for a virtio-blk disk at this slot.
+            bootorder.push_str(&format!("/pci@i0cf8/scsi@{slot:x}\n"));
+        }
+        disks.push(Disk {
+            id,
+            drive_id,
+            file,
+            drive,
+            read_only,
+            slot,
+        });
+    }
+    if !bootorder.is_empty() {
+        let _ = machine.platform().fw_cfg.add_file("bootorder", bootorder.into_bytes());
+    }
+    Ok(Disks {
+        disks,
+        iothreads: order,
+    })
+}
