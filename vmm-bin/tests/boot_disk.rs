@@ -116,6 +116,7 @@ fn seabios_boots_our_boot_sector_from_virtio_blk() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let written = std::fs::read(&image).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     if status.and_then(|s| s.code()) == Some(1) && stderr.contains("not yet supported") {
         return skip(&format!(
@@ -128,6 +129,21 @@ fn seabios_boots_our_boot_sector_from_virtio_blk() {
         "serial:\n{stdout}\nstderr:\n{stderr}"
     );
     assert_eq!(status.and_then(|s| s.code()), Some(33), "{stderr}");
+    // The host checks the sector the guest wrote through INT 13h AH=43h: LBA 4096 holds
+    // a copy of the first sector of the last 64-sector batch it read (0x1000:0), 1985.
+    let lba = 4096 * 512;
+    assert!(
+        written.len() >= lba + 512,
+        "the image did not grow to the written sector"
+    );
+    for i in 0..128usize {
+        let dword = u32::from_le_bytes(written[lba + 4 * i..lba + 4 * i + 4].try_into().unwrap());
+        assert_eq!(
+            dword,
+            (1985 << 16) | i as u32,
+            "dword {i} of the written sector"
+        );
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
  * SeaBIOS loads it at 0x7c00 with DL = the boot drive. It reads 2048 sectors (1 MiB)
  * after itself with INT 13h AH=42h (extended read, 64 sectors = 32 KiB per call into
  * 0x1000:0), checks that every dword of sector N (N counted from 1) equals
- * N * 0x10000 + dword index, writes one sector (LBA 4096) with AH=43h, reads it back
+ * N * 0x10000 + dword index, writes one sector (LBA 4096, a copy of 0x1000:0 = sector 1985) with AH=43h, reads it back
  * and compares, then prints PASS (or FAIL) on COM1 and exits through isa-debug-exit at
  * 0xf4: 0x10 for PASS (status 33), 0x11 for FAIL (status 35).
  */
