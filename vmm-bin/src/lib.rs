@@ -4,11 +4,12 @@
 //! The library target exists so that integration tests and benchmarks can reach the device
 //! models and the monitor; the product is the `vmm-bin` binary.
 
-pub mod monitor;
 pub mod disks;
+pub mod monitor;
 pub mod storage_daemon;
 pub mod vhost_user;
 pub mod virtio;
+pub mod vm_monitor;
 
 pub mod cli;
 pub mod devices;

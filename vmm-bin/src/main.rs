@@ -26,9 +26,6 @@ fn main() {
         eprintln!("vmm-bin: {reason}");
         std::process::exit(1);
     }
-    if !config.qmp.is_empty() {
-        eprintln!("vmm-bin: warning: -qmp is parsed but the monitor is not wired in yet");
-    }
     if !kvm_available() {
         eprintln!("vmm-bin: /dev/kvm is not available");
         std::process::exit(1);
@@ -40,14 +37,23 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let _disks = match vmm_bin::disks::attach(&runner, &config) {
+    let disks = match vmm_bin::disks::attach(&runner, &config) {
         Ok(disks) => disks,
         Err(e) => {
             eprintln!("vmm-bin: {e}");
             std::process::exit(1);
         }
     };
+    let _monitor = match vmm_bin::vm_monitor::attach(&runner, &config, &disks) {
+        Ok(monitor) => monitor,
+        Err(e) => {
+            eprintln!("vmm-bin: {e}");
+            std::process::exit(1);
+        }
+    };
     let status = runner.run(config.start_paused);
+    // Removes the QMP socket file.
+    drop(_monitor);
     std::process::exit(status);
 }
 

@@ -1,0 +1,160 @@
+//! The VMM's QMP monitor: the generic [`Monitor`] wired to this machine (reset, quit,
+//! vCPU pause through the runstate handler), its disks (`query-block`,
+//! `BLOCK_IO_ERROR`) and its iothreads (`query-iothreads`).
+
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+
+use crate::cli::Config;
+use crate::disks::Disks;
+use crate::machine::Runner;
+use crate::monitor::{
+    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, no_arguments,
+};
+
+/// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without
+/// `-qmp`.
+///
+/// # Errors
+///
+/// A socket that cannot be created, a bad `-qmp` option.
+pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<Monitor>, String> {
+    let Some(qmp) = config.qmp.first() else {
+        return Ok(None);
+    };
+    if config.qmp.len() > 1 {
+        eprintln!("vmm-bin: warning: only the first -qmp is served");
+    }
+    let control = runner.control();
+    let quit = runner.quit_handle();
+    let hooks = MachineHooks::new(
+        move || {
+            if let Err(e) = control.system_reset() {
+                eprintln!("vmm-bin: system_reset: {e}");
+            }
+        },
+        move || quit(0),
+    );
+    let monitor = Monitor::new(runner.context(), runner.runstate(), Rc::new(hooks))
+        .map_err(|e| format!("-qmp: {e}"))?;
+
+    // BLOCK_IO_ERROR: block-dma calls this inside runstate's stop request for the
+    // `stop` action, so the event precedes the STOP.
+    let events = monitor.events();
+    let qom: Vec<(String, String)> = disks
+        .disks
+        .iter()
+        .map(|d| {
+            (
+                d.drive_id.clone(),
+                format!("/machine/peripheral/{}/virtio-backend", d.id),
+            )
+        })
+        .collect();
+    disks.set_event_hook(move |e: &block_dma::BlockIoError| {
+        let qom_path = qom
+            .iter()
+            .find(|(drive, _)| *drive == e.device)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        events.block_io_error(&BlockIoError {
+            qom_path,
+            device: e.device.clone(),
+            node_name: Some(e.node_name.clone()),
+            operation: if e.operation == "read" {
+                IoOperation::Read
+            } else {
+                IoOperation::Write
+            },
+            action: match e.action {
+                block_dma::TakenAction::Report => BlockErrorAction::Report,
+                block_dma::TakenAction::Ignore => BlockErrorAction::Ignore,
+                block_dma::TakenAction::Stop => BlockErrorAction::Stop,
+            },
+            nospace: Some(e.nospace),
+            reason: e.reason.clone(),
+        });
+    });
+
+    let blocks: Vec<(String, String, String, bool, bool, block_dma::Drive)> = disks
+        .disks
+        .iter()
+        .map(|d| {
+            let direct = d.drive.backend().info().direct;
+            (
+                d.drive_id.clone(),
+                d.id.clone(),
+                d.file.clone(),
+                d.read_only,
+                direct,
+                d.drive.clone(),
+            )
+        })
+        .collect();
+    monitor
+        .commands()
+        .register("query-block", move |args| {
+            no_arguments(args)?;
+            let list: Vec<Value> = blocks
+                .iter()
+                .map(|(drive, dev, file, ro, direct, d)| {
+                    json!({
+                        "device": drive,
+                        "qdev": format!("/machine/peripheral/{dev}/virtio-backend"),
+                        "locked": false,
+                        "removable": false,
+                        "type": "unknown",
+                        "io-status": d.io_status().qmp_name(),
+                        "inserted": {
+                            "file": file,
+                            "node-name": drive,
+                            "ro": ro,
+                            "drv": "raw",
+                            "encrypted": false,
+                            "detect_zeroes": "off",
+                            "cache": {"writeback": true, "direct": direct, "no-flush": false},
+                            "image": {
+                                "filename": file,
+                                "format": "raw",
+                                "virtual-size": d.backend().info().size,
+                            },
+                        },
+                    })
+                })
+                .collect();
+            Ok(Value::Array(list))
+        })
+        .map_err(|e| e.to_string())?;
+    let threads: Vec<(String, i32)> = disks
+        .iothreads
+        .iter()
+        .map(|(id, t)| (id.clone(), t.thread_id()))
+        .collect();
+    monitor
+        .commands()
+        .register("query-iothreads", move |args| {
+            no_arguments(args)?;
+            Ok(Value::Array(
+                threads
+                    .iter()
+                    .map(|(id, tid)| {
+                        json!({"id": id, "thread-id": tid, "poll-max-ns": 32768,
+                               "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 0})
+                    })
+                    .collect(),
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+
+    let option: QmpOption = format!(
+        "unix:{},server={},wait={}",
+        qmp.path.display(),
+        if qmp.server { "on" } else { "off" },
+        if qmp.wait { "on" } else { "off" }
+    )
+    .parse()
+    .map_err(|e| format!("-qmp: {e}"))?;
+    monitor.listen(&option).map_err(|e| format!("-qmp: {e}"))?;
+    Ok(Some(monitor))
+}
