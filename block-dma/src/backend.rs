@@ -92,9 +92,10 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    /// Whether the operation modifies the image (refused on a read-only one).
+    /// Whether the operation modifies the image (refused on a read-only one). A flush
+    /// does not: on a read-only image it succeeds, as in QEMU (`bdrv_co_flush`).
     pub fn writes(self) -> bool {
-        !matches!(self, OpKind::Read)
+        matches!(self, OpKind::Write | OpKind::Discard | OpKind::WriteZeroes)
     }
 }
 

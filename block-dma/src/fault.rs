@@ -118,6 +118,9 @@ impl<B: BlockBackend> FaultInjector<B> {
             if !r.matches(op) {
                 return false;
             }
+            if r.count == Some(0) {
+                return false; // `times(0)`: never fires
+            }
             if r.skip > 0 {
                 r.skip -= 1;
                 return false;
@@ -127,7 +130,7 @@ impl<B: BlockBackend> FaultInjector<B> {
         let rule = &mut rules[index];
         let errno = rule.errno;
         if let Some(count) = &mut rule.count {
-            *count -= 1;
+            *count = count.saturating_sub(1);
             if *count == 0 {
                 rules.remove(index);
             }

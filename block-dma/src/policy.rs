@@ -365,6 +365,10 @@ impl Drive {
             (r.is_read, len, r.canceled)
         };
         let result = match res {
+            // A buffer outside guest memory is the guest's error, not the image's: it
+            // is reported to the guest and never stops the VM (QEMU fails such a
+            // request before it reaches the block layer).
+            Err(errno) if errno == Errno::EFAULT => Err(errno),
             Err(errno) if errno != Errno::ECANCELED && !canceled => {
                 let action = match self.shared.policy.action(is_read, errno) {
                     TakenAction::Stop if self.shared.vm.is_none() => TakenAction::Report,
@@ -409,11 +413,17 @@ impl Drive {
     /// The `stop` action: io-status, BLOCK_IO_ERROR, then the stop request; the request
     /// waits in this context for the resume.
     fn park(&self, req: &Rc<RefCell<DriveReq>>, errno: Errno, event: BlockIoError) {
-        *lock(&self.shared.io_status) = if errno == Errno::ENOSPC {
-            IoStatus::NoSpace
-        } else {
-            IoStatus::Failed
-        };
+        // The first error sticks until the status is reset (QEMU's
+        // `blk_iostatus_set_err` only changes an ok status).
+        let mut status = lock(&self.shared.io_status);
+        if *status == IoStatus::Ok {
+            *status = if errno == Errno::ENOSPC {
+                IoStatus::NoSpace
+            } else {
+                IoStatus::Failed
+            };
+        }
+        drop(status);
         req.borrow_mut().parked = true;
         let r = req.clone();
         let queue = self.queue_for_current();
@@ -512,7 +522,11 @@ fn start(req: &Rc<RefCell<DriveReq>>) {
                 sg.clone(),
                 Box::new(move |res| d2.complete(&r2, res)),
             );
-            req.borrow_mut().dma = Some(dma);
+            // A DMA that already finished (it failed at once, and may even have parked
+            // the request) is not kept: cancel must then see the parked request.
+            if !dma.is_done() {
+                req.borrow_mut().dma = Some(dma);
+            }
         }
         Work::Op(make) => {
             let cb: Done = Box::new(move |res, _| d2.complete(&r2, res));
@@ -539,20 +553,22 @@ impl DriveRequest {
             return;
         }
         r.canceled = true;
-        if let Some(dma) = r.dma.clone() {
-            drop(r);
-            return dma.cancel();
-        }
-        if let Some(ticket) = r.op {
-            drop(r);
-            return drive.shared.backend.cancel(&ctx, ticket);
-        }
+        // Parked first: a parked request has nothing running, whatever handles linger.
         if r.parked {
             let done = r.done.take();
             drop(r);
             if let Some(done) = done {
                 local::defer(&ctx, move || done(Err(Errno::ECANCELED)));
             }
+            return;
+        }
+        if let Some(dma) = r.dma.clone() {
+            drop(r);
+            return dma.cancel();
+        }
+        if let Some(ticket) = r.op {
+            drop(r);
+            drive.shared.backend.cancel(&ctx, ticket);
         }
     }
 

@@ -414,3 +414,115 @@ fn real_enospc_from_a_small_tmpfs() {
     let _ = Duration::ZERO;
     let _ = backend.info();
 }
+
+/// A backend whose submissions fail at once (the ring refuses them).
+struct Refusing(block_dma::BackendInfo);
+
+impl BlockBackend for Refusing {
+    fn info(&self) -> &block_dma::BackendInfo {
+        &self.0
+    }
+    fn submit(
+        &self,
+        _: &AioContext,
+        _: BlockOp,
+        _: block_dma::Done,
+    ) -> Result<block_dma::Ticket, Errno> {
+        Err(Errno::EIO)
+    }
+    fn cancel(&self, _: &AioContext, _: block_dma::Ticket) {}
+}
+
+/// Review finding: a DMA that fails inside `dma_rw` parks the request before the drive
+/// stores its handle; a cancel must still find the parked request and complete it.
+#[test]
+fn a_request_that_fails_at_submit_parks_and_can_be_cancelled() {
+    let ctx = AioContext::new().unwrap();
+    if !have_uring(&ctx, "fails_at_submit") {
+        return;
+    }
+    let (vm, log) = vm(&ctx);
+    let info = block_dma::BackendInfo {
+        size: 1 << 20,
+        read_only: false,
+        request_alignment: 1,
+        memory_alignment: 1,
+        discard: false,
+        write_zeroes: false,
+        direct: false,
+    };
+    let stop = ErrorPolicy {
+        rerror: ErrorAction::Stop,
+        werror: ErrorAction::Stop,
+    };
+    let drive = Drive::new("d", "n", Arc::new(Refusing(info)), stop, Some(vm.clone()));
+    hook(&drive, &log);
+    let mem = DmaMemory::new(ram(1 << 20));
+    let (r, done) = recorder();
+    let req = drive.dma(&ctx, &mem, DmaDirection::Write, 0, sg(&[(0, 512)]), done);
+    run_until(&ctx, || req.is_parked() && vm.state() == RunState::IoError);
+    req.cancel();
+    run_until(&ctx, || !r.borrow().is_empty());
+    settle(&ctx);
+    assert_eq!(*r.borrow(), vec![Err(Errno::ECANCELED)]);
+}
+
+/// Review finding: a buffer outside guest memory is the guest's error: it is reported,
+/// never stops the VM, and emits no BLOCK_IO_ERROR, whatever werror/rerror say.
+#[test]
+fn a_bad_guest_address_is_reported_not_a_reason_to_stop() {
+    let ctx = AioContext::new().unwrap();
+    if !have_uring(&ctx, "bad_guest_address") {
+        return;
+    }
+    let (vm, log) = vm(&ctx);
+    let img = image(1 << 20, &[]);
+    let backend = Arc::new(FileBackend::open(&FileOptions::new(img.path())).unwrap());
+    let stop = ErrorPolicy {
+        rerror: ErrorAction::Stop,
+        werror: ErrorAction::Stop,
+    };
+    let drive = Drive::new("d", "n", backend, stop, Some(vm.clone()));
+    hook(&drive, &log);
+    let mem = DmaMemory::new(ram(1 << 20));
+    for dir in [DmaDirection::Read, DmaDirection::Write] {
+        let (r, done) = recorder();
+        drive.dma(&ctx, &mem, dir, 0, sg(&[(1 << 40, 512)]), done);
+        run_until(&ctx, || !r.borrow().is_empty());
+        assert_eq!(*r.borrow(), vec![Err(Errno::EFAULT)]);
+    }
+    settle(&ctx);
+    assert_eq!(vm.state(), RunState::Running);
+    assert!(events(&log).is_empty(), "{:?}", events(&log));
+}
+
+/// Review finding: the first error's io-status sticks (QEMU).
+#[test]
+fn the_first_io_status_sticks() {
+    let ctx = AioContext::new().unwrap();
+    if !have_uring(&ctx, "io_status_sticks") {
+        return;
+    }
+    let (vm, _log) = vm(&ctx);
+    let img = image(1 << 20, &[]);
+    let faulty = Arc::new(FaultInjector::new(
+        FileBackend::open(&FileOptions::new(img.path())).unwrap(),
+    ));
+    faulty.inject(FaultRule::new(Some(OpKind::Write), Errno::ENOSPC).times(1));
+    faulty.inject(FaultRule::new(Some(OpKind::Write), Errno::EIO).times(1));
+    let stop = ErrorPolicy {
+        rerror: ErrorAction::Report,
+        werror: ErrorAction::Stop,
+    };
+    let drive = Drive::new("d", "n", faulty.clone(), stop, Some(vm.clone()));
+    let mem = DmaMemory::new(ram(1 << 20));
+    let (_r1, d1) = recorder();
+    drive.dma(&ctx, &mem, DmaDirection::Write, 0, sg(&[(0, 512)]), d1);
+    let (_r2, d2) = recorder();
+    drive.dma(&ctx, &mem, DmaDirection::Write, 512, sg(&[(512, 512)]), d2);
+    run_until(&ctx, || drive.parked() == 2);
+    assert_eq!(drive.io_status(), IoStatus::NoSpace);
+    // A rule that may fire zero times never fires.
+    faulty.inject(FaultRule::new(None, Errno::EIO).times(0));
+    let _ = vm;
+}

@@ -76,10 +76,14 @@ impl Disks {
 fn drive_policy(d: &DriveConfig) -> Result<ErrorPolicy, String> {
     let mut p = ErrorPolicy::default();
     if let Some(w) = &d.werror {
-        p.werror = w.parse::<ErrorAction>().map_err(|e| format!("-drive werror: {e}"))?;
+        p.werror = w
+            .parse::<ErrorAction>()
+            .map_err(|e| format!("-drive werror: {e}"))?;
     }
     if let Some(r) = &d.rerror {
-        p.rerror = r.parse::<ErrorAction>().map_err(|e| format!("-drive rerror: {e}"))?;
+        p.rerror = r
+            .parse::<ErrorAction>()
+            .map_err(|e| format!("-drive rerror: {e}"))?;
         if p.rerror == ErrorAction::Enospc {
             return Err("-drive rerror=enospc is not supported (QEMU refuses it too)".into());
         }
@@ -94,7 +98,11 @@ fn open_drive(d: &DriveConfig, runner: &Runner, id: &str) -> Result<(Drive, bool
         .ok_or_else(|| format!("-drive id={id}: file= is required"))?;
     match d.format.as_deref() {
         None | Some("raw") => {}
-        Some(f) => return Err(format!("-drive id={id}: format={f} is not supported (only raw)")),
+        Some(f) => {
+            return Err(format!(
+                "-drive id={id}: format={f} is not supported (only raw)"
+            ));
+        }
     }
     let direct = match d.cache.as_deref() {
         None | Some("writeback") | Some("writethrough") | Some("unsafe") => false,
@@ -112,7 +120,13 @@ fn open_drive(d: &DriveConfig, runner: &Runner, id: &str) -> Result<(Drive, bool
     let policy = drive_policy(d)?;
     let backend = FileBackend::open(&FileOptions::new(file).direct(direct).read_only(d.readonly))
         .map_err(|e| format!("-drive id={id}: {e}"))?;
-    let drive = Drive::new(id, id, Arc::new(backend), policy, Some(runner.runstate().clone()));
+    let drive = Drive::new(
+        id,
+        id,
+        Arc::new(backend),
+        policy,
+        Some(runner.runstate().clone()),
+    );
     Ok((drive, d.readonly, file.display().to_string()))
 }
 
@@ -127,26 +141,37 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
     let mut order = Vec::new();
     for o in &config.objects {
         if o.qom_type != "iothread" {
-            return Err(format!("-object {}: unknown object type (supported: iothread)", o.qom_type));
+            return Err(format!(
+                "-object {}: unknown object type (supported: iothread)",
+                o.qom_type
+            ));
         }
-        let unknown = o.props.unknown_keys(&["qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink"]);
+        let unknown =
+            o.props
+                .unknown_keys(&["qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink"]);
         if let Some(k) = unknown.first() {
-            return Err(format!("-object iothread,id={}: invalid parameter '{k}'", o.id));
+            return Err(format!(
+                "-object iothread,id={}: invalid parameter '{k}'",
+                o.id
+            ));
         }
-        let t = Arc::new(IoThread::spawn(&o.id).map_err(|e| format!("-object iothread,id={}: {e}", o.id))?);
+        let t = Arc::new(
+            IoThread::spawn(&o.id).map_err(|e| format!("-object iothread,id={}: {e}", o.id))?,
+        );
         iothreads.insert(o.id.clone(), t.clone());
         order.push((o.id.clone(), t));
     }
     let mut default_iothread: Option<Arc<IoThread>> = None;
-    let mut default_io = |order: &mut Vec<(String, Arc<IoThread>)>| -> Result<Arc<IoThread>, String> {
-        if let Some(t) = &default_iothread {
-            return Ok(t.clone());
-        }
-        let t = Arc::new(IoThread::spawn("main-iothread").map_err(|e| e.to_string())?);
-        order.push(("main-iothread".into(), t.clone()));
-        default_iothread = Some(t.clone());
-        Ok(t)
-    };
+    let mut default_io =
+        |order: &mut Vec<(String, Arc<IoThread>)>| -> Result<Arc<IoThread>, String> {
+            if let Some(t) = &default_iothread {
+                return Ok(t.clone());
+            }
+            let t = Arc::new(IoThread::spawn("main-iothread").map_err(|e| e.to_string())?);
+            order.push(("main-iothread".into(), t.clone()));
+            default_iothread = Some(t.clone());
+            Ok(t)
+        };
 
     // if=none drives wait for a -device; if=virtio drives get one now.
     let mut pending: HashMap<String, &DriveConfig> = HashMap::new();
@@ -176,15 +201,18 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
     }
     for dev in &config.devices {
         if dev.driver != "virtio-blk-pci" {
-            return Err(format!("-device {}: unknown device (supported: virtio-blk-pci, isa-debug-exit)", dev.driver));
+            return Err(format!(
+                "-device {}: unknown device (supported: virtio-blk-pci, isa-debug-exit)",
+                dev.driver
+            ));
         }
         let drive_id = dev
             .props
             .get("drive")
             .ok_or("-device virtio-blk-pci: drive= is required")?;
-        let d = pending
-            .remove(drive_id)
-            .ok_or_else(|| format!("-device virtio-blk-pci: no -drive with id={drive_id} (or it is used twice)"))?;
+        let d = pending.remove(drive_id).ok_or_else(|| {
+            format!("-device virtio-blk-pci: no -drive with id={drive_id} (or it is used twice)")
+        })?;
         devices.push((dev.clone(), Some(d)));
     }
     if let Some(id) = pending.keys().next() {
@@ -198,15 +226,31 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
     for (dev, d) in devices {
         let d = d.expect("every device has a drive");
         let props = &dev.props;
-        let known = ["driver", "drive", "id", "iothread", "num-queues", "queue-size", "serial", "bootindex", "addr"];
+        let known = [
+            "driver",
+            "drive",
+            "id",
+            "iothread",
+            "num-queues",
+            "queue-size",
+            "serial",
+            "bootindex",
+            "addr",
+        ];
         if let Some(k) = props.unknown_keys(&known).first() {
             return Err(format!("-device virtio-blk-pci: invalid parameter '{k}'"));
         }
-        let drive_id = d.id.clone().unwrap_or_else(|| props.get("id").unwrap_or("virtio").to_owned());
-        let id = props.get("id").map(str::to_owned).unwrap_or_else(|| format!("{drive_id}-dev"));
+        let drive_id =
+            d.id.clone()
+                .unwrap_or_else(|| props.get("id").unwrap_or("virtio").to_owned());
+        let id = props
+            .get("id")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{drive_id}-dev"));
         let num = |key: &str, default: u16| -> Result<u16, String> {
             props.get(key).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| format!("-device virtio-blk-pci: {key}={v} is not a number"))
+                v.parse()
+                    .map_err(|_| format!("-device virtio-blk-pci: {key}={v} is not a number"))
             })
         };
         let options = BlkOptions {
@@ -234,7 +278,8 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             }
         };
         let (drive, read_only, file) = open_drive(d, runner, &drive_id)?;
-        let blk = VirtioBlk::new(drive.clone(), options).map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
+        let blk = VirtioBlk::new(drive.clone(), options)
+            .map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
         let intx = machine.intx().clone();
         let pci = VirtioPci::new(
             id.clone(),
@@ -264,7 +309,10 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
         });
     }
     if !bootorder.is_empty() {
-        let _ = machine.platform().fw_cfg.add_file("bootorder", bootorder.into_bytes());
+        let _ = machine
+            .platform()
+            .fw_cfg
+            .add_file("bootorder", bootorder.into_bytes());
     }
     Ok(Disks {
         disks,

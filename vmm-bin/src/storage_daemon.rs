@@ -343,8 +343,11 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
             ErrorPolicy::default(),
             None,
         );
+        // At most 20 bytes, cut at a character boundary.
         let mut serial = export.serial.clone();
-        serial.truncate(20);
+        while serial.len() > 20 {
+            serial.pop();
+        }
         let options = BlkOptions {
             num_queues: export.num_queues,
             logical_block_size: export.logical_block_size,

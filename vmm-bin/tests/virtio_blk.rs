@@ -170,6 +170,10 @@ fn fixture(size: usize, read_only: bool, features: u64) -> Option<Fixture> {
         ErrorPolicy::default(),
         None,
     );
+    Some(fixture_from(drive, img, features))
+}
+
+fn fixture_from(drive: Drive, img: tempfile::NamedTempFile, features: u64) -> Fixture {
     let opts = BlkOptions {
         serial: "vmm-core-serial-0001".into(),
         queue_size: QSIZE,
@@ -212,13 +216,13 @@ fn fixture(size: usize, read_only: bool, features: u64) -> Option<Fixture> {
         avail_idx: 0,
         used_seen: 0,
     };
-    Some(Fixture {
+    Fixture {
         dev,
         driver,
         irqs,
         img,
         iothread,
-    })
+    }
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -545,4 +549,61 @@ fn stop_returns_the_ring_position_and_a_restart_continues() {
     f.driver.wait_used();
     assert_eq!(f.driver.status_byte(), S_OK);
     let _ = Mutex::new(0);
+}
+
+/// Review finding: a device reset (stop_queue) while a request is parked by
+/// werror=stop, or parks during the drain, must not wait for a resume that never
+/// comes: parked requests are cancelled and complete with IOERR.
+#[test]
+fn stop_cancels_requests_parked_by_werror_stop() {
+    use block_dma::{Errno, ErrorAction, FaultInjector, FaultRule, OpKind};
+    let img = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    img.as_file().set_len(1 << 20).unwrap();
+    let Ok(backend) = FileBackend::open(&FileOptions::new(img.path())) else {
+        eprintln!("SKIPPED: cannot open an image with io_uring");
+        return;
+    };
+    let faulty = Arc::new(FaultInjector::new(backend));
+    faulty.inject(FaultRule::new(Some(OpKind::Write), Errno::EIO));
+    let bhs = bottom_half::BhList::new(|| {});
+    let vm = runstate::RunStateMachine::new(&bhs.scheduler());
+    vm.start().unwrap();
+    let policy = ErrorPolicy {
+        rerror: ErrorAction::Report,
+        werror: ErrorAction::Stop,
+    };
+    let drive = Drive::new("vblk0", "file0", faulty.clone(), policy, Some(vm.clone()));
+    let mut f = fixture_from(drive, img, ALL);
+    let d = &mut f.driver;
+    let h = d.header(T_OUT, 0);
+    let s = d.status();
+    d.submit(&[
+        h,
+        D {
+            addr: DATA,
+            len: 512,
+            write: false,
+        },
+        s,
+    ]);
+    let start = Instant::now();
+    while faulty.injected() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let stopped = Instant::now();
+    let queue = f.dev.stop_queue(0);
+    assert!(queue.is_some());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "stop_queue drained"
+    );
+    assert_eq!(f.driver.wait_used().1, 1);
+    assert_eq!(
+        f.driver.status_byte(),
+        S_IOERR,
+        "the cancelled request reports an error"
+    );
+    drop(bhs);
 }

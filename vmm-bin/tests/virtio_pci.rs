@@ -211,9 +211,20 @@ fn config_space_and_capabilities() {
     }
     assert_eq!(
         kinds,
-        [0x11, 1, 2, 3, 4],
-        "MSI-X, then common, notify, ISR, device config"
+        [0x11, 1, 2, 3, 4, 5],
+        "MSI-X, common, notify, ISR, device config, PCI cfg window"
     );
+    // The PCI cfg window reads the device config (capacity) without the BAR mapping.
+    s.pci.config_write(0x94, &[4]);
+    s.pci.config_write(0x98, &0x2000u32.to_le_bytes());
+    s.pci.config_write(0x9c, &4u32.to_le_bytes());
+    let mut cap = [0u8; 4];
+    s.pci.config_read(0xa0, &mut cap);
+    assert_eq!(u32::from_le_bytes(cap), 2048);
+    // A window that leaves the BAR reads zeros and writes nothing.
+    s.pci.config_write(0x98, &0x3ffeu32.to_le_bytes());
+    s.pci.config_read(0xa0, &mut cap);
+    assert_eq!(cap, [0; 4]);
     // The device config (capacity) through the BAR.
     assert_eq!(r32(&*s.bar, 0x2000), 2048);
 }

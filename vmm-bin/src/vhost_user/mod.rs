@@ -214,7 +214,9 @@ impl VhostUserDevice {
         let used_idx: u16 = self
             .memory
             .memory()
-            .read_obj(GuestAddress(used + 2))
+            .read_obj(GuestAddress(
+                used.checked_add(2).ok_or(Error::InvalidParam)?,
+            ))
             .map_err(|_| param("used ring unreadable"))?;
         queue.set_next_used(used_idx);
         queue.set_ready(true);

@@ -31,6 +31,9 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify_queue(&self, index: u16);
     /// Signals a configuration change.
     fn notify_config(&self) {}
+    /// The driver broke the device's rules (QEMU's `virtio_error`): the transport sets
+    /// `DEVICE_NEEDS_RESET` and signals a configuration change.
+    fn device_error(&self) {}
 }
 
 /// An interrupt that writes an eventfd (irqfd, vhost-user call fd).

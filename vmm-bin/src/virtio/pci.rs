@@ -56,6 +56,11 @@ const CAP_COMMON: usize = 0x4c;
 const CAP_NOTIFY: usize = 0x5c;
 const CAP_ISR: usize = 0x70;
 const CAP_DEVICE: usize = 0x80;
+/// `VIRTIO_PCI_CAP_PCI_CFG`: a window into the BARs through config space (what SeaBIOS
+/// uses when the 64-bit BAR is placed above 4 GiB, out of its reach).
+const CAP_PCI_CFG: usize = 0x90;
+/// Its `pci_cfg_data` dword.
+const PCI_CFG_DATA: usize = CAP_PCI_CFG + 16;
 
 /// Sends an MSI message (KVM's `KVM_SIGNAL_MSI`, or an irqfd routed to it).
 pub trait MsiSender: Send + Sync {
@@ -84,6 +89,8 @@ struct Msix {
 
 /// The interrupt side, shared with the device's iothreads.
 struct Interrupts {
+    /// Set by [`VirtioInterrupt::device_error`]: `DEVICE_NEEDS_RESET` until reset.
+    needs_reset: std::sync::atomic::AtomicBool,
     msix: Mutex<Msix>,
     isr: Mutex<u8>,
     msi: Arc<dyn MsiSender>,
@@ -151,6 +158,12 @@ impl VirtioInterrupt for Interrupts {
 
     fn notify_config(&self) {
         self.signal(|m| m.config_vector, 2);
+    }
+
+    fn device_error(&self) {
+        self.needs_reset
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify_config();
     }
 }
 
@@ -242,6 +255,7 @@ impl VirtioPci {
                 queue_vectors: vec![NO_VECTOR; usize::from(nq)],
             }),
             isr: Mutex::new(0),
+            needs_reset: std::sync::atomic::AtomicBool::new(false),
             msi,
             intx,
         });
@@ -342,7 +356,12 @@ fn pci_config(device_type: u32, vectors: u16) -> Result<PciConfig, crate::device
     vendor_cap(&mut c, CAP_NOTIFY, CAP_ISR, 20, 2, NOTIFY, 0x1000);
     c.set_u32(CAP_NOTIFY + 16, NOTIFY_MULTIPLIER);
     vendor_cap(&mut c, CAP_ISR, CAP_DEVICE, 16, 3, ISR, 0x1000);
-    vendor_cap(&mut c, CAP_DEVICE, 0, 16, 4, DEVICE, 0x1000);
+    vendor_cap(&mut c, CAP_DEVICE, CAP_PCI_CFG, 16, 4, DEVICE, 0x1000);
+    vendor_cap(&mut c, CAP_PCI_CFG, 0, 20, 5, 0, 0);
+    // The driver picks the BAR, offset and length, then accesses pci_cfg_data.
+    c.set_writable(CAP_PCI_CFG + 4, 1, 0xff);
+    c.set_writable(CAP_PCI_CFG + 8, 4, 0xffff_ffff);
+    c.set_writable(CAP_PCI_CFG + 12, 4, 0xffff_ffff);
     Ok(c)
 }
 
@@ -377,6 +396,8 @@ impl Transport {
         msix.queue_vectors.fill(NO_VECTOR);
         drop(msix);
         *lock(&irq.isr) = 0;
+        irq.needs_reset
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         (irq.intx)(false);
     }
 
@@ -397,6 +418,8 @@ impl Transport {
         if value & DRIVER_OK != 0 && !self.started && value & FEATURES_OK != 0 {
             if let Err(e) = self.activate(irq) {
                 eprintln!("virtio-pci: {e}");
+                // Queues started before the failure must not keep running.
+                self.device.reset();
                 value |= NEEDS_RESET;
             }
         }
@@ -457,7 +480,9 @@ impl Transport {
         );
         put(0x10, &msix.config_vector.to_le_bytes());
         put(0x12, &self.device.num_queues().to_le_bytes());
-        put(0x14, &[self.status, self.config_generation]);
+        let needs_reset = irq.needs_reset.load(std::sync::atomic::Ordering::SeqCst);
+        let status = self.status | if needs_reset { NEEDS_RESET } else { 0 };
+        put(0x14, &[status, self.config_generation]);
         put(0x16, &self.queue_select.to_le_bytes());
         if let Some(q) = q {
             let vector = msix
@@ -675,12 +700,42 @@ impl qdev_bus::Device for VirtioPci {
     }
 }
 
+impl VirtioPci {
+    /// The BAR access `pci_cfg_data` stands for: the BAR handler and offset, if the
+    /// window names the virtio BAR with a length of 1, 2 or 4 inside it.
+    fn cfg_window(&self) -> Option<(Arc<dyn BusDevice>, u64, usize)> {
+        let c = lock(&self.shared.config);
+        let bar = c.value(CAP_PCI_CFG + 4, 1) as usize;
+        let offset = c.value(CAP_PCI_CFG + 8, 4);
+        let len = c.value(CAP_PCI_CFG + 12, 4) as usize;
+        drop(c);
+        let handler = self.bars.get(bar)?.clone()?;
+        let fits = bar == VIRTIO_BAR && matches!(len, 1 | 2 | 4) && offset + len as u64 <= BAR_SIZE;
+        fits.then_some((handler, offset, len))
+    }
+}
+
 impl PciFunction for VirtioPci {
     fn config_read(&self, offset: usize, data: &mut [u8]) {
+        if offset == PCI_CFG_DATA {
+            data.fill(0);
+            if let Some((bar, at, len)) = self.cfg_window() {
+                let n = len.min(data.len());
+                bar.read(at, &mut data[..n]);
+            }
+            return;
+        }
         lock(&self.shared.config).read(offset, data);
     }
 
     fn config_write(&self, offset: usize, data: &[u8]) {
+        if offset == PCI_CFG_DATA {
+            if let Some((bar, at, len)) = self.cfg_window() {
+                let n = len.min(data.len());
+                bar.write(at, &data[..n]);
+            }
+            return;
+        }
         let control = {
             let mut c = lock(&self.shared.config);
             c.write(offset, data);

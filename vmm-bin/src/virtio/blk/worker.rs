@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use aio_context::{AioContext, EventNotifier};
 use block_dma::{BlockOp, DmaDirection, DmaMemory, Drive, DriveRequest, Errno};
@@ -98,17 +99,27 @@ pub(super) fn stop(id: u64) -> Option<Queue> {
         w.stopping = true;
         w.ctx
             .remove_fd_handler(std::os::fd::AsRawFd::as_raw_fd(&w.kick));
-        for (_, req) in w.in_flight.iter() {
-            if let Some(req) = req {
-                if req.is_parked() {
-                    req.cancel();
-                }
-            }
-        }
         w.ctx.clone()
     };
     // AIO_WAIT_WHILE: drain our own requests (this runs inside the iothread's loop).
-    while !worker.borrow().in_flight.is_empty() {
+    // A request parked by werror/rerror=stop would wait for a resume that may never
+    // come, so parked ones are cancelled, on every round: one that fails while we drain
+    // parks too (QEMU's reset drains, then drops its queue of stopped requests).
+    loop {
+        let parked: Vec<DriveRequest> = {
+            let w = worker.borrow();
+            if w.in_flight.is_empty() {
+                break;
+            }
+            w.in_flight
+                .iter()
+                .filter_map(|(_, r)| r.clone())
+                .filter(|r| r.is_parked())
+                .collect()
+        };
+        for r in parked {
+            r.cancel();
+        }
         ctx.poll(true);
     }
     let mut w = worker.borrow_mut();
@@ -139,16 +150,25 @@ fn process(worker: &Rc<RefCell<Worker>>) {
         }
         let more = w.queue.enable_notification(&*mem).unwrap_or(false);
         if more && chains.is_empty() {
-            // The avail index says there is work, but no chain can be popped: the
-            // driver moved the index by more than the queue size (QEMU: "Guest moved
-            // used index"). Retrying would spin forever; the queue is broken until the
-            // driver resets the device.
-            w.broken = true;
-            eprintln!(
-                "virtio-blk: queue {}: avail index out of range; queue stopped until reset",
-                w.index
-            );
-            return;
+            // Nothing popped, yet the avail index moved: either the driver published a
+            // chain after our last pop (a race: go round again), or it moved the index
+            // by more than the queue size, which no pop can consume (QEMU's virtio_error
+            // "Guest moved avail index"): retrying would spin forever, so the queue is
+            // broken until the driver resets the device.
+            let avail = w.queue.avail_idx(&*mem, Ordering::Acquire).map(|a| a.0);
+            let pending = avail.map(|a| a.wrapping_sub(w.queue.next_avail()));
+            if pending.is_err() || pending.is_ok_and(|p| p > w.queue.size()) {
+                w.broken = true;
+                eprintln!(
+                    "virtio-blk: queue {}: avail index out of range; queue stopped until reset",
+                    w.index
+                );
+                let interrupt = w.interrupt.clone();
+                drop(mem);
+                drop(w);
+                interrupt.device_error();
+                return;
+            }
         }
         drop(mem);
         drop(w);
