@@ -228,7 +228,7 @@ pub struct Version {
 }
 
 impl Default for Version {
-    /// QEMU 10.2.0's command set, package "vmm-bin <crate version>".
+    /// QEMU 10.2.0's command set, package "vmm-bin `<crate version>`".
     fn default() -> Version {
         Version {
             major: 10,
