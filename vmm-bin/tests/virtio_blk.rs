@@ -607,3 +607,33 @@ fn stop_cancels_requests_parked_by_werror_stop() {
     );
     drop(bhs);
 }
+
+/// Review finding: a kick that finds nothing (spurious, or racing the driver's next
+/// publish) must not be taken for a corrupt ring. A second thread kicks constantly
+/// while the driver publishes requests one by one; every request completes.
+#[test]
+fn spurious_kicks_racing_publishes_do_not_break_the_queue() {
+    let Some(mut f) = fixture(1 << 20, false, ALL) else {
+        return;
+    };
+    let kicker = f.driver.kick.try_clone().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let spam = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            let _ = kicker.set();
+            std::thread::yield_now();
+        }
+    });
+    let n = if cfg!(debug_assertions) { 500 } else { 3000 };
+    for _ in 0..n {
+        let d = &mut f.driver;
+        let h = d.header(T_FLUSH, 0);
+        let s = d.status();
+        d.submit(&[h, s]);
+        d.wait_used();
+        assert_eq!(d.status_byte(), S_OK);
+    }
+    stop.store(true, Ordering::Relaxed);
+    spam.join().unwrap();
+}
