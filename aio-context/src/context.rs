@@ -350,20 +350,45 @@ impl AioContext {
     /// # Errors
     ///
     /// `Unsupported` if this kernel has no io_uring; the ring's error otherwise.
-    pub unsafe fn submit(
+    pub unsafe fn submit<F: FnOnce(i32) + 'static>(
         &self,
         entry: io_uring::squeue::Entry,
-        callback: impl FnOnce(i32) + 'static,
+        callback: F,
     ) -> io::Result<OpId> {
+        // SAFETY: forwarded to our caller's contract.
+        let submitted = unsafe { self.submit_with(entry, callback, |f: F, res| f(res)) };
+        submitted.map_err(|(e, _)| e)
+    }
+
+    /// [`submit`](Self::submit) with the callback split in two: `on_complete(state,
+    /// result)` runs when the operation completes. `state` is given back, untouched, if the
+    /// operation cannot be queued, so that what it owns (a request, its buffers) is not
+    /// lost; it is moved into the context's one allocation per operation only once the
+    /// entry is queued.
+    ///
+    /// # Safety
+    ///
+    /// As [`submit`](Self::submit), with `state` in the callback's place: whatever
+    /// `entry` references must stay valid until `on_complete` runs or `state` is dropped.
+    /// `state` moves after `entry` is built, so `entry` must not point into `state`
+    /// itself, only to memory it owns elsewhere (a heap buffer).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), with `state`.
+    pub unsafe fn submit_with<T: 'static>(
+        &self,
+        entry: io_uring::squeue::Entry,
+        state: T,
+        on_complete: fn(T, i32),
+    ) -> std::result::Result<OpId, (io::Error, T)> {
         let mut fdmon = self.inner.fdmon.borrow_mut();
         if !fdmon.supports_ops() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "io_uring is not available",
-            ));
+            let e = io::Error::new(io::ErrorKind::Unsupported, "io_uring is not available");
+            return Err((e, state));
         }
         // SAFETY: forwarded to our caller's contract.
-        unsafe { fdmon.submit(entry, Box::new(callback)) }.map(OpId)
+        unsafe { fdmon.submit(entry, state, on_complete) }.map(OpId)
     }
 
     /// Asks the kernel to cancel the operation `id` (`IORING_OP_ASYNC_CANCEL`). Its

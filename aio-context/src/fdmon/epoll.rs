@@ -62,7 +62,9 @@ impl EpollMonitor {
     }
 
     fn side_ring(&self) -> io::Result<SideRing> {
-        let ring = Ring::new(SIDE_RING_ENTRIES, 2 * SIDE_RING_ENTRIES, &[])?;
+        // No DEFER_TASKRUN: the eventfd must mean "CQEs are on the CQ", and deferred task
+        // work would only post them at an enter with GETEVENTS (see `uring`'s docs).
+        let ring = Ring::new(SIDE_RING_ENTRIES, 2 * SIDE_RING_ENTRIES, &[], false)?;
         let flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK;
         // SAFETY: plain syscall without pointers.
         let eventfd = owned(unsafe { libc::eventfd(0, flags) })?;

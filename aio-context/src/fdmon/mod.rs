@@ -177,23 +177,26 @@ impl FdMonitor {
     /// `Drop` cancels the operation and waits for the kernel to let go before dropping the
     /// callback. The entry must produce exactly one CQE (no multishot opcodes) and must not
     /// carry `IO_LINK`, `IO_HARDLINK` or `SKIP_SUCCESS` (rejected).
-    pub(crate) unsafe fn submit(
+    /// The callback is `on_complete(state, result)`; on error `state` is given back.
+    pub(crate) unsafe fn submit<T: 'static>(
         &mut self,
         entry: io_uring::squeue::Entry,
-        callback: Box<dyn FnOnce(i32)>,
-    ) -> io::Result<u64> {
+        state: T,
+        on_complete: fn(T, i32),
+    ) -> Result<u64, (io::Error, T)> {
         let ring = match &mut self.imp {
             Imp::Uring(m) => Some(m.ring_mut()),
             Imp::Epoll(m) => m.ring_mut(),
         };
         let Some(ring) = ring else {
-            return Err(io::Error::new(
+            let e = io::Error::new(
                 io::ErrorKind::Unsupported,
                 "no io_uring available for operations",
-            ));
+            );
+            return Err((e, state));
         };
         // SAFETY: the caller upholds the contract above, which is `Ring::submit_op`'s.
-        unsafe { ring.submit_op(entry, callback) }
+        unsafe { ring.submit_op(entry, state, on_complete) }
     }
 
     /// Cancels the op submitted as `user_data` if it is still in flight (see `Ring::cancel`).
@@ -352,10 +355,24 @@ mod tests {
         }
     }
 
+    /// Submits `entry` with a callback, as `AioContext::submit` does.
+    ///
+    /// # Safety
+    ///
+    /// As [`FdMonitor::submit`].
+    unsafe fn submit<F: FnOnce(i32) + 'static>(
+        m: &mut FdMonitor,
+        entry: io_uring::squeue::Entry,
+        f: F,
+    ) -> io::Result<u64> {
+        // SAFETY: forwarded to the caller.
+        unsafe { m.submit(entry, f, |f: F, res| f(res)) }.map_err(|(e, _)| e)
+    }
+
     /// Submits a NOP whose callback runs `f(result)`.
     fn nop(m: &mut FdMonitor, f: impl FnOnce(i32) + 'static) {
         // SAFETY: a NOP references no memory.
-        unsafe { m.submit(opcode::Nop::new().build(), Box::new(f)) }.unwrap();
+        unsafe { submit(m, opcode::Nop::new().build(), f) }.unwrap();
     }
 
     fn pipe() -> (OwnedFd, OwnedFd) {
@@ -682,7 +699,7 @@ mod tests {
         });
         // SAFETY: the callback owns `buf` (moving the Vec doesn't move its heap storage), and
         // the callers keep `rx` open until the callback ran.
-        unsafe { m.submit(entry, callback) }.unwrap();
+        unsafe { submit(m, entry, callback) }.unwrap();
     }
 
     #[test]
@@ -719,7 +736,7 @@ mod tests {
                     c.store(true, SeqCst);
                 });
                 // SAFETY: the callback owns `buf`; `rx` outlives the monitor.
-                unsafe { m.submit(entry.build(), callback) }.unwrap();
+                unsafe { submit(&mut m, entry.build(), callback) }.unwrap();
                 if wait_first {
                     assert_eq!(poll(&mut m, SHORT), []); // submitted, pending in the kernel
                 }
@@ -741,9 +758,79 @@ mod tests {
                 .build()
                 .flags(io_uring::squeue::Flags::IO_LINK);
             // SAFETY: a NOP references no memory.
-            let err = unsafe { m.submit(entry, Box::new(|_| {})) }.unwrap_err();
+            let err = unsafe { submit(&mut m, entry, |_| {}) }.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
             assert_eq!(m.in_flight(), 0);
+        });
+    }
+
+    /// Completions that the kernel finishes as task work (timeouts, here more than one
+    /// batch of deferred work) are reaped by non-blocking waits alone: with DEFER_TASKRUN
+    /// they are only posted by an enter with GETEVENTS, which a wait that skipped the
+    /// syscall whenever no SQE was queued would never make (a spinning `poll(false)` loop
+    /// would then spin forever).
+    #[test]
+    fn nonblocking_waits_reap_task_work_completions() {
+        each_ops_backend(|mut m| {
+            const N: usize = 100;
+            let done = Rc::new(Cell::new(0));
+            for _ in 0..N {
+                let ts = Box::new(types::Timespec::new().nsec(1_000_000));
+                let entry = opcode::Timeout::new(&*ts).build();
+                let done = done.clone();
+                let callback = move |res: i32| {
+                    assert_eq!(res, -libc::ETIME);
+                    drop(ts);
+                    done.set(done.get() + 1);
+                };
+                // SAFETY: the timespec lives in the callback, which the monitor keeps until
+                // the CQE; the kernel reads it when the SQE is submitted.
+                unsafe { submit(&mut m, entry, callback) }.unwrap();
+            }
+            let start = Instant::now();
+            while done.get() < N {
+                assert!(start.elapsed() < LONG, "{} of {N} reaped", done.get());
+                poll(&mut m, ZERO);
+            }
+            assert_eq!(m.in_flight(), 0);
+        });
+    }
+
+    /// An fd made ready by another thread is reported by non-blocking waits alone (its
+    /// POLL_ADD completes as task work of this thread).
+    #[test]
+    fn nonblocking_waits_see_fd_readied_elsewhere() {
+        each_backend(|mut m| {
+            let efd = Arc::new(eventfd());
+            m.set(efd.as_raw_fd(), 1, READ).unwrap();
+            assert_eq!(poll(&mut m, ZERO), []);
+            let writer = {
+                let efd = efd.clone();
+                std::thread::spawn(move || signal(&efd))
+            };
+            writer.join().unwrap();
+            let start = Instant::now();
+            loop {
+                assert!(start.elapsed() < LONG, "not reported");
+                if poll(&mut m, ZERO) == [(1, R)] {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Removing an fd lets go of the kernel's reference to it at once, so that closing it
+    /// really closes it (here: the pipe's reader, so a write fails with EPIPE).
+    #[test]
+    fn removal_releases_the_file_before_close() {
+        each_backend(|mut m| {
+            let (rx, tx) = pipe();
+            m.set(rx.as_raw_fd(), 1, READ).unwrap();
+            assert_eq!(poll(&mut m, ZERO), []); // armed
+            m.set(rx.as_raw_fd(), 1, NONE).unwrap();
+            drop(rx);
+            assert_eq!(write(&tx, b"x"), -1, "the read end is still open");
+            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPIPE));
         });
     }
 

@@ -10,6 +10,20 @@
 //! POLL_ADD checks readiness when armed, so a still-ready fd is reported again (level-triggered).
 //! Multishot polls only fire on wake-ups, i.e. are edge-triggered, which QEMU's handlers don't
 //! expect.
+//!
+//! Task work (how the kernel finishes most completions in the submitting thread's context):
+//! rings are set up with `COOP_TASKRUN | TASKRUN_FLAG | SINGLE_ISSUER` (no IPI to interrupt a
+//! running thread; one submitting thread, which every ring here has: a monitor is `!Send` and
+//! created, used and dropped by its context's thread), and [`UringMonitor`]'s ring also with
+//! `DEFER_TASKRUN` (as fio does): completions then wait as task work until the owner enters
+//! with `GETEVENTS`, which the blocking wait always does. A non-blocking poll still skips the
+//! syscall when idle, which stays correct because `TASKRUN_FLAG` makes the kernel raise
+//! `IORING_SQ_TASKRUN` in the SQ flags while task work is pending, and [`Ring::idle`] reads it.
+//! The epoll backend's side ring gets no `DEFER_TASKRUN`: its completions are noticed through
+//! the eventfd, and with deferred task work the CQE would only be posted by an enter that the
+//! eventfd wake-up path does not make. Each flag is dropped again if the kernel refuses it
+//! (`EINVAL`: older than 6.1, 6.0, 5.19, 5.18); `AIO_URING_DEFER_TASKRUN=0` turns
+//! `DEFER_TASKRUN` off.
 
 use std::collections::HashMap;
 use std::io;
@@ -74,18 +88,87 @@ pub(super) struct Ring {
     timeout: Box<types::Timespec>,
     /// The opcodes this kernel supports.
     probe: io_uring::Probe,
+    /// Set up with `DEFER_TASKRUN`.
+    defer_taskrun: bool,
+}
+
+/// Ring setups to try, most capable first; each drops what the previous one added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    /// `DEFER_TASKRUN | SINGLE_ISSUER | COOP_TASKRUN | TASKRUN_FLAG | SUBMIT_ALL` (6.1).
+    Defer,
+    /// `SINGLE_ISSUER | COOP_TASKRUN | TASKRUN_FLAG | SUBMIT_ALL` (6.0).
+    SingleIssuer,
+    /// `COOP_TASKRUN | TASKRUN_FLAG | SUBMIT_ALL` (5.19).
+    Coop,
+    /// `SUBMIT_ALL` (5.18): keeps submitting past an SQE that fails to start.
+    SubmitAll,
+    /// Only the CQ size.
+    Plain,
+}
+
+impl Setup {
+    const ALL: [Setup; 5] = [
+        Setup::Defer,
+        Setup::SingleIssuer,
+        Setup::Coop,
+        Setup::SubmitAll,
+        Setup::Plain,
+    ];
+
+    fn build(self, sq: u32, cq: u32) -> io::Result<IoUring> {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq);
+        if self != Setup::Plain {
+            builder.setup_submit_all();
+        }
+        if matches!(self, Setup::Defer | Setup::SingleIssuer | Setup::Coop) {
+            // TASKRUN_FLAG is what keeps `Ring::idle` honest (see the module docs).
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        if matches!(self, Setup::Defer | Setup::SingleIssuer) {
+            builder.setup_single_issuer();
+        }
+        if self == Setup::Defer {
+            builder.setup_defer_taskrun();
+        }
+        builder.build(sq)
+    }
+}
+
+/// Whether `AIO_URING_DEFER_TASKRUN` leaves `DEFER_TASKRUN` on (anything but `0`/`off`).
+fn defer_taskrun_allowed() -> bool {
+    !matches!(
+        std::env::var("AIO_URING_DEFER_TASKRUN").as_deref(),
+        Ok("0" | "off" | "no" | "false")
+    )
 }
 
 impl Ring {
     /// A ring with `sq`/`cq` entries that supports `ASYNC_CANCEL`, the `extra` opcodes and, if
-    /// `io_uring_enter` can't time out by itself, `IORING_OP_TIMEOUT`.
-    pub(super) fn new(sq: u32, cq: u32, extra: &[u8]) -> io::Result<Ring> {
-        // SUBMIT_ALL (5.18) keeps submitting past an SQE that fails to start.
-        let ring = IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_submit_all()
-            .build(sq)
-            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))?;
+    /// `io_uring_enter` can't time out by itself, `IORING_OP_TIMEOUT`; with `DEFER_TASKRUN` if
+    /// `defer_taskrun` and the kernel has it. Must be called on the thread that will use it
+    /// (`SINGLE_ISSUER` binds the ring to it).
+    pub(super) fn new(sq: u32, cq: u32, extra: &[u8], defer_taskrun: bool) -> io::Result<Ring> {
+        let mut refused = None;
+        let mut built = None;
+        for setup in Setup::ALL {
+            if setup == Setup::Defer && !defer_taskrun {
+                continue;
+            }
+            match setup.build(sq, cq) {
+                // A flag this kernel does not know: try with fewer.
+                Err(e) if is_errno(&e, libc::EINVAL) => refused = Some(e),
+                Err(e) => return Err(e),
+                Ok(ring) => {
+                    built = Some((ring, setup));
+                    break;
+                }
+            }
+        }
+        let Some((ring, setup)) = built else {
+            return Err(refused.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)));
+        };
         let unsupported = |what: String| io::Error::new(io::ErrorKind::Unsupported, what);
         if !ring.params().is_feature_nodrop() {
             return Err(unsupported("io_uring lacks IORING_FEAT_NODROP".into()));
@@ -111,7 +194,14 @@ impl Ring {
             backlog: Vec::new(),
             timeout: Box::new(types::Timespec::new()),
             probe,
+            defer_taskrun: setup == Setup::Defer,
         })
+    }
+
+    /// Whether the ring was set up with `DEFER_TASKRUN`.
+    #[cfg(test)]
+    pub(super) fn defers_task_work(&self) -> bool {
+        self.defer_taskrun
     }
 
     /// Whether the kernel supports `opcode` (from the probe taken when the ring was built).
@@ -170,11 +260,26 @@ impl Ring {
         }
     }
 
-    /// Whether a syscall would do nothing: no SQE queued, and no CQE held back by the
-    /// kernel (an overflowed CQ is only flushed by `io_uring_enter`).
+    /// Whether a syscall would do nothing: no SQE queued, no CQE held back by the kernel (an
+    /// overflowed CQ is only flushed by `io_uring_enter`), and no task work waiting for this
+    /// thread (`IORING_SQ_TASKRUN`, raised with `TASKRUN_FLAG` while `COOP_TASKRUN` or
+    /// `DEFER_TASKRUN` work is pending; only an enter runs deferred work). In the last two
+    /// cases io-uring's `submit` adds `GETEVENTS` itself. A flag raised just after this
+    /// check is like a CQE posted just after it: the next poll sees it.
     fn idle(&mut self) -> bool {
         let sq = self.ring.submission();
-        sq.is_empty() && !sq.cq_overflow()
+        sq.is_empty() && !sq.cq_overflow() && !sq.taskrun()
+    }
+
+    /// Runs deferred task work now (an enter with `GETEVENTS`), so that the kernel's
+    /// completion side of what was just submitted (the removal of a poll, which drops its
+    /// reference to the file) is done before this returns. Without `DEFER_TASKRUN` the
+    /// submitting syscall already ran it on its way out.
+    pub(super) fn run_task_work(&mut self) -> io::Result<()> {
+        if self.defer_taskrun && self.ring.submission().taskrun() {
+            self.submit()?;
+        }
+        Ok(())
     }
 
     /// Hands the queued SQEs to the kernel without waiting; returns how many it took.
@@ -208,34 +313,43 @@ impl Ring {
     /// # Safety
     ///
     /// As [`super::FdMonitor::submit`].
-    pub(super) unsafe fn submit_op(
+    /// The callback is `on_complete(state, result)`; `state` is boxed only once the entry is
+    /// queued, and given back if it cannot be.
+    pub(super) unsafe fn submit_op<T: 'static>(
         &mut self,
         entry: squeue::Entry,
-        callback: Box<dyn FnOnce(i32)>,
-    ) -> io::Result<u64> {
+        state: T,
+        on_complete: fn(T, i32),
+    ) -> Result<u64, (io::Error, T)> {
         // SAFETY: `Entry` is `#[repr(C)]` around `io_uring_sqe`, 64 bytes (asserted above),
         // whose second byte is the `u8` flags field (kernel ABI): initialized and in bounds.
         let flags = unsafe { *(&raw const entry).cast::<u8>().add(1) };
         if flags & FORBIDDEN_FLAGS.bits() != 0 {
-            return Err(io::Error::new(
+            let e = io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "io_uring entry with IO_LINK, IO_HARDLINK or SKIP_SUCCESS",
-            ));
+            );
+            return Err((e, state));
         }
-        let slot = self.ops.vacant_entry();
-        if slot.key() > u32::MAX as usize {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        let key = self.ops.vacant_key();
+        if key > u32::MAX as usize {
+            return Err((io::Error::from_raw_os_error(libc::ENOSPC), state));
         }
-        let (key, generation) = (slot.key(), self.next_generation());
+        let generation = self.next_generation();
         let user_data = encode(TAG_OP, generation, key);
         let entry = entry.user_data(user_data);
         // SAFETY: the caller keeps what `entry` references valid until the callback is handed
-        // out or dropped, which `reap`/`drop` do only after the op's (single) CQE.
-        unsafe { self.push(&entry) }?;
-        self.ops.insert(Op {
+        // out or dropped, which `reap`/`drop` do only after the op's (single) CQE. `push`
+        // only hands entries to the kernel, never reaps, so the op is in `ops` (below)
+        // before its CQE can be looked at.
+        if let Err(e) = unsafe { self.push(&entry) } {
+            return Err((e, state));
+        }
+        let inserted = self.ops.insert(Op {
             generation,
-            callback,
+            callback: Box::new(move |res| on_complete(state, res)),
         });
+        debug_assert_eq!(inserted, key);
         Ok(user_data)
     }
 
@@ -243,9 +357,10 @@ impl Ring {
     pub(super) fn enter(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         let res = match timeout {
             _ if !self.backlog.is_empty() => self.ring.submit(),
-            // Nothing to hand over and no wait: completions are read straight from the
-            // CQ (the ring has no deferred task work), so skip the syscall (QEMU's
-            // `need_wait` does the same). This is most of a non-blocking poll's cost.
+            // Nothing to hand over, no task work pending (deferred or cooperative: see
+            // `idle`) and no wait: completions are read straight from the CQ, so skip the
+            // syscall (QEMU's `need_wait` does the same). This is most of a non-blocking
+            // poll's cost. Otherwise `submit` enters, with GETEVENTS if task work waits.
             Some(t) if t.is_zero() && self.idle() => Ok(0),
             Some(t) if t.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
@@ -383,7 +498,7 @@ impl UringMonitor {
     fn with_sizes(sq: u32, cq: u32) -> io::Result<UringMonitor> {
         let polls = [opcode::PollAdd::CODE, opcode::PollRemove::CODE];
         Ok(UringMonitor {
-            ring: Ring::new(sq, cq, &polls)?,
+            ring: Ring::new(sq, cq, &polls, defer_taskrun_allowed())?,
             regs: Slab::new(),
             by_fd: HashMap::new(),
             to_arm: Vec::new(),
@@ -404,7 +519,10 @@ impl UringMonitor {
                 if let PollState::Armed(user_data) = self.regs.remove(key).state {
                     self.unarm(user_data)?;
                     // Now, so that the kernel drops its reference to the file before a close().
+                    // Under DEFER_TASKRUN the cancelled poll is freed by task work, which only
+                    // an enter with GETEVENTS runs.
                     self.ring.submit()?;
+                    self.ring.run_task_work()?;
                 }
             }
             return Ok(());
@@ -582,6 +700,20 @@ mod tests {
     };
     const SHORT: Duration = Duration::from_millis(50);
 
+    /// This kernel (6.1 or later) gives the monitor's ring DEFER_TASKRUN, and the epoll side
+    /// ring never gets it (its eventfd would not mean "CQEs posted").
+    #[test]
+    fn defer_taskrun_only_where_correct() {
+        let Some(m) = monitor(SQ_ENTRIES, CQ_ENTRIES) else {
+            return;
+        };
+        if !m.ring.defers_task_work() {
+            super::super::tests::skip("DEFER_TASKRUN: refused by this kernel or turned off");
+        }
+        let side = Ring::new(8, 16, &[], false).unwrap();
+        assert!(!side.defers_task_work());
+    }
+
     /// The IORING_OP_TIMEOUT fallback for kernels without IORING_FEAT_EXT_ARG.
     #[test]
     fn timeout_without_ext_arg() {
@@ -614,9 +746,9 @@ mod tests {
         for _ in 0..1000 {
             let done = done.clone();
             let entry = opcode::Nop::new().build();
-            let callback = Box::new(move |_| done.set(done.get() + 1));
+            let on_complete: fn(Rc<Cell<i32>>, i32) = |done, _| done.set(done.get() + 1);
             // SAFETY: a NOP references no memory.
-            unsafe { m.ring.submit_op(entry, callback) }.unwrap();
+            assert!(unsafe { m.ring.submit_op(entry, done, on_complete) }.is_ok());
         }
         let fds: Vec<_> = (0..20).map(|_| eventfd(1)).collect();
         for (i, fd) in fds.iter().enumerate() {
