@@ -62,12 +62,18 @@ enum Phase {
     Done,
 }
 
+/// A request: what it was started with (fixed, so each step uses it without a borrow or
+/// a clone), and its progress.
 struct Req {
     ctx: AioContext,
     mem: DmaMemory,
     backend: Arc<dyn BlockBackend>,
     dir: DmaDirection,
     sg: SgList,
+    state: RefCell<State>,
+}
+
+struct State {
     /// Image offset of the next chunk.
     offset: u64,
     /// Bytes of `sg` mapped or transferred so far.
@@ -78,7 +84,7 @@ struct Req {
     done: Option<DmaDone>,
 }
 
-type Shared = Rc<RefCell<Req>>;
+type Shared = Rc<Req>;
 
 /// A running DMA request, for cancelling it. Dropping the handle does not cancel.
 #[derive(Clone)]
@@ -88,9 +94,9 @@ pub struct DmaRequest {
 
 impl std::fmt::Debug for DmaRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = self.req.borrow();
+        let r = self.req.state.borrow();
         f.debug_struct("DmaRequest")
-            .field("dir", &r.dir)
+            .field("dir", &self.req.dir)
             .field("offset", &r.offset)
             .field("transferred", &r.transferred)
             .field("canceled", &r.canceled)
@@ -113,19 +119,21 @@ pub fn dma_rw(
     sg: SgList,
     done: DmaDone,
 ) -> DmaRequest {
-    let req = Rc::new(RefCell::new(Req {
+    let req = Rc::new(Req {
         ctx: ctx.clone(),
         mem: mem.clone(),
         backend,
         dir,
         sg,
-        offset,
-        cursor: 0,
-        transferred: 0,
-        phase: Phase::Idle,
-        canceled: false,
-        done: Some(done),
-    }));
+        state: RefCell::new(State {
+            offset,
+            cursor: 0,
+            transferred: 0,
+            phase: Phase::Idle,
+            canceled: false,
+            done: Some(done),
+        }),
+    });
     step(&req);
     DmaRequest { req }
 }
@@ -133,7 +141,8 @@ pub fn dma_rw(
 impl DmaRequest {
     /// Cancels the request (see the module docs for each phase). Idempotent.
     pub fn cancel(&self) {
-        let mut r = self.req.borrow_mut();
+        let req = &*self.req;
+        let mut r = req.state.borrow_mut();
         if r.canceled || matches!(r.phase, Phase::Done) {
             return;
         }
@@ -141,9 +150,8 @@ impl DmaRequest {
         match std::mem::replace(&mut r.phase, Phase::Idle) {
             Phase::InFlight(ticket) => {
                 r.phase = Phase::InFlight(ticket);
-                let (backend, ctx) = (r.backend.clone(), r.ctx.clone());
                 drop(r);
-                backend.cancel(&ctx, ticket);
+                req.backend.cancel(&req.ctx, ticket);
             }
             Phase::Waiting { waiter, bh, token } => {
                 // Unregister and delete the BH: a release notifying right now finds
@@ -153,10 +161,9 @@ impl DmaRequest {
                 local::remove(token);
                 r.phase = Phase::Done;
                 let done = r.done.take();
-                let ctx = r.ctx.clone();
                 drop(r);
                 if let Some(done) = done {
-                    local::defer(&ctx, move || done(Err(Errno::ECANCELED)));
+                    local::defer(&req.ctx, move || done(Err(Errno::ECANCELED)));
                 }
             }
             other => r.phase = other,
@@ -165,24 +172,24 @@ impl DmaRequest {
 
     /// Whether the request has completed (or its cancel completion is scheduled).
     pub fn is_done(&self) -> bool {
-        matches!(self.req.borrow().phase, Phase::Done)
+        matches!(self.req.state.borrow().phase, Phase::Done)
     }
 
     /// Whether the request is waiting for the bounce buffer.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.req.borrow().phase, Phase::Waiting { .. })
+        matches!(self.req.state.borrow().phase, Phase::Waiting { .. })
     }
 
     /// Bytes transferred so far.
     pub fn transferred(&self) -> u64 {
-        self.req.borrow().transferred
+        self.req.state.borrow().transferred
     }
 }
 
 /// Completes `req` (once).
 fn finish(req: &Shared, result: Result<u64, Errno>) {
     let done = {
-        let mut r = req.borrow_mut();
+        let mut r = req.state.borrow_mut();
         r.phase = Phase::Done;
         r.done.take()
     };
@@ -204,17 +211,17 @@ fn locate(sg: &SgList, mut cursor: u64) -> Option<(u64, u64)> {
 
 /// Maps and submits the next chunk, or waits, or completes.
 fn step(req: &Shared) {
-    let mut r = req.borrow_mut();
+    let mut r = req.state.borrow_mut();
     if r.canceled {
         drop(r);
         return finish(req, Err(Errno::ECANCELED));
     }
-    if r.cursor >= r.sg.len() {
+    if r.cursor >= req.sg.len() {
         let total = r.transferred;
         drop(r);
         return finish(req, Ok(total));
     }
-    let direction = match r.dir {
+    let direction = match req.dir {
         DmaDirection::Read => Direction::FromDevice,
         DmaDirection::Write => Direction::ToDevice,
     };
@@ -222,7 +229,7 @@ fn step(req: &Shared) {
     let mut cursor = r.cursor;
     let mut fault = None;
     while bufs.count() < MAX_IOVECS {
-        let Some((addr, rem)) = locate(&r.sg, cursor) else {
+        let Some((addr, rem)) = locate(&req.sg, cursor) else {
             break;
         };
         if addr.checked_add(rem - 1).is_none() {
@@ -230,7 +237,7 @@ fn step(req: &Shared) {
             break;
         }
         let want = rem.min(isize::MAX as u64) as usize;
-        match r.mem.bounce().map(&r.mem, addr, want, direction) {
+        match req.mem.bounce().map(&req.mem, addr, want, direction) {
             Ok(Mapping::Direct { memory, len }) => {
                 bufs.push_ram(memory.block, memory.ptr, len);
                 cursor += len as u64;
@@ -251,7 +258,7 @@ fn step(req: &Shared) {
         return finish(req, Err(errno));
     }
     // Whole sectors only, unless this chunk ends the list.
-    if cursor < r.sg.len() {
+    if cursor < req.sg.len() {
         let mut excess = bufs.len() as u64 % SECTOR_SIZE;
         cursor -= excess;
         while excess > 0 {
@@ -266,7 +273,7 @@ fn step(req: &Shared) {
         }
     }
     if bufs.is_empty() {
-        if r.mem.bounce().in_use() == 0 {
+        if req.mem.bounce().in_use() == 0 {
             // Not even a sector fits in an idle bounce buffer: waiting would not help.
             drop(r);
             return finish(req, Err(Errno::EINVAL));
@@ -275,7 +282,7 @@ fn step(req: &Shared) {
     }
     let len = bufs.len() as u64;
     r.cursor = cursor;
-    let op = match r.dir {
+    let op = match req.dir {
         DmaDirection::Read => BlockOp::Read {
             offset: r.offset,
             bufs,
@@ -285,14 +292,14 @@ fn step(req: &Shared) {
             bufs,
         },
     };
-    let (backend, ctx) = (r.backend.clone(), r.ctx.clone());
     r.phase = Phase::Idle;
     drop(r);
     let me = req.clone();
     let done = Box::new(move |res, bufs| completed(&me, len, res, bufs));
-    match backend.submit(&ctx, op, done) {
+    // No borrow of the state is held: a backend may complete inline.
+    match req.backend.submit(&req.ctx, op, done) {
         Ok(ticket) => {
-            let mut r = req.borrow_mut();
+            let mut r = req.state.borrow_mut();
             if matches!(r.phase, Phase::Idle) {
                 r.phase = Phase::InFlight(ticket);
             }
@@ -302,14 +309,14 @@ fn step(req: &Shared) {
 }
 
 /// Registers as a map client; the BH resumes `step` when budget is released.
-fn wait_for_bounce(req: &Shared, mut r: std::cell::RefMut<'_, Req>) {
+fn wait_for_bounce(req: &Shared, mut r: std::cell::RefMut<'_, State>) {
     let token = local::insert(req.clone());
-    let bh = r.ctx.new_bh(move || {
-        let Some(req) = local::get::<RefCell<Req>>(token) else {
+    let bh = req.ctx.new_bh(move || {
+        let Some(req) = local::get::<Req>(token) else {
             return;
         };
         local::remove(token);
-        let mut r = req.borrow_mut();
+        let mut r = req.state.borrow_mut();
         if let Phase::Waiting { waiter, bh, .. } = std::mem::replace(&mut r.phase, Phase::Idle) {
             drop(waiter);
             bh.delete();
@@ -317,23 +324,24 @@ fn wait_for_bounce(req: &Shared, mut r: std::cell::RefMut<'_, Req>) {
         drop(r);
         step(&req);
     });
-    let waiter = r.mem.bounce().register(&bh);
+    let waiter = req.mem.bounce().register(&bh);
     r.phase = Phase::Waiting { waiter, bh, token };
 }
 
 /// A chunk completed: unmap, then continue or finish.
 fn completed(req: &Shared, len: u64, res: Result<u64, Errno>, bufs: Option<crate::IoBuffers>) {
-    let mut r = req.borrow_mut();
+    let mut r = req.state.borrow_mut();
     r.phase = Phase::Idle;
-    let write_back = r.dir == DmaDirection::Read && res.is_ok() && !r.canceled;
+    let write_back = req.dir == DmaDirection::Read && res.is_ok() && !r.canceled;
     let mut result = res;
     if let Some(bufs) = bufs {
         for (mapping, n) in bufs.into_bounces() {
             if write_back {
-                let unmapped =
-                    r.mem
-                        .bounce()
-                        .unmap(&r.mem, Mapping::<crate::DmaMemory>::Bounce(mapping), n);
+                let unmapped = req.mem.bounce().unmap(
+                    &req.mem,
+                    Mapping::<crate::DmaMemory>::Bounce(mapping),
+                    n,
+                );
                 if unmapped.is_err() {
                     result = Err(Errno::EFAULT);
                 }

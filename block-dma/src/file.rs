@@ -13,18 +13,15 @@
 //!   an O_DIRECT access to them, so the two descriptors stay coherent. `fdatasync`
 //!   covers both.
 
-use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
 use aio_context::AioContext;
 use io_uring::{opcode, types};
-use smallvec::SmallVec;
 
 use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op};
 use crate::{AlignedBuf, Errno, IoBuffers, OpenError};
@@ -278,6 +275,11 @@ enum Path_ {
 }
 
 /// One operation in flight: owns everything the kernel may touch until its CQE.
+///
+/// It travels by value: into the context with [`AioContext::submit_with`] (whose box is
+/// the one allocation per submission), back out to [`InFlight::complete`]. So the SQE
+/// never points into the struct itself, only at memory it owns elsewhere: the caller's
+/// buffers (kept by `bufs`), our aligned copies (heap), and `iov`'s heap buffer.
 struct InFlight {
     files: Arc<Files>,
     kind: OpKind,
@@ -287,8 +289,10 @@ struct InFlight {
     done_bytes: u64,
     bufs: Option<IoBuffers>,
     path: Path_,
-    /// The iovecs of the current submission (a resubmission skips what is done).
-    iov: SmallVec<[libc::iovec; 4]>,
+    /// The iovecs of the current vectored submission (a resubmission skips what is done),
+    /// on the heap, where moving the op does not move them. Unused (and unallocated) for
+    /// the common single-buffer request, which is a plain READ or WRITE.
+    iov: Vec<libc::iovec>,
     /// Write-zeroes fallbacks: 0 = ZERO_RANGE, 1 = PUNCH_HOLE, 2 = writing zeros.
     zero_stage: u8,
     zeros: Option<AlignedBuf>,
@@ -331,7 +335,7 @@ impl BlockBackend for FileBackend {
             }
             _ => Path_::Direct,
         };
-        let op = Box::new(InFlight {
+        let op = InFlight {
             files: self.files.clone(),
             kind,
             offset,
@@ -339,11 +343,11 @@ impl BlockBackend for FileBackend {
             done_bytes: 0,
             bufs,
             path,
-            iov: SmallVec::new(),
+            iov: Vec::new(),
             zero_stage: u8::from(unmap),
             zeros: None,
             done: Some(done),
-        });
+        };
         submit(ctx, op)
             .map(Ticket::Uring)
             .map_err(|(_, errno)| errno)
@@ -356,36 +360,18 @@ impl BlockBackend for FileBackend {
     }
 }
 
-/// Builds the SQE for the current stage of `op` and submits it; gives `op` back if
-/// it cannot be queued.
-fn submit(
-    ctx: &AioContext,
-    mut op: Box<InFlight>,
-) -> Result<aio_context::OpId, (Box<InFlight>, Errno)> {
+/// Builds the SQE for the current stage of `op` and submits it; gives `op` back (boxed:
+/// the rare path pays for it, not every return) if it cannot be queued.
+fn submit(ctx: &AioContext, mut op: InFlight) -> Result<aio_context::OpId, (Box<InFlight>, Errno)> {
     let entry = op.entry();
-    // The op sits in a cell shared with the callback, so a failed submit (which drops the
-    // callback) does not lose it.
-    let cell = Rc::new(Cell::new(Some(op)));
-    let slot = cell.clone();
-    let on_cqe = move |res: i32| {
-        let Some(op) = slot.take() else { return };
-        match AioContext::current() {
-            Some(ctx) => op.complete(&ctx, res),
-            // Not reachable: completions run inside their context's poll.
-            None => op.finish(Err(Errno::EIO)),
-        }
-    };
-    // SAFETY: every pointer in `entry` (iovecs, buffers) points into the boxed `InFlight`
-    // or into memory it owns (`IoBuffers` keeps guest RAM mapped, `AlignedBuf`s are
-    // heap). The box stays in `cell`, which the callback co-owns; the context keeps the
-    // callback until the CQE (and drops it only after the kernel let go, on teardown).
-    // The fds are kept open by `op.files`.
-    match unsafe { ctx.submit(entry, on_cqe) } {
+    // SAFETY: every pointer in `entry` points into memory `op` owns outside itself (see
+    // `InFlight`: `IoBuffers` keeps guest RAM mapped and bounce buffers alive, `AlignedBuf`s
+    // and `iov` are heap buffers that stay put when `op` moves), and the fd is kept open by
+    // `op.files`. The context keeps `op` until the CQE (and on teardown drops it only after
+    // the kernel let go); a failed submit hands it back here, never queued.
+    match unsafe { ctx.submit_with(entry, op, InFlight::complete) } {
         Ok(id) => Ok(id),
-        Err(e) => match cell.take() {
-            Some(op) => Err((op, Errno::from_io(&e))),
-            None => unreachable!("the callback did not run"),
-        },
+        Err((e, op)) => Err((Box::new(op), Errno::from_io(&e))),
     }
 }
 
@@ -397,27 +383,47 @@ impl InFlight {
         }
     }
 
-    /// The SQE for what is left to do. Pointers it holds point into `self` (boxed) or
-    /// memory `self` owns.
+    /// The SQE for what is left to do. Its pointers point at memory `self` owns outside
+    /// itself (see [`InFlight`]).
     fn entry(&mut self) -> io_uring::squeue::Entry {
         let fd = types::Fd(self.fd());
         let offset = self.offset + self.done_bytes;
         match self.kind {
             OpKind::Read | OpKind::Write => {
-                self.iov = match (&mut self.path, &self.bufs) {
-                    (Path_::Aligned(buf), _) => {
-                        let skip = self.done_bytes as usize;
-                        std::iter::once(libc::iovec {
-                            // SAFETY: `skip` < the buffer's length (only a short transfer
-                            // of it is resubmitted).
-                            iov_base: unsafe { buf.as_mut_ptr().add(skip) }.cast(),
-                            iov_len: buf.len() - skip,
+                let skip = self.done_bytes as usize;
+                // One buffer: a plain READ/WRITE, which needs no iovec array.
+                let single = match (&mut self.path, &self.bufs) {
+                    (Path_::Aligned(buf), _) => Some(libc::iovec {
+                        // SAFETY: `skip` < the buffer's length (only a short transfer of
+                        // it is resubmitted).
+                        iov_base: unsafe { buf.as_mut_ptr().add(skip) }.cast(),
+                        iov_len: buf.len() - skip,
+                    }),
+                    (_, Some(bufs)) if bufs.count() == 1 => {
+                        let v = bufs.iovecs()[0];
+                        Some(libc::iovec {
+                            // SAFETY: `skip` < `iov_len` (only a short transfer is
+                            // resubmitted): still inside the same buffer.
+                            iov_base: unsafe { v.iov_base.cast::<u8>().add(skip) }.cast(),
+                            iov_len: v.iov_len - skip,
                         })
-                        .collect()
                     }
-                    (_, Some(bufs)) => skip_iovecs(bufs.iovecs(), self.done_bytes as usize),
-                    (_, None) => SmallVec::new(),
+                    _ => None,
                 };
+                if let Some(v) = single.filter(|v| u32::try_from(v.iov_len).is_ok()) {
+                    let (ptr, n) = (v.iov_base.cast::<u8>(), v.iov_len as u32);
+                    return if self.kind == OpKind::Read {
+                        opcode::Read::new(fd, ptr, n).offset(offset).build()
+                    } else {
+                        opcode::Write::new(fd, ptr, n).offset(offset).build()
+                    };
+                }
+                self.iov.clear();
+                match (single, &self.bufs) {
+                    (Some(v), _) => self.iov.push(v),
+                    (None, Some(bufs)) => skip_iovecs(bufs.iovecs(), skip, &mut self.iov),
+                    (None, None) => {}
+                }
                 let (ptr, n) = (self.iov.as_ptr(), self.iov.len() as u32);
                 if self.kind == OpKind::Read {
                     opcode::Readv::new(fd, ptr, n).offset(offset).build()
@@ -455,7 +461,8 @@ impl InFlight {
         }
     }
 
-    fn complete(mut self: Box<Self>, ctx: &AioContext, res: i32) {
+    /// The CQE of the current stage: finish, or resubmit the rest.
+    fn complete(mut self, res: i32) {
         if res < 0 {
             let errno = Errno::from_cqe(res);
             let unsupported = errno.0 == libc::EOPNOTSUPP || errno.0 == libc::ENOTTY;
@@ -467,7 +474,7 @@ impl InFlight {
                     // even without UNMAP; a block device may not do it, and the last
                     // resort writes zeros.
                     self.zero_stage += 1;
-                    return self.resubmit(ctx);
+                    return self.resubmit();
                 }
                 _ => return self.finish(Err(errno)),
             }
@@ -481,7 +488,7 @@ impl InFlight {
                 }
                 self.done_bytes += res;
                 if self.done_bytes < self.len {
-                    return self.resubmit(ctx);
+                    return self.resubmit();
                 }
                 let total = self.done_bytes;
                 if let (OpKind::Read, Path_::Aligned(buf), Some(bufs)) =
@@ -497,7 +504,7 @@ impl InFlight {
                     return self.finish(Err(Errno::EIO));
                 }
                 if self.done_bytes < self.len {
-                    return self.resubmit(ctx);
+                    return self.resubmit();
                 }
                 self.finish(Ok(0))
             }
@@ -505,22 +512,26 @@ impl InFlight {
         }
     }
 
-    fn resubmit(self: Box<Self>, ctx: &AioContext) {
-        if let Err((op, errno)) = submit(ctx, self) {
+    /// Submits the next stage (the rest of a short transfer, a write-zeroes fallback).
+    fn resubmit(self) {
+        // Completions run inside their context's poll, on its thread.
+        let Some(ctx) = AioContext::current() else {
+            return self.finish(Err(Errno::EIO));
+        };
+        if let Err((op, errno)) = submit(&ctx, self) {
             op.finish(Err(errno));
         }
     }
 
-    fn finish(mut self: Box<Self>, result: Result<u64, Errno>) {
+    fn finish(mut self, result: Result<u64, Errno>) {
         if let Some(done) = self.done.take() {
             done(result, self.bufs.take());
         }
     }
 }
 
-/// The iovecs of `iov` after skipping `skip` bytes.
-fn skip_iovecs(iov: &[libc::iovec], mut skip: usize) -> SmallVec<[libc::iovec; 4]> {
-    let mut out = SmallVec::new();
+/// Appends the iovecs of `iov` after skipping `skip` bytes to `out`.
+fn skip_iovecs(iov: &[libc::iovec], mut skip: usize, out: &mut Vec<libc::iovec>) {
     for v in iov {
         if skip >= v.iov_len {
             skip -= v.iov_len;
@@ -533,5 +544,4 @@ fn skip_iovecs(iov: &[libc::iovec], mut skip: usize) -> SmallVec<[libc::iovec; 4
         });
         skip = 0;
     }
-    out
 }
