@@ -81,6 +81,9 @@ struct State {
     transferred: u64,
     phase: Phase,
     canceled: bool,
+    /// Inside `dma_rw`: a completion known at once is deferred to the loop, so the
+    /// callback never runs inside the call that started the request.
+    starting: bool,
     done: Option<DmaDone>,
 }
 
@@ -131,10 +134,12 @@ pub fn dma_rw(
             transferred: 0,
             phase: Phase::Idle,
             canceled: false,
+            starting: true,
             done: Some(done),
         }),
     });
     step(&req);
+    req.state.borrow_mut().starting = false;
     DmaRequest { req }
 }
 
@@ -188,13 +193,15 @@ impl DmaRequest {
 
 /// Completes `req` (once).
 fn finish(req: &Shared, result: Result<u64, Errno>) {
-    let done = {
+    let (done, starting) = {
         let mut r = req.state.borrow_mut();
         r.phase = Phase::Done;
-        r.done.take()
+        (r.done.take(), r.starting)
     };
-    if let Some(done) = done {
-        done(result);
+    match done {
+        Some(done) if starting => local::defer(&req.ctx, move || done(result)),
+        Some(done) => done(result),
+        None => {}
     }
 }
 
@@ -241,6 +248,12 @@ fn step(req: &Shared) {
             Ok(Mapping::Direct { memory, len }) => {
                 bufs.push_ram(memory.block, memory.ptr, len);
                 cursor += len as u64;
+            }
+            // Neither RAM nor a DMA-capable region: fail now (QEMU's address_space_map
+            // refuses unassigned memory), not after a transfer into a bounce buffer.
+            Ok(Mapping::Bounce(_)) if !req.mem.has_mmio() => {
+                fault = Some(Errno::EFAULT);
+                break;
             }
             Ok(Mapping::Bounce(m)) => {
                 cursor += m.len() as u64;

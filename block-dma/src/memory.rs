@@ -80,6 +80,11 @@ impl DmaMemory {
         &self.ram
     }
 
+    /// Whether non-RAM addresses reach a slow path ([`with_mmio`](Self::with_mmio)).
+    pub fn has_mmio(&self) -> bool {
+        self.mmio.is_some()
+    }
+
     /// The bounce buffer.
     pub fn bounce(&self) -> &Bounce {
         &self.bounce

@@ -230,3 +230,37 @@ fn waiting_request_resumes_when_budget_is_released() {
     assert_eq!(*mmio.data.lock().unwrap(), data);
     assert_eq!(mem.bounce().in_use(), 0);
 }
+
+/// Review finding: results known at once (a fault while mapping, an empty list, a
+/// refused submit) are still delivered from the loop, never inside `dma_rw`.
+#[test]
+fn completion_never_runs_inside_dma_rw() {
+    let ctx = AioContext::new().unwrap();
+    if !have_uring(&ctx, "completion_never_runs_inside_dma_rw") {
+        return;
+    }
+    let backend = Arc::new(SlowBackend::new(1 << 20, Duration::from_millis(1)));
+    let mem = DmaMemory::new(ram(1 << 20));
+    let cases = [
+        (sg(&[(1 << 40, 512)]), Err(Errno::EFAULT), 0),
+        (sg(&[]), Ok(0), 0),
+        (sg(&[(0, 512)]), Err(Errno::EINVAL), 1 << 30), // past the end: refused at submit
+    ];
+    for (list, want, offset) in cases {
+        let (r, done) = recorder();
+        let req = dma_rw(
+            &ctx,
+            &mem,
+            backend.clone(),
+            DmaDirection::Read,
+            offset,
+            list,
+            done,
+        );
+        assert!(r.borrow().is_empty(), "ran inside dma_rw");
+        req.cancel(); // already decided: a no-op
+        run_until(&ctx, || !r.borrow().is_empty());
+        settle(&ctx);
+        assert_eq!(*r.borrow(), vec![want]);
+    }
+}
