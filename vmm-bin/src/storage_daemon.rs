@@ -323,12 +323,37 @@ fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, boo
     Err(format!("block node '{node}': too many layers"))
 }
 
-/// Opens everything and serves until killed.
+/// Blocks SIGTERM and SIGINT in this thread (and the threads it spawns afterwards) and
+/// returns the set, for [`wait_for_termination`].
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid; a null old-set
+    // pointer is allowed.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Waits for SIGTERM or SIGINT (blocked everywhere, so it is only delivered here).
+fn wait_for_termination(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialized and `sig` is a valid out pointer.
+    while unsafe { libc::sigwait(set, &mut sig) } != 0 {}
+    sig
+}
+
+/// Opens everything and serves until SIGTERM or SIGINT, then removes the sockets.
 ///
 /// # Errors
 ///
 /// An image that cannot be opened, a socket that cannot be bound.
 pub fn run(config: &DaemonConfig) -> Result<(), String> {
+    let signals = block_termination_signals();
     let mut servers = Vec::new();
     for export in &config.exports {
         let (path, direct, ro) = resolve(config, &export.node)?;
@@ -363,13 +388,23 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
             .map_err(|e| format!("--export {}: {}: {e}", export.id, export.path.display()))?;
         servers.push(server);
     }
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for server in &servers {
-            let stop = &stop;
-            s.spawn(move || server.run(stop));
-        }
-    });
+    let paths: Vec<PathBuf> = servers.iter().map(|s| s.path().to_owned()).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for server in servers {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("vhost-user".into())
+            .spawn(move || server.run(&stop))
+            .map_err(|e| e.to_string())?;
+    }
+    let sig = wait_for_termination(&signals);
+    eprintln!("vmm-bin storage-daemon: signal {sig}: shutting down");
+    // Like qemu-storage-daemon: the sockets go away and the exit status is 0. Requests
+    // a frontend still has in flight are abandoned with the process (the kernel
+    // completes or cancels the io_uring operations when the rings close).
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }
 
