@@ -49,6 +49,9 @@ pub(super) struct Worker {
     stopping: bool,
     /// The driver corrupted the ring: ignore it until the queue is restarted.
     broken: bool,
+    /// Signals the used buffers of one loop iteration at once.
+    notify_bh: aio_context::Bh,
+    notify_scheduled: bool,
 }
 
 /// Creates the worker on the current (iothread) thread and watches its kick.
@@ -74,6 +77,13 @@ pub(super) fn start(
         in_flight: Slab::new(),
         stopping: false,
         broken: false,
+        // The BH is Send: it finds its worker by id in this thread's table.
+        notify_bh: ctx.new_bh(move || {
+            if let Some(w) = WORKERS.with(|m| m.borrow().get(&id).cloned()) {
+                flush_notify(&w);
+            }
+        }),
+        notify_scheduled: false,
     }));
     let w = worker.clone();
     let handler = Box::new(move || {
@@ -121,6 +131,11 @@ pub(super) fn stop(id: u64) -> Option<Queue> {
             r.cancel();
         }
         ctx.poll(true);
+    }
+    // The last completions' interrupt (the BH cannot find the worker any more).
+    worker.borrow().notify_bh.delete();
+    if worker.borrow().notify_scheduled {
+        flush_notify(&worker);
     }
     let mut w = worker.borrow_mut();
     let fresh = Queue::new(w.queue.max_size()).ok()?;
@@ -277,6 +292,20 @@ fn complete(
     if w.queue.add_used(&*mem, head, used_len).is_err() {
         return;
     }
+    // One interrupt per loop iteration, not per completion (QEMU's
+    // virtio_notify through a BH): the BH runs after this round of completions.
+    if !w.notify_scheduled {
+        w.notify_scheduled = true;
+        w.notify_bh.schedule();
+    }
+}
+
+/// Signals the driver once for the completions since the last call, if it wants it
+/// (EVENT_IDX decides over all of them at once).
+fn flush_notify(worker: &Rc<RefCell<Worker>>) {
+    let mut w = worker.borrow_mut();
+    w.notify_scheduled = false;
+    let mem = w.memory.memory();
     if w.queue.needs_notification(&*mem).unwrap_or(true) {
         let (interrupt, index) = (w.interrupt.clone(), w.index);
         drop(mem);
