@@ -40,6 +40,42 @@ impl MsiSender for KvmMsi {
     }
 }
 
+/// ioeventfds through `KVM_IOEVENTFD` (any write length: a wildcard registration).
+struct KvmIoEvents(Arc<VmFd>);
+
+impl KvmIoEvents {
+    fn eventfd(fd: &aio_context::EventNotifier) -> std::io::Result<vmm_sys_util::eventfd::EventFd> {
+        let dup = std::os::fd::AsFd::as_fd(fd).try_clone_to_owned()?;
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(dup);
+        // SAFETY: `raw` is a descriptor we own (a dup of the eventfd, released from its
+        // OwnedFd above); the EventFd takes ownership and closes it.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) })
+    }
+}
+
+impl crate::virtio::pci::IoEventRegistrar for KvmIoEvents {
+    fn register(&self, fd: &aio_context::EventNotifier, addr: u64) -> std::io::Result<()> {
+        let efd = Self::eventfd(fd)?;
+        self.0
+            .register_ioevent(
+                &efd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, fd: &aio_context::EventNotifier, addr: u64) {
+        if let Ok(efd) = Self::eventfd(fd) {
+            let _ = self.0.unregister_ioevent(
+                &efd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            );
+        }
+    }
+}
+
 /// One attached disk.
 pub struct Disk {
     /// The `-device` id (or the drive id for `if=virtio`).
@@ -290,6 +326,9 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             Arc::new(move |level| intx.set_level(slot, 1, level)),
         )
         .map_err(|e| e.to_string())?;
+        if std::env::var_os("VMM_NO_IOEVENTFD").is_none() {
+            pci.set_ioevent_registrar(Arc::new(KvmIoEvents(machine.vm_fd().clone())));
+        }
         let address = PciAddress::new(slot, 0).map_err(|e| format!("-device {id}: {e}"))?;
         machine
             .pci()

@@ -202,6 +202,30 @@ struct Shared {
 pub struct VirtioPci {
     shared: Arc<Shared>,
     bars: Vec<Option<Arc<dyn BusDevice>>>,
+    ioevents: Mutex<IoEvents>,
+}
+
+/// Registers an eventfd to be set by the hypervisor on a guest write to an MMIO address
+/// (KVM's ioeventfd), so a queue notification wakes the iothread without an exit to
+/// user space.
+pub trait IoEventRegistrar: Send + Sync {
+    /// Sets `fd` on any write to `addr`.
+    ///
+    /// # Errors
+    ///
+    /// The hypervisor's error (the notification then takes the MMIO exit path).
+    fn register(&self, fd: &EventNotifier, addr: u64) -> std::io::Result<()>;
+    /// Undoes [`register`](Self::register).
+    fn unregister(&self, fd: &EventNotifier, addr: u64);
+}
+
+/// Where the notify region's ioeventfds are registered now.
+struct IoEvents {
+    registrar: Option<Arc<dyn IoEventRegistrar>>,
+    /// The notify base they are registered at, if any.
+    base: Option<u64>,
+    /// Registration failed once: stay on the MMIO exit path.
+    unsupported: bool,
 }
 
 /// Why a virtio-pci function could not be built.
@@ -300,7 +324,56 @@ impl VirtioPci {
             q.size = max;
         }
         drop(t);
-        Ok(VirtioPci { shared, bars })
+        Ok(VirtioPci {
+            shared,
+            bars,
+            ioevents: Mutex::new(IoEvents {
+                registrar: None,
+                base: None,
+                unsupported: false,
+            }),
+        })
+    }
+
+    /// Registers the queues' kick eventfds as ioeventfds on the notify region wherever
+    /// the guest places the BAR (from now on, and moved when the BAR moves).
+    pub fn set_ioevent_registrar(&self, registrar: Arc<dyn IoEventRegistrar>) {
+        lock(&self.ioevents).registrar = Some(registrar);
+        self.sync_ioevents(None);
+    }
+
+    /// Moves the ioeventfd registrations to `notify_base` (`None`: BAR not decoded).
+    fn sync_ioevents(&self, notify_base: Option<u64>) {
+        let mut io = lock(&self.ioevents);
+        let Some(reg) = io.registrar.clone() else {
+            return;
+        };
+        if io.base == notify_base || io.unsupported {
+            return;
+        }
+        let t = lock(&self.shared.transport);
+        if let Some(old) = io.base.take() {
+            for (i, k) in t.kicks.iter().enumerate() {
+                reg.unregister(k, old + i as u64 * u64::from(NOTIFY_MULTIPLIER));
+            }
+        }
+        if let Some(base) = notify_base {
+            for (i, k) in t.kicks.iter().enumerate() {
+                let addr = base + i as u64 * u64::from(NOTIFY_MULTIPLIER);
+                if let Err(e) = reg.register(k, addr) {
+                    eprintln!(
+                        "virtio-pci {}: no ioeventfd ({e}); notifications exit to user space",
+                        self.shared.id
+                    );
+                    for (j, k) in t.kicks.iter().enumerate().take(i) {
+                        reg.unregister(k, base + j as u64 * u64::from(NOTIFY_MULTIPLIER));
+                    }
+                    io.unsupported = true;
+                    return;
+                }
+            }
+            io.base = Some(base);
+        }
     }
 
     /// The kick notifier of queue `index` (to register as a KVM ioeventfd on
@@ -750,7 +823,17 @@ impl PciFunction for VirtioPci {
     }
 
     fn mappings(&self) -> Vec<PciMapping> {
-        bar_mappings(&lock(&self.shared.config), &self.bars)
+        let (maps, notify) = {
+            let c = lock(&self.shared.config);
+            let notify = c
+                .decoded_bars()
+                .into_iter()
+                .find(|&(i, _, _, _)| i == VIRTIO_BAR)
+                .map(|(_, _, base, _)| base + NOTIFY);
+            (bar_mappings(&c, &self.bars), notify)
+        };
+        self.sync_ioevents(notify);
+        maps
     }
 
     fn pci_reset(&self) {
