@@ -194,6 +194,57 @@ fn run_job(
     }
 }
 
+/// Bytes per request of `--verify`.
+const VERIFY_CHUNK: usize = 64 * 1024;
+
+/// The byte at `offset` of the `--verify` pattern (also computed by the tests on the
+/// host): a function of the offset only.
+fn verify_byte(offset: u64) -> u8 {
+    let x = (offset / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a;
+    (x >> ((offset % 8) * 8)) as u8
+}
+
+/// `--verify MIB`: writes the pattern over the first MIB MiB, then reads it back and
+/// compares; returns the bytes checked (exits 1 on a mismatch or a failed request).
+fn verify(q: &mut blkio::Blkioq, buf: *mut u8, capacity: u64, len: u64) -> u64 {
+    let len = len.min(capacity) / VERIFY_CHUNK as u64 * VERIFY_CHUNK as u64;
+    let mut comps: Vec<MaybeUninit<Completion>> = (0..1).map(|_| MaybeUninit::uninit()).collect();
+    let mut wait = |q: &mut blkio::Blkioq, what: &str, off: u64| {
+        let n = q
+            .do_io(&mut comps, 1, None, None)
+            .unwrap_or_else(|e| die(&format!("do_io: {e}")));
+        // SAFETY: do_io initialized the first n (here 1) completions.
+        let c = unsafe { comps[..n][0].assume_init_ref() };
+        if c.ret != 0 {
+            die(&format!("verify: {what} at {off} failed: {}", c.ret));
+        }
+    };
+    for off in (0..len).step_by(VERIFY_CHUNK) {
+        // SAFETY: the region holds at least VERIFY_CHUNK bytes (see `need`), and no
+        // request is in flight while we fill it.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(buf, VERIFY_CHUNK) };
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = verify_byte(off + i as u64);
+        }
+        q.write(off, buf, VERIFY_CHUNK, 0, ReqFlags::FUA);
+        wait(q, "write", off);
+    }
+    q.flush(0, ReqFlags::empty());
+    wait(q, "flush", 0);
+    for off in (0..len).step_by(VERIFY_CHUNK) {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_bytes(buf, 0, VERIFY_CHUNK) };
+        q.read(off, buf, VERIFY_CHUNK, 0, ReqFlags::empty());
+        wait(q, "read", off);
+        // SAFETY: as above; the read completed.
+        let chunk = unsafe { std::slice::from_raw_parts(buf, VERIFY_CHUNK) };
+        if let Some(i) = (0..VERIFY_CHUNK).find(|&i| chunk[i] != verify_byte(off + i as u64)) {
+            die(&format!("verify: mismatch at byte {}", off + i as u64));
+        }
+    }
+    len
+}
+
 fn main() {
     let mut driver = String::from("virtio-blk-vhost-user");
     let mut path = None;
@@ -203,6 +254,7 @@ fn main() {
     let mut warmup = 1.0f64;
     let mut span_mb: u64 = 0;
     let mut json = false;
+    let mut verify_mb: u64 = 0;
     let mut direct = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -217,6 +269,7 @@ fn main() {
             "--span-mb" => span_mb = val().parse().unwrap_or_else(|_| die("bad --span-mb")),
             "--buffered" => direct = false,
             "--json" => json = true,
+            "--verify" => verify_mb = val().parse().unwrap_or_else(|_| die("bad --verify")),
             "-h" | "--help" => {
                 println!(
                     "usage: vhost-user-load --driver virtio-blk-vhost-user|io_uring --path PATH \
@@ -244,7 +297,7 @@ fn main() {
     let capacity = b.get_u64("capacity").unwrap_or_else(|e| die(&format!("capacity: {e}")));
     let span = if span_mb > 0 { span_mb << 20 } else { capacity };
     let align = b.get_u64("mem-region-alignment").unwrap_or(4096).max(4096) as usize;
-    let need = jobs.iter().map(|j| j.bs * j.qd).max().unwrap();
+    let need = jobs.iter().map(|j| j.bs * j.qd).max().unwrap().max(VERIFY_CHUNK);
     let len = need.div_ceil(align) * align;
     let region = b.alloc_mem_region(len).unwrap_or_else(|e| die(&format!("alloc_mem_region: {e}")));
     b.map_mem_region(&region).unwrap_or_else(|e| die(&format!("map_mem_region: {e}")));
@@ -252,6 +305,13 @@ fn main() {
     // SAFETY: the region is len bytes of writable shared memory owned by b.
     unsafe { std::ptr::write_bytes(buf, 0xa5, len) };
 
+    if verify_mb > 0 {
+        let bytes = verify(&mut q, buf, capacity, verify_mb << 20);
+        println!("VERIFY OK bytes={bytes}");
+        drop(q);
+        b.unmap_mem_region(&region);
+        return;
+    }
     if !json {
         println!(
             "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}",
