@@ -283,3 +283,62 @@ impl std::fmt::Debug for AlignedBuf {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_are_zeroed_aligned_and_sized() {
+        for align in [1usize, 512, 4096] {
+            let b = AlignedBuf::zeroed(1000, align);
+            assert_eq!(b.len(), 1000);
+            assert_eq!(b.as_ptr() as usize % align, 0);
+            assert!(b.iter().all(|&x| x == 0));
+        }
+        let empty = AlignedBuf::zeroed(0, 512);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn copies_cross_iovec_boundaries_and_stop_at_the_shorter_side() {
+        let mut bufs = IoBuffers::new();
+        bufs.push_owned(AlignedBuf::zeroed(3, 1));
+        bufs.push_owned(AlignedBuf::zeroed(5, 1));
+        assert_eq!((bufs.len(), bufs.count()), (8, 2));
+        assert_eq!(bufs.copy_from(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), 8);
+        let mut out = [0u8; 6];
+        assert_eq!(bufs.copy_to(&mut out), 6);
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+        let mut all = [0u8; 12];
+        assert_eq!(bufs.copy_to(&mut all), 8);
+        assert_eq!(&all[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(bufs.copy_from(&[]), 0);
+    }
+
+    #[test]
+    fn trimming_keeps_lengths_consistent() {
+        let mut bufs = IoBuffers::new();
+        bufs.push_owned(AlignedBuf::zeroed(512, 512));
+        bufs.push_owned(AlignedBuf::zeroed(700, 512));
+        assert!(bufs.is_aligned(1));
+        assert!(!bufs.is_aligned(512));
+        bufs.shrink_last(188);
+        assert_eq!(bufs.len(), 1024);
+        assert!(bufs.is_aligned(512));
+        assert_eq!(bufs.pop().map(|(n, b)| (n, b.is_none())), Some((512, true)));
+        assert_eq!(bufs.len(), 512);
+        assert_eq!(bufs.into_bounces().count(), 0);
+    }
+
+    #[test]
+    fn raw_memory_is_borrowed_not_owned() {
+        let mut backing = vec![0u8; 16];
+        let mut bufs = IoBuffers::new();
+        // SAFETY: `backing` outlives `bufs` and is not otherwise accessed meanwhile.
+        unsafe { bufs.push_raw(backing.as_mut_ptr(), 16) };
+        bufs.copy_from(&[7; 16]);
+        drop(bufs);
+        assert_eq!(backing, vec![7; 16]);
+    }
+}

@@ -72,3 +72,26 @@ pub(crate) fn defer(ctx: &aio_context::AioContext, f: impl FnOnce() + 'static) {
     // The task is detached: dropping its join handle does not cancel it.
     drop(ctx.spawn(async move { f() }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_find_their_entry_once_and_only_on_their_thread() {
+        let token = insert(Rc::new(41u32));
+        assert_eq!(get::<u32>(token).as_deref(), Some(&41));
+        assert!(get::<String>(token).is_none(), "wrong type");
+        std::thread::spawn(move || assert!(get::<u32>(token).is_none(), "other thread"))
+            .join()
+            .unwrap();
+        remove(token);
+        assert!(get::<u32>(token).is_none());
+        remove(token); // idempotent
+        // A reused slot gets a new generation: the old token stays dead.
+        let other = insert(Rc::new(5u32));
+        assert!(get::<u32>(token).is_none());
+        assert_eq!(get::<u32>(other).as_deref(), Some(&5));
+        remove(other);
+    }
+}

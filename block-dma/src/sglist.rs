@@ -60,3 +60,18 @@ impl FromIterator<(u64, u64)> for SgList {
         sg
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_lengths_are_skipped_and_totals_saturate() {
+        let sg: SgList = [(0x1000, 0), (0x2000, 512), (u64::MAX, u64::MAX)]
+            .into_iter()
+            .collect();
+        assert_eq!(sg.entries().len(), 2);
+        assert_eq!(sg.len(), u64::MAX);
+        assert!(SgList::new().is_empty());
+    }
+}
