@@ -234,7 +234,8 @@ impl KeyVal {
 }
 
 /// Splits at single commas; `,,` is a literal comma.
-fn split_commas(text: &str) -> Vec<String> {
+/// Splits a QEMU option string at single commas; `,,` stands for a literal comma.
+pub(crate) fn split_commas(text: &str) -> Vec<String> {
     let mut items = vec![String::new()];
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {

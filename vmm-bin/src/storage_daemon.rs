@@ -36,22 +36,7 @@ impl KeyVal {
     /// A pair without `=`, an empty key, or a key given twice.
     pub fn parse(option: &'static str, text: &str) -> Result<KeyVal, String> {
         let mut pairs = BTreeMap::new();
-        let mut items = Vec::new();
-        let mut cur = String::new();
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == ',' {
-                if chars.peek() == Some(&',') {
-                    chars.next();
-                    cur.push(',');
-                } else {
-                    items.push(std::mem::take(&mut cur));
-                }
-            } else {
-                cur.push(c);
-            }
-        }
-        items.push(cur);
+        let items = crate::cli::split_commas(text);
         for item in items {
             let Some((k, v)) = item.split_once('=') else {
                 return Err(format!("{option}: expected key=value, got '{item}'"));

@@ -147,14 +147,17 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
         })
         .map_err(|e| e.to_string())?;
 
-    let option: QmpOption = format!(
-        "unix:{},server={},wait={}",
-        qmp.path.display(),
-        if qmp.server { "on" } else { "off" },
-        if qmp.wait { "on" } else { "off" }
-    )
-    .parse()
-    .map_err(|e| format!("-qmp: {e}"))?;
+    if !qmp.server {
+        return Err(format!(
+            "-qmp unix:{},server=off: not supported: the monitor listens on a socket",
+            qmp.path.display()
+        ));
+    }
+    // Already parsed by the command line: no round trip through the option string.
+    let option = QmpOption {
+        path: qmp.path.clone(),
+        wait: qmp.wait,
+    };
     monitor.listen(&option).map_err(|e| format!("-qmp: {e}"))?;
     Ok(Some(monitor))
 }

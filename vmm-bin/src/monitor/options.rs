@@ -38,7 +38,7 @@ impl FromStr for QmpOption {
                 "unsupported QMP backend '{kind}' in '{s}': only 'unix:PATH,server=on,wait=off' is supported"
             )));
         };
-        let parts = split_options(rest);
+        let parts = crate::cli::split_commas(rest);
         let mut parts = parts.into_iter();
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
@@ -69,27 +69,6 @@ impl FromStr for QmpOption {
             wait,
         })
     }
-}
-
-/// Splits at single commas; `,,` is a literal comma.
-fn split_options(s: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                if let Some(p) = parts.last_mut() {
-                    p.push(',');
-                }
-            } else {
-                parts.push(String::new());
-            }
-        } else if let Some(p) = parts.last_mut() {
-            p.push(c);
-        }
-    }
-    parts
 }
 
 #[cfg(test)]
