@@ -6,57 +6,14 @@
 //! Until the machine accepts `-device virtio-blk-pci`, the test says SKIPPED loudly.
 //! It also skips without `/dev/kvm`, SeaBIOS, or binutils (`as`, `ld`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn skip(why: &str) {
     eprintln!("SKIPPED boot_disk: {why}");
-}
-
-/// Assembles the boot sector into `dir`; `None` (after saying why) without binutils.
-fn assemble(dir: &Path) -> Option<Vec<u8>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bootsector/disktest.S");
-    let obj = dir.join("disktest.o");
-    let bin = dir.join("disktest.bin");
-    let as_ok = Command::new("as")
-        .args(["--32", "-o"])
-        .arg(&obj)
-        .arg(&src)
-        .status();
-    match as_ok {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("as failed on {}: {s}", src.display()),
-        Err(e) => {
-            skip(&format!("cannot run `as` (binutils): {e}"));
-            return None;
-        }
-    }
-    let ld = Command::new("ld")
-        .args([
-            "-m",
-            "elf_i386",
-            "-Ttext",
-            "0x7c00",
-            "--oformat",
-            "binary",
-            "-e",
-            "_start",
-            "-o",
-        ])
-        .arg(&bin)
-        .arg(&obj)
-        .status()
-        .expect("run ld");
-    assert!(ld.success(), "ld failed");
-    let sector = std::fs::read(&bin).unwrap();
-    assert_eq!(
-        sector.len(),
-        512,
-        "the boot sector must be exactly 512 bytes"
-    );
-    assert_eq!(&sector[510..], &[0x55, 0xaa]);
-    Some(sector)
 }
 
 /// Boot sector, then sectors 1..=2048 with dword i of sector N = N << 16 | i, then
@@ -88,7 +45,9 @@ fn seabios_boots_our_boot_sector_from_virtio_blk() {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("vmm-bin-boot-disk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let Some(boot) = assemble(&dir) else { return };
+    let Some(boot) = common::assemble_boot_sector(&dir, "disktest", skip) else {
+        return;
+    };
     let image = dir.join("disk.img");
     std::fs::write(&image, disk_image(&boot)).unwrap();
     let drive = format!("file={},format=raw,if=none,id=d0", image.display());

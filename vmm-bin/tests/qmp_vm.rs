@@ -5,51 +5,14 @@
 //!
 //! Skips loudly without /dev/kvm, SeaBIOS, binutils, or the qemu.qmp package.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn skip(why: &str) {
     eprintln!("SKIPPED qmp_vm: {why}");
-}
-
-fn assemble(dir: &Path, name: &str) -> Option<Vec<u8>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/bootsector/{name}.S"));
-    let obj = dir.join(format!("{name}.o"));
-    let bin = dir.join(format!("{name}.bin"));
-    match Command::new("as")
-        .args(["--32", "-o"])
-        .arg(&obj)
-        .arg(&src)
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("as failed on {}: {s}", src.display()),
-        Err(e) => {
-            skip(&format!("cannot run `as` (binutils): {e}"));
-            return None;
-        }
-    }
-    let ld = Command::new("ld")
-        .args([
-            "-m",
-            "elf_i386",
-            "-Ttext",
-            "0x7c00",
-            "--oformat",
-            "binary",
-            "-e",
-            "_start",
-            "-o",
-        ])
-        .arg(&bin)
-        .arg(&obj)
-        .status()
-        .expect("run ld");
-    assert!(ld.success());
-    let sector = std::fs::read(&bin).unwrap();
-    assert_eq!(sector.len(), 512);
-    Some(sector)
 }
 
 #[test]
@@ -70,7 +33,7 @@ fn qemu_qmp_client_drives_the_vm() {
     let dir: PathBuf =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("qmp-vm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let Some(boot) = assemble(&dir, "ticker") else {
+    let Some(boot) = common::assemble_boot_sector(&dir, "ticker", skip) else {
         return;
     };
     let image = dir.join("ticker.img");
