@@ -20,23 +20,51 @@ use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
 
 use crate::cli::{Config, DeviceConfig, DriveConfig};
-use crate::machine::Runner;
+use crate::machine::{GsiRouting, MsiRoute, Runner};
 use crate::virtio::blk::{BlkOptions, VirtioBlk};
 use crate::virtio::pci::{MsiSender, VirtioPci};
 
-/// MSI through `KVM_SIGNAL_MSI`.
-struct KvmMsi(Arc<VmFd>);
+/// MSI delivery for one virtio-pci function: one irqfd per MSI-X vector (a GSI whose
+/// route follows the vector's message), or `KVM_SIGNAL_MSI` where KVM has no GSI routing
+/// or a vector has no route.
+struct KvmMsi {
+    vm: Arc<VmFd>,
+    /// Indexed by MSI-X table entry.
+    routes: Vec<MsiRoute>,
+}
 
-impl MsiSender for KvmMsi {
-    fn send(&self, address: u64, data: u32) {
+impl KvmMsi {
+    /// Routes for `vectors` table entries (as many as GSIs allow; the rest signal).
+    fn new(vm: Arc<VmFd>, routing: Option<&Arc<GsiRouting>>, vectors: usize) -> KvmMsi {
+        let routes = routing
+            .map(|r| (0..vectors).map_while(|_| r.msi_route().ok()).collect())
+            .unwrap_or_default();
+        KvmMsi { vm, routes }
+    }
+
+    fn signal(&self, address: u64, data: u32) {
         let msi = kvm_msi {
             address_lo: address as u32,
             address_hi: (address >> 32) as u32,
             data,
             ..kvm_msi::default()
         };
-        // A failure (no such vector route) drops the interrupt, as hardware would.
-        let _ = self.0.signal_msi(msi);
+        // A failure (no such destination) drops the interrupt, as hardware would.
+        let _ = self.vm.signal_msi(msi);
+    }
+}
+
+impl MsiSender for KvmMsi {
+    fn send(&self, vector: u16, address: u64, data: u32) {
+        match self.routes.get(usize::from(vector)) {
+            Some(route) => {
+                if route.send(address, data).is_err() {
+                    // KVM refused the route: deliver this one directly.
+                    self.signal(address, data);
+                }
+            }
+            None => self.signal(address, data),
+        }
     }
 }
 
@@ -317,12 +345,18 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
         let blk = VirtioBlk::new(drive.clone(), options)
             .map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
         let intx = machine.intx().clone();
+        // One MSI-X vector per queue plus the config vector.
+        let vectors = usize::from(crate::virtio::VirtioDevice::num_queues(&blk)) + 1;
         let pci = VirtioPci::new(
             id.clone(),
             Box::new(blk),
             machine.ram().list().clone(),
             iothread,
-            Arc::new(KvmMsi(machine.vm_fd().clone())),
+            Arc::new(KvmMsi::new(
+                machine.vm_fd().clone(),
+                machine.gsi_routing(),
+                vectors,
+            )),
             Arc::new(move |level| intx.set_level(slot, 1, level)),
         )
         .map_err(|e| e.to_string())?;

@@ -19,7 +19,7 @@ use vmm_bin::virtio::pci::{MsiSender, VirtioPci};
 #[derive(Default)]
 struct Msis(Mutex<Vec<(u64, u32)>>);
 impl MsiSender for Msis {
-    fn send(&self, address: u64, data: u32) {
+    fn send(&self, _vector: u16, address: u64, data: u32) {
         self.0.lock().unwrap().push((address, data));
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod cpuid;
 mod io_bus;
+pub mod irq_routing;
 pub mod layout;
 mod linux;
 mod memory;
@@ -25,6 +26,7 @@ mod runner;
 mod vcpu;
 
 pub use io_bus::{BusDevice, IoBus, Overlap, PLATFORM_OWNER};
+pub use irq_routing::{GsiRouting, MsiRoute};
 pub use layout::{E820Entry, E820Type, RamLayout};
 pub use memory::GuestRam;
 pub use platform::Platform;
@@ -101,6 +103,7 @@ pub fn kvm_available() -> bool {
 ///   `pause_all`/`resume_all`/`system_reset`/`request_quit`.
 pub struct Machine {
     vm: Arc<VmFd>,
+    routing: Option<Arc<GsiRouting>>,
     ram: GuestRam,
     layout: RamLayout,
     platform: Platform,
@@ -252,6 +255,10 @@ impl Machine {
             ..Default::default()
         })
         .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        // The routing table from here on is ours (the irqchip's default routes plus one
+        // MSI route per vector): every boot exercises it through the PIT and COM1.
+        let routing = GsiRouting::new(vm.clone())
+            .map_err(|e| Error::Device(format!("KVM_SET_GSI_ROUTING (default routes): {e}")))?;
 
         let layout = RamLayout::new(config.ram_bytes);
         let mut ram = GuestRam::new(&vm, layout)?;
@@ -283,6 +290,7 @@ impl Machine {
         };
         let machine = Machine {
             vm,
+            routing,
             ram,
             layout,
             platform,
@@ -405,6 +413,12 @@ impl Machine {
     /// The KVM VM, for irqfd, ioeventfd and MSI routing.
     pub fn vm_fd(&self) -> &Arc<VmFd> {
         &self.vm
+    }
+
+    /// The VM's GSI routing table (MSI through irqfd); `None` where KVM has no GSI
+    /// routing, and MSIs go through `KVM_SIGNAL_MSI`.
+    pub fn gsi_routing(&self) -> Option<&Arc<GsiRouting>> {
+        self.routing.as_ref()
     }
 
     /// Guest RAM.

@@ -62,10 +62,12 @@ const CAP_PCI_CFG: usize = 0x90;
 /// Its `pci_cfg_data` dword.
 const PCI_CFG_DATA: usize = CAP_PCI_CFG + 16;
 
-/// Sends an MSI message (KVM's `KVM_SIGNAL_MSI`, or an irqfd routed to it).
+/// Sends an MSI message (an irqfd routed to it, or KVM's `KVM_SIGNAL_MSI`).
 pub trait MsiSender: Send + Sync {
-    /// Delivers `data` to `address`.
-    fn send(&self, address: u64, data: u32);
+    /// Delivers `data` to `address`: the current message of MSI-X table entry `vector`
+    /// (unmasked; the caller handles masking and the pending bits). `vector` lets an
+    /// implementation keep one irqfd per entry.
+    fn send(&self, vector: u16, address: u64, data: u32);
 }
 
 /// Drives the function's INTx pin.
@@ -115,7 +117,7 @@ impl Interrupts {
                 return;
             }
             drop(msix);
-            self.msi.send(entry.address, entry.data);
+            self.msi.send(v, entry.address, entry.data);
             return;
         }
         drop(msix);
@@ -133,12 +135,12 @@ impl Interrupts {
         for (i, entry) in msix.table.clone().iter().enumerate() {
             if msix.pending[i] && !entry.masked {
                 msix.pending[i] = false;
-                send.push(*entry);
+                send.push((i as u16, *entry));
             }
         }
         drop(msix);
-        for e in send {
-            self.msi.send(e.address, e.data);
+        for (v, e) in send {
+            self.msi.send(v, e.address, e.data);
         }
     }
 }
