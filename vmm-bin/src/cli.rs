@@ -153,6 +153,9 @@ pub struct Config {
     /// `-boot reboot-timeout=MS`: how long SeaBIOS waits before rebooting after a boot
     /// failure (`None`: forever, QEMU's default).
     pub reboot_timeout_ms: Option<u32>,
+    /// `-cpu host,FEATURE=on|off,+FEATURE,-FEATURE`: CPUID flags to keep or clear, by
+    /// QEMU's names (see [`crate::machine::cpuid::FEATURES`]), in command-line order.
+    pub cpu_features: Vec<(String, bool)>,
 }
 
 /// The default firmware: Debian's SeaBIOS (package `seabios`).
@@ -177,8 +180,36 @@ impl Default for Config {
             devices: Vec::new(),
             objects: Vec::new(),
             reboot_timeout_ms: None,
+            cpu_features: Vec::new(),
         }
     }
+}
+
+/// `-cpu host[,FEATURE=on|off|+FEATURE|-FEATURE...]`: the feature toggles, checked
+/// against the names we know.
+fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
+    let mut features = Vec::new();
+    for item in split_commas(arg).into_iter().skip(1) {
+        let (name, on) = if let Some(n) = item.strip_prefix('+') {
+            (n.to_string(), true)
+        } else if let Some(n) = item.strip_prefix('-') {
+            (n.to_string(), false)
+        } else if let Some((n, v)) = item.split_once('=') {
+            let on = match v {
+                "on" | "true" | "yes" => true,
+                "off" | "false" | "no" => false,
+                _ => return Err(invalid(option, format!("{n}={v}: expected on or off"))),
+            };
+            (n.to_string(), on)
+        } else {
+            (item.to_string(), true)
+        };
+        if crate::machine::cpuid::feature(&name).is_none() {
+            return Err(invalid(option, format!("unknown CPU feature '{name}'")));
+        }
+        features.push((name, on));
+    }
+    Ok(features)
 }
 
 /// The most vCPUs `-smp` accepts (KVM's usual `KVM_MAX_VCPUS` is larger, SeaBIOS's
@@ -457,7 +488,9 @@ fn apply(
         }
         "accel" if arg == "kvm" || arg.starts_with("kvm,") => {}
         "accel" => return Err(invalid(option, "only KVM acceleration")),
-        "cpu" if arg == "host" || arg.starts_with("host,") => {}
+        "cpu" if arg == "host" || arg.starts_with("host,") => {
+            config.cpu_features = parse_cpu_features(option, arg)?;
+        }
         "cpu" => return Err(invalid(option, "only '-cpu host' (the host's KVM CPUID)")),
         "name" => {}
         "boot" => {
@@ -750,6 +783,9 @@ mod tests {
             &["-display", "gtk"],
             &["-machine", "q35"],
             &["-cpu", "qemu64"],
+            &["-cpu", "host,frobnicate=on"],
+            &["-cpu", "host,cx16=maybe"],
+            &["-cpu", "host,-nosuch"],
             &["-boot", "reboot-timeout=soon"],
         ];
         for args in cases {
@@ -794,5 +830,24 @@ mod tests {
         assert_eq!(c.reboot_timeout_ms, Some(0));
         let c = parse_ok(&["-boot", "reboot-timeout=-1"]);
         assert_eq!(c.reboot_timeout_ms, None);
+    }
+
+    #[test]
+    fn cpu_features_parse_in_qemus_spellings() {
+        let c = parse([
+            "-cpu",
+            "host,arch-capabilities=off,-cx16,+x2apic,tsc_deadline=on",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.cpu_features,
+            vec![
+                ("arch-capabilities".to_string(), false),
+                ("cx16".to_string(), false),
+                ("x2apic".to_string(), true),
+                ("tsc_deadline".to_string(), true),
+            ]
+        );
+        assert!(parse(["-cpu", "host"]).unwrap().cpu_features.is_empty());
     }
 }

@@ -5,106 +5,15 @@
 //! Each test probes `/dev/kvm` and its assets first and prints a loud `SKIPPED` line
 //! when they are missing; every guest run has a deadline.
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Vm, file_or_skip, kvm_or_skip};
 
 const BIOS: &str = "/usr/share/seabios/bios-256k.bin";
-
-fn kvm_or_skip(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED {test}: /dev/kvm is not available");
-    }
-    ok
-}
-
-fn file_or_skip(test: &str, path: &Path, hint: &str) -> bool {
-    let ok = path.exists();
-    if !ok {
-        eprintln!("SKIPPED {test}: {} is missing ({hint})", path.display());
-    }
-    ok
-}
-
-/// A running VMM whose stdout (COM1) is collected by a thread.
-struct Vm {
-    child: Child,
-    output: mpsc::Receiver<Vec<u8>>,
-    seen: String,
-}
-
-impl Vm {
-    fn start(args: &[&str]) -> Vm {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vmm-bin");
-        let mut stdout = child.stdout.take().unwrap();
-        let (tx, output) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        Vm {
-            child,
-            output,
-            seen: String::new(),
-        }
-    }
-
-    /// Waits until the serial output contains `text`; false at the deadline.
-    fn wait_for(&mut self, text: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.contains(text) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.output.recv_timeout(left) {
-                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-
-    /// Waits for the process to exit; kills it at the deadline.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                while let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(100)) {
-                    self.seen.push_str(&String::from_utf8_lossy(&chunk));
-                }
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn seabios_prints_its_banner_and_finds_no_bootable_device() {

@@ -12,6 +12,102 @@ const EDX7_ARCH_CAPABILITIES: u32 = 1 << 29;
 /// CPUID.1:ECX bit 24: TSC deadline timer (the in-kernel LAPIC emulates it).
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
+/// Where a named CPUID feature flag lives: leaf, subleaf, register (0 = EAX .. 3 = EDX)
+/// and bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeatureBit {
+    leaf: u32,
+    subleaf: u32,
+    register: u8,
+    bit: u8,
+}
+
+const fn flag(leaf: u32, subleaf: u32, register: u8, bit: u8) -> FeatureBit {
+    FeatureBit {
+        leaf,
+        subleaf,
+        register,
+        bit,
+    }
+}
+
+/// The features `-cpu host,NAME=on|off` (or `+NAME`/`-NAME`) can toggle, by QEMU's
+/// names.
+pub const FEATURES: &[(&str, FeatureBit)] = &[
+    ("monitor", flag(1, 0, 2, 3)),
+    ("vmx", flag(1, 0, 2, 5)),
+    ("ssse3", flag(1, 0, 2, 9)),
+    ("fma", flag(1, 0, 2, 12)),
+    ("cx16", flag(1, 0, 2, 13)),
+    ("pdcm", flag(1, 0, 2, 15)),
+    ("pcid", flag(1, 0, 2, 17)),
+    ("sse4.1", flag(1, 0, 2, 19)),
+    ("sse4.2", flag(1, 0, 2, 20)),
+    ("x2apic", flag(1, 0, 2, 21)),
+    ("movbe", flag(1, 0, 2, 22)),
+    ("popcnt", flag(1, 0, 2, 23)),
+    ("tsc-deadline", flag(1, 0, 2, 24)),
+    ("aes", flag(1, 0, 2, 25)),
+    ("xsave", flag(1, 0, 2, 26)),
+    ("avx", flag(1, 0, 2, 28)),
+    ("f16c", flag(1, 0, 2, 29)),
+    ("rdrand", flag(1, 0, 2, 30)),
+    ("hypervisor", flag(1, 0, 2, 31)),
+    ("fsgsbase", flag(7, 0, 1, 0)),
+    ("bmi1", flag(7, 0, 1, 3)),
+    ("avx2", flag(7, 0, 1, 5)),
+    ("smep", flag(7, 0, 1, 7)),
+    ("bmi2", flag(7, 0, 1, 8)),
+    ("erms", flag(7, 0, 1, 9)),
+    ("invpcid", flag(7, 0, 1, 10)),
+    ("avx512f", flag(7, 0, 1, 16)),
+    ("rdseed", flag(7, 0, 1, 18)),
+    ("smap", flag(7, 0, 1, 20)),
+    ("umip", flag(7, 0, 2, 2)),
+    ("pku", flag(7, 0, 2, 3)),
+    ("la57", flag(7, 0, 2, 16)),
+    ("rdpid", flag(7, 0, 2, 22)),
+    ("md-clear", flag(7, 0, 3, 10)),
+    ("spec-ctrl", flag(7, 0, 3, 26)),
+    ("arch-capabilities", flag(7, 0, 3, 29)),
+    ("ssbd", flag(7, 0, 3, 31)),
+    ("lahf-lm", flag(0x8000_0001, 0, 2, 0)),
+    ("abm", flag(0x8000_0001, 0, 2, 5)),
+    ("syscall", flag(0x8000_0001, 0, 3, 11)),
+    ("nx", flag(0x8000_0001, 0, 3, 20)),
+    ("pdpe1gb", flag(0x8000_0001, 0, 3, 26)),
+    ("rdtscp", flag(0x8000_0001, 0, 3, 27)),
+    ("lm", flag(0x8000_0001, 0, 3, 29)),
+];
+
+/// The flag named `name` (QEMU's spelling; `_` accepted for `-`).
+pub fn feature(name: &str) -> Option<FeatureBit> {
+    let name = name.replace('_', "-");
+    FEATURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, bit)| bit)
+}
+
+/// Clears (`on == false`) or keeps `bit` in `cpuid`. Turning a feature on that KVM does
+/// not support is not possible: `on` only keeps what the supported set has.
+pub fn set_feature(cpuid: &mut CpuId, bit: FeatureBit, on: bool) {
+    if on {
+        return;
+    }
+    for entry in cpuid.as_mut_slice().iter_mut() {
+        if entry.function == bit.leaf && entry.index == bit.subleaf {
+            let register = match bit.register {
+                0 => &mut entry.eax,
+                1 => &mut entry.ebx,
+                2 => &mut entry.ecx,
+                _ => &mut entry.edx,
+            };
+            *register &= !(1 << bit.bit);
+        }
+    }
+}
+
 /// Bits needed to number `n` things.
 fn bits_for(n: u32) -> u32 {
     if n <= 1 {
@@ -124,5 +220,26 @@ mod tests {
         assert_eq!(bits_for(1), 0);
         assert_eq!(bits_for(4), 2);
         assert_eq!(bits_for(5), 3);
+    }
+
+    #[test]
+    fn named_features_clear_their_bit() {
+        let entries = [kvm_cpuid_entry2 {
+            function: 1,
+            ecx: u32::MAX,
+            ..Default::default()
+        }];
+        let mut cpuid = CpuId::from_entries(&entries).unwrap();
+        let cx16 = feature("cx16").unwrap();
+        set_feature(&mut cpuid, cx16, true);
+        assert_eq!(cpuid.as_slice()[0].ecx, u32::MAX);
+        set_feature(&mut cpuid, cx16, false);
+        assert_eq!(cpuid.as_slice()[0].ecx, !(1 << 13));
+        assert_eq!(feature("tsc_deadline"), feature("tsc-deadline"));
+        assert!(feature("frobnicate").is_none());
+        // Names are unique.
+        for (i, (a, _)) in FEATURES.iter().enumerate() {
+            assert!(FEATURES[i + 1..].iter().all(|(b, _)| a != b), "{a}");
+        }
     }
 }

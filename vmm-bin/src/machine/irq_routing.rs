@@ -1,9 +1,10 @@
 //! The VM's GSI routing table and MSI delivery through irqfds.
 //!
-//! `KVM_SET_GSI_ROUTING` replaces the *whole* table, so one owner keeps it: the
-//! in-kernel irqchip's default routes (GSI 0–15 to both 8259s and the IOAPIC, GSI 16–23
-//! to the IOAPIC only, exactly the table KVM installs with `KVM_CREATE_IRQCHIP`) plus one
-//! MSI route per [`MsiRoute`]. An `MsiRoute` owns a GSI above the IOAPIC's pins and an
+//! `KVM_SET_GSI_ROUTING` replaces the *whole* table, so one owner keeps it: the PC's
+//! irqchip routes ([`pc_routes`]: QEMU's `kvm_pc_setup_irq_routing`, which differs from
+//! the table `KVM_CREATE_IRQCHIP` installs in wiring the PIT's GSI 0 to IOAPIC pin 2 —
+//! the IRQ0 override fw_cfg and the MP table declare) plus one MSI route per
+//! [`MsiRoute`]. An `MsiRoute` owns a GSI above the IOAPIC's pins and an
 //! eventfd registered as that GSI's irqfd; [`MsiRoute::send`] writes the eventfd, and
 //! KVM injects the message from the eventfd's wake-up (QEMU's
 //! `kvm_irqchip_add_msi_route` + `kvm_irqchip_add_irqfd_notifier_gsi`).
@@ -81,20 +82,29 @@ fn msi(gsi: u32, address: u64, data: u32) -> kvm_irq_routing_entry {
     }
 }
 
-/// KVM's default x86 routes (`kvm_setup_default_irq_routing`): each of GSI 0–15 to the
-/// IOAPIC pin of that number and to its 8259 (master for 0–7, slave for 8–15), GSI
-/// 16–23 to the IOAPIC alone.
-pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
+/// The PC's irqchip routes (QEMU's `kvm_pc_setup_irq_routing` with PCI): GSI 0–15 to
+/// their 8259 pin (master for 0–7, slave for 8–15) except the cascade GSI 2; GSI 0 to
+/// IOAPIC pin 2 (the IRQ0 override: the PIT's ISA IRQ 0 arrives on pin 2, as on real
+/// chipsets and in the MP/ACPI tables firmware builds); every other GSI below 24 to the
+/// IOAPIC pin of that number.
+pub fn pc_routes() -> Vec<kvm_irq_routing_entry> {
     let mut table = Vec::with_capacity(40);
+    for gsi in 0..16 {
+        if gsi == 2 {
+            continue;
+        }
+        let (chip, pin) = if gsi < 8 {
+            (KVM_IRQCHIP_PIC_MASTER, gsi)
+        } else {
+            (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
+        };
+        table.push(irqchip(gsi, chip, pin));
+    }
     for gsi in 0..IOAPIC_PINS {
-        table.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
-        if gsi < 16 {
-            let pic = if gsi < 8 {
-                KVM_IRQCHIP_PIC_MASTER
-            } else {
-                KVM_IRQCHIP_PIC_SLAVE
-            };
-            table.push(irqchip(gsi, pic, gsi % 8));
+        match gsi {
+            0 => table.push(irqchip(0, KVM_IRQCHIP_IOAPIC, 2)),
+            2 => {}
+            _ => table.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
         }
     }
     table
@@ -102,7 +112,7 @@ pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
 
 impl GsiRouting {
     /// Takes over the routing table of `vm` (which must have an in-kernel irqchip) and
-    /// installs the default routes. `None` when KVM has no GSI routing
+    /// installs the PC's irqchip routes. `None` when KVM has no GSI routing
     /// (`KVM_CAP_IRQ_ROUTING`): callers fall back to `KVM_SIGNAL_MSI`.
     ///
     /// # Errors
@@ -177,9 +187,9 @@ impl GsiRouting {
         }
     }
 
-    /// `KVM_SET_GSI_ROUTING` with the default routes and every installed MSI route.
+    /// `KVM_SET_GSI_ROUTING` with the PC routes and every installed MSI route.
     fn commit(&self, routes: &Routes) -> std::io::Result<()> {
-        let mut table = default_routes();
+        let mut table = pc_routes();
         table.extend(
             routes
                 .msi
@@ -262,24 +272,25 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn default_table_matches_kvms() {
-        let t = default_routes();
-        // 16 GSIs with two routes, 8 with one.
-        assert_eq!(t.len(), 16 * 2 + 8);
+    fn pc_table_matches_qemus() {
+        let t = pc_routes();
+        // 15 PIC routes (no cascade), 23 IOAPIC routes (no GSI 2).
+        assert_eq!(t.len(), 15 + 23);
         let route = |gsi: u32| {
             t.iter()
                 .filter(|e| e.gsi == gsi)
-                // SAFETY: every entry of the default table is an irqchip route.
+                // SAFETY: every entry of the PC table is an irqchip route.
                 .map(|e| unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) })
                 .collect::<Vec<_>>()
         };
         assert_eq!(
             route(0),
-            vec![(KVM_IRQCHIP_IOAPIC, 0), (KVM_IRQCHIP_PIC_MASTER, 0)]
+            vec![(KVM_IRQCHIP_PIC_MASTER, 0), (KVM_IRQCHIP_IOAPIC, 2)]
         );
+        assert!(route(2).is_empty());
         assert_eq!(
             route(10),
-            vec![(KVM_IRQCHIP_IOAPIC, 10), (KVM_IRQCHIP_PIC_SLAVE, 2)]
+            vec![(KVM_IRQCHIP_PIC_SLAVE, 2), (KVM_IRQCHIP_IOAPIC, 10)]
         );
         assert_eq!(route(19), vec![(KVM_IRQCHIP_IOAPIC, 19)]);
         assert!(route(24).is_empty());
@@ -372,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn default_routes_still_reach_the_ioapic() {
+    fn pc_routes_reach_the_ioapic_with_the_irq0_override() {
         let Some((vm, vcpu)) = vm_with_lapic() else {
             return;
         };
@@ -387,12 +398,19 @@ mod tests {
             ..Default::default()
         };
         vm.get_irqchip(&mut chip).expect("KVM_GET_IRQCHIP");
-        // SAFETY: chip_id is the IOAPIC, so `ioapic` is the union member KVM filled.
-        let ioapic = unsafe { &mut chip.chip.ioapic };
-        ioapic.redirtbl[20].bits = 0x58;
+        // IOAPIC pin 2 (the PIT's GSI 0, through the override): vector 0x5a.
+        {
+            // SAFETY: chip_id is the IOAPIC, so `ioapic` is the union member KVM filled.
+            let ioapic = unsafe { &mut chip.chip.ioapic };
+            ioapic.redirtbl[20].bits = 0x58;
+            ioapic.redirtbl[2].bits = 0x5a;
+        }
         vm.set_irqchip(&chip).expect("KVM_SET_IRQCHIP");
         vm.set_irq_line(20, true).expect("raise");
         vm.set_irq_line(20, false).expect("lower");
         assert!(irr_gets(&vcpu, 0x58), "GSI 20 through the IOAPIC");
+        vm.set_irq_line(0, true).expect("raise");
+        vm.set_irq_line(0, false).expect("lower");
+        assert!(irr_gets(&vcpu, 0x5a), "GSI 0 on IOAPIC pin 2");
     }
 }

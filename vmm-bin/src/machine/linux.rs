@@ -1,8 +1,15 @@
-//! Direct Linux boot: linux-loader puts the kernel (bzImage, or an ELF vmlinux), the
-//! initrd, the command line and the zero page into guest RAM; we build identity page
-//! tables and a GDT and start the boot vCPU in 64-bit mode at the kernel's 64-bit entry
-//! with `rsi` = the zero page (the x86 boot protocol's 64-bit entry, as Firecracker and
-//! Cloud Hypervisor do).
+//! Direct Linux boot through linux-loader, with either entry protocol Linux offers:
+//!
+//! - **64-bit boot protocol** (a bzImage, or an ELF vmlinux without a PVH note): the
+//!   kernel, initrd, command line and zero page go into guest RAM; we build identity page
+//!   tables and a GDT and start the boot vCPU in 64-bit mode at the kernel's 64-bit entry
+//!   with `rsi` = the zero page (as Firecracker and Cloud Hypervisor do).
+//! - **PVH** (an ELF vmlinux whose `XEN_ELFNOTE_PHYS32_ENTRY` note names a 32-bit entry):
+//!   an `hvm_start_info` with the command line, the e820 map and the initrd as module 0;
+//!   the boot vCPU starts in flat 32-bit protected mode, paging off, at that entry with
+//!   `ebx` = the start info (xen/include/public/arch-x86/hvm/start_info.h).
+//!
+//! Both get the same e820 map ([`RamLayout::linux_e820`]).
 
 use std::fs::File;
 use std::path::Path;
@@ -11,17 +18,29 @@ use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::{BzImage, Cmdline, Elf, KernelLoader, load_cmdline};
 use ram_block::RamList;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::layout::{E820Type, RamLayout};
+use super::layout::{E820Entry, E820Type, RamLayout};
 use super::vcpu::BootEntry;
 use super::{Error, Result};
 
 const HIMEM_START: u64 = 0x10_0000;
 const ZERO_PAGE: u64 = 0x7000;
+/// PVH: the start info, then the module list right after it.
+const PVH_START_INFO: u64 = 0x6000;
+const PVH_MODLIST: u64 = 0x6100;
+/// PVH: the memory map (where the zero page would be: one or the other is used).
+const PVH_MEMMAP: u64 = ZERO_PAGE;
+/// `hvm_start_info.magic`.
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 const CMDLINE_START: u64 = 0x2_0000;
 const CMDLINE_MAX: usize = 0x1_0000;
 const BOOT_STACK: u64 = 0x8ff0;
@@ -36,13 +55,25 @@ const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
+/// The highest initrd address a kernel accepts when its header does not say
+/// (`initrd_addr_max`'s historical default).
+const INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
 fn boot_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Boot(format!("{what}: {e}"))
 }
 
+/// Which entry protocol the loaded kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// The 64-bit boot protocol at this entry (zero page in `rsi`).
+    Linux64(u64),
+    /// The PVH 32-bit entry (start info in `ebx`).
+    Pvh(u64),
+}
+
 /// Loads `kernel` (and `initrd`, `cmdline`) into `ram` and returns the boot vCPU's
-/// entry state.
+/// entry state. `cpus` vCPUs are described to the kernel (MP table).
 ///
 /// # Errors
 ///
@@ -54,15 +85,16 @@ pub(crate) fn load(
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    cpus: u32,
 ) -> Result<BootEntry> {
     let mem = ram.memory();
     let mut file = File::open(kernel).map_err(|e| boot_err(&kernel.display().to_string(), e))?;
     let himem = Some(GuestAddress(HIMEM_START));
-    let (result, entry) = match BzImage::load(&*mem, None, &mut file, himem) {
+    let (result, protocol) = match BzImage::load(&*mem, None, &mut file, himem) {
         Ok(r) => {
             // The 64-bit entry point is 0x200 past the protected-mode kernel.
             let entry = r.kernel_load.0 + 0x200;
-            (r, entry)
+            (r, Protocol::Linux64(entry))
         }
         Err(bz) => {
             let r = Elf::load(&*mem, None, &mut file, himem).map_err(|elf| {
@@ -71,71 +103,184 @@ pub(crate) fn load(
                     format!("neither a bzImage ({bz}) nor an ELF kernel ({elf})"),
                 )
             })?;
-            let entry = r.kernel_load.0;
-            (r, entry)
+            let protocol = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(entry) => Protocol::Pvh(entry.0),
+                _ => Protocol::Linux64(r.kernel_load.0),
+            };
+            (r, protocol)
         }
     };
-
-    let mut params = boot_params::default();
-    if let Some(hdr) = result.setup_header {
-        params.hdr = hdr;
-    }
-    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
-    params.hdr.header = KERNEL_HDR_MAGIC;
-    if params.hdr.kernel_alignment == 0 {
-        params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
-    }
 
     let mut line = Cmdline::new(CMDLINE_MAX).map_err(|e| boot_err("command line", e))?;
     line.insert_str(cmdline)
         .map_err(|e| boot_err("command line", e))?;
     load_cmdline(&*mem, GuestAddress(CMDLINE_START), &line)
         .map_err(|e| boot_err("command line", e))?;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
 
-    if let Some(path) = initrd {
-        let data = std::fs::read(path).map_err(|e| boot_err(&path.display().to_string(), e))?;
-        let max = match params.hdr.initrd_addr_max {
-            0 => 0x37ff_ffff,
-            m => u64::from(m),
-        };
-        let top = layout.below_4g.min(max + 1);
-        let size = data.len() as u64;
-        let start = top
-            .checked_sub(size)
-            .map(|s| s & !0xfff)
-            .filter(|&s| s >= result.kernel_end)
-            .ok_or_else(|| boot_err("initrd", format!("{size} bytes do not fit below {top:#x}")))?;
-        mem.write_slice(&data, GuestAddress(start))
-            .map_err(|e| boot_err("initrd", e))?;
-        params.hdr.ramdisk_image = start as u32;
-        params.hdr.ramdisk_size = size as u32;
-    }
-
+    let initrd_max = match result.setup_header.map(|h| h.initrd_addr_max) {
+        Some(m) if m != 0 => u64::from(m),
+        _ => INITRD_ADDR_MAX,
+    };
+    let initrd = match initrd {
+        Some(path) => Some(load_initrd(
+            &mem,
+            path,
+            layout.below_4g.min(initrd_max + 1),
+            result.kernel_end,
+        )?),
+        None => None,
+    };
     let e820 = layout.linux_e820();
-    for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
-        *slot = boot_e820_entry {
+    super::mptable::write(&mem, cpus).map_err(|e| boot_err("MP table", e))?;
+
+    let entry = match protocol {
+        Protocol::Linux64(entry) => {
+            let mut params = boot_params::default();
+            if let Some(hdr) = result.setup_header {
+                params.hdr = hdr;
+            }
+            params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+            params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+            params.hdr.header = KERNEL_HDR_MAGIC;
+            if params.hdr.kernel_alignment == 0 {
+                params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
+            }
+            params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+            params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+            if let Some((start, size)) = initrd {
+                params.hdr.ramdisk_image = start as u32;
+                params.hdr.ramdisk_size = size as u32;
+            }
+            for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
+                *slot = boot_e820_entry {
+                    addr: e.addr,
+                    size: e.size,
+                    r#type: e820_type(e),
+                };
+            }
+            params.e820_entries = e820.len().min(params.e820_table.len()) as u8;
+            LinuxBootConfigurator::write_bootparams(
+                &BootParams::new(&params, GuestAddress(ZERO_PAGE)),
+                &*mem,
+            )
+            .map_err(|e| boot_err("zero page", e))?;
+            write_page_tables(&mem)?;
+            long_mode_entry(&mem, entry)?
+        }
+        Protocol::Pvh(entry) => {
+            write_start_info(&mem, &e820, initrd)?;
+            pvh_entry(&mem, entry)?
+        }
+    };
+    Ok(entry)
+}
+
+fn e820_type(e: &E820Entry) -> u32 {
+    match e.kind {
+        E820Type::Ram => 1,
+        E820Type::Reserved => 2,
+    }
+}
+
+/// Reads `path` into RAM, page aligned, as high as possible below `top` and above the
+/// kernel; returns `(start, size)`.
+fn load_initrd(
+    mem: &ram_block::RamMemory,
+    path: &Path,
+    top: u64,
+    kernel_end: u64,
+) -> Result<(u64, u64)> {
+    let data = std::fs::read(path).map_err(|e| boot_err(&path.display().to_string(), e))?;
+    let size = data.len() as u64;
+    let start = top
+        .checked_sub(size)
+        .map(|s| s & !0xfff)
+        .filter(|&s| s >= kernel_end)
+        .ok_or_else(|| boot_err("initrd", format!("{size} bytes do not fit below {top:#x}")))?;
+    mem.write_slice(&data, GuestAddress(start))
+        .map_err(|e| boot_err("initrd", e))?;
+    Ok((start, size))
+}
+
+/// Writes the PVH start info, its memory map and (with an initrd) the module list.
+fn write_start_info(
+    mem: &ram_block::RamMemory,
+    e820: &[E820Entry],
+    initrd: Option<(u64, u64)>,
+) -> Result<()> {
+    let mut info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        memmap_paddr: PVH_MEMMAP,
+        memmap_entries: e820.len() as u32,
+        ..Default::default()
+    };
+    let memmap: Vec<hvm_memmap_table_entry> = e820
+        .iter()
+        .map(|e| hvm_memmap_table_entry {
             addr: e.addr,
             size: e.size,
-            r#type: match e.kind {
-                E820Type::Ram => 1,
-                E820Type::Reserved => 2,
-            },
-        };
+            type_: e820_type(e),
+            reserved: 0,
+        })
+        .collect();
+    let mut params = BootParams::new(&info, GuestAddress(PVH_START_INFO));
+    if let Some((paddr, size)) = initrd {
+        info.nr_modules = 1;
+        info.modlist_paddr = PVH_MODLIST;
+        params = BootParams::new(&info, GuestAddress(PVH_START_INFO));
+        params.set_modules(
+            &[hvm_modlist_entry {
+                paddr,
+                size,
+                ..Default::default()
+            }],
+            GuestAddress(PVH_MODLIST),
+        );
     }
-    params.e820_entries = e820.len().min(params.e820_table.len()) as u8;
-    LinuxBootConfigurator::write_bootparams(
-        &BootParams::new(&params, GuestAddress(ZERO_PAGE)),
-        &*mem,
-    )
-    .map_err(|e| boot_err("zero page", e))?;
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
+    PvhBootConfigurator::write_bootparams(&params, &**mem)
+        .map_err(|e| boot_err("PVH start info", e))
+}
 
-    write_page_tables(&mem)?;
-    let (code, data, tss) = write_gdt(&mem)?;
-    drop(mem);
+/// The boot vCPU in 64-bit mode at `entry`, `rsi` = the zero page.
+fn long_mode_entry(mem: &ram_block::RamMemory, entry: u64) -> Result<BootEntry> {
+    let (code, data, tss) = write_gdt(mem, 0xa09b)?;
+    let mut sregs = flat_sregs(code, data, tss);
+    sregs.cr3 = PML4_START;
+    sregs.cr4 = 1 << 5; // PAE
+    sregs.cr0 = 0x8000_0011; // PG | ET | PE
+    sregs.efer = (1 << 8) | (1 << 10); // LME | LMA
+    let regs = kvm_regs {
+        rflags: 2,
+        rip: entry,
+        rsp: BOOT_STACK,
+        rbp: BOOT_STACK,
+        rsi: ZERO_PAGE,
+        ..Default::default()
+    };
+    Ok(boot_entry(regs, sregs))
+}
 
+/// The boot vCPU in flat 32-bit protected mode, paging off, at `entry`, `ebx` = the
+/// start info (the PVH entry state).
+fn pvh_entry(mem: &ram_block::RamMemory, entry: u64) -> Result<BootEntry> {
+    let (code, data, tss) = write_gdt(mem, 0xc09b)?;
+    let mut sregs = flat_sregs(code, data, tss);
+    sregs.cr0 = 0x11; // ET | PE
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    let regs = kvm_regs {
+        rflags: 2,
+        rip: entry,
+        rbx: PVH_START_INFO,
+        ..Default::default()
+    };
+    Ok(boot_entry(regs, sregs))
+}
+
+fn flat_sregs(code: kvm_segment, data: kvm_segment, tss: kvm_segment) -> kvm_sregs {
     let mut sregs = kvm_sregs {
         cs: code,
         ds: data,
@@ -150,10 +295,6 @@ pub(crate) fn load(
     sregs.gdt.limit = 4 * 8 - 1;
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
-    sregs.cr3 = PML4_START;
-    sregs.cr4 = 1 << 5; // PAE
-    sregs.cr0 = 0x8000_0011; // PG | ET | PE
-    sregs.efer = (1 << 8) | (1 << 10); // LME | LMA
     sregs.apic_base = 0xfee0_0000 | (1 << 11) | (1 << 8); // enabled, BSP
     sregs.ldt = kvm_segment {
         selector: 0,
@@ -162,28 +303,22 @@ pub(crate) fn load(
         limit: 0xffff,
         ..Default::default()
     };
+    sregs
+}
 
-    let regs = kvm_regs {
-        rflags: 2,
-        rip: entry,
-        rsp: BOOT_STACK,
-        rbp: BOOT_STACK,
-        rsi: ZERO_PAGE,
-        ..Default::default()
-    };
-    let fpu = kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    };
-    Ok(BootEntry {
+fn boot_entry(regs: kvm_regs, sregs: kvm_sregs) -> BootEntry {
+    BootEntry {
         regs,
         sregs,
-        fpu,
+        fpu: kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        },
         // MTRRs on, write-back by default.
         msrs: vec![(0x2ff, (1 << 11) | 6)],
         lint: true,
-    })
+    }
 }
 
 /// Identity maps the first [`IDENTITY_GIB`] GiB with 2 MiB pages.
@@ -203,13 +338,17 @@ fn write_page_tables(mem: &ram_block::RamMemory) -> Result<()> {
     Ok(())
 }
 
-/// A GDT of null, 64-bit code, data and TSS descriptors; returns the segments.
-fn write_gdt(mem: &ram_block::RamMemory) -> Result<(kvm_segment, kvm_segment, kvm_segment)> {
+/// A GDT of null, code (`code_flags`: 0xa09b 64-bit, 0xc09b 32-bit), data and TSS
+/// descriptors; returns the segments.
+fn write_gdt(
+    mem: &ram_block::RamMemory,
+    code_flags: u16,
+) -> Result<(kvm_segment, kvm_segment, kvm_segment)> {
     let table: [u64; 4] = [
         0,
-        gdt_entry(0xa09b, 0, 0xfffff), // code: 64-bit, present, execute/read
-        gdt_entry(0xc093, 0, 0xfffff), // data: present, read/write
-        gdt_entry(0x808b, 0, 0xfffff), // TSS: present, busy
+        gdt_entry(code_flags, 0, 0xfffff), // code: present, execute/read
+        gdt_entry(0xc093, 0, 0xfffff),     // data: present, read/write
+        gdt_entry(0x808b, 0, 0xfffff),     // TSS: present, busy
     ];
     for (i, entry) in table.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(GDT_START + 8 * i as u64))

@@ -21,6 +21,7 @@ pub mod irq_routing;
 pub mod layout;
 mod linux;
 mod memory;
+pub mod mptable;
 mod platform;
 mod runner;
 mod vcpu;
@@ -314,6 +315,7 @@ impl Machine {
             kernel,
             self.config.initrd.as_deref(),
             self.config.append.as_deref().unwrap_or(""),
+            self.config.cpus,
         )?;
         *self
             .control
@@ -345,6 +347,7 @@ impl Machine {
                     kernel,
                     config.initrd.as_deref(),
                     config.append.as_deref().unwrap_or(""),
+                    config.cpus,
                 ) {
                     Ok(entry) => {
                         *boot.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
@@ -375,6 +378,11 @@ impl Machine {
                 .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
             let mut cpuid = supported.clone();
             cpuid::filter(&mut cpuid, index, count);
+            for (name, on) in &self.config.cpu_features {
+                if let Some(bit) = cpuid::feature(name) {
+                    cpuid::set_feature(&mut cpuid, bit, *on);
+                }
+            }
             fd.set_cpuid2(&cpuid)
                 .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
             let initial =

@@ -1,7 +1,11 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test binary uses a subset).
+#![allow(dead_code)]
 
-use std::path::Path;
-use std::process::Command;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Assembles `tests/bootsector/NAME.S` (GNU as, 16-bit) into a 512-byte boot sector
 /// linked at 0x7c00, working in `dir`. `None` after `skip` says why, without binutils.
@@ -47,4 +51,139 @@ pub(crate) fn assemble_boot_sector(dir: &Path, name: &str, skip: impl Fn(&str)) 
     );
     assert_eq!(&sector[510..], &[0x55, 0xaa]);
     Some(sector)
+}
+
+/// Assembles `tests/pvh/NAME.S` (GNU as, 32-bit code in an x86-64 ELF, with
+/// `tests/pvh/lib.S`'s PVH note) and links it at 1 MiB with `tests/pvh/pvh.ld`, in
+/// `dir`. `None` after `skip` says why, without binutils.
+pub(crate) fn assemble_pvh(dir: &Path, name: &str, skip: impl Fn(&str)) -> Option<PathBuf> {
+    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pvh");
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    match Command::new("as")
+        .arg("--64")
+        .arg("-I")
+        .arg(&src_dir)
+        .arg("-o")
+        .arg(&obj)
+        .arg(src_dir.join(format!("{name}.S")))
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("as failed on tests/pvh/{name}.S: {s}"),
+        Err(e) => {
+            skip(&format!("cannot run `as` (binutils): {e}"));
+            return None;
+        }
+    }
+    let ld = Command::new("ld")
+        .args(["-m", "elf_x86_64", "-z", "noexecstack", "--build-id=none"])
+        .arg("--no-warn-rwx-segments")
+        .arg("-T")
+        .arg(src_dir.join("pvh.ld"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .expect("run ld");
+    assert!(ld.success(), "ld failed on {name}");
+    Some(elf)
+}
+
+/// Whether `/dev/kvm` opens; says `SKIPPED test` when not.
+pub(crate) fn kvm_or_skip(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED {test}: /dev/kvm is not available");
+    }
+    ok
+}
+
+/// Whether `path` exists; says `SKIPPED test` (with `hint`) when not.
+pub(crate) fn file_or_skip(test: &str, path: &Path, hint: &str) -> bool {
+    let ok = path.exists();
+    if !ok {
+        eprintln!("SKIPPED {test}: {} is missing ({hint})", path.display());
+    }
+    ok
+}
+
+/// A running VMM whose stdout (COM1) is collected by a thread.
+pub(crate) struct Vm {
+    /// The VMM process.
+    pub(crate) child: Child,
+    output: mpsc::Receiver<Vec<u8>>,
+    /// Serial output so far.
+    pub(crate) seen: String,
+}
+
+impl Vm {
+    /// Spawns `vmm-bin ARGS`.
+    pub(crate) fn start(args: &[&str]) -> Vm {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vmm-bin");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, output) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Vm {
+            child,
+            output,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits until the serial output contains `text`; false at the deadline.
+    pub(crate) fn wait_for(&mut self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Waits for the process to exit; kills it at the deadline.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(100)) {
+                    self.seen.push_str(&String::from_utf8_lossy(&chunk));
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

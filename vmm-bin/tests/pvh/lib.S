@@ -1,0 +1,96 @@
+/*
+ * Shared pieces of the PVH test programs: 32-bit flat protected mode, no paging.
+ * A PVH ELF note naming `pvh_start`, a stack, COM1 output and isa-debug-exit.
+ *
+ * Register use: print routines preserve everything but flags.
+ */
+        .code32
+
+        .section .note.Xen, "a", @note
+        .balign 4
+        .long 4                 /* namesz: "Xen\0" */
+        .long 4                 /* descsz */
+        .long 18                /* XEN_ELFNOTE_PHYS32_ENTRY */
+        .asciz "Xen"
+        .balign 4
+        .long pvh_start
+
+        .text
+
+/* putc: %al to COM1 (polls the transmitter-empty bit). */
+putc:
+        push %edx
+        push %eax
+1:      mov $0x3fd, %dx
+        in %dx, %al
+        test $0x20, %al
+        jz 1b
+        pop %eax
+        mov $0x3f8, %dx
+        out %al, %dx
+        pop %edx
+        ret
+
+/* puts: the NUL-terminated string at %esi. */
+puts:
+        push %esi
+        push %eax
+1:      lodsb
+        test %al, %al
+        jz 2f
+        call putc
+        jmp 1b
+2:      pop %eax
+        pop %esi
+        ret
+
+/* hex32: %eax as 8 hex digits. */
+hex32:
+        push %ecx
+        push %eax
+        push %ebx
+        mov %eax, %ebx
+        mov $8, %ecx
+1:      rol $4, %ebx
+        mov %ebx, %eax
+        and $0xf, %eax
+        cmp $10, %al
+        jb 2f
+        add $('a' - '0' - 10), %al
+2:      add $'0', %al
+        call putc
+        loop 1b
+        pop %ebx
+        pop %eax
+        pop %ecx
+        ret
+
+/* hex64: the quadword at (%esi) as 16 hex digits. */
+hex64:
+        push %eax
+        mov 4(%esi), %eax
+        call hex32
+        mov (%esi), %eax
+        call hex32
+        pop %eax
+        ret
+
+/* space / newline */
+space:
+        push %eax
+        mov $' ', %al
+        call putc
+        pop %eax
+        ret
+newline:
+        push %eax
+        mov $'\n', %al
+        call putc
+        pop %eax
+        ret
+
+/* debug_exit: writes %al to isa-debug-exit at 0xf4 (QEMU's status: (al << 1) | 1). */
+debug_exit:
+        out %al, $0xf4
+1:      hlt
+        jmp 1b
