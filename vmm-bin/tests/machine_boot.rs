@@ -115,11 +115,76 @@ fn unknown_options_fail_with_status_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option '-frobnicate'"));
 }
 
-fn debian_kernel() -> PathBuf {
-    if let Some(path) = std::env::var_os("VMM_TEST_KERNEL") {
+/// A guest asset: `$VAR` if set, else `target/guest-assets/NAME` (scripts/guest-assets).
+fn guest_asset(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
         return PathBuf::from(path);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-assets/vmlinuz")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest-assets")
+        .join(name)
+}
+
+fn debian_kernel() -> PathBuf {
+    guest_asset("VMM_TEST_KERNEL", "vmlinuz")
+}
+
+/// The e820 lines Linux prints for our map of 512 MiB.
+const E820_512M: [&str; 3] = [
+    "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+    "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+    "BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable",
+];
+
+/// Debian's stock kernel as an ELF vmlinux through the PVH entry (no decompressor):
+/// on this machine's software KVM it runs far enough to print its banner, our e820 map
+/// and the MP table it found (later, the KVM instruction emulator gives up on
+/// `cmpxchg16b`/`xrstor`; see the README).
+#[test]
+fn debian_vmlinux_pvh_boot_prints_its_banner_e820_map_and_mp_table() {
+    let test = "debian_vmlinux_pvh_boot_prints_its_banner_e820_map_and_mp_table";
+    let kernel = guest_asset("VMM_TEST_VMLINUX", "vmlinux");
+    if !kvm_or_skip(test) || !file_or_skip(test, &kernel, "run scripts/guest-assets") {
+        return;
+    }
+    let mut vm = Vm::start(&[
+        "-nographic",
+        "-m",
+        "512",
+        "-smp",
+        "2",
+        "-kernel",
+        kernel.to_str().unwrap(),
+        "-append",
+        "earlyprintk=serial console=ttyS0 panic=-1",
+    ]);
+    assert!(
+        vm.wait_for("Linux version", Duration::from_secs(60)),
+        "no kernel banner; serial output:\n{}",
+        vm.seen
+    );
+    for line in E820_512M {
+        assert!(
+            vm.wait_for(line, Duration::from_secs(60)),
+            "missing '{line}':\n{}",
+            vm.seen
+        );
+    }
+    assert!(
+        vm.wait_for(
+            "found SMP MP-table at [mem 0x000f0000-0x000f000f]",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        vm.seen
+    );
+    // Both vCPUs, from our MP table (Linux prints this once it parses it).
+    assert!(
+        vm.wait_for("Processor #1", Duration::from_secs(120)),
+        "{}",
+        vm.seen
+    );
+    eprintln!("serial transcript:\n{}", vm.seen);
 }
 
 #[test]
@@ -140,8 +205,9 @@ fn debian_kernel_direct_boot_prints_its_banner_and_our_e820_map() {
     ]);
     let banner = vm.wait_for("Linux version", Duration::from_secs(60));
     if !banner {
-        // On software-virtualized KVM (PVM) the kernel dies in its decompressor, before
-        // printing anything, under QEMU too. On hardware KVM this must not happen.
+        // On software-virtualized KVM (PVM) the bzImage's decompressor runs for minutes
+        // without printing (under QEMU too); the PVH test above covers the kernel
+        // itself there. On hardware KVM this must not happen.
         assert!(
             std::env::var_os("VMM_REQUIRE_LINUX_BOOT").is_none(),
             "no kernel banner; serial output:\n{}",
@@ -153,18 +219,11 @@ fn debian_kernel_direct_boot_prints_its_banner_and_our_e820_map() {
         );
         return;
     }
-    assert!(
-        vm.wait_for(
-            "BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable",
-            Duration::from_secs(30)
-        ),
-        "{}",
-        vm.seen
-    );
-    assert!(
-        vm.seen
-            .contains("BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable"),
-        "{}",
-        vm.seen
-    );
+    for line in E820_512M {
+        assert!(
+            vm.wait_for(line, Duration::from_secs(30)),
+            "missing '{line}':\n{}",
+            vm.seen
+        );
+    }
 }
