@@ -24,13 +24,20 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in:\n{out}"))
 }
 
-#[test]
-fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
-    if !kvm_or_skip("pvh_boot") {
-        return;
+/// Assembles tests/pvh/NAME.S into a fresh directory; `None` (after saying why) without
+/// `/dev/kvm` or binutils.
+fn program(name: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !kvm_or_skip(&format!("pvh_boot {name}")) {
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(elf) = assemble_pvh(dir.path(), "startinfo", skip) else {
+    let elf = assemble_pvh(dir.path(), name, skip)?;
+    Some((dir, elf))
+}
+
+#[test]
+fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
+    let Some((dir, elf)) = program("startinfo") else {
         return;
     };
     let initrd = dir.path().join("initrd");
@@ -45,6 +52,8 @@ fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
         "128",
         "-smp",
         "3",
+        "-cpu",
+        "host,-cx16",
         "-kernel",
         elf.to_str().unwrap(),
         "-initrd",
@@ -63,6 +72,9 @@ fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
     let cr0 = u32::from_str_radix(field(&out, "cr0"), 16).unwrap();
     assert_eq!(cr0 & 1, 1, "protected mode");
     assert_eq!(cr0 >> 31, 0, "paging off");
+    let cpuid1 = u32::from_str_radix(field(&out, "cpuid1"), 16).unwrap();
+    assert_eq!(cpuid1 & (1 << 13), 0, "-cpu host,-cx16 clears CMPXCHG16B");
+    assert_ne!(cpuid1 & (1 << 31), 0, "the hypervisor bit");
     assert_eq!(field(&out, "magic"), "336ec578 version=00000001");
     assert_eq!(field(&out, "cmdline"), cmdline);
 
@@ -95,4 +107,58 @@ fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
 
     assert_eq!(field(&out, "mp"), "000f0000");
     assert_eq!(field(&out, "mpcpus"), "00000003 mpsum=00000001");
+}
+
+/// A guest driver of our own (tests/pvh/virtio_irq.S) reads two sectors from a
+/// virtio-blk disk: the first completion must arrive as an MSI-X interrupt (delivered
+/// through the VMM's irqfd route), the second, with MSI-X off, through INTx: the PIIX
+/// PIRQ swizzle to an IOAPIC pin, with the ISR bit set.
+#[test]
+fn virtio_blk_interrupts_reach_the_guest_through_msix_and_intx() {
+    let Some((dir, elf)) = program("virtio_irq") else {
+        return;
+    };
+    let disk = dir.path().join("disk.raw");
+    let mut image = vec![0u8; 64 << 10];
+    image[3 * 512..3 * 512 + 8].copy_from_slice(b"MSIXSEC3");
+    image[4 * 512..4 * 512 + 8].copy_from_slice(b"INTXSEC4");
+    std::fs::write(&disk, &image).unwrap();
+    let drive = format!("file={},format=raw,if=none,id=d0", disk.display());
+
+    let mut vm = Vm::start(&[
+        "-nographic",
+        "-m",
+        "128",
+        "-kernel",
+        elf.to_str().unwrap(),
+        "-object",
+        "iothread,id=io0",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-pci,drive=d0,id=vd0,iothread=io0",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]);
+    let status = vm.wait_exit(Duration::from_secs(60));
+    let out = vm.seen.replace('\r', "");
+    eprintln!("guest output:\n{out}");
+    assert_eq!(status.and_then(|s| s.code()), Some(33), "{out}");
+    assert!(out.contains("PASS"), "{out}");
+    let msix = out
+        .lines()
+        .find(|l| l.starts_with("msix irq="))
+        .expect("an MSI-X line");
+    assert!(
+        msix.starts_with("msix irq=00000001 used=00000001 status=00000000"),
+        "{msix}"
+    );
+    let intx = out
+        .lines()
+        .find(|l| l.starts_with("intx gsi="))
+        .expect("an INTx line");
+    assert!(
+        intx.contains(" irq=00000001 isr=00000001 used=00000002"),
+        "{intx}"
+    );
 }

@@ -4,6 +4,7 @@
  * the host to compare with what it passed:
  *
  *   cr0=<hex>                  (PE set, PG clear)
+ *   cpuid1=<ecx hex>           CPUID leaf 1's ECX (feature flags)
  *   magic=<hex> version=<hex>
  *   cmdline=<string>
  *   memmap=<count>             then per entry: e820 <addr> <size> <type>
@@ -25,6 +26,15 @@ pvh_start:
         mov $s_cr0, %esi
         call puts
         mov %cr0, %eax
+        call hex32
+        call newline
+
+        mov $s_cpuid1, %esi
+        call puts
+        mov $1, %eax
+        xor %ecx, %ecx
+        cpuid
+        mov %ecx, %eax
         call hex32
         call newline
 
@@ -171,6 +181,7 @@ sum8:
 
         .data
 s_cr0:      .asciz "cr0="
+s_cpuid1:   .asciz "cpuid1="
 s_magic:    .asciz "magic="
 s_version:  .asciz " version="
 s_cmdline:  .asciz "cmdline="
