@@ -1,5 +1,5 @@
 //! Guest RAM from the `ram-block` crate, kept in step with KVM's memory slots, and the
-//! BIOS ROM at the top of 4 GiB.
+//! BIOS ROM at the top of 4 GiB with its PAM-controlled alias below 1 MiB.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,20 +8,44 @@ use kvm_ioctls::{Cap, VmFd};
 use ram_block::{Backing, RamBlock, RamList};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
 
-use super::layout::{FOUR_GIB, ISA_BIOS_END, ISA_BIOS_MAX, RamLayout};
+use super::layout::{FOUR_GIB, RamLayout};
+use super::pam::{self, Pam};
 use super::{Error, Result};
+use crate::devices::pci::PamListener;
 
-/// The guest's memory: the RAM list every thread translates through, and the KVM slot
-/// of each block.
+/// Who a KVM slot belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// A RAM block of the list, by its guest start (one block may have several slots:
+    /// `pc.ram` around the PAM area).
+    Block(u64),
+    /// The BIOS ROM and the PAM segments: live as long as the VM.
+    Firmware,
+}
+
+/// One KVM memory slot in use.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    id: u32,
+    owner: Owner,
+    guest: u64,
+}
+
+/// The guest's memory: the RAM list every thread translates through, and the KVM slots
+/// that map it.
+///
+/// Without a BIOS, each block has one slot. With one ([`load_bios`](Self::load_bios)),
+/// `pc.ram` leaves 0xC0000–0xFFFFF to the PAM map ([`pam`](super::pam)), which the host
+/// bridge's PAM registers drive; the block itself stays one block in the list.
 pub struct GuestRam {
     list: RamList,
-    /// `(slot, guest start, size)` of each registered region; guarded so that adds and
-    /// removes pair slot and block changes.
-    slots: Mutex<Vec<(u32, u64, u64)>>,
+    /// The slots in use; guarded so that adds and removes pair slot and block changes.
+    slots: Mutex<Vec<Slot>>,
     /// The BIOS image, not in `list`: firmware, not RAM (DMA cannot reach it).
     rom: Option<Arc<RamBlock>>,
     bios: Arc<Vec<u8>>,
     readonly_rom: bool,
+    pam: Option<Arc<Pam>>,
 }
 
 impl GuestRam {
@@ -39,6 +63,7 @@ impl GuestRam {
             rom: None,
             bios: Arc::new(Vec::new()),
             readonly_rom: vm.check_extension(Cap::ReadonlyMem),
+            pam: None,
         };
         let memfd = || Backing::Memfd { huge_pages: false };
         ram.add_block(
@@ -62,7 +87,7 @@ impl GuestRam {
         &self.list
     }
 
-    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<(u32, u64, u64)>> {
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -73,9 +98,7 @@ impl GuestRam {
     /// KVM's or the list's refusal; on a list error the slot is removed again.
     pub fn add_block(&self, vm: &VmFd, block: RamBlock) -> Result<()> {
         let mut slots = self.lock_slots();
-        let slot = (0..)
-            .find(|s| slots.iter().all(|(used, ..)| used != s))
-            .unwrap_or(0);
+        let id = free_slot(&slots);
         let start = block.start().0;
         let size = block.size();
         let host = host_address(&block)?;
@@ -83,43 +106,49 @@ impl GuestRam {
         // block. The block is owned by the RAM list from here on, and the list unmaps a
         // block only after `remove_block` has deleted this slot first (and a grace
         // period); if `add` fails below, the slot is deleted before the block drops.
-        unsafe { set_region(vm, slot, start, size, host, 0) }?;
+        unsafe { set_region(vm, id, start, size, host, 0) }?;
         if let Err(e) = self.list.add(block) {
             // SAFETY: deleting a slot (size 0) never gives KVM a mapping.
-            let _ = unsafe { set_region(vm, slot, start, 0, 0, 0) };
+            let _ = unsafe { set_region(vm, id, start, 0, 0, 0) };
             return Err(e.into());
         }
-        slots.push((slot, start, size));
+        slots.push(Slot {
+            id,
+            owner: Owner::Block(start),
+            guest: start,
+        });
         Ok(())
     }
 
-    /// Deletes the slot of the block at `start`, then removes the block from the list
-    /// (it is unmapped after a grace period).
+    /// Deletes the slots of the block at `start`, then removes the block from the list
+    /// (it is unmapped after a grace period, and once the PAM map, which holds
+    /// `pc.ram`, is gone).
     ///
     /// # Errors
     ///
     /// [`Error::Memory`] if no block starts there.
     pub fn remove_block(&self, vm: &VmFd, start: u64) -> Result<()> {
         let mut slots = self.lock_slots();
-        let Some(at) = slots.iter().position(|(_, s, _)| *s == start) else {
+        if !slots.iter().any(|s| s.owner == Owner::Block(start)) {
             return Err(ram_block::Error::NoSuchBlock { start }.into());
-        };
-        let (slot, ..) = slots.remove(at);
-        // SAFETY: deleting a slot hands KVM no memory; the guest can no longer reach
-        // the block through KVM once this returns.
-        unsafe { set_region(vm, slot, start, 0, 0, 0) }?;
+        }
+        delete_slots(vm, &mut slots, Owner::Block(start))?;
         self.list.remove(GuestAddress(start))?;
         Ok(())
     }
 
     /// Maps `bios` read-only at the top of 4 GiB (writes exit as MMIO and are dropped,
-    /// where KVM supports read-only slots; else writable, restored on reset) and copies
-    /// its last 128 KiB below 1 MiB.
+    /// where KVM supports read-only slots; else writable, restored on reset), takes
+    /// 0xC0000–0xFFFFF out of `pc.ram`'s slots and hands it to the PAM map in its
+    /// power-on state: the last 128 KiB of the image at 0xE0000–0xFFFFF (read-only),
+    /// nothing at 0xC0000–0xDFFFF. SeaBIOS makes the area RAM through the PAM registers
+    /// and copies itself there, as on QEMU; the RAM below starts out zeroed.
     ///
     /// # Errors
     ///
-    /// [`Error::Bios`] if the image is empty, not a multiple of 4 KiB or over 16 MiB.
-    pub fn load_bios(&mut self, vm: &VmFd, bios: Vec<u8>) -> Result<()> {
+    /// [`Error::Bios`] if the image is empty, not a multiple of 4 KiB or over 16 MiB;
+    /// [`Error::Kvm`] if KVM refuses a slot.
+    pub fn load_bios(&mut self, vm: &Arc<VmFd>, bios: Vec<u8>) -> Result<()> {
         let size = bios.len() as u64;
         if size == 0 || size % 4096 != 0 || size > 16 << 20 {
             return Err(Error::Bios(format!(
@@ -135,6 +164,7 @@ impl GuestRam {
         )?;
         rom.write_slice(&bios, MemoryRegionAddress(0))
             .map_err(|e| Error::Bios(e.to_string()))?;
+        let rom = Arc::new(rom);
         let host = host_address(&rom)?;
         let flags = if self.readonly_rom {
             KVM_MEM_READONLY
@@ -142,58 +172,94 @@ impl GuestRam {
             0
         };
         let mut slots = self.lock_slots();
-        let slot = (0..)
-            .find(|s| slots.iter().all(|(used, ..)| used != s))
-            .unwrap_or(0);
-        // SAFETY: the mapping belongs to `rom`, which `self` keeps for as long as the VM
-        // exists (it is never replaced: `load_bios` runs once, before the vCPUs).
-        unsafe { set_region(vm, slot, start, size, host, flags) }?;
-        slots.push((slot, start, size));
-        drop(slots);
-        self.rom = Some(Arc::new(rom));
-        self.bios = Arc::new(bios);
-        self.restore_bios_shadow()
-    }
+        let id = free_slot(&slots);
+        // SAFETY: the mapping belongs to `rom`, which `self` (and the PAM map) keep for
+        // as long as the VM exists (it is never replaced: `load_bios` runs once, before
+        // the vCPUs).
+        unsafe { set_region(vm, id, start, size, host, flags) }?;
+        slots.push(Slot {
+            id,
+            owner: Owner::Firmware,
+            guest: start,
+        });
 
-    /// A closure that does [`restore_bios_shadow`](Self::restore_bios_shadow), for the
-    /// reset path; `None` without a BIOS.
-    pub fn bios_shadow(&self) -> Option<Box<dyn Fn() -> Result<()> + Send + Sync>> {
-        if self.bios.is_empty() {
-            return None;
+        // `pc.ram`: one slot from 0 becomes the slots around the PAM area.
+        let ram = {
+            let guard = rcu::read();
+            self.list.blocks(&guard).find_shared(GuestAddress(0))
+        };
+        let ram = ram.ok_or_else(|| Error::Bios("no RAM at guest address 0".into()))?;
+        let ram_host = host_address(&ram)?;
+        delete_slots(vm, &mut slots, Owner::Block(0))?;
+        for (guest, len) in pam::ram_slots(ram.size()) {
+            let id = free_slot(&slots);
+            // SAFETY: `guest..guest + len` lies inside `pc.ram` (`ram_slots` stays below
+            // its size), whose mapping the list keeps until `remove_block(0)` has
+            // deleted these slots (they are `Owner::Block(0)`); the PAM map also holds
+            // the block.
+            unsafe { set_region(vm, id, guest, len, ram_host + guest, 0) }?;
+            slots.push(Slot {
+                id,
+                owner: Owner::Block(0),
+                guest,
+            });
         }
-        let list = self.list.clone();
-        let bios = self.bios.clone();
-        let rom = self.rom.clone().filter(|_| !self.readonly_rom);
-        Some(Box::new(move || restore(&list, &bios, rom.as_deref())))
+
+        // The PAM segments: ids reserved for the VM's life, mapped per their mode.
+        let mut ids = [0; pam::SEGMENTS];
+        for id in &mut ids {
+            *id = free_slot(&slots);
+            slots.push(Slot {
+                id: *id,
+                owner: Owner::Firmware,
+                guest: 0,
+            });
+        }
+        drop(slots);
+        let map = Pam::new(vm.clone(), ram, rom.clone(), self.readonly_rom, ids)?;
+        self.pam = Some(Arc::new(map));
+        self.rom = Some(rom);
+        self.bios = Arc::new(bios);
+        Ok(())
     }
 
-    /// Copies the BIOS's last 128 KiB to the area below 1 MiB again (and the ROM, if
-    /// the guest could write it): the power-on contents SeaBIOS expects after a reset.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Bios`] if low RAM does not cover the shadow area.
-    pub fn restore_bios_shadow(&self) -> Result<()> {
-        let rom = self.rom.as_deref().filter(|_| !self.readonly_rom);
-        restore(&self.list, &self.bios, rom)
+    /// The PAM map, for the host bridge's PAM registers; `None` without a BIOS (RAM
+    /// everywhere below 1 MiB, as a directly booted kernel expects).
+    pub fn pam(&self) -> Option<Arc<dyn PamListener>> {
+        self.pam.clone().map(|p| p as Arc<dyn PamListener>)
+    }
+
+    /// A closure that rewrites the BIOS image into the ROM, for the reset path: `None`
+    /// without a BIOS, or where the ROM is read-only to the guest (KVM's read-only
+    /// slots) and so never changes.
+    pub fn rom_restorer(&self) -> Option<Box<dyn Fn() -> Result<()> + Send + Sync>> {
+        let rom = self.rom.clone().filter(|_| !self.readonly_rom)?;
+        let bios = self.bios.clone();
+        Some(Box::new(move || {
+            rom.write_slice(&bios, MemoryRegionAddress(0))
+                .map_err(|e| Error::Bios(e.to_string()))
+        }))
     }
 }
 
-/// Copies `bios`'s last 128 KiB below 1 MiB, and all of it into `rom` if given.
-fn restore(list: &RamList, bios: &[u8], rom: Option<&RamBlock>) -> Result<()> {
-    if bios.is_empty() {
-        return Ok(());
-    }
-    let isa = (bios.len() as u64).min(ISA_BIOS_MAX) as usize;
-    let tail = &bios[bios.len() - isa..];
-    let mem = list.memory();
-    mem.write_slice(tail, GuestAddress(ISA_BIOS_END - isa as u64))
-        .map_err(|e| Error::Bios(format!("low RAM too small for the BIOS: {e}")))?;
-    if let Some(rom) = rom {
-        rom.write_slice(bios, MemoryRegionAddress(0))
-            .map_err(|e| Error::Bios(e.to_string()))?;
+/// Deletes the KVM slots of `owner` and forgets them (a slot KVM refuses to delete
+/// stays listed).
+fn delete_slots(vm: &VmFd, slots: &mut Vec<Slot>, owner: Owner) -> Result<()> {
+    while let Some(at) = slots.iter().position(|s| s.owner == owner) {
+        let Slot { id, guest, .. } = slots[at];
+        // SAFETY: deleting a slot hands KVM no memory; the guest can no longer reach
+        // that range through KVM once this returns.
+        unsafe { set_region(vm, id, guest, 0, 0, 0) }?;
+        slots.remove(at);
     }
     Ok(())
+}
+
+/// The lowest slot id `slots` does not use.
+fn free_slot(slots: &[Slot]) -> u32 {
+    (0..)
+        .find(|id| slots.iter().all(|s| s.id != *id))
+        .unwrap_or(0)
 }
 
 fn host_address(block: &RamBlock) -> Result<u64> {
@@ -209,7 +275,7 @@ fn host_address(block: &RamBlock) -> Result<u64> {
 ///
 /// `host..host + size` must stay mapped (and not be reused for anything else) until the
 /// slot is deleted or changed; `size == 0` deletes the slot.
-unsafe fn set_region(
+pub(super) unsafe fn set_region(
     vm: &VmFd,
     slot: u32,
     start: u64,

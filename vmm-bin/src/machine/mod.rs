@@ -22,6 +22,7 @@ pub mod layout;
 mod linux;
 mod memory;
 pub mod mptable;
+pub mod pam;
 mod platform;
 mod runner;
 mod vcpu;
@@ -278,6 +279,7 @@ impl Machine {
             layout,
             events.clone(),
             Arc::new(KvmIrqLine(vm.clone())),
+            ram.pam(),
         )?;
 
         let control = MachineControl {
@@ -332,10 +334,10 @@ impl Machine {
         let layout = self.layout;
         let config = self.config.clone();
         let boot = self.control.inner.boot.clone();
-        let bios = self.ram.bios_shadow();
+        let rom = self.ram.rom_restorer();
         let hook = move || {
             platform();
-            if let Some(restore) = &bios {
+            if let Some(restore) = &rom {
                 if let Err(e) = restore() {
                     eprintln!("vmm-bin: reset: {e}");
                 }

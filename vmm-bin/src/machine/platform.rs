@@ -20,8 +20,8 @@ use crate::devices::debug_exit::DebugExit;
 use crate::devices::fw_cfg::{FW_CFG_PORT, FwCfg, keys};
 use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
 use crate::devices::pci::{
-    ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PciHost, Piix3Isa, Piix4Pm,
-    PmState,
+    ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PamListener, PciHost, Piix3Isa,
+    Piix4Pm, PmState,
 };
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialPort};
 
@@ -54,7 +54,8 @@ fn map(bus: &IoBus, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<(
 }
 
 impl Platform {
-    /// Builds and maps the platform devices for `config`.
+    /// Builds and maps the platform devices for `config`; the host bridge's PAM
+    /// registers drive `pam` (the BIOS shadow map; `None` without a BIOS).
     ///
     /// # Errors
     ///
@@ -66,6 +67,7 @@ impl Platform {
         layout: RamLayout,
         events: EventSink,
         irq: Arc<dyn IrqLine>,
+        pam: Option<Arc<dyn PamListener>>,
     ) -> Result<Platform> {
         let pio = Arc::new(IoBus::new("pio"));
         let mmio = Arc::new(IoBus::new("mmio"));
@@ -120,7 +122,7 @@ impl Platform {
         map(&pio, u64::from(PCI_CONFIG_PORT), 8, pci.clone())?;
         let plug_err = |e: qdev_bus::Error| Error::Device(e.to_string());
         let at = |slot, function| PciAddress::new(slot, function).map_err(plug_err);
-        pci.plug(at(0, 0)?, Box::new(I440fxHost::function()))
+        pci.plug(at(0, 0)?, Box::new(I440fxHost::new(pam)))
             .map_err(plug_err)?;
         let (isa, intx) = Piix3Isa::new(irq);
         pci.plug(at(1, 0)?, Box::new(isa)).map_err(plug_err)?;

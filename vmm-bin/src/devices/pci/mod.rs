@@ -25,7 +25,8 @@ mod piix;
 pub use config::{BadBar, BarKind, PciConfig, PciMapping, Space, regs};
 pub use host::{PCI_CONFIG_PORT, PciHost, PlugError};
 pub use piix::{
-    ApmControl, I440fxHost, IntxRouter, IrqLine, PM_IO_LEN, Piix3Isa, Piix4Pm, PmRegisters, PmState,
+    ApmControl, I440fxHost, IntxRouter, IrqLine, PM_IO_LEN, PamListener, Piix3Isa, Piix4Pm,
+    PmRegisters, PmState,
 };
 
 use std::sync::{Arc, Mutex};

@@ -6,26 +6,90 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{PciConfig, PciFunction, PciMapping, SimpleFunction, Space};
+use super::{PciConfig, PciFunction, PciMapping, Space};
 use crate::devices::{EventSink, SystemEvent, read_le};
 use crate::machine::BusDevice;
 
+/// Config offset of the first PAM register (PAM0) of the i440FX.
+const PAM0: usize = 0x59;
+/// Number of PAM registers (0x59..=0x5F).
+const PAM_REGISTERS: usize = 7;
+
+/// Where the host bridge's PAM registers take effect: the machine's memory map below
+/// 1 MiB (see `machine::pam`).
+pub trait PamListener: Send + Sync {
+    /// The PAM registers (0x59..=0x5F, PAM0 first) now hold `registers`: remap the
+    /// BIOS shadow area to match before returning (the guest's next access must see
+    /// the new mapping). Called with the host bridge's config locked, so calls are
+    /// serialized and come in register-write order.
+    fn pam_changed(&self, registers: &[u8; PAM_REGISTERS]);
+}
+
 /// The i440FX PMC: 8086:1237, with the PAM registers (0x59..=0x5F) and SMRAM (0x72)
-/// writable. The machine keeps the BIOS area as RAM at all times, so PAM settings are
-/// stored and read back but do not change the memory map (SeaBIOS only needs the
-/// shadow area to be writable while it sets up; it is).
-pub struct I440fxHost;
+/// writable. PAM writes and resets (all PAM registers 0) are passed to a
+/// [`PamListener`] that remaps 0xC0000–0xFFFFF; without one (direct kernel boot, no
+/// BIOS) they are only stored, and the area stays RAM. SMRAM is stored only.
+pub struct I440fxHost {
+    config: Mutex<PciConfig>,
+    pam: Option<Arc<dyn PamListener>>,
+}
 
 impl I440fxHost {
-    /// The host bridge function.
-    pub fn function() -> SimpleFunction {
+    /// The host bridge function; `pam` follows its PAM registers.
+    pub fn new(pam: Option<Arc<dyn PamListener>>) -> I440fxHost {
         let mut c = PciConfig::new(0x8086, 0x1237, 0x06_00_00, 0x02);
-        for pam in 0x59..=0x5f {
+        for pam in PAM0..PAM0 + PAM_REGISTERS {
             c.set_writable(pam, 1, 0xff);
         }
         c.set_u8(0x72, 0x02); // SMRAM: default
         c.set_writable(0x72, 1, 0x78);
-        SimpleFunction::new("i440fx", c, Vec::new())
+        I440fxHost {
+            config: Mutex::new(c),
+            pam,
+        }
+    }
+
+    fn config(&self) -> std::sync::MutexGuard<'_, PciConfig> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the listener what the PAM registers in `c` hold.
+    fn publish_pam(&self, c: &PciConfig) {
+        if let Some(pam) = &self.pam {
+            let registers = std::array::from_fn(|i| c.value(PAM0 + i, 1) as u8);
+            pam.pam_changed(&registers);
+        }
+    }
+}
+
+impl qdev_bus::Device for I440fxHost {
+    fn id(&self) -> &str {
+        "i440fx"
+    }
+    fn reset(&self) {
+        self.pci_reset();
+    }
+}
+
+impl PciFunction for I440fxHost {
+    fn config_read(&self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
+    fn config_write(&self, offset: usize, data: &[u8]) {
+        let mut c = self.config();
+        c.write(offset, data);
+        // SeaBIOS writes PAM as two dwords at 0x58 and 0x5C; any overlap counts.
+        if offset < PAM0 + PAM_REGISTERS && PAM0 < offset + data.len() {
+            self.publish_pam(&c);
+        }
+    }
+    fn mappings(&self) -> Vec<PciMapping> {
+        Vec::new()
+    }
+    fn pci_reset(&self) {
+        let mut c = self.config();
+        c.reset();
+        self.publish_pam(&c);
     }
 }
 
@@ -367,6 +431,46 @@ mod tests {
         fn set_level(&self, gsi: u32, level: bool) {
             self.0.lock().unwrap().push((gsi, level));
         }
+    }
+
+    #[derive(Default)]
+    struct PamLog(Mutex<Vec<[u8; PAM_REGISTERS]>>);
+    impl PamListener for PamLog {
+        fn pam_changed(&self, registers: &[u8; PAM_REGISTERS]) {
+            self.0.lock().unwrap().push(*registers);
+        }
+    }
+
+    #[test]
+    fn pam_writes_and_reset_reach_the_listener() {
+        let log = Arc::new(PamLog::default());
+        let host = I440fxHost::new(Some(log.clone()));
+        // SeaBIOS's make_bios_writable: dwords at 0x58 and 0x5C.
+        host.config_write(0x58, &0x3333_3000u32.to_le_bytes());
+        host.config_write(0x5c, &0x3333_3333u32.to_le_bytes());
+        // Not PAM: SMRAM, the command register.
+        host.config_write(0x72, &[0x0a]);
+        host.config_write(0x04, &[0x06]);
+        // A byte write to PAM6.
+        host.config_write(0x5f, &[0x11]);
+        let mut b = [0u8; 4];
+        host.config_read(0x5c, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x1133_3333);
+        host.pci_reset();
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [
+                [0x30, 0x33, 0x33, 0, 0, 0, 0],
+                [0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33],
+                [0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x11],
+                [0; PAM_REGISTERS],
+            ]
+        );
+        // Without a listener the registers are only stored.
+        let plain = I440fxHost::new(None);
+        plain.config_write(0x59, &[0x30]);
+        plain.config_read(0x59, &mut b[..1]);
+        assert_eq!(b[0], 0x30);
     }
 
     #[test]
