@@ -7,7 +7,8 @@
 //! sector a second time instead of running the trap (isa-debug-exit status 37).
 //!
 //! Guards against the old memory map (0xE0000-0xFFFFF plain RAM, PAM registers only
-//! stored): step 1 fails there. Skips loudly without /dev/kvm, SeaBIOS, or binutils.
+//! stored): step 1 fails there. Skips loudly without /dev/kvm (or its read-only
+//! memory slots), SeaBIOS, or binutils.
 
 mod common;
 
@@ -67,6 +68,13 @@ fn pam_registers_remap_the_bios_area_and_reset_restores_the_rom() {
         .is_err()
     {
         return skip("/dev/kvm is not available");
+    }
+    // Without read-only slots the machine keeps mode 1 (and the ROM alias) writable;
+    // the guest-visible checks below assume KVM has them (every x86 KVM since 3.16).
+    let readonly_mem =
+        kvm_ioctls::Kvm::new().is_ok_and(|kvm| kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem));
+    if !readonly_mem {
+        return skip("KVM lacks KVM_CAP_READONLY_MEM: PAM's read-only modes stay writable");
     }
     if !Path::new("/usr/share/seabios/bios-256k.bin").exists() {
         return skip("/usr/share/seabios/bios-256k.bin is missing (apt-get install seabios)");

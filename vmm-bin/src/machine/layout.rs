@@ -13,7 +13,8 @@ pub const KVM_IDENTITY_MAP: u64 = 0xfeff_c000;
 pub const KVM_TSS: u64 = 0xfeff_d000;
 /// The reserved range around them.
 pub const KVM_RESERVED: (u64, u64) = (0xfeff_c000, 0x4000);
-/// Start of the legacy BIOS shadow area (the last 128 KiB below 1 MiB).
+/// End of the legacy BIOS area below 1 MiB, where the `isa-bios` alias of the BIOS
+/// image's last 128 KiB ends.
 pub const ISA_BIOS_END: u64 = 0x10_0000;
 /// Most of the BIOS image that is mirrored below 1 MiB.
 pub const ISA_BIOS_MAX: u64 = 128 << 10;
