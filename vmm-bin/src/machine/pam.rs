@@ -23,6 +23,13 @@
 //! the ROM alias writes through to the ROM image (restored on reset), as the high ROM
 //! mapping already does on such hosts.
 //!
+//! Where this differs from QEMU under KVM (checked with QEMU 10.0.2 and
+//! `tests/bootsector/pamtest.S`): QEMU's mode-1 alias gets a writable KVM slot (its
+//! read-only flag lives on the alias, and KVM slots take the flags of the RAM region
+//! behind it), so there the F segment stays writable after SeaBIOS locks it; we write-
+//! protect it as the chipset and QEMU's TCG do. And 0xC0000–0xDFFFF reads 0xFF here,
+//! zeros (`pc.rom`) there.
+//!
 //! Guest input: config writes to the seven registers, any value; every value decodes
 //! to one of four modes per segment, and a mapping the segment cannot have (RAM that
 //! is not there with tiny `-m`, a BIOS shorter than 128 KiB) is clipped to what exists.
@@ -231,6 +238,7 @@ pub fn ram_slots(ram_size: u64) -> Vec<(u64, u64)> {
 /// The live map: one KVM slot id per segment, re-pointed as the guest writes the PAM
 /// registers. Shared by the host bridge (config writes from vCPU threads, reset).
 pub struct Pam {
+    /// Declared before the blocks: dropped (and, if last, the VM closed) first.
     vm: Arc<VmFd>,
     /// `pc.ram` and the BIOS image: held here so that their mappings outlive every slot
     /// that points into them (the slots are never deleted before the VM is).
@@ -315,10 +323,13 @@ impl Pam {
             let flags = if plan.readonly { KVM_MEM_READONLY } else { 0 };
             // SAFETY: `plan` lies inside `block` (`Backing::plan` clips it to the RAM
             // size and the image, and `backing` was built from these two blocks'
-            // sizes), and `self` holds an `Arc` of the block, so the mapping lives as
-            // long as `self`; the slot is never handed another block without being
-            // deleted first, and `self` lives as long as the VM (the host bridge and the
-            // machine keep it).
+            // sizes). `self` holds an `Arc` of the block, so the mapping lives as long
+            // as `self`, and `self` holds the VM fd: while this slot can be used, the
+            // memory is there. The slot id is reserved for this segment and only this
+            // function re-points it, always deleting the old mapping first. When the
+            // machine drops, its vCPUs (the slot's only users) have stopped before the
+            // last `Arc` of `self` goes, and the VM fd drops before the blocks (field
+            // order).
             match unsafe { set_region(&self.vm, id, plan.guest, plan.size, host, flags) } {
                 Ok(()) => current[index] = Some(plan),
                 Err(e) => result = result.and(Err(e)),
