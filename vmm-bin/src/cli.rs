@@ -190,24 +190,28 @@ impl Default for Config {
 fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
     let mut features = Vec::new();
     for item in split_commas(arg).into_iter().skip(1) {
-        let (name, on) = if let Some(n) = item.strip_prefix('+') {
-            (n.to_string(), true)
+        let (name, value) = if let Some(n) = item.strip_prefix('+') {
+            (n, Some("on"))
         } else if let Some(n) = item.strip_prefix('-') {
-            (n.to_string(), false)
+            (n, Some("off"))
         } else if let Some((n, v)) = item.split_once('=') {
-            let on = match v {
-                "on" | "true" | "yes" => true,
-                "off" | "false" | "no" => false,
-                _ => return Err(invalid(option, format!("{n}={v}: expected on or off"))),
-            };
-            (n.to_string(), on)
+            (n, Some(v))
         } else {
-            (item.to_string(), true)
+            (item.as_str(), None)
         };
-        if crate::machine::cpuid::feature(&name).is_none() {
+        if crate::machine::cpuid::is_ignored_property(name) {
+            eprintln!("vmm-bin: warning: {option} property '{name}' ignored");
+            continue;
+        }
+        if crate::machine::cpuid::feature(name).is_none() {
             return Err(invalid(option, format!("unknown CPU feature '{name}'")));
         }
-        features.push((name, on));
+        let on = match value.unwrap_or("on") {
+            "on" | "true" | "yes" => true,
+            "off" | "false" | "no" => false,
+            v => return Err(invalid(option, format!("{name}={v}: expected on or off"))),
+        };
+        features.push((name.to_string(), on));
     }
     Ok(features)
 }
@@ -849,5 +853,12 @@ mod tests {
             ]
         );
         assert!(parse(["-cpu", "host"]).unwrap().cpu_features.is_empty());
+        // QEMU properties that are not CPUID flags are accepted (and ignored).
+        let c = parse([
+            "-cpu",
+            "host,migratable=on,kvm=off,phys-bits=40,hv_relaxed,sse4_1=off",
+        ])
+        .unwrap();
+        assert_eq!(c.cpu_features, vec![("sse4_1".to_string(), false)]);
     }
 }

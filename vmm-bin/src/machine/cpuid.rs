@@ -80,21 +80,90 @@ pub const FEATURES: &[(&str, FeatureBit)] = &[
     ("lm", flag(0x8000_0001, 0, 3, 29)),
 ];
 
-/// The flag named `name` (QEMU's spelling; `_` accepted for `-`).
+/// The flag named `name` (QEMU's spelling; `_` accepted for `-`, and QEMU's aliases).
 pub fn feature(name: &str) -> Option<FeatureBit> {
-    let name = name.replace('_', "-");
+    let name = match name.replace('_', "-").as_str() {
+        "sse4-1" => "sse4.1".to_string(),
+        "sse4-2" => "sse4.2".to_string(),
+        other => other.to_string(),
+    };
     FEATURES
         .iter()
         .find(|(n, _)| *n == name)
         .map(|&(_, bit)| bit)
 }
 
-/// Clears (`on == false`) or keeps `bit` in `cpuid`. Turning a feature on that KVM does
-/// not support is not possible: `on` only keeps what the supported set has.
-pub fn set_feature(cpuid: &mut CpuId, bit: FeatureBit, on: bool) {
-    if on {
-        return;
+/// QEMU `-cpu` properties that are not CPUID flags of ours: accepted and ignored (with a
+/// warning), so command lines written for QEMU keep working. `hv-*` and `kvm-*` too.
+pub const IGNORED_PROPERTIES: &[&str] = &[
+    "migratable",
+    "kvm",
+    "pmu",
+    "host-phys-bits",
+    "host-phys-bits-limit",
+    "phys-bits",
+    "l3-cache",
+    "invtsc",
+    "check",
+    "enforce",
+    "kvmclock",
+    "kvmclock-stable-bit",
+    "host-cache-info",
+    "topoext",
+];
+
+/// Whether `name` is a `-cpu` property we accept but ignore.
+pub fn is_ignored_property(name: &str) -> bool {
+    let name = name.replace('_', "-");
+    IGNORED_PROPERTIES.contains(&name.as_str())
+        || name.starts_with("hv-")
+        || name.starts_with("kvm-")
+}
+
+/// Applies `-cpu` toggles to `cpuid` (already [`filter`]ed): the last toggle of a
+/// name wins (`+NAME`/`-NAME` are `NAME=on|off` in command-line order). Off clears the
+/// bit; on
+/// restores it from `supported` (KVM's set), which undoes our own filtering (e.g.
+/// `arch-capabilities=on`). Returns the names turned on that KVM does not support
+/// (left off), for a warning.
+pub fn apply_features(
+    cpuid: &mut CpuId,
+    supported: &CpuId,
+    toggles: &[(String, bool)],
+) -> Vec<String> {
+    // Fold: the last toggle of each flag wins.
+    let mut folded: Vec<(String, FeatureBit, bool)> = Vec::new();
+    for (name, on) in toggles {
+        let Some(bit) = feature(name) else { continue };
+        folded.retain(|(_, b, _)| *b != bit);
+        folded.push((name.clone(), bit, *on));
     }
+    let mut unsupported = Vec::new();
+    for (name, bit, on) in folded {
+        let have = supported
+            .as_slice()
+            .iter()
+            .find(|e| e.function == bit.leaf && e.index == bit.subleaf)
+            .is_some_and(|e| register(e, bit.register) & (1 << bit.bit) != 0);
+        if on && !have {
+            unsupported.push(name);
+        }
+        set_feature(cpuid, bit, on && have);
+    }
+    unsupported
+}
+
+fn register(entry: &kvm_bindings::kvm_cpuid_entry2, register: u8) -> u32 {
+    match register {
+        0 => entry.eax,
+        1 => entry.ebx,
+        2 => entry.ecx,
+        _ => entry.edx,
+    }
+}
+
+/// Sets or clears `bit` in `cpuid`.
+pub fn set_feature(cpuid: &mut CpuId, bit: FeatureBit, on: bool) {
     for entry in cpuid.as_mut_slice().iter_mut() {
         if entry.function == bit.leaf && entry.index == bit.subleaf {
             let register = match bit.register {
@@ -103,7 +172,11 @@ pub fn set_feature(cpuid: &mut CpuId, bit: FeatureBit, on: bool) {
                 2 => &mut entry.ecx,
                 _ => &mut entry.edx,
             };
-            *register &= !(1 << bit.bit);
+            if on {
+                *register |= 1 << bit.bit;
+            } else {
+                *register &= !(1 << bit.bit);
+            }
         }
     }
 }
@@ -223,21 +296,51 @@ mod tests {
     }
 
     #[test]
-    fn named_features_clear_their_bit() {
-        let entries = [kvm_cpuid_entry2 {
-            function: 1,
-            ecx: u32::MAX,
-            ..Default::default()
-        }];
-        let mut cpuid = CpuId::from_entries(&entries).unwrap();
-        let cx16 = feature("cx16").unwrap();
-        set_feature(&mut cpuid, cx16, true);
-        assert_eq!(cpuid.as_slice()[0].ecx, u32::MAX);
-        set_feature(&mut cpuid, cx16, false);
-        assert_eq!(cpuid.as_slice()[0].ecx, !(1 << 13));
+    fn toggles_fold_last_wins_and_on_restores_only_supported_bits() {
+        let supported = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: (1 << 13) | (1 << 21),
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                edx: EDX7_ARCH_CAPABILITIES,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        let mut cpuid = supported.clone();
+        filter(&mut cpuid, 0, 1);
+        assert_eq!(cpuid.as_slice()[1].edx & EDX7_ARCH_CAPABILITIES, 0);
+        let t = |n: &str, on: bool| (n.to_string(), on);
+        let unsupported = apply_features(
+            &mut cpuid,
+            &supported,
+            &[
+                t("cx16", false),
+                t("x2apic", false),
+                t("x2apic", true),
+                t("arch-capabilities", true),
+                t("avx2", true),
+            ],
+        );
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].ecx & (1 << 13), 0, "cx16 off");
+        assert_ne!(e[0].ecx & (1 << 21), 0, "x2apic: the last toggle wins");
+        assert_ne!(e[1].edx & EDX7_ARCH_CAPABILITIES, 0, "on undoes our filter");
+        assert_eq!(e[1].ebx & (1 << 5), 0, "avx2 unsupported stays off");
+        assert_eq!(unsupported, vec!["avx2".to_string()]);
+    }
+
+    #[test]
+    fn names_and_aliases() {
         assert_eq!(feature("tsc_deadline"), feature("tsc-deadline"));
+        assert_eq!(feature("sse4_1"), feature("sse4.1"));
         assert!(feature("frobnicate").is_none());
-        // Names are unique.
+        assert!(is_ignored_property("migratable"));
+        assert!(is_ignored_property("hv_relaxed"));
+        assert!(!is_ignored_property("cx16"));
         for (i, (a, _)) in FEATURES.iter().enumerate() {
             assert!(FEATURES[i + 1..].iter().all(|(b, _)| a != b), "{a}");
         }

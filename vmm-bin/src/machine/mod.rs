@@ -237,6 +237,9 @@ impl Machine {
             (Cap::UserMemory, "user memory"),
             (Cap::Pit2, "an in-kernel PIT"),
             (Cap::Irqfd, "irqfd"),
+            // Our GSI table (IRQ0 on IOAPIC pin 2, as fw_cfg and the MP table say) and
+            // MSI routes need it.
+            (Cap::IrqRouting, "GSI routing"),
         ] {
             if !kvm.check_extension(cap) {
                 return Err(Error::MissingCap(name));
@@ -380,10 +383,13 @@ impl Machine {
                 .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
             let mut cpuid = supported.clone();
             cpuid::filter(&mut cpuid, index, count);
-            for (name, on) in &self.config.cpu_features {
-                if let Some(bit) = cpuid::feature(name) {
-                    cpuid::set_feature(&mut cpuid, bit, *on);
-                }
+            let unsupported =
+                cpuid::apply_features(&mut cpuid, &supported, &self.config.cpu_features);
+            if index == 0 && !unsupported.is_empty() {
+                eprintln!(
+                    "vmm-bin: warning: KVM does not support CPU feature(s) {} (left off)",
+                    unsupported.join(", ")
+                );
             }
             fd.set_cpuid2(&cpuid)
                 .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
