@@ -268,6 +268,7 @@ impl Machine {
             config,
             &vm,
             layout,
+            ram.list().clone(),
             events.clone(),
             Arc::new(KvmIrqLine(vm.clone())),
         )?;

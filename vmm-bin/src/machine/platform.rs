@@ -8,6 +8,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
+use ram_block::RamList;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::io_bus::{BusDevice, IoBus, PLATFORM_OWNER};
@@ -17,7 +18,7 @@ use crate::cli::{Config, SerialBackend};
 use crate::devices::EventSink;
 use crate::devices::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use crate::devices::debug_exit::DebugExit;
-use crate::devices::fw_cfg::{FW_CFG_PORT, FwCfg, keys};
+use crate::devices::fw_cfg::{FW_CFG_DMA_PORT, FW_CFG_PORT, FwCfg, keys};
 use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
 use crate::devices::pci::{
     ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PciHost, Piix3Isa, Piix4Pm,
@@ -54,7 +55,8 @@ fn map(bus: &IoBus, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<(
 }
 
 impl Platform {
-    /// Builds and maps the platform devices for `config`.
+    /// Builds and maps the platform devices for `config`; `ram` is what fw_cfg's DMA
+    /// interface reads and writes.
     ///
     /// # Errors
     ///
@@ -64,6 +66,7 @@ impl Platform {
         config: &Config,
         vm: &Arc<VmFd>,
         layout: RamLayout,
+        ram: RamList,
         events: EventSink,
         irq: Arc<dyn IrqLine>,
     ) -> Result<Platform> {
@@ -91,8 +94,9 @@ impl Platform {
         }));
         map(&pio, u64::from(CMOS_BASE), 2, cmos.clone())?;
 
-        let fw_cfg = Arc::new(firmware_config(config, layout)?);
+        let fw_cfg = Arc::new(firmware_config(config, layout, ram)?);
         map(&pio, u64::from(FW_CFG_PORT), 2, fw_cfg.clone())?;
+        map(&pio, u64::from(FW_CFG_DMA_PORT), 8, fw_cfg.dma_register())?;
 
         let kbd = Arc::new(I8042::new(events.clone()));
         for port in [I8042_DATA, I8042_COMMAND] {
@@ -187,9 +191,9 @@ impl Platform {
     }
 }
 
-/// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS.
-fn firmware_config(config: &Config, layout: RamLayout) -> Result<FwCfg> {
-    let cfg = FwCfg::new();
+/// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS (with the DMA interface).
+fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<FwCfg> {
+    let cfg = FwCfg::with_dma(ram);
     let cpus = config.cpus as u16;
     cfg.add_bytes(keys::RAM_SIZE, layout.total().to_le_bytes().to_vec());
     cfg.add_bytes(
