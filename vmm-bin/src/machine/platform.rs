@@ -18,6 +18,7 @@ use crate::cli::{Config, SerialBackend};
 use crate::devices::EventSink;
 use crate::devices::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use crate::devices::debug_exit::DebugExit;
+use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
 use crate::devices::fw_cfg::{FW_CFG_DMA_PORT, FW_CFG_PORT, FwCfg, keys};
 use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
 use crate::devices::pci::{
@@ -130,6 +131,16 @@ impl Platform {
         pci.plug(at(1, 0)?, Box::new(isa)).map_err(plug_err)?;
         pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))
             .map_err(plug_err)?;
+
+        if let Some(path) = std::env::var_os(DEBUGCON_ENV) {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::Device(format!("{DEBUGCON_ENV}={path:?}: {e}")))?;
+            let dev = Arc::new(DebugCon::new(Box::new(file)));
+            map(&pio, u64::from(DEBUGCON_PORT), 1, dev)?;
+        }
 
         if let Some(exit) = config.debug_exit {
             let dev = Arc::new(DebugExit::new(events.clone()));
