@@ -22,6 +22,7 @@ mod linux;
 mod memory;
 mod platform;
 mod runner;
+mod smbios;
 mod vcpu;
 
 pub use io_bus::{BusDevice, IoBus, Overlap, PLATFORM_OWNER};

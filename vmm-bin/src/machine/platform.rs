@@ -227,6 +227,9 @@ fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<F
             .map_err(|e| Error::Device(e.to_string()))
     };
     file("etc/e820", e820_bytes(&layout.firmware_e820()))?;
+    let (tables, anchor) = super::smbios::build(layout, config.cpus);
+    file("etc/smbios/smbios-tables", tables)?;
+    file("etc/smbios/smbios-anchor", anchor)?;
     file("etc/boot-cpus", cpus.to_le_bytes().to_vec())?;
     let wait = config.reboot_timeout_ms.unwrap_or(u32::MAX);
     file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
