@@ -1,7 +1,9 @@
-//! The small ISA pieces a PC has to answer on: the i8042 (enough for its reset pulse),
+//! The small ISA pieces a PC has to answer on: the i8042 (its reset pulse, and a
+//! keyboard that acknowledges commands),
 //! port 0x92 (fast reset, A20), the APM control port 0xB2 (ACPI enable), and ports
 //! that only need to exist (8237 DMA, POST code 0x80, the ELCR at 0x4D0).
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::devices::{EventSink, SystemEvent};
@@ -46,20 +48,30 @@ impl BusDevice for Ignored {
     }
 }
 
-/// A minimal i8042 keyboard controller at 0x60 (data) and 0x64 (status/command): the
-/// status says "no data, input buffer empty"; command 0xFE (pulse the reset line)
-/// resets the machine; self-test (0xAA) and command-byte reads (0x20) answer so that
-/// firmware probing the controller does not wait for a timeout.
+/// A minimal i8042 keyboard controller at 0x60 (data) and 0x64 (status/command), with
+/// a PS/2 keyboard behind it that never has a key to send. The controller answers
+/// self-test (0xAA), interface test (0xAB) and command-byte reads (0x20); command 0xFE
+/// (pulse the reset line) resets the machine. The keyboard acknowledges its commands
+/// as QEMU's `ps2_write_keyboard` does (reset: ACK then the BAT code 0xAA; get ID: ACK,
+/// 0xAB, 0x83; LED, scan-set and typematic commands take one acknowledged parameter;
+/// unknown bytes: RESEND), so SeaBIOS's keyboard set-up completes instead of waiting
+/// out its one-second ACK timeout. No mouse is attached: bytes for the aux port get no
+/// answer (SeaBIOS probes it only when a guest calls INT 15h/C2).
 pub struct I8042 {
     state: Mutex<KbdState>,
     events: EventSink,
 }
 
 struct KbdState {
-    output: Option<u8>,
+    /// Bytes waiting in the output buffer (controller replies and keyboard bytes).
+    output: VecDeque<u8>,
     command_byte: u8,
-    /// The command waiting for its data byte on port 0x60.
+    /// The controller command waiting for its data byte on port 0x60.
     pending: Option<u8>,
+    /// The keyboard command waiting for its parameter byte.
+    kbd_pending: Option<u8>,
+    /// The keyboard's scan code set (1 to 3).
+    scan_set: u8,
 }
 
 /// i8042 data port.
@@ -67,14 +79,80 @@ pub const I8042_DATA: u16 = 0x60;
 /// i8042 status/command port.
 pub const I8042_COMMAND: u16 = 0x64;
 
+/// What the output buffer holds at most (QEMU's PS/2 queue is 16 deep for commands).
+const OUTPUT_DEPTH: usize = 16;
+
+/// PS/2 keyboard replies.
+mod reply {
+    /// Acknowledge.
+    pub(super) const ACK: u8 = 0xfa;
+    /// Basic assurance test passed (after a reset).
+    pub(super) const BAT_OK: u8 = 0xaa;
+    /// Send the last byte again (what a keyboard says to an unknown command).
+    pub(super) const RESEND: u8 = 0xfe;
+    /// Echo.
+    pub(super) const ECHO: u8 = 0xee;
+}
+
+impl KbdState {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.output.len() < OUTPUT_DEPTH {
+                self.output.push_back(b);
+            }
+        }
+    }
+
+    /// A byte from the host to the keyboard (QEMU's `ps2_write_keyboard`).
+    fn keyboard_write(&mut self, value: u8) {
+        if let Some(command) = self.kbd_pending.take() {
+            match command {
+                // Scan code set: 0 asks which one.
+                0xf0 if value == 0 => {
+                    let set = self.scan_set;
+                    self.push(&[reply::ACK, set]);
+                }
+                0xf0 if (1..=3).contains(&value) => {
+                    self.scan_set = value;
+                    self.push(&[reply::ACK]);
+                }
+                0xf0 => self.push(&[reply::ACK]),
+                // LEDs, typematic rate: taken.
+                _ => self.push(&[reply::ACK]),
+            }
+            return;
+        }
+        match value {
+            // Set LEDs, scan code set, typematic rate: a parameter follows.
+            0xed | 0xf0 | 0xf3 => {
+                self.kbd_pending = Some(value);
+                self.push(&[reply::ACK]);
+            }
+            0xee => self.push(&[reply::ECHO]),
+            // Get ID: an MF2 keyboard.
+            0xf2 => self.push(&[reply::ACK, 0xab, 0x83]),
+            // Enable, reset and disable, set defaults.
+            0xf4..=0xf6 => self.push(&[reply::ACK]),
+            // Reset: acknowledge, then the self-test result.
+            0xff => {
+                self.scan_set = 2;
+                self.push(&[reply::ACK, reply::BAT_OK]);
+            }
+            _ => self.push(&[reply::RESEND]),
+        }
+    }
+}
+
 impl I8042 {
     /// A controller reporting resets to `events`.
     pub fn new(events: EventSink) -> I8042 {
         I8042 {
             state: Mutex::new(KbdState {
-                output: None,
+                output: VecDeque::new(),
                 command_byte: 0x61,
                 pending: None,
+                kbd_pending: None,
+                scan_set: 2,
             }),
             events,
         }
@@ -84,9 +162,9 @@ impl I8042 {
     fn port_read(&self, port: u16) -> u8 {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match port {
-            I8042_DATA => s.output.take().unwrap_or(0),
+            I8042_DATA => s.output.pop_front().unwrap_or(0),
             // System flag (bit 2), unlocked (bit 4); bit 0 set while a byte waits.
-            _ => 0x14 | u8::from(s.output.is_some()),
+            _ => 0x14 | u8::from(!s.output.is_empty()),
         }
     }
 
@@ -94,10 +172,13 @@ impl I8042 {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match port {
             I8042_COMMAND => match value {
-                0x20 => s.output = Some(s.command_byte),
+                0x20 => {
+                    let byte = s.command_byte;
+                    s.push(&[byte]);
+                }
                 0x60 | 0xd1 | 0xd2 | 0xd3 | 0xd4 => s.pending = Some(value),
-                0xaa => s.output = Some(0x55),
-                0xab => s.output = Some(0x00),
+                0xaa => s.push(&[0x55]),
+                0xab => s.push(&[0x00]),
                 0xfe => {
                     drop(s);
                     (self.events)(SystemEvent::Reset);
@@ -111,8 +192,9 @@ impl I8042 {
                     drop(s);
                     (self.events)(SystemEvent::Reset);
                 }
-                // A byte for the keyboard itself: there is none; answer nothing.
-                _ => {}
+                Some(_) => {}
+                // No controller command waiting: the byte is for the keyboard.
+                None => s.keyboard_write(value),
             },
         }
     }
@@ -219,5 +301,63 @@ mod tests {
         let mut w = [0u8; 4];
         ignored.read(1, &mut w);
         assert_eq!(w, [0x0c, 0xff, 0xff, 0xff]);
+    }
+
+    /// SeaBIOS's `ps2_keyboard_setup` sequence: without the keyboard's ACKs it waited
+    /// out a one-second timeout per boot ("WARNING - Timeout at ps2_recvbyte").
+    #[test]
+    fn keyboard_answers_seabios_setup_sequence() {
+        let (events, _) = sink();
+        let kbd = Arc::new(I8042::new(events));
+        let status = I8042Port {
+            controller: kbd.clone(),
+            port: I8042_COMMAND,
+        };
+        let data = I8042Port {
+            controller: kbd,
+            port: I8042_DATA,
+        };
+        let drain = || {
+            let mut out = Vec::new();
+            let mut b = [0u8];
+            loop {
+                status.read(0, &mut b);
+                if b[0] & 1 == 0 {
+                    return out;
+                }
+                data.read(0, &mut b);
+                out.push(b[0]);
+            }
+        };
+        // Write the command byte (0x60 + data), then reset the keyboard.
+        status.write(0, &[0x60]);
+        data.write(0, &[0x30]);
+        assert!(drain().is_empty());
+        status.write(0, &[0x20]);
+        assert_eq!(drain(), [0x30]);
+        data.write(0, &[0xff]);
+        assert_eq!(drain(), [0xfa, 0xaa]);
+        data.write(0, &[0xf5]);
+        assert_eq!(drain(), [0xfa]);
+        data.write(0, &[0xf0]);
+        assert_eq!(drain(), [0xfa]);
+        data.write(0, &[0x02]);
+        assert_eq!(drain(), [0xfa]);
+        data.write(0, &[0xf0]);
+        data.write(0, &[0x00]);
+        assert_eq!(drain(), [0xfa, 0xfa, 0x02]);
+        data.write(0, &[0xf4]);
+        data.write(0, &[0xf2]);
+        data.write(0, &[0xee]);
+        data.write(0, &[0x42]);
+        assert_eq!(drain(), [0xfa, 0xfa, 0xab, 0x83, 0xee, 0xfe]);
+        // A byte for the mouse gets no answer; the buffer is bounded.
+        status.write(0, &[0xd4]);
+        data.write(0, &[0xff]);
+        assert!(drain().is_empty());
+        for _ in 0..20 {
+            data.write(0, &[0xff]);
+        }
+        assert_eq!(drain().len(), OUTPUT_DEPTH);
     }
 }

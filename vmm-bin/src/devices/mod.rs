@@ -11,12 +11,14 @@
 //! | PCI config (0xCF8/0xCFC) | address register, config offset and width | bus/slot/function exist, offset < 256, access inside the dword |
 //! | PCI BARs | written BAR values, command register | size-aligned, below the top of the space, no overlap (else unmapped) |
 //! | CMOS | index register | index masked to 0..128 |
-//! | fw_cfg | selector, data reads | unknown keys read as empty, reads past the end return 0 |
+//! | fw_cfg | selector, data reads, DMA descriptors | unknown keys read as empty, reads past the end return 0; DMA descriptor and buffers translated through the RAM list with overflow checks, ERROR on anything outside RAM, no allocation from guest lengths (see `fw_cfg`'s table) |
+//! | debugcon (`VMM_DEBUGCON` only) | written bytes | the low byte is copied to the log file |
 //! | debug exit | written value | any value; the exit status is `(value << 1) \| 1` truncated to a byte by the OS |
 //! | serial | UART registers | vm-superio's 16550 model |
 
 pub mod cmos;
 pub mod debug_exit;
+pub mod debugcon;
 pub mod fw_cfg;
 pub mod legacy;
 pub mod pci;

@@ -25,6 +25,7 @@ pub mod mptable;
 pub mod pam;
 mod platform;
 mod runner;
+mod smbios;
 mod vcpu;
 
 pub use io_bus::{BusDevice, IoBus, Overlap, PLATFORM_OWNER};
@@ -280,6 +281,7 @@ impl Machine {
             config,
             &vm,
             layout,
+            ram.list().clone(),
             events.clone(),
             Arc::new(KvmIrqLine(vm.clone())),
             ram.pam(),

@@ -8,6 +8,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
+use ram_block::RamList;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::io_bus::{BusDevice, IoBus, PLATFORM_OWNER};
@@ -17,7 +18,8 @@ use crate::cli::{Config, SerialBackend};
 use crate::devices::EventSink;
 use crate::devices::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use crate::devices::debug_exit::DebugExit;
-use crate::devices::fw_cfg::{FW_CFG_PORT, FwCfg, keys};
+use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
+use crate::devices::fw_cfg::{FW_CFG_DMA_PORT, FW_CFG_PORT, FwCfg, keys};
 use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
 use crate::devices::pci::{
     ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PamListener, PciHost, Piix3Isa,
@@ -54,8 +56,9 @@ fn map(bus: &IoBus, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<(
 }
 
 impl Platform {
-    /// Builds and maps the platform devices for `config`; the host bridge's PAM
-    /// registers drive `pam` (the BIOS shadow map; `None` without a BIOS).
+    /// Builds and maps the platform devices for `config`; `ram` is what fw_cfg's DMA
+    /// interface reads and writes; the host bridge's PAM registers drive `pam` (the BIOS
+    /// shadow map; `None` without a BIOS).
     ///
     /// # Errors
     ///
@@ -65,6 +68,7 @@ impl Platform {
         config: &Config,
         vm: &Arc<VmFd>,
         layout: RamLayout,
+        ram: RamList,
         events: EventSink,
         irq: Arc<dyn IrqLine>,
         pam: Option<Arc<dyn PamListener>>,
@@ -93,8 +97,9 @@ impl Platform {
         }));
         map(&pio, u64::from(CMOS_BASE), 2, cmos.clone())?;
 
-        let fw_cfg = Arc::new(firmware_config(config, layout)?);
+        let fw_cfg = Arc::new(firmware_config(config, layout, ram)?);
         map(&pio, u64::from(FW_CFG_PORT), 2, fw_cfg.clone())?;
+        map(&pio, u64::from(FW_CFG_DMA_PORT), 8, fw_cfg.dma_register())?;
 
         let kbd = Arc::new(I8042::new(events.clone()));
         for port in [I8042_DATA, I8042_COMMAND] {
@@ -128,6 +133,16 @@ impl Platform {
         pci.plug(at(1, 0)?, Box::new(isa)).map_err(plug_err)?;
         pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))
             .map_err(plug_err)?;
+
+        if let Some(path) = std::env::var_os(DEBUGCON_ENV) {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::Device(format!("{DEBUGCON_ENV}={path:?}: {e}")))?;
+            let dev = Arc::new(DebugCon::new(Box::new(file)));
+            map(&pio, u64::from(DEBUGCON_PORT), 1, dev)?;
+        }
 
         if let Some(exit) = config.debug_exit {
             let dev = Arc::new(DebugExit::new(events.clone()));
@@ -189,9 +204,9 @@ impl Platform {
     }
 }
 
-/// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS.
-fn firmware_config(config: &Config, layout: RamLayout) -> Result<FwCfg> {
-    let cfg = FwCfg::new();
+/// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS (with the DMA interface).
+fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<FwCfg> {
+    let cfg = FwCfg::with_dma(ram);
     let cpus = config.cpus as u16;
     cfg.add_bytes(keys::RAM_SIZE, layout.total().to_le_bytes().to_vec());
     cfg.add_bytes(
@@ -214,6 +229,9 @@ fn firmware_config(config: &Config, layout: RamLayout) -> Result<FwCfg> {
             .map_err(|e| Error::Device(e.to_string()))
     };
     file("etc/e820", e820_bytes(&layout.firmware_e820()))?;
+    let (tables, anchor) = super::smbios::build(layout, config.cpus);
+    file("etc/smbios/smbios-tables", tables)?;
+    file("etc/smbios/smbios-anchor", anchor)?;
     file("etc/boot-cpus", cpus.to_le_bytes().to_vec())?;
     let wait = config.reboot_timeout_ms.unwrap_or(u32::MAX);
     file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
