@@ -31,15 +31,34 @@ struct KvmMsi {
     vm: Arc<VmFd>,
     /// Indexed by MSI-X table entry.
     routes: Vec<MsiRoute>,
+    /// Whether the fallback has been reported (once per function).
+    fell_back: std::sync::atomic::AtomicBool,
 }
 
 impl KvmMsi {
     /// Routes for `vectors` table entries (as many as GSIs allow; the rest signal).
     fn new(vm: Arc<VmFd>, routing: Option<&Arc<GsiRouting>>, vectors: usize) -> KvmMsi {
-        let routes = routing
-            .map(|r| (0..vectors).map_while(|_| r.msi_route().ok()).collect())
-            .unwrap_or_default();
-        KvmMsi { vm, routes }
+        let mut routes = Vec::with_capacity(vectors);
+        if let Some(routing) = routing {
+            for _ in 0..vectors {
+                match routing.msi_route() {
+                    Ok(route) => routes.push(route),
+                    Err(e) => {
+                        eprintln!(
+                            "vmm-bin: no irqfd route for MSI-X vector {}: {e}; it is \
+                             delivered with KVM_SIGNAL_MSI",
+                            routes.len()
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        KvmMsi {
+            vm,
+            routes,
+            fell_back: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn signal(&self, address: u64, data: u32) {
@@ -58,8 +77,17 @@ impl MsiSender for KvmMsi {
     fn send(&self, vector: u16, address: u64, data: u32) {
         match self.routes.get(usize::from(vector)) {
             Some(route) => {
-                if route.send(address, data).is_err() {
+                if let Err(e) = route.send(address, data) {
                     // KVM refused the route: deliver this one directly.
+                    if !self
+                        .fell_back
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        eprintln!(
+                            "vmm-bin: MSI-X vector {vector}: irqfd route failed ({e}); \
+                             delivering with KVM_SIGNAL_MSI"
+                        );
+                    }
                     self.signal(address, data);
                 }
             }

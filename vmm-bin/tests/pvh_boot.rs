@@ -24,6 +24,22 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in:\n{out}"))
 }
 
+/// Whether the host CPU has hardware virtualization (vmx/svm).
+fn hardware_virtualization() -> bool {
+    cpu_flag("vmx") || cpu_flag("svm")
+}
+
+fn host_has_cx16() -> bool {
+    cpu_flag("cx16")
+}
+
+fn cpu_flag(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag))
+    })
+}
+
 /// Assembles tests/pvh/NAME.S into a fresh directory; `None` (after saying why) without
 /// `/dev/kvm` or binutils.
 fn program(name: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
@@ -73,13 +89,18 @@ fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
     assert_eq!(cr0 & 1, 1, "protected mode");
     assert_eq!(cr0 >> 31, 0, "paging off");
     let cpuid1 = u32::from_str_radix(field(&out, "cpuid1"), 16).unwrap();
-    assert_eq!(cpuid1 & (1 << 13), 0, "-cpu host,-cx16 clears CMPXCHG16B");
+    if host_has_cx16() {
+        assert_eq!(cpuid1 & (1 << 13), 0, "-cpu host,-cx16 clears CMPXCHG16B");
+    } else {
+        eprintln!("SKIPPED the -cx16 check: the host CPU has no CMPXCHG16B");
+    }
     assert_ne!(cpuid1 & (1 << 31), 0, "the hypervisor bit");
     assert_eq!(field(&out, "magic"), "336ec578 version=00000001");
     assert_eq!(field(&out, "cmdline"), cmdline);
 
-    // 128 MiB: conventional RAM to the EBDA, the BIOS area reserved, RAM from 1 MiB.
-    assert_eq!(field(&out, "memmap"), "00000003");
+    // 128 MiB: conventional RAM to the EBDA, the BIOS area reserved, RAM from 1 MiB,
+    // KVM's identity-map and TSS pages reserved.
+    assert_eq!(field(&out, "memmap"), "00000004");
     let e820: Vec<&str> = out.lines().filter(|l| l.starts_with("e820 ")).collect();
     assert_eq!(
         e820,
@@ -87,6 +108,7 @@ fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
             "e820 0000000000000000 000000000009fc00 00000001",
             "e820 000000000009fc00 0000000000060400 00000002",
             "e820 0000000000100000 0000000007f00000 00000001",
+            "e820 00000000feffc000 0000000000004000 00000002",
         ]
     );
 
@@ -160,5 +182,21 @@ fn virtio_blk_interrupts_reach_the_guest_through_msix_and_intx() {
     assert!(
         intx.contains(" irq=00000001 isr=00000001 used=00000002"),
         "{intx}"
+    );
+    // After the ISR read lowered the line, no further INTx. This machine's software KVM
+    // re-delivers a level-triggered interrupt once after EOI regardless (QEMU/KVM runs
+    // the same program into the same extra interrupt here), so it is only judged where
+    // KVM is hardware.
+    let extra = field(&out, "intx extra");
+    if hardware_virtualization() {
+        assert_eq!(extra, "00000000", "INTx fired again after the ISR read");
+    } else if extra != "00000000" {
+        eprintln!("NOTE: {extra} extra INTx after the ISR read (software KVM re-delivery)");
+    }
+    // Delivered through irqfds: the VMM says when it has to fall back.
+    assert!(
+        !vm.stderr().contains("KVM_SIGNAL_MSI"),
+        "MSI fell back from irqfd:\n{}",
+        vm.stderr()
     );
 }

@@ -42,7 +42,7 @@ fn qemu_qmp_client_drives_the_vm() {
     std::fs::write(&image, disk).unwrap();
     let sock = dir.join("qmp.sock");
     let log = dir.join("serial.log");
-    let mut vm = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
+    let vm = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
         .args(["-nographic", "-m", "128"])
         .args(["-object", "iothread,id=io0"])
         .arg("-drive")
@@ -61,8 +61,11 @@ fn qemu_qmp_client_drives_the_vm() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let mut vm = KillOnDrop(vm);
     let start = Instant::now();
-    while !sock.exists() {
+    // The socket file appears at bind; it is made 0600 before it listens, so check the
+    // mode once a connection succeeds.
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(start.elapsed() < Duration::from_secs(10), "no QMP socket");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -82,11 +85,11 @@ fn qemu_qmp_client_drives_the_vm() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(s) = vm.try_wait().unwrap() {
+        if let Some(s) = vm.0.try_wait().unwrap() {
             break Some(s);
         }
         if Instant::now() > deadline {
-            let _ = vm.kill();
+            let _ = vm.0.kill();
             break None;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -104,4 +107,16 @@ fn qemu_qmp_client_drives_the_vm() {
         "quit ends the VMM with status 0"
     );
     assert!(!sock.exists(), "the socket file is removed on quit");
+}
+
+/// Kills the VMM if the test fails before it quits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -34,8 +34,14 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 /// The in-kernel IOAPIC's pin count: GSIs below this are the irqchip's.
 pub const IOAPIC_PINS: u32 = 24;
 
-/// The most routes KVM accepts (`KVM_MAX_IRQ_ROUTES`); MSI GSIs stay below it.
+/// The most routes KVM accepts in one table (`KVM_MAX_IRQ_ROUTES`); GSI numbers stay
+/// below it too.
 const MAX_ROUTES: u32 = 4096;
+
+/// How many MSI routes fit beside the PC's irqchip routes.
+fn max_msi_routes() -> usize {
+    MAX_ROUTES as usize - pc_routes().len()
+}
 
 /// The VM's GSI routing table. Cheap to share (`Arc`); every change commits the whole
 /// table under one lock, so concurrent route changes never install a table that lacks
@@ -138,6 +144,9 @@ impl GsiRouting {
     pub fn msi_route(self: &Arc<Self>) -> std::io::Result<MsiRoute> {
         let gsi = {
             let mut routes = lock(&self.routes);
+            if routes.msi.len() >= max_msi_routes() {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             let gsi = (IOAPIC_PINS..MAX_ROUTES)
                 .find(|g| !routes.msi.contains_key(g))
                 .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOSPC))?;
@@ -179,8 +188,9 @@ impl GsiRouting {
     fn release(&self, gsi: u32) {
         let mut routes = lock(&self.routes);
         if let Some(Some(_)) = routes.msi.remove(&gsi) {
-            // A failure leaves a stale route on an unused GSI: harmless, and the GSI is
-            // not handed out again until a later commit succeeds without it.
+            // If KVM refuses the smaller table, its stale route stays on a GSI whose
+            // irqfd is gone (harmless); keep the GSI reserved so it is never handed out
+            // with that route still installed. Only a failing KVM gets here.
             if self.commit(&routes).is_err() {
                 routes.msi.insert(gsi, None);
             }
@@ -299,7 +309,7 @@ mod tests {
     /// A VM with an in-kernel irqchip and one vCPU whose LAPIC is software-enabled.
     fn vm_with_lapic() -> Option<(Arc<VmFd>, VcpuFd)> {
         let Ok(kvm) = Kvm::new() else {
-            eprintln!("SKIP: /dev/kvm unavailable: irqfd routing not exercised");
+            eprintln!("SKIPPED irq_routing: /dev/kvm unavailable: irqfd routing not exercised");
             return None;
         };
         let vm = Arc::new(kvm.create_vm().expect("KVM_CREATE_VM"));
@@ -349,7 +359,9 @@ mod tests {
             return;
         };
         let Some(routing) = GsiRouting::new(vm).expect("default routes") else {
-            eprintln!("SKIP: KVM lacks KVM_CAP_IRQ_ROUTING: irqfd MSI not exercised");
+            eprintln!(
+                "SKIPPED irq_routing: KVM lacks KVM_CAP_IRQ_ROUTING: irqfd MSI not exercised"
+            );
             return;
         };
         let a = routing.msi_route().expect("route a");
@@ -388,7 +400,7 @@ mod tests {
             return;
         };
         let Some(_routing) = GsiRouting::new(vm.clone()).expect("default routes") else {
-            eprintln!("SKIP: KVM lacks KVM_CAP_IRQ_ROUTING");
+            eprintln!("SKIPPED irq_routing: KVM lacks KVM_CAP_IRQ_ROUTING");
             return;
         };
         // IOAPIC pin 20 (a PCI line): vector 0x58, fixed, physical, to APIC 0, edge,

@@ -90,7 +90,8 @@ impl RamLayout {
     }
 
     /// The e820 map a directly booted Linux gets: conventional RAM up to the EBDA, the
-    /// BIOS area reserved, RAM from 1 MiB, RAM above 4 GiB.
+    /// BIOS area reserved, RAM from 1 MiB, KVM's reserved pages (so Linux never places
+    /// a BAR over them), RAM above 4 GiB.
     pub fn linux_e820(&self) -> Vec<E820Entry> {
         let mut map = vec![
             E820Entry {
@@ -111,6 +112,11 @@ impl RamLayout {
                 kind: E820Type::Ram,
             });
         }
+        map.push(E820Entry {
+            addr: KVM_RESERVED.0,
+            size: KVM_RESERVED.1,
+            kind: E820Type::Reserved,
+        });
         if self.above_4g > 0 {
             map.push(E820Entry {
                 addr: FOUR_GIB,

@@ -348,7 +348,7 @@ fn write_gdt(
         0,
         gdt_entry(code_flags, 0, 0xfffff), // code: present, execute/read
         gdt_entry(0xc093, 0, 0xfffff),     // data: present, read/write
-        gdt_entry(0x808b, 0, 0xfffff),     // TSS: present, busy
+        gdt_entry(0x008b, 0, 0x67),        // TSS: present, busy, 104 bytes
     ];
     for (i, entry) in table.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(GDT_START + 8 * i as u64))

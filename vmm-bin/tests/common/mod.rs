@@ -78,7 +78,6 @@ pub(crate) fn assemble_pvh(dir: &Path, name: &str, skip: impl Fn(&str)) -> Optio
     }
     let ld = Command::new("ld")
         .args(["-m", "elf_x86_64", "-z", "noexecstack", "--build-id=none"])
-        .arg("--no-warn-rwx-segments")
         .arg("-T")
         .arg(src_dir.join("pvh.ld"))
         .arg("-o")
@@ -119,6 +118,8 @@ pub(crate) struct Vm {
     output: mpsc::Receiver<Vec<u8>>,
     /// Serial output so far.
     pub(crate) seen: String,
+    /// Everything the VMM wrote on stderr (also echoed to the test's stderr).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Vm {
@@ -128,7 +129,7 @@ impl Vm {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn vmm-bin");
         let mut stdout = child.stdout.take().unwrap();
@@ -141,11 +142,31 @@ impl Vm {
                 }
             }
         });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]);
+                eprint!("{text}");
+                sink.lock().unwrap().push_str(&text);
+            }
+        });
         Vm {
             child,
             output,
             seen: String::new(),
+            stderr,
         }
+    }
+
+    /// What the VMM wrote on stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Waits until the serial output contains `text`; false at the deadline.
@@ -161,19 +182,32 @@ impl Vm {
         true
     }
 
-    /// Waits for the process to exit; kills it at the deadline.
+    /// Collects the rest of the serial output: until the reader sees end of file (the
+    /// VMM exited and its stdout closed), at most a few seconds.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => return, // disconnected (EOF) or out of time
+            }
+        }
+    }
+
+    /// Waits for the process to exit; kills it at the deadline (`None`). The serial
+    /// output is complete in both cases.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                while let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(100)) {
-                    self.seen.push_str(&String::from_utf8_lossy(&chunk));
-                }
+                self.drain();
                 return Some(status);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                self.drain();
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));

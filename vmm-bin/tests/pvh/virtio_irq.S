@@ -7,8 +7,9 @@
  *   1. with MSI-X on: queue 0 on table entry 1 = vector 0x41 to APIC 0 (the VMM
  *      delivers it through an irqfd); the handler counts it;
  *   2. with MSI-X off: the INTx fallback, through the PIIX PIRQ swizzle to IOAPIC pin
- *      16 + PIRQ, programmed here as vector 0x42, level triggered; the handler reads
- *      the ISR (which lowers the line) and counts.
+ *      16 + PIRQ (or, where firmware routed the PIRQ to an ISA IRQ, that IRQ's pin),
+ *      programmed here as vector 0x42, level triggered; the handler reads the ISR
+ *      (which lowers the line) and counts.
  *
  * Each phase waits with `sti; hlt` until its handler ran, then checks the used ring,
  * the status byte and the data (sector 3 starts "MSIXSEC3", sector 4 "INTXSEC4").
@@ -16,6 +17,7 @@
  *   dev=<slot> common=<addr> notify=<addr> isr=<addr> msix=<table addr>
  *   msix irq=<count> used=<idx> status=<byte> data=<first dword>
  *   intx gsi=<gsi> irq=<count> isr=<value> used=<idx> status=<byte> data=<first dword>
+ *   intx extra=<interrupts taken in a later window with interrupts on>
  *   PASS                (exit 0x10: status 33)   or   FAIL <what>  (exit 0x11: 35)
  */
         .include "lib.S"
@@ -48,10 +50,12 @@ pvh_start:
         out %al, $0x21
         out %al, $0xa1
 
-        /* IDT: every vector to `unexpected`, 0x41 to `msi_handler`, 0x42 to `intx_handler`. */
+        /* IDT: every vector to its `unexpected` stub, 0x41 to `msi_handler`, 0x42 to
+           `intx_handler`. */
         mov $IDT, %edi
         xor %ecx, %ecx
-1:      mov $unexpected, %eax
+1:      lea (%ecx,%ecx,4), %eax
+        lea unexpected_stubs(,%eax,2), %eax    /* stub n at unexpected_stubs + 10 n */
         cmp $0x41, %ecx
         jne 2f
         mov $msi_handler, %eax
@@ -265,8 +269,25 @@ caps_done:
         dec %eax
         add dev, %eax
         dec %eax
-        and $3, %eax
-        add $16, %eax                   /* GSI = 16 + PIRQ */
+        and $3, %eax                    /* PIRQ (the PIIX swizzle) */
+        /* Routed to an ISA IRQ by firmware (PIIX3 00:01.0 register 0x60 + PIRQ, bit 7
+           clear)? Then that IRQ's IOAPIC pin; else IOAPIC pin 16 + PIRQ. */
+        push %ebx
+        push %eax
+        mov $1, %ebx
+        mov $0x60, %ecx
+        call pci_read32
+        pop %ecx
+        pop %ebx
+        shl $3, %ecx
+        shr %cl, %eax
+        shr $3, %ecx
+        test $0x80, %al
+        jnz 1f
+        and $0x0f, %eax
+        jmp 2f
+1:      lea 16(%ecx), %eax              /* GSI = 16 + PIRQ */
+2:
         mov %eax, gsi
         shl $1, %eax
         add $0x10, %eax                 /* redirection entry, low dword */
@@ -298,6 +319,27 @@ caps_done:
         mov $2, %ecx
         mov $0x58544e49, %edx           /* "INTX" */
         call check_result
+
+        /* Interrupts on for a while: a line the ISR read failed to lower would fire
+           again (level triggered). Reported, not judged here: this machine's software
+           KVM re-delivers a level interrupt once after its EOI even with the line low
+           (QEMU/KVM shows the same); the host test judges it where KVM is hardware. */
+        mov intx_count, %eax
+        mov %eax, intx_at_wake
+        mov %esp, resume_esp
+        movl $2f, resume_eip
+        sti
+        mov $1000, %ecx
+1:      in $0x80, %al                   /* an exit each: KVM injects what is pending */
+        dec %ecx
+        jnz 1b
+2:      cli
+        mov $s_extra, %esi
+        call puts
+        mov intx_count, %eax
+        sub intx_at_wake, %eax
+        call hex32
+        call newline
 
         mov $s_pass, %esi
         call puts
@@ -347,11 +389,12 @@ submit_read:
 /*
  * wait_irq: until the counter at %ebx is non-zero, sleeping in hlt with interrupts on.
  * The handlers do not return with iret (this machine's KVM cannot emulate a
- * protected-mode iret outside paging): they resume here, at wait_check, on the stack
- * saved in wait_esp, with interrupts off.
+ * protected-mode iret outside paging): they continue at resume_eip on the stack
+ * resume_esp, with interrupts off — here, at wait_check.
  */
 wait_irq:
-        mov %esp, wait_esp
+        mov %esp, resume_esp
+        movl $wait_check, resume_eip
 wait_check:
         cli
         cmpl $0, (%ebx)
@@ -445,8 +488,8 @@ fail:
 msi_handler:
         incl msi_count
         movl $0, LAPIC + 0xb0           /* EOI */
-        mov wait_esp, %esp
-        jmp wait_check
+        mov resume_esp, %esp
+        jmp *resume_eip
 
 intx_handler:
         mov isr, %edi
@@ -454,12 +497,31 @@ intx_handler:
         or %eax, isr_value
         incl intx_count
         movl $0, LAPIC + 0xb0           /* EOI (also ends the level-triggered IOAPIC cycle) */
-        mov wait_esp, %esp
-        jmp wait_check
+        mov resume_esp, %esp
+        jmp *resume_eip
 
+/* One 10-byte stub per vector: push the vector number, jump to `unexpected`. */
+unexpected_stubs:
+        .set vector, 0
+        .rept 256
+        .byte 0x68                      /* push imm32 */
+        .long vector
+        .byte 0xe9                      /* jmp rel32 */
+        .long unexpected - . - 4
+        .set vector, vector + 1
+        .endr
+
+/* unexpected: an exception or interrupt nobody asked for; prints its vector. */
 unexpected:
+        mov $s_fail, %esi
+        call puts
         mov $f_unexpected, %esi
-        jmp fail
+        call puts
+        pop %eax
+        call hex32
+        call newline
+        mov $0x11, %al
+        jmp debug_exit
 
         .data
         .balign 4
@@ -477,7 +539,9 @@ gsi:            .long 0
 msi_count:      .long 0
 intx_count:     .long 0
 isr_value:      .long 0
-wait_esp:       .long 0
+intx_at_wake:   .long 0
+resume_esp:     .long 0
+resume_eip:     .long 0
 s_dev:          .asciz "dev="
 s_common:       .asciz " common="
 s_notify:       .asciz " notify="
@@ -501,7 +565,8 @@ f_isr:          .asciz "ISR queue bit not set"
 f_used:         .asciz "used index"
 f_status:       .asciz "request status"
 f_data:         .asciz "sector data"
-f_unexpected:   .asciz "unexpected interrupt or exception"
+s_extra:        .asciz "intx extra="
+f_unexpected:   .asciz "unexpected interrupt or exception, vector "
         .balign 16
         .space 4096
 stack_top:
