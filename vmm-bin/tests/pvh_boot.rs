@@ -200,3 +200,37 @@ fn virtio_blk_interrupts_reach_the_guest_through_msix_and_intx() {
         vm.stderr()
     );
 }
+
+/// A vCPU that asks for a reset runs no further guest code (QEMU's `cpu_stop_current`):
+/// the program pulses the i8042 reset line and then prints "LEAK" forever; under
+/// `-no-reboot` the VMM must exit with status 0 and no "LEAK" may appear. (Before, the
+/// vCPU ran on while the main loop handled the reset: SeaBIOS's reboot path then reached
+/// its triple-fault fallback and the VMM sometimes exited with an internal error.)
+#[test]
+fn a_vcpu_stops_at_its_own_reset_request() {
+    let Some((_dir, elf)) = program("reset_stops") else {
+        return;
+    };
+    for round in 0..5 {
+        let mut vm = Vm::start(&[
+            "-nographic",
+            "-m",
+            "64",
+            "-no-reboot",
+            "-kernel",
+            elf.to_str().unwrap(),
+        ]);
+        let status = vm.wait_exit(Duration::from_secs(30));
+        let out = vm.seen.replace('\r', "");
+        assert!(out.contains("RESET"), "round {round}: {out}");
+        assert!(
+            !out.contains("LEAK"),
+            "round {round}: the vCPU ran on:\n{out}"
+        );
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "round {round}: {out}"
+        );
+    }
+}

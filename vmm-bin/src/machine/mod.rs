@@ -478,6 +478,12 @@ pub fn event_channel(
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
     let sink: EventSink = Arc::new(move |event| {
+        if matches!(
+            event,
+            SystemEvent::Reset | SystemEvent::Shutdown | SystemEvent::Exit(_)
+        ) {
+            vcpu::stop_current_vcpu();
+        }
         let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(event);
         notify();
     });

@@ -128,6 +128,10 @@ impl Runner {
     }
 
     fn handle(&self, event: SystemEvent) {
+        if self.exit.get().is_some() {
+            // The first request to end the process decides its status (as QEMU's).
+            return;
+        }
         match event {
             SystemEvent::Exit(status) => self.exit.set(Some(status)),
             SystemEvent::Shutdown => {

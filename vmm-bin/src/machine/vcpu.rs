@@ -25,6 +25,20 @@ thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
     /// Whether this thread is a vCPU thread (which must not wait for vCPUs to park).
     static IS_VCPU: Cell<bool> = const { Cell::new(false) };
+    /// Set when this vCPU's last exit asked the machine to reset, power off or exit.
+    static STOP_CURRENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called where a [`SystemEvent`] that ends or restarts the machine is posted: on a vCPU
+/// thread, that vCPU runs no further guest code until the main loop has acted on it (a
+/// reset gives it its power-on state; an exit or power-off ends it). QEMU's
+/// `cpu_stop_current`. Without it the guest runs on past its own reset request: SeaBIOS,
+/// for one, goes on to its next reset method and finally a triple fault, racing the
+/// main loop's `-no-reboot` exit.
+pub(crate) fn stop_current_vcpu() {
+    if IS_VCPU.with(Cell::get) {
+        STOP_CURRENT.with(|s| s.set(true));
+    }
 }
 
 /// The signal that kicks a vCPU out of `KVM_RUN`.
@@ -225,6 +239,8 @@ impl Vcpu {
         KVM_RUN.with(|p| p.set(run_ptr));
         let mut epoch = u64::MAX; // apply the power-on state before the first run
         let mut failed = false;
+        // Parked after requesting a reset/power-off/exit, until a reset (or quit).
+        let mut stopped = false;
         loop {
             let reset = {
                 let mut c = self.control.lock();
@@ -240,7 +256,7 @@ impl Vcpu {
                         epoch = c.reset_epoch;
                         break true;
                     }
-                    if c.paused || failed {
+                    if c.paused || failed || stopped {
                         c.parked += 1;
                         self.control.cond.notify_all();
                         c = self.control.cond.wait(c).unwrap_or_else(|e| e.into_inner());
@@ -251,6 +267,7 @@ impl Vcpu {
                 }
             };
             if reset {
+                stopped = false;
                 if let Err(e) = self.apply_reset() {
                     (self.events)(SystemEvent::InternalError(format!(
                         "vCPU {}: cannot reset: {e}",
@@ -266,6 +283,7 @@ impl Vcpu {
                 (self.events)(SystemEvent::InternalError(message));
                 failed = true;
             }
+            stopped |= STOP_CURRENT.with(|s| s.replace(false));
         }
     }
 
