@@ -14,7 +14,7 @@
 //! - ISA IRQ *n* → IOAPIC pin *n*, except IRQ 0 → pin 2 and no IRQ 2 (the IRQ0 override
 //!   our routing table and fw_cfg's `IRQ0_OVERRIDE` declare, as QEMU's PC);
 //! - PCI slot *s* pin *p* → IOAPIC pin 16 + PIRQ(*s*, *p*) (the PIIX swizzle
-//!   [`IntxRouter`](crate::devices::pci::IntxRouter) drives);
+//!   [`IntxRouter`] drives);
 //! - LINT0 as ExtINT, LINT1 as NMI on every local APIC.
 
 use vm_memory::{Bytes, GuestAddress};
