@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Vm, file_or_skip, kvm_or_skip};
+use common::{Vm, file_or_skip, hardware_virtualization, kvm_or_skip};
 
 const BIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
@@ -141,14 +141,29 @@ const E820_512M: [&str; 4] = [
 /// KVM, and two at once on a small machine push each other past their deadlines.
 static LINUX_BOOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Whether the host CPU has hardware virtualization (then KVM is not the software
-/// PVM of the development machine, and a bzImage must boot).
-fn hardware_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
-        c.lines().any(|l| {
-            l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx" || f == "svm")
-        })
-    })
+/// Boots `kernel` with 512 MiB and 2 vCPUs and an early serial console, after waiting
+/// for any other Linux boot of this file to end (the guard keeps others waiting).
+fn boot_debian(kernel: &Path) -> (std::sync::MutexGuard<'static, ()>, Vm) {
+    let guard = LINUX_BOOT.lock().unwrap_or_else(|e| e.into_inner());
+    let vm = Vm::start(&[
+        "-nographic",
+        "-m",
+        "512",
+        "-smp",
+        "2",
+        "-kernel",
+        kernel.to_str().unwrap(),
+        "-append",
+        "earlyprintk=serial console=ttyS0 panic=-1",
+    ]);
+    (guard, vm)
+}
+
+/// Waits for each line of our e820 map in the kernel's log.
+fn expect_e820(vm: &mut Vm, timeout: Duration) {
+    for line in E820_512M {
+        assert!(vm.wait_for(line, timeout), "missing '{line}':\n{}", vm.seen);
+    }
 }
 
 /// Debian's stock kernel as an ELF vmlinux through the PVH entry (no decompressor):
@@ -162,31 +177,14 @@ fn debian_vmlinux_pvh_boot_prints_its_banner_e820_map_and_mp_table() {
     if !kvm_or_skip(test) || !file_or_skip(test, &kernel, "run scripts/guest-assets") {
         return;
     }
-    let _one_at_a_time = LINUX_BOOT.lock().unwrap_or_else(|e| e.into_inner());
-    let mut vm = Vm::start(&[
-        "-nographic",
-        "-m",
-        "512",
-        "-smp",
-        "2",
-        "-kernel",
-        kernel.to_str().unwrap(),
-        "-append",
-        "earlyprintk=serial console=ttyS0 panic=-1",
-    ]);
+    let (_one_at_a_time, mut vm) = boot_debian(&kernel);
     // About 25 s here (the PVH entry's 32-bit code runs in KVM's instruction emulator).
     assert!(
         vm.wait_for("Linux version", Duration::from_secs(180)),
         "no kernel banner; serial output:\n{}",
         vm.seen
     );
-    for line in E820_512M {
-        assert!(
-            vm.wait_for(line, Duration::from_secs(60)),
-            "missing '{line}':\n{}",
-            vm.seen
-        );
-    }
+    expect_e820(&mut vm, Duration::from_secs(60));
     assert!(
         vm.wait_for(
             "found SMP MP-table at [mem 0x000f0000-0x000f000f]",
@@ -211,18 +209,7 @@ fn debian_kernel_direct_boot_prints_its_banner_and_our_e820_map() {
     if !kvm_or_skip(test) || !file_or_skip(test, &kernel, "run scripts/guest-assets") {
         return;
     }
-    let _one_at_a_time = LINUX_BOOT.lock().unwrap_or_else(|e| e.into_inner());
-    let mut vm = Vm::start(&[
-        "-nographic",
-        "-m",
-        "512",
-        "-smp",
-        "2",
-        "-kernel",
-        kernel.to_str().unwrap(),
-        "-append",
-        "earlyprintk=serial console=ttyS0 panic=-1",
-    ]);
+    let (_one_at_a_time, mut vm) = boot_debian(&kernel);
     let banner = vm.wait_for("Linux version", Duration::from_secs(60));
     if !banner {
         // On software-virtualized KVM (PVM) the bzImage's decompressor runs for minutes
@@ -240,13 +227,7 @@ fn debian_kernel_direct_boot_prints_its_banner_and_our_e820_map() {
         );
         return;
     }
-    for line in E820_512M {
-        assert!(
-            vm.wait_for(line, Duration::from_secs(30)),
-            "missing '{line}':\n{}",
-            vm.seen
-        );
-    }
+    expect_e820(&mut vm, Duration::from_secs(30));
     if hardware_virtualization() {
         // Where the kernel really runs: the second CPU (from our MP table) comes up.
         assert!(

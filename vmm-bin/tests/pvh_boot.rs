@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Vm, assemble_pvh, kvm_or_skip};
+use common::{Vm, assemble_pvh, cpu_flag, hardware_virtualization, kvm_or_skip};
 
 fn skip(why: &str) {
     eprintln!("SKIPPED pvh_boot: {why}");
@@ -22,22 +22,6 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {key}= in:\n{out}"))
-}
-
-/// Whether the host CPU has hardware virtualization (vmx/svm).
-fn hardware_virtualization() -> bool {
-    cpu_flag("vmx") || cpu_flag("svm")
-}
-
-fn host_has_cx16() -> bool {
-    cpu_flag("cx16")
-}
-
-fn cpu_flag(flag: &str) -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
-        c.lines()
-            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag))
-    })
 }
 
 /// Assembles tests/pvh/NAME.S into a fresh directory; `None` (after saying why) without
@@ -89,7 +73,7 @@ fn pvh_entry_gets_start_info_memory_map_initrd_and_mp_table() {
     assert_eq!(cr0 & 1, 1, "protected mode");
     assert_eq!(cr0 >> 31, 0, "paging off");
     let cpuid1 = u32::from_str_radix(field(&out, "cpuid1"), 16).unwrap();
-    if host_has_cx16() {
+    if cpu_flag("cx16") {
         assert_eq!(cpuid1 & (1 << 13), 0, "-cpu host,-cx16 clears CMPXCHG16B");
     } else {
         eprintln!("SKIPPED the -cx16 check: the host CPU has no CMPXCHG16B");

@@ -154,11 +154,16 @@ pub fn apply_features(
 }
 
 fn register(entry: &kvm_bindings::kvm_cpuid_entry2, register: u8) -> u32 {
+    let mut copy = *entry;
+    *register_mut(&mut copy, register)
+}
+
+fn register_mut(entry: &mut kvm_bindings::kvm_cpuid_entry2, register: u8) -> &mut u32 {
     match register {
-        0 => entry.eax,
-        1 => entry.ebx,
-        2 => entry.ecx,
-        _ => entry.edx,
+        0 => &mut entry.eax,
+        1 => &mut entry.ebx,
+        2 => &mut entry.ecx,
+        _ => &mut entry.edx,
     }
 }
 
@@ -166,12 +171,7 @@ fn register(entry: &kvm_bindings::kvm_cpuid_entry2, register: u8) -> u32 {
 pub fn set_feature(cpuid: &mut CpuId, bit: FeatureBit, on: bool) {
     for entry in cpuid.as_mut_slice().iter_mut() {
         if entry.function == bit.leaf && entry.index == bit.subleaf {
-            let register = match bit.register {
-                0 => &mut entry.eax,
-                1 => &mut entry.ebx,
-                2 => &mut entry.ecx,
-                _ => &mut entry.edx,
-            };
+            let register = register_mut(entry, bit.register);
             if on {
                 *register |= 1 << bit.bit;
             } else {

@@ -104,21 +104,7 @@ halt:
         hlt
         jmp     halt
 
-/* print the NUL-terminated string at DS:SI on COM1 */
-puts:
-        lodsb
-        testb   %al, %al
-        jz      1f
-        movb    %al, %ah
-        movw    $0x3fd, %dx
-2:      inb     %dx, %al
-        testb   $0x20, %al
-        jz      2b
-        movb    %ah, %al
-        movw    $0x3f8, %dx
-        outb    %al, %dx
-        jmp     puts
-1:      ret
+        .include "serial.S"
 
 msg_pass: .asciz "PASS\r\n"
 msg_fail: .asciz "FAIL\r\n"

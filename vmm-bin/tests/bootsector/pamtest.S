@@ -166,21 +166,7 @@ cfg_select:
         orb     $0xfc, %dl
         ret
 
-/* print the NUL-terminated string at DS:SI on COM1 */
-puts:
-        lodsb
-        testb   %al, %al
-        jz      1f
-        movb    %al, %ah
-        movw    $0x3fd, %dx
-2:      inb     %dx, %al
-        testb   $0x20, %al
-        jz      2b
-        movb    %ah, %al
-        movw    $0x3f8, %dx
-        outb    %al, %dx
-        jmp     puts
-1:      ret
+        .include "serial.S"
 
 /* mov $0x12, %al; out %al, $0xf4; hlt */
 trap:   .byte 0xb0, 0x12, 0xe6, 0xf4, 0xf4

@@ -14,7 +14,10 @@ pub(crate) fn assemble_boot_sector(dir: &Path, name: &str, skip: impl Fn(&str)) 
     let obj = dir.join(format!("{name}.o"));
     let bin = dir.join(format!("{name}.bin"));
     match Command::new("as")
-        .args(["--32", "-o"])
+        .arg("--32")
+        .arg("-I")
+        .arg(src.parent().unwrap())
+        .arg("-o")
         .arg(&obj)
         .arg(&src)
         .status()
@@ -87,6 +90,20 @@ pub(crate) fn assemble_pvh(dir: &Path, name: &str, skip: impl Fn(&str)) -> Optio
         .expect("run ld");
     assert!(ld.success(), "ld failed on {name}");
     Some(elf)
+}
+
+/// Whether the host CPU advertises `flag` in /proc/cpuinfo.
+pub(crate) fn cpu_flag(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag))
+    })
+}
+
+/// Whether the host CPU has hardware virtualization (vmx/svm): then KVM is not the
+/// software PVM of the development machine.
+pub(crate) fn hardware_virtualization() -> bool {
+    cpu_flag("vmx") || cpu_flag("svm")
 }
 
 /// Whether `/dev/kvm` opens; says `SKIPPED test` when not.
