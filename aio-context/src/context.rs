@@ -1,6 +1,7 @@
 //! The event loop: `AioContext` and its `poll`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
@@ -11,7 +12,7 @@ use bottom_half::{Bh, BhList, BhScheduler};
 use rcu::{QsbrGuard, QsbrThread};
 
 use crate::event_notifier::EventNotifier;
-use crate::fdmon::{FdMonitor, Interest, Readiness};
+use crate::fdmon::{Completion, FdMonitor, Interest, Readiness};
 use crate::handlers::{Handler, Handlers, IoCallback, PollCallback, Slot};
 use crate::task::Tasks;
 use crate::timer::{Timer, TimerList};
@@ -120,6 +121,11 @@ pub(crate) struct Inner {
     notifier: Arc<EventNotifier>,
     fdmon: RefCell<FdMonitor>,
     handlers: RefCell<Handlers>,
+    /// io_uring completions reaped by some poll and not yet run. Context-wide, not local
+    /// to the poll that reaped them, so that a nested poll (a drain from a BH or a
+    /// callback) runs every completion an outer poll has already taken off the ring
+    /// (invariant 6 of design.md; `tests/nested_poll_completions.rs`).
+    completions: RefCell<VecDeque<Completion>>,
     pub(crate) timers: Arc<TimerList>,
     qsbr: RefCell<QsbrThread>,
     depth: Cell<u32>,
@@ -206,6 +212,7 @@ impl AioContext {
             notifier,
             fdmon: RefCell::new(fdmon),
             handlers: RefCell::default(),
+            completions: RefCell::default(),
             timers,
             qsbr: RefCell::new(qsbr),
             depth: Cell::new(0),
@@ -446,7 +453,10 @@ impl AioContext {
     /// wake-up through [`AioContext::notify`] alone does not count).
     ///
     /// A callback may call `poll` again (a nested poll): it runs whatever is ready, but
-    /// never busy-polls, never goes offline for RCU, and never re-enters a running BH.
+    /// never busy-polls and never re-enters a running BH. A nested poll also runs the
+    /// io_uring completions that an outer poll has reaped but not yet dispatched (and does
+    /// not sleep while any are queued), so a drain that polls until its requests complete
+    /// never waits for work only the frame below it could finish.
     pub fn poll(&self, blocking: bool) -> bool {
         let inner = &*self.inner;
         let depth = inner.depth.get();
@@ -483,7 +493,8 @@ impl AioContext {
             inner.wakeup.prepare_to_sleep();
             // A notification since the last poll means "do not sleep" (QEMU's notifier
             // poll callback reads `notified` for the same reason).
-            timeout = if inner.wakeup.is_notified() {
+            // Completions reaped by an outer poll and not yet run are work too.
+            timeout = if inner.wakeup.is_notified() || !inner.completions.borrow().is_empty() {
                 Some(Duration::ZERO)
             } else {
                 self.compute_timeout()
@@ -521,16 +532,33 @@ impl AioContext {
             self.adjust_poll_windows(params, block_ns, notified, &ready, &polled);
         }
 
+        // Into the context's queue before any callback runs: from here on, a nested poll
+        // started by a BH, an fd handler or another completion sees these too.
+        if !completions.is_empty() {
+            inner.completions.borrow_mut().extend(completions);
+        }
+
         let mut progress = inner.bhs.poll();
         progress |= self.dispatch(&ready, &polled);
-        for completion in completions {
-            completion.run();
-            progress = true;
-        }
+        progress |= self.run_completions();
         if inner.timers.any_armed() {
             progress |= inner.timers.run_expired(Instant::now());
         }
         progress
+    }
+
+    /// Runs queued io_uring completions, one at a time and with the queue unborrowed
+    /// while each runs: a callback may submit, cancel or poll (nested), and a nested poll
+    /// runs the rest of the queue. Returns whether any ran.
+    fn run_completions(&self) -> bool {
+        let mut ran = false;
+        loop {
+            let next = self.inner.completions.borrow_mut().pop_front();
+            let Some(completion) = next else { break };
+            completion.run();
+            ran = true;
+        }
+        ran
     }
 
     /// How long a blocking poll may sleep: zero if a BH is scheduled, else until the

@@ -104,7 +104,8 @@ impl TimerList {
     /// Runs the timers whose deadline is at or before `now`, in deadline order, each at
     /// most once per call (a callback that re-arms its timer in the past runs again in
     /// the next call, not in a loop here). A timer disarmed by an earlier callback of
-    /// the same call does not run. Returns whether any ran.
+    /// the same call does not run. A timer whose callback is running (a nested poll
+    /// inside it) is not re-entered and stays armed. Returns whether any ran.
     pub(crate) fn run_expired(&self, now: Instant) -> bool {
         let expired: Vec<(Instant, u64)> = {
             let armed = lock(&self.armed);
@@ -116,19 +117,25 @@ impl TimerList {
         };
         let mut ran = false;
         for key in expired {
-            let timer = {
+            let (timer, mut callback) = {
                 let mut armed = lock(&self.armed);
-                let Some(timer) = armed.by_deadline.remove(&key) else {
+                let Some(timer) = armed.by_deadline.get(&key) else {
+                    continue; // disarmed or re-armed since the list was taken
+                };
+                // Taken out for the call: `arm`, `disarm` and `delete` from the callback
+                // (or from other threads) do not wait for it. Lock order: list, then
+                // callback (nothing takes them the other way round).
+                let Some(callback) = lock(&timer.callback).take() else {
+                    // Its callback is running: this is a nested poll inside that very
+                    // callback, which re-armed its timer. It stays armed, and fires when
+                    // the outer call has returned its callback; disarming it here would
+                    // lose that firing (issue 14 section 7).
                     continue;
                 };
+                let timer = armed.by_deadline.remove(&key).expect("looked up above");
                 armed.key_of.remove(&timer.id);
                 self.update_count(&armed);
-                timer
-            };
-            // Taken out for the call: `arm`, `disarm` and `delete` from the callback (or
-            // from other threads) do not wait for it.
-            let Some(mut callback) = lock(&timer.callback).take() else {
-                continue;
+                (timer, callback)
             };
             callback();
             ran = true;

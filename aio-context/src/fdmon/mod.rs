@@ -167,16 +167,16 @@ impl FdMonitor {
     }
 
     /// Queues one io_uring operation; `callback(result)` comes back through [`wait`](Self::wait),
-    /// which also submits it to the kernel. The entry's `user_data` is overwritten. Fails with
-    /// `Unsupported` without a ring and `InvalidInput` for the flags listed below.
+    /// which also submits it to the kernel. The entry's `user_data` is overwritten and its SQE
+    /// flags are cleared (no links, no `SKIP_SUCCESS`: one SQE, one CQE). Fails with
+    /// `Unsupported` without a ring.
     ///
     /// # Safety
     ///
     /// Every buffer and fd that `entry` references must stay valid until `wait` has handed out
     /// the callback (the callback typically owns them); if the monitor is dropped first, its
     /// `Drop` cancels the operation and waits for the kernel to let go before dropping the
-    /// callback. The entry must produce exactly one CQE (no multishot opcodes) and must not
-    /// carry `IO_LINK`, `IO_HARDLINK` or `SKIP_SUCCESS` (rejected).
+    /// callback. The entry must produce exactly one CQE (no multishot opcodes).
     /// The callback is `on_complete(state, result)`; on error `state` is given back.
     pub(crate) unsafe fn submit<T: 'static>(
         &mut self,
@@ -751,15 +751,36 @@ mod tests {
         }
     }
 
+    /// The ring owns the SQE flags: an entry built with `IO_LINK` is submitted unlinked.
+    /// Were the flag kept, the failing READ below would cancel the NOP queued after it
+    /// (`-ECANCELED`); unlinked, the NOP completes on its own.
     #[test]
-    fn rejects_linked_entries() {
+    fn submitted_entries_are_never_linked() {
         each_ops_backend(|mut m| {
-            let entry = opcode::Nop::new()
+            let results = Rc::new(RefCell::new(Vec::new()));
+            let record = |results: &Rc<RefCell<Vec<i32>>>| {
+                let results = results.clone();
+                move |res: i32| results.borrow_mut().push(res)
+            };
+            let failing = opcode::Read::new(types::Fd(-1), std::ptr::null_mut(), 0)
                 .build()
                 .flags(io_uring::squeue::Flags::IO_LINK);
+            // SAFETY: a READ of zero bytes into no buffer from fd -1 references no memory.
+            unsafe { submit(&mut m, failing, record(&results)) }.unwrap();
             // SAFETY: a NOP references no memory.
-            let err = unsafe { submit(&mut m, entry, |_| {}) }.unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            unsafe { submit(&mut m, opcode::Nop::new().build(), record(&results)) }.unwrap();
+            let start = Instant::now();
+            while results.borrow().len() < 2 {
+                assert!(start.elapsed() < LONG, "completions missing");
+                poll(&mut m, SHORT);
+            }
+            let mut got = results.borrow().clone();
+            got.sort_unstable();
+            assert_eq!(
+                got,
+                [-libc::EBADF, 0],
+                "the NOP was linked to the failing READ"
+            );
             assert_eq!(m.in_flight(), 0);
         });
     }

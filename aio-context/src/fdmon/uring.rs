@@ -62,14 +62,6 @@ fn decode(user_data: u64) -> (u64, u32, usize) {
     )
 }
 
-/// The `io_uring_sqe` layout starts with `opcode: u8, flags: u8` (kernel ABI).
-const _: () = assert!(mem::size_of::<squeue::Entry>() == 64);
-
-/// SQE flags that would break "one SQE, one CQE, no links to our own entries".
-const FORBIDDEN_FLAGS: squeue::Flags = squeue::Flags::IO_LINK
-    .union(squeue::Flags::IO_HARDLINK)
-    .union(squeue::Flags::SKIP_SUCCESS);
-
 struct Op {
     generation: u32,
     callback: Box<dyn FnOnce(i32)>,
@@ -321,23 +313,17 @@ impl Ring {
         state: T,
         on_complete: fn(T, i32),
     ) -> Result<u64, (io::Error, T)> {
-        // SAFETY: `Entry` is `#[repr(C)]` around `io_uring_sqe`, 64 bytes (asserted above),
-        // whose second byte is the `u8` flags field (kernel ABI): initialized and in bounds.
-        let flags = unsafe { *(&raw const entry).cast::<u8>().add(1) };
-        if flags & FORBIDDEN_FLAGS.bits() != 0 {
-            let e = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "io_uring entry with IO_LINK, IO_HARDLINK or SKIP_SUCCESS",
-            );
-            return Err((e, state));
-        }
         let key = self.ops.vacant_key();
         if key > u32::MAX as usize {
             return Err((io::Error::from_raw_os_error(libc::ENOSPC), state));
         }
         let generation = self.next_generation();
         let user_data = encode(TAG_OP, generation, key);
-        let entry = entry.user_data(user_data);
+        // The ring owns the SQE flags: a caller's IO_LINK / IO_HARDLINK would chain our
+        // own entries (poll re-arms, timeouts) to theirs, SKIP_SUCCESS would lose the one
+        // CQE the callback waits for. io-uring's public API can clear the flags but not
+        // read them, so they are cleared rather than checked.
+        let entry = entry.clear_flags().user_data(user_data);
         // SAFETY: the caller keeps what `entry` references valid until the callback is handed
         // out or dropped, which `reap`/`drop` do only after the op's (single) CQE. `push`
         // only hands entries to the kernel, never reaps, so the op is in `ops` (below)
