@@ -238,3 +238,5 @@ impl Drop for Vm {
         let _ = self.child.wait();
     }
 }
+
+pub(crate) mod vhost_frontend;
