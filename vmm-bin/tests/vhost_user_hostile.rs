@@ -64,3 +64,122 @@ fn frontend_runs_queue_depth_32() {
     assert!(export.alive());
     export.check_serves(4096);
 }
+
+/// Runs `vmm-bin storage-daemon ARGS`, which must refuse to start: exit status 1
+/// within the deadline (not serving) and `message` on stderr.
+fn refused(args: &[&str], message: &str) {
+    let mut all = vec!["storage-daemon"];
+    all.extend_from_slice(args);
+    let mut daemon = common::Vm::start(&all);
+    let status = daemon.wait_exit(std::time::Duration::from_secs(10));
+    let stderr = daemon.stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the daemon accepted {args:?} (it was still serving at the deadline, or exited otherwise); stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(message),
+        "{args:?}: wanted '{message}' in: {stderr}"
+    );
+}
+
+/// Issue 14 section 4: `addr.path=` (empty) bound a Linux abstract socket, which has
+/// no permissions, so any local user could use a writable export. Refused.
+/// (qemu-storage-daemon 10 listens on a random /tmp/qemu-socket-XXXXXX instead.)
+#[test]
+fn empty_socket_path_is_refused() {
+    let img = image("hostile-abstract.img", 1);
+    let blockdev = format!("driver=file,node-name=file0,filename={}", img.display());
+    refused(
+        &[
+            "--blockdev",
+            &blockdev,
+            "--export",
+            "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path=,writable=on",
+        ],
+        "addr.path must not be empty",
+    );
+}
+
+/// Issue 14 section 4: two exports on one socket path (the second unlinked the
+/// first's socket), a duplicate node-name and a duplicate export id were accepted.
+/// qemu-storage-daemon 10 refuses the two duplicates ("Duplicate nodes with
+/// node-name='f0'", "Block export id 'e0' is already in use") and accepts the shared
+/// path (the second export steals it); we refuse all three.
+#[test]
+fn duplicate_paths_nodes_and_ids_are_refused() {
+    let img = image("hostile-dup.img", 1);
+    let sock = socket_path("hostile-dup.sock");
+    let sock2 = socket_path("hostile-dup2.sock");
+    let file = |node: &str| format!("driver=file,node-name={node},filename={}", img.display());
+    let export = |id: &str, node: &str, path: &std::path::Path| {
+        format!(
+            "type=vhost-user-blk,id={id},node-name={node},addr.type=unix,addr.path={}",
+            path.display()
+        )
+    };
+    let (f0, f1) = (file("f0"), file("f1"));
+    let same_path = format!(
+        "{}/../{}/hostile-dup.sock",
+        sock.parent().unwrap().display(),
+        sock.parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    let e0 = export("e0", "f0", &sock);
+    // Two blockdevs and two exports.
+    let two = |b: [&str; 2], e: [&str; 2], message: &str| {
+        refused(
+            &[
+                "--blockdev",
+                b[0],
+                "--blockdev",
+                b[1],
+                "--export",
+                e[0],
+                "--export",
+                e[1],
+            ],
+            message,
+        )
+    };
+    let e1 = export("e1", "f1", same_path.as_ref());
+    two(
+        [&f0, &f1],
+        [&e0, &e1],
+        "is already the socket of export 'e0'",
+    );
+    let e1 = export("e1", "f0", &sock2);
+    two(
+        [&f0, &f0],
+        [&e0, &e1],
+        "Duplicate nodes with node-name='f0'",
+    );
+    let e0b = export("e0", "f1", &sock2);
+    two(
+        [&f0, &f1],
+        [&e0, &e0b],
+        "Block export id 'e0' is already in use",
+    );
+}
+
+/// Issue 14 section 4: a `serial` longer than virtio-blk's 20-byte device ID was cut
+/// silently; refused (qemu-storage-daemon's export has no `serial` option).
+#[test]
+fn long_serial_is_refused() {
+    let img = image("hostile-serial.img", 1);
+    let sock = socket_path("hostile-serial.sock");
+    let blockdev = format!("driver=file,node-name=file0,filename={}", img.display());
+    let export = format!(
+        "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},serial=abcdefghijklmnopqrstu",
+        sock.display()
+    );
+    refused(
+        &["--blockdev", &blockdev, "--export", &export],
+        "at most 20",
+    );
+}

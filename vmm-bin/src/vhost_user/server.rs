@@ -22,9 +22,16 @@ impl ExportServer {
     ///
     /// # Errors
     ///
-    /// The socket's error, or a path that exists and is not a socket.
+    /// The socket's error, a path that exists and is not a socket, or an empty path
+    /// (Linux would bind an abstract socket, which no file permission protects).
     pub fn bind(path: &Path, device: VhostUserDevice) -> std::io::Result<ExportServer> {
         use std::os::unix::fs::FileTypeExt;
+        if path.as_os_str().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an empty socket path would bind an abstract socket",
+            ));
+        }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(std::io::Error::other(format!(
