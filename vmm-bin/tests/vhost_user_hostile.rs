@@ -183,3 +183,31 @@ fn long_serial_is_refused() {
         "at most 20",
     );
 }
+
+/// Issue 14 section 4: a message with more fds than the protocol library takes (32)
+/// lost its first bytes with the fds and the connection hung. It is closed with a
+/// logged error, and the export serves the next frontend.
+#[test]
+fn too_many_fds_close_the_connection() {
+    use std::os::fd::AsRawFd;
+    let img = image("hostile-fds.img", 1);
+    let sock = socket_path("hostile-fds.sock");
+    let mut export = Export::start(&img, &sock, "");
+    let mut f = Frontend::connect(&sock, &Options::default()).unwrap();
+    f.negotiate().unwrap();
+    let fd = f.mem().fd().as_raw_fd();
+    f.send(
+        vhost::vhost_user::message::FrontendReq::GET_FEATURES,
+        &[],
+        &[fd; 40],
+        false,
+    )
+    .unwrap();
+    assert!(
+        f.closed_within(TIMEOUT),
+        "the connection hangs after a message with 40 fds"
+    );
+    assert!(export.wait_log("more than the 32 supported", TIMEOUT));
+    assert!(export.alive());
+    export.check_serves(0);
+}

@@ -1,11 +1,13 @@
 //! The export's socket: one frontend at a time, served until it disconnects, then the
 //! next.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES;
 use vhost::vhost_user::{BackendReqHandler, Error};
 
 use super::VhostUserDevice;
@@ -68,6 +70,10 @@ impl ExportServer {
             };
             let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
             loop {
+                if let Err(e) = check_fds(handler.as_raw_fd()) {
+                    eprintln!("vhost-user: {e}; closing this connection");
+                    break;
+                }
                 match handler.handle_request() {
                     Ok(()) => {}
                     Err(Error::Disconnected | Error::PartialMessage) => break,
@@ -92,6 +98,53 @@ impl Drop for ExportServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Refuses the next message if it carries more fds than the protocol library
+/// receives: it would drop them with the message's first bytes, after which it waits
+/// for bytes that never come (the connection hangs). Looks with `MSG_PEEK` (which
+/// receives copies of the fds: they are closed at once) and consumes nothing. A frontend
+/// that attaches fds to a later segment of a message is not seen here.
+fn check_fds(sock: RawFd) -> Result<(), String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    // Room for SCM_MAX_FD (253), the most one sendmsg can carry.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let msg = loop {
+        match recvmsg::<()>(
+            sock,
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            // End of file and socket errors: the protocol library reports them.
+            Err(_) => return Ok(()),
+            Ok(msg) => break msg,
+        }
+    };
+    let mut count = 0;
+    for cmsg in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            count += fds.len();
+            for fd in fds {
+                // SAFETY: recvmsg just installed `fd` in this process for us alone.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || count > MAX_ATTACHED_FD_ENTRIES {
+        return Err(format!(
+            "a message carries {}{count} file descriptors, more than the {MAX_ATTACHED_FD_ENTRIES} supported",
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                "over "
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Binds and serves forever on the calling thread.
