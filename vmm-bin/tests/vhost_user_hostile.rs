@@ -211,3 +211,60 @@ fn too_many_fds_close_the_connection() {
     assert!(export.alive());
     export.check_serves(0);
 }
+
+/// Issue 14 section 4: a write whose chain is longer than one submission (1024
+/// iovecs) and whose last buffer lies outside guest memory returned IOERR after its
+/// first part had reached the image. The whole chain is checked before any I/O: IOERR
+/// and the image untouched (qemu-storage-daemon refuses the chain before any I/O too).
+#[test]
+fn chain_with_a_bad_last_buffer_leaves_the_image_untouched() {
+    const BUFFERS: u64 = 1100;
+    let img = image("hostile-chain.img", 4);
+    let sock = socket_path("hostile-chain.sock");
+    let mut export = Export::start(&img, &sock, "");
+    let mut f = Frontend::start(&sock, &Options::default()).unwrap();
+    assert_ne!(
+        f.features & F_INDIRECT_DESC,
+        0,
+        "indirect descriptors offered"
+    );
+    let base = f.scratch();
+    let (header, status, table, data) = (base, base + 16, base + 32, base + 32 + 16 * 1200);
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&T_OUT.to_le_bytes());
+    f.mem().write(header, &h);
+    f.mem().write(data, &vec![0xa5; 512 * BUFFERS as usize]);
+    let mut chain = vec![RawDesc {
+        addr: header,
+        len: 16,
+        write: false,
+    }];
+    chain.extend((0..BUFFERS).map(|i| RawDesc {
+        addr: if i + 1 == BUFFERS {
+            f.mem().len() + (1 << 30)
+        } else {
+            data + 512 * i
+        },
+        len: 512,
+        write: false,
+    }));
+    chain.push(RawDesc {
+        addr: status,
+        len: 1,
+        write: true,
+    });
+    f.mem().write(status, &[0xff]);
+    f.post_indirect(0, table, &chain);
+    f.kick(0);
+    f.wait(0, 1, TIMEOUT).unwrap();
+    assert_eq!(f.mem().read(status, 1)[0], S_IOERR);
+    let image = std::fs::read(&img).unwrap();
+    let written = image.iter().filter(|b| **b != 0).count();
+    assert_eq!(
+        written, 0,
+        "{written} bytes of a failed write reached the image"
+    );
+    drop(f);
+    assert!(export.alive());
+    export.check_serves(0);
+}

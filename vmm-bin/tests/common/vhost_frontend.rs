@@ -51,10 +51,10 @@ pub(crate) const F_VERSION_1: u64 = 1 << 32;
 pub(crate) const F_BLK_FLUSH: u64 = 1 << 9;
 /// `VIRTIO_BLK_F_MQ`.
 pub(crate) const F_BLK_MQ: u64 = 1 << 12;
-/// The virtio features this frontend accepts when offered (no event index, no
-/// indirect descriptors: every request notifies).
+/// The virtio features this frontend accepts when offered (no event index: every
+/// request notifies).
 pub(crate) const WANTED_FEATURES: u64 =
-    F_PROTOCOL_FEATURES | F_VERSION_1 | F_BLK_FLUSH | F_BLK_MQ | 1 << 6 | 1 << 2;
+    F_PROTOCOL_FEATURES | F_VERSION_1 | F_INDIRECT_DESC | F_BLK_FLUSH | F_BLK_MQ | 1 << 6 | 1 << 2;
 /// Protocol features: MQ, REPLY_ACK, CONFIG.
 pub(crate) const WANTED_PROTOCOL_FEATURES: u64 = 1 << 0 | 1 << 3 | 1 << 9;
 /// `REPLY_ACK`.
@@ -73,6 +73,10 @@ pub(crate) const VRING_NOFD: u64 = 0x100;
 pub(crate) const DESC_NEXT: u16 = 1;
 /// Descriptor flag: device-writable.
 pub(crate) const DESC_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of descriptors.
+pub(crate) const DESC_INDIRECT: u16 = 4;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub(crate) const F_INDIRECT_DESC: u64 = 1 << 28;
 
 /// virtio-blk request types and statuses.
 pub(crate) const T_IN: u32 = 0;
@@ -753,12 +757,30 @@ impl Frontend {
             len: 1,
             write: true,
         });
-        self.publish(q, &chain, Some((slot, status)), read_len)
+        self.publish(q, &chain, Some((slot, status)), read_len, 0)
     }
 
     /// Publishes a hand-made chain on queue `q` (no kick); returns its head.
     pub(crate) fn post_chain(&mut self, q: u16, chain: &[RawDesc]) -> u16 {
-        self.publish(q, chain, None, 0)
+        self.publish(q, chain, None, 0, 0)
+    }
+
+    /// Writes `chain` as an indirect descriptor table at guest-physical `table` and
+    /// publishes one descriptor pointing at it on queue `q` (no kick); returns its
+    /// head. The frontend must have acked `VIRTIO_RING_F_INDIRECT_DESC`.
+    pub(crate) fn post_indirect(&mut self, q: u16, table: u64, chain: &[RawDesc]) -> u16 {
+        for (i, d) in chain.iter().enumerate() {
+            let next = (i + 1 < chain.len()).then(|| u16::try_from(i + 1).unwrap());
+            self.mem
+                .write(table + 16 * i as u64, &desc_bytes(d, next, 0));
+        }
+        let len = u32::try_from(16 * chain.len()).unwrap();
+        let d = RawDesc {
+            addr: table,
+            len,
+            write: false,
+        };
+        self.publish(q, &[d], None, 0, DESC_INDIRECT)
     }
 
     fn publish(
@@ -767,6 +789,7 @@ impl Frontend {
         chain: &[RawDesc],
         slot: Option<(usize, u64)>,
         read_len: usize,
+        extra_flags: u16,
     ) -> u16 {
         let mem = &self.mem;
         let vq = &mut self.queues[usize::from(q)];
@@ -775,16 +798,7 @@ impl Frontend {
             .map(|_| vq.free_desc.pop().unwrap())
             .collect();
         for (i, d) in chain.iter().enumerate() {
-            let mut flags = if d.write { DESC_WRITE } else { 0 };
-            let next = descs.get(i + 1).copied().unwrap_or(0);
-            if i + 1 < chain.len() {
-                flags |= DESC_NEXT;
-            }
-            let mut raw = [0u8; 16];
-            raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&d.len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            let raw = desc_bytes(d, descs.get(i + 1).copied(), extra_flags);
             mem.write(vq.desc + 16 * u64::from(descs[i]), &raw);
         }
         let head = descs[0];
@@ -911,6 +925,20 @@ impl Frontend {
     pub(crate) fn flush(&mut self, q: u16) -> io::Result<u8> {
         Ok(self.io(q, Io::Flush)?.status.unwrap())
     }
+}
+
+/// One descriptor as the ring holds it; `next`: the following one in its table.
+fn desc_bytes(d: &RawDesc, next: Option<u16>, extra_flags: u16) -> [u8; 16] {
+    let mut flags = extra_flags | if d.write { DESC_WRITE } else { 0 };
+    if next.is_some() {
+        flags |= DESC_NEXT;
+    }
+    let mut raw = [0u8; 16];
+    raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&d.len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..16].copy_from_slice(&next.unwrap_or(0).to_le_bytes());
+    raw
 }
 
 fn u64_of(body: &[u8]) -> io::Result<u64> {
