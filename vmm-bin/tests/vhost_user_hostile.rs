@@ -72,16 +72,14 @@ fn refused(args: &[&str], message: &str) {
     all.extend_from_slice(args);
     let mut daemon = common::Vm::start(&all);
     let status = daemon.wait_exit(std::time::Duration::from_secs(10));
+    let logged = daemon.wait_stderr(message, std::time::Duration::from_secs(5));
     let stderr = daemon.stderr();
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(1),
         "the daemon accepted {args:?} (it was still serving at the deadline, or exited otherwise); stderr: {stderr}"
     );
-    assert!(
-        stderr.contains(message),
-        "{args:?}: wanted '{message}' in: {stderr}"
-    );
+    assert!(logged, "{args:?}: wanted '{message}' in: {stderr}");
 }
 
 /// Issue 14 section 4: `addr.path=` (empty) bound a Linux abstract socket, which has
@@ -190,10 +188,8 @@ fn long_serial_is_refused() {
 #[test]
 fn too_many_fds_close_the_connection() {
     use std::os::fd::AsRawFd;
-    let img = image("hostile-fds.img", 1);
-    let sock = socket_path("hostile-fds.sock");
-    let mut export = Export::start(&img, &sock, "");
-    let mut f = Frontend::connect(&sock, &Options::default()).unwrap();
+    let (_, mut export) = Export::scratch("hostile-fds", 1, "");
+    let mut f = Frontend::connect(&export.sock, &Options::default()).unwrap();
     f.negotiate().unwrap();
     let fd = f.mem().fd().as_raw_fd();
     f.send(
@@ -219,10 +215,8 @@ fn too_many_fds_close_the_connection() {
 #[test]
 fn chain_with_a_bad_last_buffer_leaves_the_image_untouched() {
     const BUFFERS: u64 = 1100;
-    let img = image("hostile-chain.img", 4);
-    let sock = socket_path("hostile-chain.sock");
-    let mut export = Export::start(&img, &sock, "");
-    let mut f = Frontend::start(&sock, &Options::default()).unwrap();
+    let (img, mut export) = Export::scratch("hostile-chain", 4, "");
+    let mut f = export.frontend();
     assert_ne!(
         f.features & F_INDIRECT_DESC,
         0,
@@ -267,4 +261,136 @@ fn chain_with_a_bad_last_buffer_leaves_the_image_untouched() {
     drop(f);
     assert!(export.alive());
     export.check_serves(0);
+}
+
+/// Clears `O_NONBLOCK` on `fd`'s open file description, which the daemon's copy of
+/// the fd shares: what a hostile frontend can do to every fd it passes.
+fn make_blocking(fd: std::os::fd::BorrowedFd<'_>) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+}
+
+/// Stops every thread of `pid` (SIGSTOP, then waits until each task reads as
+/// stopped), so that the test can change shared state between two of its steps.
+fn freeze(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGSTOP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let running = tasks.flatten().any(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('T') && !state.starts_with('t')
+        });
+        if !running {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn thaw(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGCONT,
+    )
+    .unwrap();
+}
+
+/// Issue 14 section 3: the frontend clears `O_NONBLOCK` on its kick eventfd and
+/// drains it itself between the daemon's wakeup and its read. The iothread blocked
+/// in read forever, and the next GET_VRING_BASE (a queue stop) wedged the export.
+/// The daemon is frozen for the two steps so that the interleaving is exact.
+#[test]
+fn kick_fd_made_blocking_and_drained_by_the_frontend() {
+    let (_, mut export) = Export::scratch("hostile-kick", 1, "");
+    let mut f = export.frontend();
+    assert_eq!(f.write(0, 0, &[7; 512]).unwrap(), S_OK);
+    use std::os::fd::AsFd;
+    make_blocking(f.queue(0).kick.as_fd());
+    let pid = export.daemon.child.id();
+    freeze(pid);
+    f.kick(0); // the daemon's poll of the kick fd completes now...
+    f.queue(0).kick.read().unwrap(); // ...and the frontend takes the count back
+    thaw(pid);
+    // Let the iothread run its kick handler (if it blocks, this test cannot miss it:
+    // the handler has no other way out).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let base = f.get_vring_base(0);
+    assert!(
+        base.is_ok(),
+        "GET_VRING_BASE got no reply: the iothread is blocked ({base:?})"
+    );
+    drop(f);
+    assert!(export.alive());
+    export.check_serves(8);
+}
+
+/// Two requests one after the other on a connection whose call fd was sabotaged:
+/// both must complete (the iothread still runs) and a queue stop must reply.
+fn still_serves_without_calls(f: &mut Frontend) {
+    for i in 0..2u64 {
+        f.post(
+            0,
+            Io::Write {
+                sector: i,
+                data: &[1; 512],
+            },
+        );
+        f.kick(0);
+        let done = f.wait_polling(0, 1, TIMEOUT);
+        assert!(
+            done.is_ok(),
+            "request {i} never completed: the iothread is blocked on the call fd"
+        );
+    }
+    assert!(f.get_vring_base(0).is_ok(), "GET_VRING_BASE got no reply");
+}
+
+/// Issue 14 section 3: a call eventfd at its maximum count with `O_NONBLOCK` cleared
+/// blocked the iothread in write() at the first completion.
+#[test]
+fn call_eventfd_at_its_maximum_count() {
+    let (_, mut export) = Export::scratch("hostile-call", 1, "");
+    let mut f = export.frontend();
+    use std::os::fd::AsFd;
+    make_blocking(f.queue(0).call.as_fd());
+    f.queue(0).call.write(u64::MAX - 1).unwrap();
+    still_serves_without_calls(&mut f);
+    drop(f);
+    assert!(export.alive());
+    export.check_serves(8);
+}
+
+/// Issue 14 section 3: a full pipe (`O_NONBLOCK` cleared) as the call fd blocked the
+/// iothread in write(). Refused at SET_VRING_CALL (the spec's call fd is an eventfd);
+/// if it were accepted, it must not block.
+#[test]
+fn full_pipe_as_call_fd() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (_, mut export) = Export::scratch("hostile-pipe", 1, "");
+    let mut f = export.frontend();
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+    while nix::unistd::write(&w, &[0u8; 4096]).is_ok() {}
+    let set = f.set_vring_fd(
+        vhost::vhost_user::message::FrontendReq::SET_VRING_CALL,
+        0,
+        Some(w.as_raw_fd()),
+    );
+    if set.is_ok() {
+        // After the daemon has set O_NONBLOCK on it, if it does.
+        make_blocking(w.as_fd());
+        still_serves_without_calls(&mut f);
+    }
+    drop((f, r, w));
+    assert!(export.alive());
+    export.check_serves(8);
 }

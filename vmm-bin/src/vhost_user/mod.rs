@@ -15,13 +15,14 @@
 //! - When the frontend disconnects, every ring is stopped (drained), the memory table
 //!   dropped and the state reset, and the next frontend is served.
 
+mod call;
 mod server;
 
 pub use server::{ExportServer, serve};
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use aio_context::{EventNotifier, IoThread};
 use ram_block::{Backing, RamBlock, RamList};
@@ -36,6 +37,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::{QueueSetup, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt};
+use call::CallFds;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
@@ -50,18 +52,19 @@ struct Region {
     user_addr: u64,
 }
 
-/// A call fd that a `SET_VRING_CALL` can replace while the ring runs.
-#[derive(Default)]
-struct CallFds {
-    fds: Mutex<Vec<Option<EventNotifier>>>,
+/// Whether `fd` is an eventfd: the only kind of kick and call fd the protocol names,
+/// and the only kind the iothread knows how to read and write without blocking.
+fn is_eventfd(fd: &File) -> bool {
+    nix::fcntl::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str())
+        .is_ok_and(|target| target == "anon_inode:[eventfd]")
 }
 
-impl VirtioInterrupt for CallFds {
-    fn notify_queue(&self, index: u16) {
-        let fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Some(fd)) = fds.get(usize::from(index)) {
-            let _ = fd.set();
-        }
+/// The kick or call fd of a `SET_VRING_KICK`/`SET_VRING_CALL`, if it is an eventfd.
+fn vring_eventfd(fd: File, what: &'static str) -> Result<OwnedFd> {
+    if is_eventfd(&fd) {
+        Ok(OwnedFd::from(fd))
+    } else {
+        Err(param(what))
     }
 }
 
@@ -98,15 +101,14 @@ impl VhostUserDevice {
     /// Serves `device`'s queues on `iothread`.
     pub fn new(device: Box<dyn VirtioDevice>, iothread: Arc<IoThread>) -> VhostUserDevice {
         let n = usize::from(device.num_queues());
+        let calls = Arc::new(CallFds::new(n, Arc::clone(&iothread)));
         VhostUserDevice {
             device,
             iothread,
             memory: RamList::new(),
             regions: Vec::new(),
             vrings: (0..n).map(|_| Vring::default()).collect(),
-            calls: Arc::new(CallFds {
-                fds: Mutex::new((0..n).map(|_| None).collect()),
-            }),
+            calls,
             acked_features: 0,
             protocol_features: 0,
             generation: 0,
@@ -120,15 +122,7 @@ impl VhostUserDevice {
             self.stop(i);
             self.vrings[i] = Vring::default();
         }
-        for fd in self
-            .calls
-            .fds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-        {
-            *fd = None;
-        }
+        self.calls.clear();
         let _ = self.memory.replace_all(Vec::new());
         self.regions.clear();
         self.acked_features = 0;
@@ -363,7 +357,8 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
         let Some(fd) = fd else {
             return Err(param("polling mode (no kick fd) is not supported"));
         };
-        let kick = EventNotifier::from_fd(OwnedFd::from(fd)).map_err(|_| Error::InvalidParam)?;
+        let fd = vring_eventfd(fd, "a kick fd that is not an eventfd")?;
+        let kick = EventNotifier::from_fd(fd).map_err(|_| Error::InvalidParam)?;
         let i = usize::from(index);
         self.vring(u32::from(index))?;
         if self.vrings[i].running {
@@ -376,12 +371,10 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
         self.vring(u32::from(index))?;
         let call = match fd {
-            Some(fd) => {
-                Some(EventNotifier::from_fd(OwnedFd::from(fd)).map_err(|_| Error::InvalidParam)?)
-            }
+            Some(fd) => Some(vring_eventfd(fd, "a call fd that is not an eventfd")?),
             None => None,
         };
-        self.calls.fds.lock().unwrap_or_else(|e| e.into_inner())[usize::from(index)] = call;
+        self.calls.set(usize::from(index), call);
         Ok(())
     }
 

@@ -874,6 +874,27 @@ impl Frontend {
         n: usize,
         timeout: Duration,
     ) -> io::Result<Vec<Completion>> {
+        self.wait_with(q, n, timeout, true)
+    }
+
+    /// [`wait`](Self::wait) without touching the call fd (for a test that has
+    /// sabotaged it): the used ring is looked at every few milliseconds.
+    pub(crate) fn wait_polling(
+        &mut self,
+        q: u16,
+        n: usize,
+        timeout: Duration,
+    ) -> io::Result<Vec<Completion>> {
+        self.wait_with(q, n, timeout, false)
+    }
+
+    fn wait_with(
+        &mut self,
+        q: u16,
+        n: usize,
+        timeout: Duration,
+        use_call: bool,
+    ) -> io::Result<Vec<Completion>> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let deadline = Instant::now() + timeout;
         let mut done = Vec::new();
@@ -888,6 +909,10 @@ impl Frontend {
                     io::ErrorKind::TimedOut,
                     format!("queue {q}: {} of {n} completions", done.len()),
                 ));
+            }
+            if !use_call {
+                std::thread::sleep(left.min(Duration::from_millis(5)));
+                continue;
             }
             let call = &self.queues[usize::from(q)].call;
             let ms = PollTimeout::try_from(left.min(Duration::from_millis(100))).unwrap();
@@ -1004,6 +1029,19 @@ impl Export {
         }
     }
 
+    /// A fresh `NAME.img` of `mib` MiB exported at `NAME.sock` (both in the test's
+    /// temporary directory), `extra` appended to `--export`; returns the image path.
+    pub(crate) fn scratch(name: &str, mib: u64, extra: &str) -> (PathBuf, Export) {
+        let img = image(&format!("{name}.img"), mib);
+        let export = Export::start(&img, &socket_path(&format!("{name}.sock")), extra);
+        (img, export)
+    }
+
+    /// A frontend with default [`Options`], started (panics if it cannot be).
+    pub(crate) fn frontend(&self) -> Frontend {
+        Frontend::start(&self.sock, &Options::default()).expect("a frontend connects")
+    }
+
     /// Whether the daemon still runs.
     pub(crate) fn alive(&mut self) -> bool {
         self.daemon.child.try_wait().unwrap().is_none()
@@ -1011,14 +1049,7 @@ impl Export {
 
     /// Waits until the daemon's stderr contains `text`; false at `timeout`.
     pub(crate) fn wait_log(&self, text: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !self.daemon.stderr().contains(text) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
+        self.daemon.wait_stderr(text, timeout)
     }
 
     /// A fresh frontend writes a pattern to `sector`, reads it back and compares:
