@@ -394,3 +394,75 @@ fn full_pipe_as_call_fd() {
     assert!(export.alive());
     export.check_serves(8);
 }
+
+/// Issue 14 section 2: SET_MEM_TABLE, then `ftruncate(memfd, 0)`, then a kick killed
+/// the daemon with SIGBUS (qemu-storage-daemon dies too). The fault ends only that
+/// connection, with a logged error: the export serves the next frontend, and another
+/// export of the same daemon, with requests in flight meanwhile, never notices.
+#[test]
+fn truncated_frontend_memory_ends_only_that_connection() {
+    let (img_a, img_b) = (
+        image("hostile-sigbus-a.img", 1),
+        image("hostile-sigbus-b.img", 1),
+    );
+    let (sock_a, sock_b) = (
+        socket_path("hostile-sigbus-a.sock"),
+        socket_path("hostile-sigbus-b.sock"),
+    );
+    let blockdev = |node: &str, img: &std::path::Path| {
+        format!("driver=file,node-name={node},filename={}", img.display())
+    };
+    let export = |id: &str, node: &str, sock: &std::path::Path| {
+        format!(
+            "type=vhost-user-blk,id={id},node-name={node},addr.type=unix,addr.path={},writable=on",
+            sock.display()
+        )
+    };
+    let (ba, bb) = (blockdev("a", &img_a), blockdev("b", &img_b));
+    let (ea, eb) = (export("ea", "a", &sock_a), export("eb", "b", &sock_b));
+    // The second export binds last: its socket means both listen.
+    let mut daemon = Export::start_args(
+        &[
+            "--blockdev",
+            &ba,
+            "--blockdev",
+            &bb,
+            "--export",
+            &ea,
+            "--export",
+            &eb,
+        ],
+        &sock_b,
+    );
+    let mut good = Frontend::start(&sock_b, &Options::default()).unwrap();
+    let data = [0x5a; 4096];
+    for i in 0..16 {
+        good.post(
+            0,
+            Io::Write {
+                sector: i * 8,
+                data: &data,
+            },
+        );
+    }
+    let mut bad = Frontend::start(&sock_a, &Options::default()).unwrap();
+    assert_eq!(bad.write(0, 0, &[1; 512]).unwrap(), S_OK);
+    // From here on the test must not touch `bad`'s memory: it faults for us too.
+    nix::unistd::ftruncate(bad.mem().fd(), 0).unwrap();
+    bad.kick(0); // the daemon reads the avail ring
+    good.kick(0);
+    assert!(
+        bad.closed_within(TIMEOUT),
+        "the faulting connection stays open"
+    );
+    let logged = daemon.wait_log("faulted", TIMEOUT);
+    let status = daemon.daemon.child.try_wait().unwrap();
+    assert!(status.is_none(), "the daemon died: {status:?}");
+    assert!(logged, "no log line about the fault");
+    let done = good.wait(0, 16, TIMEOUT).unwrap();
+    assert!(done.iter().all(|c| c.status == Some(S_OK)));
+    let (status, read) = good.read(0, 8, 4096).unwrap();
+    assert_eq!((status, read.as_slice()), (S_OK, &data[..]));
+    drop((bad, good));
+    check_serves(&sock_a, 16);
+}

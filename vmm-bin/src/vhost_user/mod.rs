@@ -14,6 +14,10 @@
 //!   the ring after its in-flight requests completed.
 //! - When the frontend disconnects, every ring is stopped (drained), the memory table
 //!   dropped and the state reset, and the next frontend is served.
+//! - The frontend is untrusted (DESIGN.md, "The vhost-user frontend is untrusted"): if
+//!   it truncates its memory under us, the fault is survived (ram-block's
+//!   `Backing::PeerFd`) and its connection closed; its kick and call fds must be
+//!   eventfds and are never read or written in a way that can block the iothread.
 
 mod call;
 mod server;
@@ -25,7 +29,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use aio_context::{EventNotifier, IoThread};
-use ram_block::{Backing, RamBlock, RamList};
+use ram_block::{Backing, FaultReport, RamBlock, RamList};
 use vhost::VhostUserMemoryRegionBase;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
@@ -90,6 +94,8 @@ pub struct VhostUserDevice {
     acked_features: u64,
     protocol_features: u64,
     generation: u64,
+    /// Where a fault in this frontend's memory is reported (one per connection).
+    faults: Option<Arc<FaultReport>>,
 }
 
 fn param(what: &'static str) -> Error {
@@ -112,7 +118,20 @@ impl VhostUserDevice {
             acked_features: 0,
             protocol_features: 0,
             generation: 0,
+            faults: None,
         }
+    }
+
+    /// Starts serving a new frontend: returns the report that says when an access
+    /// to its memory faulted (it truncated a region), readable as an fd.
+    ///
+    /// # Errors
+    ///
+    /// The report's eventfd could not be created.
+    pub fn begin_session(&mut self) -> std::io::Result<Arc<FaultReport>> {
+        let faults = FaultReport::new()?;
+        self.faults = Some(faults.clone());
+        Ok(faults)
     }
 
     /// Stops every ring and forgets the frontend (its memory, fds and negotiation):
@@ -145,10 +164,17 @@ impl VhostUserDevice {
     }
 
     fn block(&self, region: &VhostUserMemoryRegion, fd: File) -> Result<(RamBlock, Region)> {
+        let faults = self
+            .faults
+            .clone()
+            .ok_or_else(|| param("a memory region outside a session"))?;
         self.generation_name(region).and_then(|name| {
-            let backing = Backing::Fd {
+            // The frontend keeps the fd: it may truncate it under us (SIGBUS, survived
+            // and reported to `faults`) or have sealed it.
+            let backing = Backing::PeerFd {
                 fd: OwnedFd::from(fd),
                 offset: region.mmap_offset,
+                faults,
             };
             let block = RamBlock::new(
                 name,

@@ -1,7 +1,7 @@
 //! The export's socket: one frontend at a time, served until it disconnects, then the
 //! next.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES;
 use vhost::vhost_user::{BackendReqHandler, Error};
+
+use ram_block::FaultReport;
 
 use super::VhostUserDevice;
 
@@ -68,8 +70,30 @@ impl ExportServer {
                     continue;
                 }
             };
+            let session = self
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .begin_session();
+            let faults = match session {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!(
+                        "vhost-user: {}: cannot serve a frontend: {e}",
+                        self.path.display()
+                    );
+                    continue;
+                }
+            };
             let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
             loop {
+                if !wait_for_message(handler.as_raw_fd(), &faults) {
+                    eprintln!(
+                        "vhost-user: {}: an access to the frontend's memory faulted (it was truncated?): its memory reads as zeros now; closing this connection",
+                        self.path.display()
+                    );
+                    break;
+                }
                 if let Err(e) = check_fds(handler.as_raw_fd()) {
                     eprintln!("vhost-user: {e}; closing this connection");
                     break;
@@ -97,6 +121,26 @@ impl ExportServer {
 impl Drop for ExportServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Waits until the frontend's socket has something to read (a message, end of file or
+/// an error: the protocol library reports those), or its memory faulted (false).
+fn wait_for_message(sock: RawFd, faults: &FaultReport) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // SAFETY: `sock` is the connection's socket, open for this whole call (the
+    // handler that owns it outlives the call).
+    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+    loop {
+        let mut fds = [
+            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(faults.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ if faults.faulted() => return false,
+            _ => return true,
+        }
     }
 }
 

@@ -1055,14 +1055,19 @@ impl Export {
     /// A fresh frontend writes a pattern to `sector`, reads it back and compares:
     /// proof the export still serves.
     pub(crate) fn check_serves(&self, sector: u64) {
-        let mut f =
-            Frontend::start(&self.sock, &Options::default()).expect("a fresh frontend connects");
-        let pattern: Vec<u8> = (0..4096u32)
-            .map(|i| (i * 7 + sector as u32) as u8)
-            .collect();
-        assert_eq!(f.write(0, sector, &pattern).expect("write"), S_OK);
-        let (status, data) = f.read(0, sector, 4096).expect("read");
-        assert_eq!(status, S_OK);
-        assert!(data == pattern, "read back differs from what was written");
+        check_serves(&self.sock, sector);
     }
+}
+
+/// A fresh frontend on `sock` writes a pattern to `sector`, reads it back and
+/// compares: proof the export there still serves.
+pub(crate) fn check_serves(sock: &Path, sector: u64) {
+    let mut f = Frontend::start(sock, &Options::default()).expect("a fresh frontend connects");
+    let pattern: Vec<u8> = (0..4096u32)
+        .map(|i| (i * 7 + sector as u32) as u8)
+        .collect();
+    assert_eq!(f.write(0, sector, &pattern).expect("write"), S_OK);
+    let (status, data) = f.read(0, sector, 4096).expect("read");
+    assert_eq!(status, S_OK);
+    assert!(data == pattern, "read back differs from what was written");
 }
