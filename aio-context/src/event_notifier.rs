@@ -58,6 +58,10 @@ impl EventNotifier {
     }
 
     /// Sets the notifier (idempotent until cleared). Safe from any thread.
+    ///
+    /// On an eventfd shared with a process that can clear `O_NONBLOCK` and fill the
+    /// counter, this write can sleep (eventfds take no `RWF_NOWAIT` writes): signal such
+    /// an fd with an io_uring write instead, as vmm-bin's vhost-user call fds do.
     pub fn set(&self) -> io::Result<()> {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
@@ -74,11 +78,24 @@ impl EventNotifier {
         }
     }
 
-    /// Clears the notifier; returns whether it was set.
+    /// Clears the notifier; returns whether it was set. Never blocks, even on an
+    /// eventfd from [`from_fd`](Self::from_fd) whose other owner cleared `O_NONBLOCK`
+    /// (the flag lives on the open file description they share) and drained it first.
     pub fn test_and_clear(&self) -> bool {
         let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+        let iov = libc::iovec {
+            iov_base: (&raw mut value).cast(),
+            iov_len: 8,
+        };
+        // SAFETY: reads at most 8 bytes into a live u64 described by one iovec;
+        // RWF_NOWAIT makes the read fail with EAGAIN instead of sleeping, whatever the
+        // fd's O_NONBLOCK says (eventfds support it since Linux 5.10).
+        let mut n = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+            // An older kernel: the O_NONBLOCK that `new`/`from_fd` set must do.
+            // SAFETY: as above, a plain read of at most 8 bytes.
+            n = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+        }
         n == 8 && value > 0
     }
 }
@@ -92,5 +109,34 @@ impl AsFd for EventNotifier {
 impl AsRawFd for EventNotifier {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A foreign eventfd whose other owner cleared O_NONBLOCK (shared through the open
+    /// file description) and drained it: test_and_clear still returns at once (issue
+    /// 14: a vhost-user frontend blocked the export's iothread this way).
+    #[test]
+    fn test_and_clear_never_blocks_on_a_shared_blocking_eventfd() {
+        let theirs = EventNotifier::new(false).unwrap();
+        let ours = EventNotifier::from_fd(theirs.fd.try_clone().unwrap()).unwrap();
+        // SAFETY: F_SETFL with an int argument on a descriptor `theirs` owns.
+        let rc = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFL, 0) };
+        assert_eq!(rc, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ours.test_and_clear());
+        });
+        let result = rx.recv_timeout(std::time::Duration::from_secs(10));
+        // Unblock a reader that did block, so the test process can end.
+        theirs.set().unwrap();
+        assert_eq!(
+            result,
+            Ok(false),
+            "test_and_clear blocked on an empty eventfd"
+        );
     }
 }

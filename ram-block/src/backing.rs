@@ -5,9 +5,11 @@ use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use vm_memory::FileOffset;
 
+use crate::fault::{self, FaultReport, Guard};
 use crate::mapping::Mapping;
 use crate::{Error, Result};
 
@@ -44,11 +46,27 @@ pub enum Backing {
         /// Where the block starts in the file.
         offset: u64,
     },
+    /// As [`Fd`](Backing::Fd), for a file descriptor that an untrusted peer also holds
+    /// (a vhost-user frontend's memory): a file sealed against writes is refused with
+    /// [`Error::SealedAgainstWrites`], and unless the peer sealed it against shrinking
+    /// (`F_SEAL_SHRINK`), a later truncation does not kill the process: the fault is
+    /// survived and reported to `faults` (see [`FaultReport`]).
+    PeerFd {
+        /// The file (owned and closed as for `Fd`).
+        fd: OwnedFd,
+        /// Where the block starts in the file.
+        offset: u64,
+        /// Where a fault in the block is reported.
+        faults: Arc<FaultReport>,
+    },
 }
 
 /// The host side of a block: its mapping and, for shared memory, the fd behind it.
 #[derive(Debug)]
 pub(crate) struct HostMemory {
+    /// Declared before `mapping`: fields drop in order, and the range must leave the
+    /// SIGBUS guard before it is unmapped.
+    pub(crate) guard: Option<Guard>,
     pub(crate) mapping: Mapping,
     pub(crate) file: Option<FileOffset>,
     pub(crate) huge_pages: bool,
@@ -57,13 +75,7 @@ pub(crate) struct HostMemory {
 impl Backing {
     /// Maps `size` bytes (`size` is non-zero and was checked to fit the host).
     pub(crate) fn map(self, name: &str, size: u64) -> Result<HostMemory> {
-        let os = |op: &'static str| {
-            move |errno: nix::errno::Errno| Error::Os {
-                name: name.to_owned(),
-                op,
-                source: io::Error::from(errno),
-            }
-        };
+        let os = |op: &'static str| os_error(name, op);
         match self {
             Backing::Anonymous { huge_pages } => {
                 let len = mapped_len(name, size, page_size_for(huge_pages))?;
@@ -71,6 +83,7 @@ impl Backing {
                     huge_page_error(name, size, huge_pages, e).unwrap_or_else(|| os("mmap")(e))
                 })?;
                 Ok(HostMemory {
+                    guard: None,
                     mapping,
                     file: None,
                     huge_pages,
@@ -97,50 +110,90 @@ impl Backing {
                     huge_page_error(name, size, huge_pages, e).unwrap_or_else(|| os("mmap")(e))
                 })?;
                 Ok(HostMemory {
+                    guard: None,
                     mapping,
                     file: Some(FileOffset::new(File::from(fd), 0)),
                     huge_pages,
                 })
             }
-            Backing::Fd { fd, offset } => {
-                let page_size = Mapping::page_size() as u64;
-                let bad_offset = || Error::BadFileOffset {
-                    name: name.to_owned(),
-                    offset,
-                    page_size,
-                };
-                let file_offset = i64::try_from(offset).map_err(|_| bad_offset())?;
-                if offset % page_size != 0 {
-                    return Err(bad_offset());
+            Backing::Fd { fd, offset } => map_fd(name, size, fd, offset),
+            Backing::PeerFd { fd, offset, faults } => {
+                use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+                // Files that are not memfds have no seals (EINVAL).
+                let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)
+                    .map_or(SealFlag::empty(), SealFlag::from_bits_truncate);
+                if seals.intersects(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_FUTURE_WRITE) {
+                    return Err(Error::SealedAgainstWrites {
+                        name: name.to_owned(),
+                    });
                 }
-                let hugetlbfs_page = hugetlbfs_page_size(&fd);
-                let huge_pages = hugetlbfs_page.is_some();
-                let len = mapped_len(
-                    name,
-                    size,
-                    hugetlbfs_page.unwrap_or(PageSize::Base(page_size)),
-                )?;
-                let stat = nix::sys::stat::fstat(&fd).map_err(os("fstat"))?;
-                if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG {
-                    let needed = offset.checked_add(size).ok_or_else(bad_offset)?;
-                    let file_size = stat.st_size as u64;
-                    if file_size < needed {
-                        return Err(Error::FileTooSmall {
-                            name: name.to_owned(),
-                            file_size,
-                            needed,
-                        });
-                    }
+                let mut host = map_fd(name, size, fd, offset)?;
+                if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+                    let len = host.mapping.len();
+                    let guard =
+                        fault::guard(host.mapping.as_ptr(), len, &faults).map_err(|source| {
+                            Error::Os {
+                                name: name.to_owned(),
+                                op: "guarding the mapping against SIGBUS",
+                                source,
+                            }
+                        })?;
+                    host.guard = Some(guard);
                 }
-                let mapping = Mapping::shared(fd.as_fd(), file_offset, len).map_err(os("mmap"))?;
-                Ok(HostMemory {
-                    mapping,
-                    file: Some(FileOffset::new(File::from(fd), offset)),
-                    huge_pages,
-                })
+                Ok(host)
             }
         }
     }
+}
+
+/// Turns a failed system call `op` on block `name` into [`Error::Os`].
+fn os_error<'a>(name: &'a str, op: &'static str) -> impl Fn(nix::errno::Errno) -> Error + 'a {
+    move |errno| Error::Os {
+        name: name.to_owned(),
+        op,
+        source: io::Error::from(errno),
+    }
+}
+
+/// Maps `size` bytes of `fd` from `offset`, shared (see [`Backing::Fd`]).
+fn map_fd(name: &str, size: u64, fd: OwnedFd, offset: u64) -> Result<HostMemory> {
+    let os = |op: &'static str| os_error(name, op);
+    let page_size = Mapping::page_size() as u64;
+    let bad_offset = || Error::BadFileOffset {
+        name: name.to_owned(),
+        offset,
+        page_size,
+    };
+    let file_offset = i64::try_from(offset).map_err(|_| bad_offset())?;
+    if offset % page_size != 0 {
+        return Err(bad_offset());
+    }
+    let hugetlbfs_page = hugetlbfs_page_size(&fd);
+    let huge_pages = hugetlbfs_page.is_some();
+    let len = mapped_len(
+        name,
+        size,
+        hugetlbfs_page.unwrap_or(PageSize::Base(page_size)),
+    )?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(os("fstat"))?;
+    if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG {
+        let needed = offset.checked_add(size).ok_or_else(bad_offset)?;
+        let file_size = stat.st_size as u64;
+        if file_size < needed {
+            return Err(Error::FileTooSmall {
+                name: name.to_owned(),
+                file_size,
+                needed,
+            });
+        }
+    }
+    let mapping = Mapping::shared(fd.as_fd(), file_offset, len).map_err(os("mmap"))?;
+    Ok(HostMemory {
+        guard: None,
+        mapping,
+        file: Some(FileOffset::new(File::from(fd), offset)),
+        huge_pages,
+    })
 }
 
 /// The page size a mapping uses: the base page or the default huge page.

@@ -137,6 +137,13 @@ pub enum Error {
         /// `offset + size`.
         needed: u64,
     },
+    /// A peer's file sealed against writes (`F_SEAL_WRITE`, `F_SEAL_FUTURE_WRITE`):
+    /// guest RAM must be writable.
+    #[error("RAM block {name:?}: the file is sealed against writes")]
+    SealedAgainstWrites {
+        /// The block's name.
+        name: String,
+    },
     /// A system call failed while creating the block's memory.
     #[error("RAM block {name:?}: {op} failed: {source}")]
     Os {

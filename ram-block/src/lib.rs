@@ -4,7 +4,9 @@
 //! - A [`RamBlock`] is `size` bytes of guest-physical address space at `start`, backed by
 //!   anonymous memory, a memfd (shareable with another process: a vhost-user backend
 //!   maps the same fd) or a file descriptor handed to us, optionally on huge pages
-//!   ([`Backing`]).
+//!   ([`Backing`]). A peer's fd ([`Backing::PeerFd`]) that the peer truncates under us
+//!   costs that peer its memory ([`FaultReport`]), not the process its life: SIGBUS is
+//!   caught for such mappings.
 //! - A [`RamList`] places blocks in the guest-physical map; addresses between blocks are
 //!   holes (MMIO, the PCI hole). Readers look up and translate guest ranges under any RCU
 //!   read guard ([`rcu::read`], or a QSBR guard), with an MRU cache in front of a binary
@@ -57,6 +59,7 @@ mod backing;
 mod block;
 mod blocks;
 mod error;
+mod fault;
 mod list;
 mod mapping;
 mod memory;
@@ -65,6 +68,7 @@ pub use backing::Backing;
 pub use block::RamBlock;
 pub use blocks::RamBlocks;
 pub use error::{Error, Result};
+pub use fault::FaultReport;
 pub use list::RamList;
 pub use memory::RamMemory;
 pub use vm_memory::{GuestAddress, VolatileSlice};

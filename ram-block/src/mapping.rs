@@ -124,6 +124,11 @@ impl Mapping {
         self.ptr.as_ptr()
     }
 
+    /// The length in bytes (whole pages).
+    pub(crate) fn len(&self) -> usize {
+        self.len.get()
+    }
+
     /// `len` bytes from `offset`, or `None` if they are not all inside the mapping.
     #[inline]
     pub(crate) fn slice(&self, offset: usize, len: usize) -> Option<VolatileSlice<'_>> {

@@ -21,6 +21,9 @@ use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
 use crate::vhost_user::{ExportServer, VhostUserDevice};
 use crate::virtio::blk::{BlkOptions, VirtioBlk};
 
+/// The longest `serial`: virtio-blk's device ID (`VIRTIO_BLK_ID_BYTES`).
+const ID_BYTES: usize = 20;
+
 /// A parsed keyval list, keys in order of appearance checked off as they are used.
 #[derive(Debug)]
 pub struct KeyVal {
@@ -154,7 +157,7 @@ pub struct ExportSpec {
     pub num_queues: u16,
     /// `logical-block-size`.
     pub logical_block_size: u32,
-    /// `serial` (ours; QEMU's export uses the node name).
+    /// `serial` (ours; at most 20 bytes; the default is the node name, cut to fit).
     pub serial: String,
 }
 
@@ -224,10 +227,34 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
         ));
     }
     let path = PathBuf::from(kv.required("addr.path")?);
+    if path.as_os_str().is_empty() {
+        // An empty sun_path makes Linux autobind an abstract socket: no file, so no
+        // permissions, and any local user could connect to a writable export.
+        return Err(
+            "--export: addr.path must not be empty (it would bind an abstract socket, which file permissions do not protect)"
+                .into(),
+        );
+    }
     let writable = kv.flag("writable", false)?;
     let num_queues = kv.number::<u16>("num-queues")?.unwrap_or(1);
     let logical_block_size = kv.number::<u32>("logical-block-size")?.unwrap_or(512);
-    let serial = kv.optional("serial").unwrap_or_else(|| node.clone());
+    let serial = match kv.optional("serial") {
+        Some(s) if s.len() > ID_BYTES => {
+            return Err(format!(
+                "--export: serial '{s}' is {} bytes long; virtio-blk's device ID holds at most {ID_BYTES}",
+                s.len()
+            ));
+        }
+        Some(s) => s,
+        // The default, the node name, is cut to fit (at a character boundary).
+        None => {
+            let mut s = node.clone();
+            while s.len() > ID_BYTES {
+                s.pop();
+            }
+            s
+        }
+    };
     kv.optional("iothread");
     kv.finish()?;
     Ok(ExportSpec {
@@ -273,7 +300,55 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
     if config.exports.is_empty() {
         return Err("nothing to do: give at least one --export".into());
     }
+    check_unique(&config)?;
     Ok(config)
+}
+
+/// Refuses what would make two objects indistinguishable or make one export steal
+/// another's socket (qemu-storage-daemon's wording where it has a check).
+fn check_unique(config: &DaemonConfig) -> Result<(), String> {
+    let mut nodes = std::collections::HashSet::new();
+    for b in &config.blockdevs {
+        let (BlockdevSpec::File { node, .. } | BlockdevSpec::Raw { node, .. }) = b;
+        if !nodes.insert(node) {
+            return Err(format!(
+                "--blockdev: Duplicate nodes with node-name='{node}'"
+            ));
+        }
+    }
+    for (i, e) in config.exports.iter().enumerate() {
+        let earlier = &config.exports[..i];
+        if earlier.iter().any(|o| o.id == e.id) {
+            return Err(format!(
+                "--export: Block export id '{}' is already in use",
+                e.id
+            ));
+        }
+        if let Some(o) = earlier.iter().find(|o| same_socket_path(&o.path, &e.path)) {
+            return Err(format!(
+                "--export {}: addr.path '{}' is already the socket of export '{}'",
+                e.id,
+                e.path.display(),
+                o.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two socket paths name the same file: equal after resolving their
+/// directories (the sockets themselves need not exist yet).
+fn same_socket_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let resolve = |p: &std::path::Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::canonicalize(&dir)
+            .unwrap_or(dir)
+            .join(p.file_name().unwrap_or_default())
+    };
+    a == b || resolve(a) == resolve(b)
 }
 
 /// The file behind `node` (through raw nodes) and whether some layer is read-only.
@@ -353,15 +428,10 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
             ErrorPolicy::default(),
             None,
         );
-        // At most 20 bytes, cut at a character boundary.
-        let mut serial = export.serial.clone();
-        while serial.len() > 20 {
-            serial.pop();
-        }
         let options = BlkOptions {
             num_queues: export.num_queues,
             logical_block_size: export.logical_block_size,
-            serial,
+            serial: export.serial.clone(),
             ..BlkOptions::default()
         };
         let device =
@@ -491,6 +561,29 @@ mod tests {
                 "expects a number",
             ),
             ("--blockdev", "needs an argument"),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=",
+                "addr.path must not be empty",
+            ),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,serial=123456789012345678901",
+                "at most 20",
+            ),
+            (
+                "--blockdev driver=file,node-name=a,filename=x --blockdev driver=raw,node-name=a,file=a \
+                 --export type=vhost-user-blk,id=e,node-name=a,addr.type=unix,addr.path=p",
+                "Duplicate nodes with node-name='a'",
+            ),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p \
+                 --export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=q",
+                "Block export id 'e' is already in use",
+            ),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=/tmp/p \
+                 --export type=vhost-user-blk,id=f,node-name=n,addr.type=unix,addr.path=/tmp/../tmp/p",
+                "is already the socket of export 'e'",
+            ),
             ("--blockdev driver", "expected key=value"),
             ("", "nothing to do"),
         ];

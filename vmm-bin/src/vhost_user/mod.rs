@@ -14,17 +14,22 @@
 //!   the ring after its in-flight requests completed.
 //! - When the frontend disconnects, every ring is stopped (drained), the memory table
 //!   dropped and the state reset, and the next frontend is served.
+//! - The frontend is untrusted (DESIGN.md, "The vhost-user frontend is untrusted"): if
+//!   it truncates its memory under us, the fault is survived (ram-block's
+//!   `Backing::PeerFd`) and its connection closed; its kick and call fds must be
+//!   eventfds and are never read or written in a way that can block the iothread.
 
+mod call;
 mod server;
 
 pub use server::{ExportServer, serve};
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use aio_context::{EventNotifier, IoThread};
-use ram_block::{Backing, RamBlock, RamList};
+use ram_block::{Backing, FaultReport, RamBlock, RamList};
 use vhost::VhostUserMemoryRegionBase;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
@@ -36,6 +41,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::{QueueSetup, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt};
+use call::CallFds;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
@@ -50,18 +56,19 @@ struct Region {
     user_addr: u64,
 }
 
-/// A call fd that a `SET_VRING_CALL` can replace while the ring runs.
-#[derive(Default)]
-struct CallFds {
-    fds: Mutex<Vec<Option<EventNotifier>>>,
+/// Whether `fd` is an eventfd: the only kind of kick and call fd the protocol names,
+/// and the only kind the iothread knows how to read and write without blocking.
+fn is_eventfd(fd: &File) -> bool {
+    nix::fcntl::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str())
+        .is_ok_and(|target| target == "anon_inode:[eventfd]")
 }
 
-impl VirtioInterrupt for CallFds {
-    fn notify_queue(&self, index: u16) {
-        let fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Some(fd)) = fds.get(usize::from(index)) {
-            let _ = fd.set();
-        }
+/// The kick or call fd of a `SET_VRING_KICK`/`SET_VRING_CALL`, if it is an eventfd.
+fn vring_eventfd(fd: File, what: &'static str) -> Result<OwnedFd> {
+    if is_eventfd(&fd) {
+        Ok(OwnedFd::from(fd))
+    } else {
+        Err(param(what))
     }
 }
 
@@ -87,6 +94,8 @@ pub struct VhostUserDevice {
     acked_features: u64,
     protocol_features: u64,
     generation: u64,
+    /// Where a fault in this frontend's memory is reported (one per connection).
+    faults: Option<Arc<FaultReport>>,
 }
 
 fn param(what: &'static str) -> Error {
@@ -98,19 +107,31 @@ impl VhostUserDevice {
     /// Serves `device`'s queues on `iothread`.
     pub fn new(device: Box<dyn VirtioDevice>, iothread: Arc<IoThread>) -> VhostUserDevice {
         let n = usize::from(device.num_queues());
+        let calls = Arc::new(CallFds::new(n, Arc::clone(&iothread)));
         VhostUserDevice {
             device,
             iothread,
             memory: RamList::new(),
             regions: Vec::new(),
             vrings: (0..n).map(|_| Vring::default()).collect(),
-            calls: Arc::new(CallFds {
-                fds: Mutex::new((0..n).map(|_| None).collect()),
-            }),
+            calls,
             acked_features: 0,
             protocol_features: 0,
             generation: 0,
+            faults: None,
         }
+    }
+
+    /// Starts serving a new frontend: returns the report that says when an access
+    /// to its memory faulted (it truncated a region), readable as an fd.
+    ///
+    /// # Errors
+    ///
+    /// The report's eventfd could not be created.
+    pub fn begin_session(&mut self) -> std::io::Result<Arc<FaultReport>> {
+        let faults = FaultReport::new()?;
+        self.faults = Some(faults.clone());
+        Ok(faults)
     }
 
     /// Stops every ring and forgets the frontend (its memory, fds and negotiation):
@@ -120,15 +141,7 @@ impl VhostUserDevice {
             self.stop(i);
             self.vrings[i] = Vring::default();
         }
-        for fd in self
-            .calls
-            .fds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-        {
-            *fd = None;
-        }
+        self.calls.clear();
         let _ = self.memory.replace_all(Vec::new());
         self.regions.clear();
         self.acked_features = 0;
@@ -151,10 +164,17 @@ impl VhostUserDevice {
     }
 
     fn block(&self, region: &VhostUserMemoryRegion, fd: File) -> Result<(RamBlock, Region)> {
+        let faults = self
+            .faults
+            .clone()
+            .ok_or_else(|| param("a memory region outside a session"))?;
         self.generation_name(region).and_then(|name| {
-            let backing = Backing::Fd {
+            // The frontend keeps the fd: it may truncate it under us (SIGBUS, survived
+            // and reported to `faults`) or have sealed it.
+            let backing = Backing::PeerFd {
                 fd: OwnedFd::from(fd),
                 offset: region.mmap_offset,
+                faults,
             };
             let block = RamBlock::new(
                 name,
@@ -363,7 +383,8 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
         let Some(fd) = fd else {
             return Err(param("polling mode (no kick fd) is not supported"));
         };
-        let kick = EventNotifier::from_fd(OwnedFd::from(fd)).map_err(|_| Error::InvalidParam)?;
+        let fd = vring_eventfd(fd, "a kick fd that is not an eventfd")?;
+        let kick = EventNotifier::from_fd(fd).map_err(|_| Error::InvalidParam)?;
         let i = usize::from(index);
         self.vring(u32::from(index))?;
         if self.vrings[i].running {
@@ -376,12 +397,10 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
         self.vring(u32::from(index))?;
         let call = match fd {
-            Some(fd) => {
-                Some(EventNotifier::from_fd(OwnedFd::from(fd)).map_err(|_| Error::InvalidParam)?)
-            }
+            Some(fd) => Some(vring_eventfd(fd, "a call fd that is not an eventfd")?),
             None => None,
         };
-        self.calls.fds.lock().unwrap_or_else(|e| e.into_inner())[usize::from(index)] = call;
+        self.calls.set(usize::from(index), call);
         Ok(())
     }
 

@@ -1,12 +1,16 @@
 //! The export's socket: one frontend at a time, served until it disconnects, then the
 //! next.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES;
 use vhost::vhost_user::{BackendReqHandler, Error};
+
+use ram_block::FaultReport;
 
 use super::VhostUserDevice;
 
@@ -22,9 +26,16 @@ impl ExportServer {
     ///
     /// # Errors
     ///
-    /// The socket's error, or a path that exists and is not a socket.
+    /// The socket's error, a path that exists and is not a socket, or an empty path
+    /// (Linux would bind an abstract socket, which no file permission protects).
     pub fn bind(path: &Path, device: VhostUserDevice) -> std::io::Result<ExportServer> {
         use std::os::unix::fs::FileTypeExt;
+        if path.as_os_str().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an empty socket path would bind an abstract socket",
+            ));
+        }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(std::io::Error::other(format!(
@@ -59,8 +70,34 @@ impl ExportServer {
                     continue;
                 }
             };
+            let session = self
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .begin_session();
+            let faults = match session {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!(
+                        "vhost-user: {}: cannot serve a frontend: {e}",
+                        self.path.display()
+                    );
+                    continue;
+                }
+            };
             let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
             loop {
+                if !wait_for_message(handler.as_raw_fd(), &faults) {
+                    eprintln!(
+                        "vhost-user: {}: an access to the frontend's memory faulted (it was truncated?): its memory reads as zeros now; closing this connection",
+                        self.path.display()
+                    );
+                    break;
+                }
+                if let Err(e) = check_fds(handler.as_raw_fd()) {
+                    eprintln!("vhost-user: {e}; closing this connection");
+                    break;
+                }
                 match handler.handle_request() {
                     Ok(()) => {}
                     Err(Error::Disconnected | Error::PartialMessage) => break,
@@ -85,6 +122,73 @@ impl Drop for ExportServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Waits until the frontend's socket has something to read (a message, end of file or
+/// an error: the protocol library reports those), or its memory faulted (false).
+fn wait_for_message(sock: RawFd, faults: &FaultReport) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // SAFETY: `sock` is the connection's socket, open for this whole call (the
+    // handler that owns it outlives the call).
+    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+    loop {
+        let mut fds = [
+            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(faults.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ if faults.faulted() => return false,
+            _ => return true,
+        }
+    }
+}
+
+/// Refuses the next message if it carries more fds than the protocol library
+/// receives: it would drop them with the message's first bytes, after which it waits
+/// for bytes that never come (the connection hangs). Looks with `MSG_PEEK` (which
+/// receives copies of the fds: they are closed at once) and consumes nothing. A frontend
+/// that attaches fds to a later segment of a message is not seen here.
+fn check_fds(sock: RawFd) -> Result<(), String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    // Room for SCM_MAX_FD (253), the most one sendmsg can carry.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let msg = loop {
+        match recvmsg::<()>(
+            sock,
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            // End of file and socket errors: the protocol library reports them.
+            Err(_) => return Ok(()),
+            Ok(msg) => break msg,
+        }
+    };
+    let mut count = 0;
+    for cmsg in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            count += fds.len();
+            for fd in fds {
+                // SAFETY: recvmsg just installed `fd` in this process for us alone.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || count > MAX_ATTACHED_FD_ENTRIES {
+        return Err(format!(
+            "a message carries {}{count} file descriptors, more than the {MAX_ATTACHED_FD_ENTRIES} supported",
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                "over "
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Binds and serves forever on the calling thread.

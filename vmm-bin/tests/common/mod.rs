@@ -186,6 +186,19 @@ impl Vm {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until stderr contains `text` (its reader may lag behind the process's
+    /// exit); false at the deadline.
+    pub(crate) fn wait_stderr(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Waits until the serial output contains `text`; false at the deadline.
     pub(crate) fn wait_for(&mut self, text: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -238,3 +251,5 @@ impl Drop for Vm {
         let _ = self.child.wait();
     }
 }
+
+pub(crate) mod vhost_frontend;

@@ -3,11 +3,12 @@
 //! Every length and address comes from the guest: the chain is walked by virtio-queue
 //! (which bounds its length and checks indirect tables), readable descriptors must come
 //! before writable ones, the header may span descriptors, and each sector range is
-//! checked against the capacity with overflow checks. A chain with no writable byte
+//! checked against the capacity with overflow checks. Every descriptor must lie in
+//! guest memory, or the request fails before any I/O. A chain with no writable byte
 //! cannot carry a status: it is returned to the driver with a used length of 0.
 
 use block_dma::SgList;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::config::*;
 
@@ -143,6 +144,16 @@ pub fn parse<M: GuestMemory>(mem: &M, descs: &[Desc], disk: &DiskLimits) -> Requ
         writable: writable_u32,
     };
     if status.is_none() {
+        return done(Action::Status(S_IOERR));
+    }
+    // The whole chain must lie in guest memory before anything is submitted: a
+    // transfer goes out in several submissions when it is long, and a bad last buffer
+    // found after the first one would leave a partial write in the image (QEMU maps the
+    // whole chain when it pops it).
+    if !descs
+        .iter()
+        .all(|d| mem.check_range(GuestAddress(d.addr), d.len as usize, Permissions::ReadWrite))
+    {
         return done(Action::Status(S_IOERR));
     }
     // Readable after writable: a malformed chain.
