@@ -2,13 +2,15 @@
 //! capabilities, BAR programming, feature negotiation, queue setup, notify, ISR with
 //! INTx, MSI-X with masking, reset; bad register values are refused.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aio_context::IoThread;
 use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
-use ram_block::{Backing, RamBlock, RamList};
+use ram_block::RamList;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_bin::devices::pci::{PciFunction, Space};
 use vmm_bin::machine::BusDevice;
@@ -61,17 +63,7 @@ fn setup() -> Option<Setup> {
         },
     )
     .unwrap();
-    let ram = RamList::new();
-    ram.add(
-        RamBlock::new(
-            "ram",
-            GuestAddress(0),
-            1 << 20,
-            Backing::Memfd { huge_pages: false },
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let ram = common::guest_ram(1 << 20);
     let msis = Arc::new(Msis::default());
     let intx = Arc::new(AtomicBool::new(false));
     let i2 = intx.clone();

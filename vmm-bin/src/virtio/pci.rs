@@ -70,7 +70,8 @@ pub trait MsiSender: Send + Sync {
     fn send(&self, vector: u16, address: u64, data: u32);
 }
 
-/// Drives the function's INTx pin.
+/// Drives the function's INTx pin. Called with the function's ISR locked, so calls
+/// arrive in the order the ISR changed; it must not call back into the function.
 pub type IntxLine = Arc<dyn Fn(bool) + Send + Sync>;
 
 #[derive(Clone, Copy, Default)]
@@ -121,8 +122,24 @@ impl Interrupts {
             return;
         }
         drop(msix);
-        *lock(&self.isr) |= isr_bit;
-        (self.intx)(true);
+        self.update_isr(|isr| *isr |= isr_bit);
+    }
+
+    /// Changes the ISR with `change` and drives INTx to match it before the ISR lock is
+    /// released: the level is decided and set in one critical section, so a lower
+    /// decided before a raise can never reach the irqchip after it (issue 14: the
+    /// interrupt was lost, the line low with the ISR set). Returns the ISR as it was.
+    fn update_isr(&self, change: impl FnOnce(&mut u8)) -> u8 {
+        let mut isr = lock(&self.isr);
+        let old = *isr;
+        change(&mut isr);
+        (self.intx)(*isr != 0);
+        old
+    }
+
+    /// The driver's ISR read: returns the ISR, clears it and lowers INTx.
+    fn read_isr(&self) -> u8 {
+        self.update_isr(|isr| *isr = 0)
     }
 
     /// Delivers pending vectors that are now unmasked.
@@ -470,10 +487,9 @@ impl Transport {
         msix.config_vector = NO_VECTOR;
         msix.queue_vectors.fill(NO_VECTOR);
         drop(msix);
-        *lock(&irq.isr) = 0;
+        irq.read_isr();
         irq.needs_reset
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        (irq.intx)(false);
     }
 
     fn set_status(&mut self, value: u8, irq: &Arc<Interrupts>) {
@@ -654,13 +670,7 @@ impl BusDevice for VirtioBar {
                     *d = image.get(start + i).copied().unwrap_or(0);
                 }
             }
-            ISR => {
-                let mut isr = lock(&irq.isr);
-                data[0] = *isr;
-                *isr = 0;
-                drop(isr);
-                (irq.intx)(false);
-            }
+            ISR => data[0] = irq.read_isr(),
             DEVICE..NOTIFY => {
                 lock(&self.0.transport)
                     .device

@@ -92,6 +92,20 @@ pub(crate) fn assemble_pvh(dir: &Path, name: &str, skip: impl Fn(&str)) -> Optio
     Some(elf)
 }
 
+/// Guest RAM for device-level tests: one memfd block of `bytes` at guest address 0.
+pub(crate) fn guest_ram(bytes: u64) -> ram_block::RamList {
+    let ram = ram_block::RamList::new();
+    let block = ram_block::RamBlock::new(
+        "ram",
+        vm_memory::GuestAddress(0),
+        bytes,
+        ram_block::Backing::Memfd { huge_pages: false },
+    )
+    .unwrap();
+    ram.add(block).unwrap();
+    ram
+}
+
 /// Whether the host CPU advertises `flag` in /proc/cpuinfo.
 pub(crate) fn cpu_flag(flag: &str) -> bool {
     std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
