@@ -151,13 +151,31 @@ pub(crate) struct Vm {
     pub(crate) seen: String,
     /// Everything the VMM wrote on stderr (also echoed to the test's stderr).
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The read end of stdout, held open and unread ([`Vm::start_with_stalled_stdout`]).
+    _held_stdout: Option<std::process::ChildStdout>,
 }
 
 impl Vm {
     /// Spawns `vmm-bin ARGS`.
     pub(crate) fn start(args: &[&str]) -> Vm {
+        Vm::start_with_env(args, &[])
+    }
+
+    /// Spawns `vmm-bin ARGS` with extra environment variables.
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Vm {
+        Vm::spawn(args, env, true)
+    }
+
+    /// Spawns `vmm-bin ARGS` (with `env`) whose stdout is a pipe that the test holds
+    /// open and never reads: the guest's serial output fills it and then stalls.
+    pub(crate) fn start_with_stalled_stdout(args: &[&str], env: &[(&str, &str)]) -> Vm {
+        Vm::spawn(args, env, false)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Vm {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -165,14 +183,19 @@ impl Vm {
             .expect("spawn vmm-bin");
         let mut stdout = child.stdout.take().unwrap();
         let (tx, output) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
+        let held_stdout = if read_stdout {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+            None
+        } else {
+            Some(stdout)
+        };
         let mut err = child.stderr.take().unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
@@ -192,6 +215,7 @@ impl Vm {
             output,
             seen: String::new(),
             stderr,
+            _held_stdout: held_stdout,
         }
     }
 
