@@ -15,12 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aio_context::IoThread;
-use virtio_queue::Queue;
-use vmm_bin::devices::pci::{IrqLine, PciFunction, Piix3Isa, Space};
-use vmm_bin::machine::BusDevice;
-use vmm_bin::virtio::pci::{MsiSender, VirtioPci};
-use vmm_bin::virtio::{QueueError, QueueSetup, VirtioDevice, VirtioInterrupt};
+use common::mock_virtio::MockPci;
+use vmm_bin::devices::pci::{IrqLine, PciFunction, Piix3Isa};
 
 /// Rounds per race: enough for the old code to lose a level many times over on a
 /// loaded two-core machine, quick with the fix.
@@ -111,102 +107,16 @@ impl SlowLine {
     }
 }
 
-/// A device model that serves nothing and hands its queue interrupt to the test.
-struct InterruptGrabber(Arc<Mutex<Option<Arc<dyn VirtioInterrupt>>>>);
-
-impl VirtioDevice for InterruptGrabber {
-    fn device_type(&self) -> u32 {
-        2
-    }
-    fn num_queues(&self) -> u16 {
-        1
-    }
-    fn queue_max_size(&self) -> u16 {
-        16
-    }
-    fn features(&self) -> u64 {
-        1 << 32 // VERSION_1
-    }
-    fn ack_features(&mut self, _: u64) {}
-    fn read_config(&self, _: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write_config(&mut self, _: u64, _: &[u8]) {}
-    fn start_queue(&mut self, _: u16, setup: QueueSetup) -> Result<(), QueueError> {
-        *self.0.lock().unwrap() = Some(setup.interrupt);
-        Ok(())
-    }
-    fn stop_queue(&mut self, _: u16) -> Option<Queue> {
-        None
-    }
-}
-
-struct NoMsi;
-impl MsiSender for NoMsi {
-    fn send(&self, _: u16, _: u64, _: u32) {}
-}
-
-const BAR4: u64 = 0xfe00_0000;
-
-/// A virtio-pci function with MSI-X off, brought up to DRIVER_OK: its BAR 4 handler,
-/// the queue interrupt the device got, and the INTx line.
-fn virtio_with_intx() -> (
-    VirtioPci,
-    Arc<dyn BusDevice>,
-    Arc<dyn VirtioInterrupt>,
-    Arc<SlowLine>,
-) {
-    let grabbed = Arc::new(Mutex::new(None));
-    let ram = common::guest_ram(1 << 20);
-    let line = Arc::new(SlowLine::default());
-    let l = line.clone();
-    let pci = VirtioPci::new(
-        "grabber",
-        Box::new(InterruptGrabber(grabbed.clone())),
-        ram,
-        Arc::new(IoThread::spawn("intx-test").unwrap()),
-        Arc::new(NoMsi),
-        Arc::new(move |level| l.set(level)),
-    )
-    .unwrap();
-    pci.config_write(0x10 + 4 * 4, &(BAR4 as u32).to_le_bytes());
-    pci.config_write(0x10 + 4 * 5, &0u32.to_le_bytes());
-    pci.config_write(0x04, &6u16.to_le_bytes());
-    let bar = pci
-        .mappings()
-        .into_iter()
-        .find(|m| m.space == Space::Mem && m.base == BAR4)
-        .expect("BAR 4 decoded")
-        .device;
-    let w = |off: u64, v: u32, len: usize| bar.write(off, &v.to_le_bytes()[..len]);
-    w(0x14, 0, 1);
-    w(0x14, 3, 1); // ACKNOWLEDGE | DRIVER
-    w(0x08, 1, 4);
-    w(0x0c, 1, 4); // VERSION_1
-    w(0x14, 3 | 8, 1);
-    w(0x16, 0, 2);
-    for (off, addr) in [(0x20, 0x1000), (0x28, 0x2000), (0x30, 0x3000)] {
-        w(off, addr, 4);
-        w(off + 4, 0, 4);
-    }
-    w(0x1c, 1, 2);
-    w(0x14, 3 | 8 | 4, 1);
-    let irq = grabbed.lock().unwrap().clone().expect("queue 0 started");
-    (pci, bar, irq, line)
-}
-
-fn read_isr(bar: &dyn BusDevice) -> u8 {
-    let mut b = [0u8];
-    bar.read(0x1000, &mut b);
-    b[0]
-}
-
 /// The iothread signals a used buffer (ISR bit, INTx up) while a vCPU reads the ISR
 /// (clears it, INTx down). Whatever the order, afterwards the line is high exactly when
 /// the ISR still has a bit set.
 #[test]
 fn virtio_pci_intx_matches_the_isr_after_racing_a_notify_and_an_isr_read() {
-    let (_pci, bar, irq, line) = virtio_with_intx();
+    let line = Arc::new(SlowLine::default());
+    let l = line.clone();
+    let dev = MockPci::new(Arc::new(move |level| l.set(level)));
+    assert_eq!(dev.bring_up() & 4, 4, "DRIVER_OK");
+    let irq = dev.state.interrupt();
     let start = Arc::new(SpinBarrier::default());
     let done = Arc::new(SpinBarrier::default());
     let notifier = {
@@ -224,12 +134,12 @@ fn virtio_pci_intx_matches_the_isr_after_racing_a_notify_and_an_isr_read() {
     for round in 0..ROUNDS {
         start.wait();
         spin(stagger(round));
-        read_isr(&*bar);
+        dev.read_isr();
         done.wait();
         // Quiet now: the line must agree with the ISR. Read the line first: the ISR
         // read below clears both.
         let high = line.level();
-        let isr = read_isr(&*bar);
+        let isr = dev.read_isr();
         match (high, isr != 0) {
             (false, true) => lost += 1,
             (true, false) => spurious += 1,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test binary uses a subset).
 #![allow(dead_code)]
 
+pub(crate) mod mock_virtio;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -104,6 +106,26 @@ pub(crate) fn guest_ram(bytes: u64) -> ram_block::RamList {
     .unwrap();
     ram.add(block).unwrap();
     ram
+}
+
+/// A BAR handler as a vCPU reaches it: through an MMIO bus's dispatch (mapped at
+/// `base`), so every access runs inside the dispatch's RCU read section.
+pub(crate) fn dispatched(
+    bar: std::sync::Arc<dyn vmm_bin::machine::BusDevice>,
+    base: u64,
+) -> std::sync::Arc<dyn vmm_bin::machine::BusDevice> {
+    struct Dispatched(vmm_bin::machine::IoBus, u64);
+    impl vmm_bin::machine::BusDevice for Dispatched {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            self.0.read(self.1 + offset, data);
+        }
+        fn write(&self, offset: u64, data: &[u8]) {
+            self.0.write(self.1 + offset, data);
+        }
+    }
+    let bus = vmm_bin::machine::IoBus::new("mmio");
+    bus.insert(base, 0x4000, 1, bar).unwrap();
+    std::sync::Arc::new(Dispatched(bus, base))
 }
 
 /// Whether the host CPU advertises `flag` in /proc/cpuinfo.
