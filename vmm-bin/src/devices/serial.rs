@@ -1,5 +1,5 @@
 //! COM1: vm-superio's 16550 at 0x3F8, interrupting on IRQ 4 through an irqfd. Its
-//! output goes through a bounded buffer that the main loop drains ([`output`]): a vCPU
+//! output goes through a bounded buffer that the main loop drains ([`SerialOutput`]): a vCPU
 //! never waits for stdout.
 
 mod output;

@@ -6,7 +6,7 @@
 //! I/O goes through a [`Drive`] (block-dma), so werror/rerror apply.
 //!
 //! Queue starts and stops run in the queue's iothread, one at a time in submission
-//! order ([`ops`]); the transport-facing calls either wait for them
+//! order (`ops.rs`); the transport-facing calls either wait for them
 //! ([`VirtioDevice::start_queue`], [`VirtioDevice::stop_queue`], for vhost-user's
 //! `GET_VRING_BASE`) or do not ([`VirtioDevice::start_queue_async`],
 //! [`VirtioDevice::reset_async`], `Drop`): a vCPU's reset or the reclaim thread never
