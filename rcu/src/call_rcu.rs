@@ -53,6 +53,8 @@ static WORKER: OnceLock<Thread> = OnceLock::new();
 /// Queues `f` to run after a grace period: after every read section that is running now
 /// has ended. Callbacks run on one background thread ("rcu-call"), in the order they
 /// were queued; one that panics is reported by the panic hook and the others still run.
+/// A callback must not block (wait for I/O or another thread): it would stall every
+/// later callback; debug builds check waits that call [`crate::assert_may_block`].
 ///
 /// Wait-free apart from one CAS loop and one allocation; wakes the worker only when the
 /// queue was empty.
@@ -171,6 +173,7 @@ fn work() {
             // A panicking callback must not take the worker (and every later callback)
             // down with it; the panic hook has already reported it.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _scope = crate::may_block::CallbackScope::enter();
                 // SAFETY: `run` is the `run_callback::<F>` stored with this node's `F`,
                 // and the node is consumed exactly once.
                 unsafe { run(node) }

@@ -17,6 +17,9 @@
 //!   a grace period on a background thread, in batches; [`barrier`] waits for them.
 //! - **Data structures**: [`RcuCell`] (a replaceable published value) and [`RcuList`]
 //!   (QEMU's `rcu_queue.h` semantics).
+//! - **No blocking where it stalls reclaim**: [`assert_may_block`] panics in debug builds
+//!   when a wait (an I/O drain, a rendezvous) starts inside a read section or a
+//!   `call_rcu` callback; code that waits calls it first.
 //!
 //! The invariant: a reference obtained under a guard borrows the guard, so the borrow
 //! checker proves it cannot outlive the read section, and nothing reachable by a read
@@ -55,6 +58,8 @@ mod cell;
 #[cfg(not(loom))]
 mod list;
 #[cfg(not(loom))]
+mod may_block;
+#[cfg(not(loom))]
 mod qsbr;
 #[cfg(not(loom))]
 mod reader;
@@ -65,6 +70,8 @@ pub use call_rcu::{barrier, call_rcu, defer_drop};
 pub use cell::RcuCell;
 #[cfg(not(loom))]
 pub use list::{Iter, ListWriter, RcuList};
+#[cfg(not(loom))]
+pub use may_block::{assert_may_block, may_block};
 #[cfg(not(loom))]
 pub use qsbr::{QsbrGuard, QsbrThread};
 #[cfg(not(loom))]

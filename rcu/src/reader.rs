@@ -240,9 +240,20 @@ impl std::fmt::Debug for MbGuard {
 ///
 /// If the calling thread holds a [`Guard`] or is an online QSBR reader: it would wait for
 /// itself forever. A QSBR thread uses [`QsbrThread::synchronize`](crate::QsbrThread::synchronize).
+/// In debug builds also inside a `call_rcu` callback ([`assert_may_block`](crate::assert_may_block)):
+/// it would hold up every later reclaim for a whole grace period.
 pub fn synchronize() {
     assert_not_reader("synchronize");
+    crate::assert_may_block("rcu::synchronize");
     DOMAIN.synchronize();
+}
+
+/// Whether the calling thread is inside a memb read section (a live [`Guard`] or
+/// [`MbGuard`]). Does not register the thread.
+pub(crate) fn in_read_section() -> bool {
+    // SAFETY: our READER or a leaked orphan.
+    let rec = unsafe { deref(FORWARD.get().map_or_else(reader_ptr, ptr::from_ref)) };
+    Domain::in_read_section(rec)
 }
 
 /// Panics if the calling thread is a reader (`what` would deadlock on itself).

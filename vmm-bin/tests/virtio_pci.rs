@@ -2,13 +2,15 @@
 //! capabilities, BAR programming, feature negotiation, queue setup, notify, ISR with
 //! INTx, MSI-X with masking, reset; bad register values are refused.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aio_context::IoThread;
 use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
-use ram_block::{Backing, RamBlock, RamList};
+use ram_block::RamList;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_bin::devices::pci::{PciFunction, Space};
 use vmm_bin::machine::BusDevice;
@@ -61,17 +63,7 @@ fn setup() -> Option<Setup> {
         },
     )
     .unwrap();
-    let ram = RamList::new();
-    ram.add(
-        RamBlock::new(
-            "ram",
-            GuestAddress(0),
-            1 << 20,
-            Backing::Memfd { huge_pages: false },
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let ram = common::guest_ram(1 << 20);
     let msis = Arc::new(Msis::default());
     let intx = Arc::new(AtomicBool::new(false));
     let i2 = intx.clone();
@@ -159,6 +151,20 @@ fn bring_up(s: &Setup) -> u8 {
     w16(b, 0x1c, 1);
     w8(b, 0x14, 1 | 2 | 8 | 4);
     r8(b, 0x14)
+}
+
+/// Resets the device as a driver must: writes status 0, then waits until the status
+/// reads 0 (the queues drain in their iothread meanwhile).
+fn reset_and_wait(s: &Setup) {
+    w8(&*s.bar, 0x14, 0);
+    let start = Instant::now();
+    while r8(&*s.bar, 0x14) != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reset never completes"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Puts a FLUSH request (head `n`) on the ring and notifies; waits for used idx `n+1`.
@@ -270,8 +276,7 @@ fn intx_then_msix_and_reset() {
     assert!(!s.intx.load(Ordering::SeqCst));
 
     // Reset: status 0 stops the queue; the ring can be set up again from scratch.
-    w8(&*s.bar, 0x14, 0);
-    assert_eq!(r8(&*s.bar, 0x14), 0);
+    reset_and_wait(&s);
     assert_eq!(r16(&*s.bar, 0x1c), 0, "queue disabled");
     let mem = s.ram.memory();
     mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
@@ -287,7 +292,7 @@ fn intx_then_msix_and_reset() {
         .unwrap();
     w16(&*s.bar, 0x3000, 0);
     std::thread::sleep(Duration::from_millis(50));
-    w8(&*s.bar, 0x14, 0);
+    reset_and_wait(&s);
     let mem = s.ram.memory();
     mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
     mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
@@ -329,4 +334,47 @@ fn bad_negotiation_is_refused() {
         b.read(off, &mut x);
         b.write(off, &x);
     }
+}
+
+/// A guest's reset and restart through the MMIO dispatch (the vCPU path, inside its RCU
+/// read section) with a real virtio-blk: neither the start nor the reset waits for the
+/// iothread there (in debug builds `rcu::assert_may_block` would panic); the status
+/// reads 0 once the queue has drained, and the device serves again. Issue 14.
+#[test]
+fn a_reset_from_the_mmio_dispatch_drains_in_the_iothread() {
+    let Some(mut s) = setup() else { return };
+    s.bar = common::dispatched(s.bar.clone(), BAR4);
+    for round in 0..3 {
+        assert_eq!(bring_up(&s) & 4, 4, "round {round}: DRIVER_OK");
+        flush(&s, 0);
+        flush(&s, 1);
+        reset_and_wait(&s);
+        let mem = s.ram.memory();
+        mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
+        mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
+    }
+}
+
+/// `device_del` drops the device after a grace period, on the `call_rcu` thread: the
+/// drop schedules the queue's drain in its iothread and returns (before issue 14 it
+/// drained right there, stalling every reclaim; `rcu::assert_may_block` catches that
+/// in debug builds).
+#[test]
+fn dropping_a_running_device_on_the_reclaim_thread_does_not_drain_there() {
+    let Some(s) = setup() else { return };
+    assert_eq!(bring_up(&s) & 4, 4);
+    flush(&s, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Every reference to the function goes (its BAR handlers hold it too), so the
+    // device model is dropped inside the callback.
+    rcu::call_rcu(move || {
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(s)));
+        tx.send(dropped.is_ok()).unwrap();
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "the drop waited for I/O inside the call_rcu callback"
+    );
+    rcu::barrier(); // the reclaim thread goes on
 }

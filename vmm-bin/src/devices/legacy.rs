@@ -258,6 +258,34 @@ impl BusDevice for Port92 {
     }
 }
 
+/// The environment variable that maps [`PanicPort`] (debug builds only): a port
+/// number, decimal or `0x` hex.
+#[cfg(debug_assertions)]
+pub const PANIC_PORT_ENV: &str = "VMM_TEST_PANIC_PORT";
+
+/// A test hook, compiled into debug builds only: a write to this port panics the vCPU
+/// thread that made it, standing in for a device bug, so tests can check that a vCPU
+/// panic ends the VMM promptly with the message and a non-zero status (issue 14).
+/// Mapped only when [`PANIC_PORT_ENV`] names a port.
+#[cfg(debug_assertions)]
+pub struct PanicPort {
+    /// The port, for the message.
+    pub port: u16,
+}
+
+#[cfg(debug_assertions)]
+impl BusDevice for PanicPort {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write(&self, _offset: u64, data: &[u8]) {
+        panic!(
+            "test hook: the guest wrote {data:02x?} to port {:#x} ({PANIC_PORT_ENV})",
+            self.port
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,9 @@ pub enum SystemEvent {
     Exit(i32),
     /// The guest made the machine unusable (a vCPU failed); the message says how.
     InternalError(String),
+    /// The VMM itself failed (a vCPU thread panicked): the process ends with status 1
+    /// after printing the message, monitor or not.
+    Fatal(String),
 }
 
 /// Where devices send [`SystemEvent`]s.

@@ -1,4 +1,10 @@
-//! COM1: vm-superio's 16550 at 0x3F8, interrupting on IRQ 4 through an irqfd.
+//! COM1: vm-superio's 16550 at 0x3F8, interrupting on IRQ 4 through an irqfd. Its
+//! output goes through a bounded buffer that the main loop drains ([`SerialOutput`]): a vCPU
+//! never waits for stdout.
+
+mod output;
+
+pub use output::{ConsoleWriter, OUTPUT_BUFFER_BYTES, SerialOutput};
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -24,11 +30,12 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Where the guest's output goes: stdout, flushed per write (so a test reading our
-/// stdout sees each line as the guest prints it), or nowhere.
+/// Where the guest's output goes: the console (stdout, written by the main loop as
+/// soon as it can, so a test reading our stdout sees each line as the guest prints
+/// it), nowhere, or a test's buffer. Writing never waits.
 pub enum SerialOut {
-    /// The process's stdout.
-    Stdout,
+    /// The process's stdout, through the main loop.
+    Console(Arc<SerialOutput>),
     /// Discarded.
     Sink,
     /// A shared buffer (tests).
@@ -38,11 +45,7 @@ pub enum SerialOut {
 impl Write for SerialOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            SerialOut::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(buf)?;
-                out.flush()?;
-            }
+            SerialOut::Console(out) => out.push(buf),
             SerialOut::Sink => {}
             SerialOut::Buffer(b) => b.lock().unwrap_or_else(|e| e.into_inner()).extend(buf),
         }

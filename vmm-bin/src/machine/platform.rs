@@ -25,7 +25,7 @@ use crate::devices::pci::{
     ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PamListener, PciHost, Piix3Isa,
     Piix4Pm, PmState,
 };
-use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialPort};
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialOutput, SerialPort};
 
 /// The platform devices and the buses they sit on.
 pub struct Platform {
@@ -41,6 +41,8 @@ pub struct Platform {
     pub fw_cfg: Arc<FwCfg>,
     /// COM1.
     pub serial: Arc<SerialPort>,
+    /// COM1's output buffer with `-serial stdio` (the main loop attaches stdout to it).
+    pub console: Option<Arc<SerialOutput>>,
     /// CMOS/RTC.
     pub cmos: Arc<Cmos>,
     /// ACPI PM registers.
@@ -80,9 +82,10 @@ impl Platform {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let out = match config.serial {
-            SerialBackend::Stdio => SerialOut::Stdout,
-            SerialBackend::None => SerialOut::Sink,
+        let console = (config.serial == SerialBackend::Stdio).then(SerialOutput::new);
+        let out = match &console {
+            Some(console) => SerialOut::Console(console.clone()),
+            None => SerialOut::Sink,
         };
         let serial = Arc::new(SerialPort::new(serial_irq, out));
         if config.serial == SerialBackend::Stdio {
@@ -144,6 +147,20 @@ impl Platform {
             map(&pio, u64::from(DEBUGCON_PORT), 1, dev)?;
         }
 
+        #[cfg(debug_assertions)]
+        if let Some(value) = std::env::var_os(crate::devices::legacy::PANIC_PORT_ENV) {
+            let env = crate::devices::legacy::PANIC_PORT_ENV;
+            let text = value.to_string_lossy();
+            let port = match text.strip_prefix("0x") {
+                Some(hex) => u16::from_str_radix(hex, 16),
+                None => text.parse(),
+            }
+            .map_err(|_| Error::Device(format!("{env}={text}: not a port number")))?;
+            eprintln!("vmm-bin: test hook: a write to port {port:#x} panics the vCPU ({env})");
+            let dev = Arc::new(crate::devices::legacy::PanicPort { port });
+            map(&pio, u64::from(port), 1, dev)?;
+        }
+
         if let Some(exit) = config.debug_exit {
             let dev = Arc::new(DebugExit::new(events.clone()));
             map(&pio, u64::from(exit.iobase), u64::from(exit.iosize), dev)?;
@@ -173,6 +190,7 @@ impl Platform {
             intx,
             fw_cfg,
             serial,
+            console,
             cmos,
             pm,
             vm: vm.clone(),

@@ -47,6 +47,13 @@ impl Runner {
         let handle = ctx.handle();
         let (sink, events) = event_channel(move || handle.notify());
         let machine = Machine::new(config, sink)?;
+        if let Some(console) = &machine.platform().console {
+            let writer = crate::devices::serial::ConsoleWriter::stdout()
+                .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
+            console
+                .attach(&ctx, writer)
+                .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
+        }
         let handle = ctx.handle();
         // The run state machine defers through BHs of its own list, polled by `run`
         // after each iteration; scheduling one wakes the context.
@@ -124,11 +131,14 @@ impl Runner {
             }
         };
         self.machine.control().shutdown_vcpus();
+        if let Some(console) = &self.machine.platform().console {
+            console.flush_at_exit();
+        }
         status
     }
 
     fn handle(&self, event: SystemEvent) {
-        if self.exit.get().is_some() {
+        if self.exit.get().is_some() && !matches!(event, SystemEvent::Fatal(_)) {
             // The first request to end the process decides its status (as QEMU's).
             return;
         }
@@ -153,6 +163,10 @@ impl Runner {
                     eprintln!("vmm-bin: reset: {e}");
                 }
                 self.runstate.emit_event(Event::Reset { guest: true });
+            }
+            SystemEvent::Fatal(message) => {
+                eprintln!("vmm-bin: {message}; terminating");
+                self.exit.set(Some(1));
             }
             SystemEvent::InternalError(message) => {
                 eprintln!("vmm-bin: {message}");

@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET,
@@ -104,16 +105,36 @@ impl Control {
         c
     }
 
-    /// Asks every vCPU to park and waits until all `threads` have (or exited).
+    /// Asks every vCPU to park and waits until all `threads` have parked or exited. A
+    /// vCPU thread that died (panicked) counts as exited ([`run_vcpu_thread`]), so the
+    /// wait is bounded by the live vCPUs; one that does not park within
+    /// [`PARK_WARNING`] (blocked in a device, which must not happen) is reported on
+    /// stderr while the wait goes on.
     pub(crate) fn pause(&self, threads: usize, kick: impl Fn()) -> Result<(), ControlError> {
         if IS_VCPU.with(Cell::get) {
             return Err(ControlError::OnVcpuThread);
         }
+        rcu::assert_may_block("pausing the vCPUs");
         self.lock().paused = true;
         kick();
+        let start = Instant::now();
+        let mut warned = false;
         let mut c = self.lock();
         while c.parked + c.exited < threads {
-            c = self.cond.wait(c).unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = self
+                .cond
+                .wait_timeout(c, PARK_WARNING / 10)
+                .unwrap_or_else(|e| e.into_inner());
+            c = guard;
+            if !warned && c.parked + c.exited < threads && start.elapsed() >= PARK_WARNING {
+                warned = true;
+                eprintln!(
+                    "vmm-bin: {} of {threads} vCPU(s) have not stopped after {} s \
+                     (blocked in a device?); still waiting",
+                    threads - c.parked - c.exited,
+                    PARK_WARNING.as_secs()
+                );
+            }
         }
         Ok(())
     }
@@ -140,6 +161,47 @@ impl Control {
         self.lock().quit = true;
         self.cond.notify_all();
         kick();
+    }
+}
+
+/// How long a pause waits for the vCPUs before it says so on stderr.
+const PARK_WARNING: Duration = Duration::from_secs(5);
+
+/// Counts the vCPU thread as exited when dropped, also when it unwinds: the rendezvous
+/// in [`Control::pause`] and [`Control::quit`] never waits for a thread that is gone.
+struct ExitCount(Arc<Control>);
+
+impl Drop for ExitCount {
+    fn drop(&mut self) {
+        self.0.lock().exited += 1;
+        self.0.cond.notify_all();
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// The body of vCPU thread `index`: runs `body`; if it panics, posts
+/// [`SystemEvent::Fatal`] with the panic message (the main loop ends the process with
+/// status 1), and in every case counts the thread as exited.
+pub(crate) fn run_vcpu_thread(
+    index: u32,
+    control: Arc<Control>,
+    events: &EventSink,
+    body: impl FnOnce(),
+) {
+    let _exit = ExitCount(control);
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        events(SystemEvent::Fatal(format!(
+            "vCPU {index} panicked: {}",
+            panic_message(&*payload)
+        )));
     }
 }
 
@@ -232,11 +294,21 @@ enum Step {
 }
 
 impl Vcpu {
-    /// The thread body.
+    /// The thread body: the exit loop until quit. A panic in it (a device bug) ends the
+    /// process through the main loop instead of leaving a dead vCPU that every later
+    /// pause would wait for ([`run_vcpu_thread`]).
     pub(crate) fn run(mut self) {
         IS_VCPU.with(|v| v.set(true));
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|p| p.set(run_ptr));
+        let (index, control, events) = (self.index, self.control.clone(), self.events.clone());
+        run_vcpu_thread(index, control, &events, || self.run_loop(run_ptr));
+        // Before `self.fd` (and the kvm_run mapping) is dropped: a late kick must not
+        // write into an unmapped page.
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    fn run_loop(&mut self, run_ptr: *mut kvm_run) {
         let mut epoch = u64::MAX; // apply the power-on state before the first run
         let mut failed = false;
         // Parked after requesting a reset/power-off/exit, until a reset (or quit).
@@ -246,11 +318,7 @@ impl Vcpu {
                 let mut c = self.control.lock();
                 loop {
                     if c.quit {
-                        c.exited += 1;
-                        drop(c);
-                        self.control.cond.notify_all();
-                        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
-                        return;
+                        return; // counted as exited by `run_vcpu_thread`
                     }
                     if c.reset_epoch != epoch {
                         epoch = c.reset_epoch;
@@ -429,7 +497,7 @@ impl Vcpu {
             let (guard, _) = self
                 .control
                 .cond
-                .wait_timeout(c, std::time::Duration::from_millis(50))
+                .wait_timeout(c, Duration::from_millis(50))
                 .unwrap_or_else(|e| e.into_inner());
             c = guard;
         }
@@ -453,5 +521,51 @@ impl Vcpu {
             ),
             _ => String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A vCPU thread that panics while a pause waits for it: the pause returns (the dead
+    /// thread counts as exited) and the main loop gets the panic message. Before issue
+    /// 14 the thread died uncounted and `pause` waited forever.
+    #[test]
+    fn a_pause_does_not_wait_for_a_vcpu_that_panicked() {
+        let control = Arc::new(Control::default());
+        let (event_tx, event_rx) = mpsc::channel();
+        let event_tx = Mutex::new(event_tx);
+        let events: EventSink = Arc::new(move |e| {
+            let _ = event_tx.lock().unwrap().send(e);
+        });
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let c = control.clone();
+        let vcpu = std::thread::spawn(move || {
+            run_vcpu_thread(3, c, &events, || {
+                let _ = go_rx.recv();
+                panic!("a device bug");
+            })
+        });
+        let c = control.clone();
+        let pauser = std::thread::spawn(move || c.pause(1, || {}));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!pauser.is_finished(), "the vCPU is running: pause waits");
+        go_tx.send(()).unwrap();
+        let start = Instant::now();
+        while !pauser.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "pause waits for a dead vCPU"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pauser.join().unwrap(), Ok(()));
+        vcpu.join().expect("the panic is caught");
+        assert_eq!(
+            event_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            SystemEvent::Fatal("vCPU 3 panicked: a device bug".into())
+        );
     }
 }

@@ -111,11 +111,33 @@ pub trait VirtioDevice: Send {
     /// Stops serving queue `index` after its in-flight requests completed (their
     /// status and used entries are written), and returns the queue (its
     /// `next_avail`/`next_used` are the vhost-user vring base). `None` if not started.
+    /// Waits for the drain: never call it inside an RCU read section or a `call_rcu`
+    /// callback (use [`reset_async`](Self::reset_async)).
     fn stop_queue(&mut self, index: u16) -> Option<Queue>;
-    /// Stops every queue (a device reset).
+    /// Stops every queue (a device reset), waiting for the drains.
     fn reset(&mut self) {
         for i in 0..self.num_queues() {
             self.stop_queue(i);
         }
+    }
+    /// Starts serving queue `index` without waiting for the queue's context: the start
+    /// runs there after any stop submitted before it has drained. A failure found
+    /// there is reported through `setup.interrupt`'s
+    /// [`device_error`](VirtioInterrupt::device_error). The default waits
+    /// ([`start_queue`](Self::start_queue)).
+    ///
+    /// # Errors
+    ///
+    /// What can be checked at once: [`QueueError::NoSuchQueue`], [`QueueError::Invalid`].
+    fn start_queue_async(&mut self, index: u16, setup: QueueSetup) -> Result<(), QueueError> {
+        self.start_queue(index, setup)
+    }
+    /// Stops every queue without waiting: each drains in its own context, then `done`
+    /// runs (on whichever thread finished last; `done` must not block). What a device
+    /// reset from a vCPU's port dispatch, or a `Drop` on the reclaim thread, uses. The
+    /// default waits ([`reset`](Self::reset)), then calls `done`.
+    fn reset_async(&mut self, done: Box<dyn FnOnce() + Send>) {
+        self.reset();
+        done();
     }
 }

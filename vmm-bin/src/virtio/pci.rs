@@ -26,7 +26,9 @@ use ram_block::RamList;
 use virtio_queue::{Queue, QueueT};
 
 use super::{QueueSetup, VirtioDevice, VirtioInterrupt};
-use crate::devices::pci::{BarKind, PciConfig, PciFunction, PciMapping, bar_mappings, regs};
+use crate::devices::pci::{
+    BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings, regs,
+};
 use crate::machine::BusDevice;
 
 /// Device status bits.
@@ -70,7 +72,8 @@ pub trait MsiSender: Send + Sync {
     fn send(&self, vector: u16, address: u64, data: u32);
 }
 
-/// Drives the function's INTx pin.
+/// Drives the function's INTx pin. Called with the function's ISR locked, so calls
+/// arrive in the order the ISR changed; it must not call back into the function.
 pub type IntxLine = Arc<dyn Fn(bool) + Send + Sync>;
 
 #[derive(Clone, Copy, Default)]
@@ -87,6 +90,9 @@ struct Msix {
     pending: Vec<bool>,
     config_vector: u16,
     queue_vectors: Vec<u16>,
+    /// Bumped by every device reset: interrupts of queues started before it (still
+    /// draining in their iothread) are dropped ([`QueueInterrupt`]).
+    epoch: u64,
 }
 
 /// The interrupt side, shared with the device's iothreads.
@@ -104,9 +110,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Interrupts {
-    /// Signals `vector` (MSI-X on) or sets ISR bit `isr_bit` and raises INTx.
-    fn signal(&self, vector: impl FnOnce(&Msix) -> u16, isr_bit: u8) {
+    /// Signals `vector` (MSI-X on) or sets ISR bit `isr_bit` and raises INTx, unless a
+    /// reset came after `epoch`. The message goes out, or the ISR changes, under the
+    /// MSI-X lock that the reset takes: nothing of an older epoch follows a reset.
+    fn signal(&self, epoch: u64, vector: impl FnOnce(&Msix) -> u16, isr_bit: u8) {
         let mut msix = lock(&self.msix);
+        if msix.epoch != epoch {
+            return; // a queue of the device's previous life, draining
+        }
         if msix.enabled {
             let v = vector(&msix);
             let Some(entry) = msix.table.get(usize::from(v)).copied() else {
@@ -116,13 +127,28 @@ impl Interrupts {
                 msix.pending[usize::from(v)] = true;
                 return;
             }
-            drop(msix);
             self.msi.send(v, entry.address, entry.data);
             return;
         }
-        drop(msix);
-        *lock(&self.isr) |= isr_bit;
-        (self.intx)(true);
+        self.update_isr(|isr| *isr |= isr_bit);
+    }
+
+    /// Changes the ISR with `change` and drives INTx to match it before the ISR lock is
+    /// released: the level is decided and set in one critical section, so a lower
+    /// decided before a raise can never reach the irqchip after it (issue 14: the
+    /// interrupt was lost, the line low with the ISR set). Returns the ISR as it was.
+    /// Lock order: MSI-X, then ISR.
+    fn update_isr(&self, change: impl FnOnce(&mut u8)) -> u8 {
+        let mut isr = lock(&self.isr);
+        let old = *isr;
+        change(&mut isr);
+        (self.intx)(*isr != 0);
+        old
+    }
+
+    /// The driver's ISR read: returns the ISR, clears it and lowers INTx.
+    fn read_isr(&self) -> u8 {
+        self.update_isr(|isr| *isr = 0)
     }
 
     /// Delivers pending vectors that are now unmasked.
@@ -143,11 +169,33 @@ impl Interrupts {
             self.msi.send(v, e.address, e.data);
         }
     }
+
+    /// A device reset: interrupts of the old queues are dropped from now on, vectors
+    /// unassigned, pending bits and the ISR cleared, INTx lowered, NEEDS_RESET gone.
+    fn reset(&self) {
+        let mut msix = lock(&self.msix);
+        msix.epoch += 1;
+        msix.config_vector = NO_VECTOR;
+        msix.queue_vectors.fill(NO_VECTOR);
+        msix.pending.fill(false);
+        self.needs_reset
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.read_isr();
+        drop(msix);
+    }
 }
 
-impl VirtioInterrupt for Interrupts {
+/// The interrupt a started queue gets: the transport's, tied to the device's life it
+/// was started in (its reset epoch).
+struct QueueInterrupt {
+    irq: Arc<Interrupts>,
+    epoch: u64,
+}
+
+impl VirtioInterrupt for QueueInterrupt {
     fn notify_queue(&self, index: u16) {
-        self.signal(
+        self.irq.signal(
+            self.epoch,
             |m| {
                 m.queue_vectors
                     .get(usize::from(index))
@@ -159,12 +207,21 @@ impl VirtioInterrupt for Interrupts {
     }
 
     fn notify_config(&self) {
-        self.signal(|m| m.config_vector, 2);
+        self.irq.signal(self.epoch, |m| m.config_vector, 2);
     }
 
     fn device_error(&self) {
-        self.needs_reset
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        {
+            // Under the lock the reset clears the flag in, so a late error of the old
+            // life cannot mark the new one.
+            let msix = lock(&self.irq.msix);
+            if msix.epoch != self.epoch {
+                return;
+            }
+            self.irq
+                .needs_reset
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.notify_config();
     }
 }
@@ -191,6 +248,11 @@ struct Transport {
     memory: RamList,
     iothread: Arc<IoThread>,
     started: bool,
+    /// The last reset of a started device, while its queues may still be draining.
+    reset: Option<Arc<PendingReset>>,
+    /// The status before that reset: what the status register reads until the reset
+    /// has finished (a driver waits for 0 before it sets the device up again).
+    status_before_reset: u8,
 }
 
 struct Shared {
@@ -279,6 +341,7 @@ impl VirtioPci {
                 pending: vec![false; vectors],
                 config_vector: NO_VECTOR,
                 queue_vectors: vec![NO_VECTOR; usize::from(nq)],
+                epoch: 0,
             }),
             isr: Mutex::new(0),
             needs_reset: std::sync::atomic::AtomicBool::new(false),
@@ -310,6 +373,8 @@ impl VirtioPci {
                 memory,
                 iothread,
                 started: false,
+                reset: None,
+                status_before_reset: 0,
             }),
             irq,
         });
@@ -445,9 +510,16 @@ impl Transport {
         self.queues.get_mut(usize::from(self.queue_select))
     }
 
+    /// A device reset (status 0, or the function's reset). It does not wait: the
+    /// device stops its queues in their own contexts ([`VirtioDevice::reset_async`]),
+    /// and the status register reads non-zero until they have drained, as virtio
+    /// allows ("the driver MUST wait for a read of device_status to return 0").
     fn reset(&mut self, irq: &Interrupts) {
         if self.started {
-            self.device.reset();
+            let (pending, completer) = PendingReset::new();
+            self.device.reset_async(Box::new(move || drop(completer)));
+            self.reset = Some(pending);
+            self.status_before_reset = self.status;
             self.started = false;
         }
         self.device.ack_features(0);
@@ -466,14 +538,23 @@ impl Transport {
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.queue_select = 0;
-        let mut msix = lock(&irq.msix);
-        msix.config_vector = NO_VECTOR;
-        msix.queue_vectors.fill(NO_VECTOR);
-        drop(msix);
-        *lock(&irq.isr) = 0;
-        irq.needs_reset
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        (irq.intx)(false);
+        irq.reset();
+    }
+
+    /// The reset still finishing, if any.
+    fn reset_in_progress(&self) -> Option<&Arc<PendingReset>> {
+        self.reset.as_ref().filter(|r| !r.is_complete())
+    }
+
+    /// The status register as the driver reads it.
+    fn status_register(&self, irq: &Interrupts) -> u8 {
+        let status = if self.status == 0 && self.reset_in_progress().is_some() {
+            self.status_before_reset
+        } else {
+            self.status
+        };
+        let needs_reset = irq.needs_reset.load(std::sync::atomic::Ordering::SeqCst);
+        status | if needs_reset { NEEDS_RESET } else { 0 }
     }
 
     fn set_status(&mut self, value: u8, irq: &Arc<Interrupts>) {
@@ -493,8 +574,9 @@ impl Transport {
         if value & DRIVER_OK != 0 && !self.started && value & FEATURES_OK != 0 {
             if let Err(e) = self.activate(irq) {
                 eprintln!("virtio-pci: {e}");
-                // Queues started before the failure must not keep running.
-                self.device.reset();
+                // Queues started before the failure must not keep running (stopped in
+                // their contexts: this runs in a vCPU's dispatch).
+                self.device.reset_async(Box::new(|| {}));
                 value |= NEEDS_RESET;
             }
         }
@@ -516,15 +598,20 @@ impl Transport {
             queue.set_used_ring_address(Some(regs.device as u32), Some((regs.device >> 32) as u32));
             queue.set_ready(true);
             let kick = self.kicks[i].try_clone().map_err(|e| e.to_string())?;
+            let epoch = lock(&irq.msix).epoch;
             let setup = QueueSetup {
                 queue,
                 kick,
                 memory: self.memory.clone(),
-                interrupt: irq.clone() as Arc<dyn VirtioInterrupt>,
+                interrupt: Arc::new(QueueInterrupt {
+                    irq: irq.clone(),
+                    epoch,
+                }),
                 iothread: self.iothread.clone(),
             };
+            // Without waiting for the iothread: it runs after any drain still going on.
             self.device
-                .start_queue(i as u16, setup)
+                .start_queue_async(i as u16, setup)
                 .map_err(|e| e.to_string())?;
         }
         self.started = true;
@@ -555,9 +642,7 @@ impl Transport {
         );
         put(0x10, &msix.config_vector.to_le_bytes());
         put(0x12, &self.device.num_queues().to_le_bytes());
-        let needs_reset = irq.needs_reset.load(std::sync::atomic::Ordering::SeqCst);
-        let status = self.status | if needs_reset { NEEDS_RESET } else { 0 };
-        put(0x14, &[status, self.config_generation]);
+        put(0x14, &[self.status_register(irq), self.config_generation]);
         put(0x16, &self.queue_select.to_le_bytes());
         if let Some(q) = q {
             let vector = msix
@@ -654,13 +739,7 @@ impl BusDevice for VirtioBar {
                     *d = image.get(start + i).copied().unwrap_or(0);
                 }
             }
-            ISR => {
-                let mut isr = lock(&irq.isr);
-                data[0] = *isr;
-                *isr = 0;
-                drop(isr);
-                (irq.intx)(false);
-            }
+            ISR => data[0] = irq.read_isr(),
             DEVICE..NOTIFY => {
                 lock(&self.0.transport)
                     .device
@@ -836,6 +915,10 @@ impl PciFunction for VirtioPci {
         };
         self.sync_ioevents(notify);
         maps
+    }
+
+    fn pending_reset(&self) -> Option<Arc<PendingReset>> {
+        lock(&self.shared.transport).reset_in_progress().cloned()
     }
 
     fn pci_reset(&self) {

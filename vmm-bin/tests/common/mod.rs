@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test binary uses a subset).
 #![allow(dead_code)]
 
+pub(crate) mod mock_virtio;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -92,6 +94,40 @@ pub(crate) fn assemble_pvh(dir: &Path, name: &str, skip: impl Fn(&str)) -> Optio
     Some(elf)
 }
 
+/// Guest RAM for device-level tests: one memfd block of `bytes` at guest address 0.
+pub(crate) fn guest_ram(bytes: u64) -> ram_block::RamList {
+    let ram = ram_block::RamList::new();
+    let block = ram_block::RamBlock::new(
+        "ram",
+        vm_memory::GuestAddress(0),
+        bytes,
+        ram_block::Backing::Memfd { huge_pages: false },
+    )
+    .unwrap();
+    ram.add(block).unwrap();
+    ram
+}
+
+/// A BAR handler as a vCPU reaches it: through an MMIO bus's dispatch (mapped at
+/// `base`), so every access runs inside the dispatch's RCU read section.
+pub(crate) fn dispatched(
+    bar: std::sync::Arc<dyn vmm_bin::machine::BusDevice>,
+    base: u64,
+) -> std::sync::Arc<dyn vmm_bin::machine::BusDevice> {
+    struct Dispatched(vmm_bin::machine::IoBus, u64);
+    impl vmm_bin::machine::BusDevice for Dispatched {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            self.0.read(self.1 + offset, data);
+        }
+        fn write(&self, offset: u64, data: &[u8]) {
+            self.0.write(self.1 + offset, data);
+        }
+    }
+    let bus = vmm_bin::machine::IoBus::new("mmio");
+    bus.insert(base, 0x4000, 1, bar).unwrap();
+    std::sync::Arc::new(Dispatched(bus, base))
+}
+
 /// Whether the host CPU advertises `flag` in /proc/cpuinfo.
 pub(crate) fn cpu_flag(flag: &str) -> bool {
     std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
@@ -137,13 +173,31 @@ pub(crate) struct Vm {
     pub(crate) seen: String,
     /// Everything the VMM wrote on stderr (also echoed to the test's stderr).
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The read end of stdout, held open and unread ([`Vm::start_with_stalled_stdout`]).
+    _held_stdout: Option<std::process::ChildStdout>,
 }
 
 impl Vm {
     /// Spawns `vmm-bin ARGS`.
     pub(crate) fn start(args: &[&str]) -> Vm {
+        Vm::start_with_env(args, &[])
+    }
+
+    /// Spawns `vmm-bin ARGS` with extra environment variables.
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Vm {
+        Vm::spawn(args, env, true)
+    }
+
+    /// Spawns `vmm-bin ARGS` (with `env`) whose stdout is a pipe that the test holds
+    /// open and never reads: the guest's serial output fills it and then stalls.
+    pub(crate) fn start_with_stalled_stdout(args: &[&str], env: &[(&str, &str)]) -> Vm {
+        Vm::spawn(args, env, false)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Vm {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -151,14 +205,19 @@ impl Vm {
             .expect("spawn vmm-bin");
         let mut stdout = child.stdout.take().unwrap();
         let (tx, output) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
+        let held_stdout = if read_stdout {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+            None
+        } else {
+            Some(stdout)
+        };
         let mut err = child.stderr.take().unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
@@ -178,6 +237,7 @@ impl Vm {
             output,
             seen: String::new(),
             stderr,
+            _held_stdout: held_stdout,
         }
     }
 

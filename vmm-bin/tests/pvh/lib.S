@@ -17,6 +17,16 @@
 
         .text
 
+/* pvh_entry: the program's entry point, `pvh_start`: interrupts off, the stack (the
+   program's `stack_top`) set up. */
+.macro pvh_entry
+        .text
+        .globl pvh_start
+pvh_start:
+        cli
+        mov $stack_top, %esp
+.endm
+
 /* putc: %al to COM1 (polls the transmitter-empty bit). */
 putc:
         push %edx

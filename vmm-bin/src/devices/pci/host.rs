@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use qdev_bus::{Bus, HotplugHandler, PciAddress};
 
-use super::{PciFunction, PciMapping, Space};
+use super::{PciFunction, PciMapping, PendingReset, Space};
 use crate::devices::{EventSink, SystemEvent, le_value};
 use crate::machine::{BusDevice, IoBus};
 
@@ -103,14 +103,25 @@ impl PciHost {
         self.bus.unplug(id)
     }
 
-    /// Resets every function and re-derives the mappings (system reset).
+    /// Resets every function, waits for the resets that finish elsewhere (virtio
+    /// queues draining in their iothreads: no DMA of the old life may land after the
+    /// firmware restarts) and re-derives the mappings (system reset). The resets are
+    /// requested under a read guard, the waiting is done after it.
     pub fn reset(&self) {
         self.address.store(0, Ordering::Relaxed);
-        let addresses: Vec<PciAddress> = {
+        let (addresses, pending) = {
             let guard = rcu::read();
             self.bus.reset(&guard);
-            self.bus.addresses(&guard).to_vec()
+            let addresses = self.bus.addresses(&guard).to_vec();
+            let pending: Vec<(PciAddress, Arc<PendingReset>)> = addresses
+                .iter()
+                .filter_map(|&a| Some((a, self.bus.get(&guard, a)?.pending_reset()?)))
+                .collect();
+            (addresses, pending)
         };
+        for (address, reset) in pending {
+            reset.wait(&format!("PCI {address}"));
+        }
         for address in addresses {
             self.remap(address);
         }

@@ -29,7 +29,8 @@ pub use piix::{
     PmRegisters, PmState,
 };
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::machine::BusDevice;
 
@@ -47,8 +48,83 @@ pub trait PciFunction: qdev_bus::Device {
     /// The regions the function decodes now (after the last config write).
     fn mappings(&self) -> Vec<PciMapping>;
 
-    /// Returns the function to its power-on state (config space included).
+    /// Returns the function to its power-on state (config space included). Runs inside
+    /// an RCU read section (a bus walk) or a vCPU's dispatch: it must not wait. A
+    /// function whose reset finishes elsewhere (queues draining in their iothreads)
+    /// returns at once and hands out the rest through
+    /// [`pending_reset`](Self::pending_reset).
     fn pci_reset(&self);
+
+    /// The last reset, if it is still finishing in another context (for a system reset
+    /// to wait on, outside any read section).
+    fn pending_reset(&self) -> Option<Arc<PendingReset>> {
+        None
+    }
+}
+
+/// A device reset that finishes in another context: a virtio device whose queues drain
+/// in their iothreads. It completes when its [`ResetCompleter`] is dropped, whether the
+/// work ran or was dropped unrun (its context gone), so a wait on it never outlives the
+/// work it waits for.
+#[derive(Debug, Default)]
+pub struct PendingReset {
+    done: Mutex<bool>,
+    cond: Condvar,
+}
+
+/// Completes its [`PendingReset`] when dropped.
+#[derive(Debug)]
+pub struct ResetCompleter(Arc<PendingReset>);
+
+impl Drop for ResetCompleter {
+    fn drop(&mut self) {
+        *self.0.lock() = true;
+        self.0.cond.notify_all();
+    }
+}
+
+/// How long a system reset waits for a device before it says so on stderr.
+const RESET_WARNING: Duration = Duration::from_secs(5);
+
+impl PendingReset {
+    /// A reset in progress, and the completer that ends it.
+    pub fn new() -> (Arc<PendingReset>, ResetCompleter) {
+        let pending = Arc::new(PendingReset::default());
+        let completer = ResetCompleter(pending.clone());
+        (pending, completer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the reset has finished.
+    pub fn is_complete(&self) -> bool {
+        *self.lock()
+    }
+
+    /// Waits until the reset has finished (a system reset, on the main loop, outside
+    /// any read section); says on stderr if it takes longer than a few seconds.
+    pub fn wait(&self, what: &str) {
+        rcu::assert_may_block("waiting for a device reset");
+        let start = Instant::now();
+        let mut warned = false;
+        let mut done = self.lock();
+        while !*done {
+            let (guard, _) = self
+                .cond
+                .wait_timeout(done, RESET_WARNING / 10)
+                .unwrap_or_else(|e| e.into_inner());
+            done = guard;
+            if !*done && !warned && start.elapsed() >= RESET_WARNING {
+                warned = true;
+                eprintln!(
+                    "vmm-bin: {what}: reset still draining I/O after {} s; waiting",
+                    RESET_WARNING.as_secs()
+                );
+            }
+        }
+    }
 }
 
 /// A function whose config space is a plain [`PciConfig`] and whose BAR `n` is

@@ -101,18 +101,33 @@ pub trait IrqLine: Send + Sync {
 
 /// The PIIX3 ISA bridge: 8086:7000, multi-function, with the PIRQ route registers
 /// (0x60..=0x63) firmware programs, and the ELCR's neighbours (0x69..). It routes PCI
-/// INTx through [`IntxRouter`].
+/// INTx through [`IntxRouter`]; a write to a route register moves asserted lines at once
+/// (QEMU's `piix3_update_irq_levels`).
 pub struct Piix3Isa {
-    config: Arc<Mutex<PciConfig>>,
+    router: Arc<IntxRouter>,
 }
 
 /// Routes PCI INTx pins to ISA IRQs through the PIIX3's PIRQ registers (and to IOAPIC
-/// pins 16..=19, where the in-kernel IOAPIC has them), ORing devices that share a line.
+/// pins 16..=19, where the in-kernel IOAPIC has them), ORing devices that share a PIRQ
+/// and PIRQs that share an ISA IRQ.
+///
+/// The level is decided and driven in one critical section: [`set_level`](Self::set_level)
+/// updates the asserted set and sets the irqchip's lines before it releases the lock, so
+/// two devices racing (one lowering, one raising a shared line) leave the line at the
+/// level their final state calls for; a stale lower never lands after a newer raise.
 pub struct IntxRouter {
     config: Arc<Mutex<PciConfig>>,
     line: Arc<dyn IrqLine>,
+    /// The asserted (slot, pin)s per PIRQ. Lock order: this, then `config`.
     asserted: Mutex<[HashSet<(u8, u8)>; 4]>,
 }
+
+/// First PIRQ route register (PIRQA; PIRQB..D follow).
+const PIRQ_ROUTE: usize = 0x60;
+/// The route register's "routing disabled" bit.
+const PIRQ_DISABLED: u8 = 0x80;
+/// The first IOAPIC pin of PIRQA (PIRQB..D follow).
+const PIRQ_IOAPIC_BASE: u32 = 16;
 
 impl Piix3Isa {
     /// The ISA bridge function and the router that reads its PIRQ registers.
@@ -120,25 +135,29 @@ impl Piix3Isa {
         let mut c = PciConfig::new(0x8086, 0x7000, 0x06_01_00, 0x00);
         c.set_multifunction();
         for pirq in 0..4 {
-            c.set_u8(0x60 + pirq, 0x80); // routing disabled
-            c.set_writable(0x60 + pirq, 1, 0x8f);
+            c.set_u8(PIRQ_ROUTE + pirq, PIRQ_DISABLED);
+            c.set_writable(PIRQ_ROUTE + pirq, 1, 0x8f);
         }
         c.set_writable(0x69, 1, 0xff);
         c.set_writable(0x70, 2, 0xffff);
         c.set_writable(0x76, 2, 0xffff);
         c.set_writable(0x80, 1, 0xff);
         c.set_writable(0xa0, 0x10, 0xffff_ffff);
-        let config = Arc::new(Mutex::new(c));
         let router = Arc::new(IntxRouter {
-            config: config.clone(),
+            config: Arc::new(Mutex::new(c)),
             line,
             asserted: Mutex::new(Default::default()),
         });
-        (Piix3Isa { config }, router)
+        (
+            Piix3Isa {
+                router: router.clone(),
+            },
+            router,
+        )
     }
 
     fn config(&self) -> std::sync::MutexGuard<'_, PciConfig> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner())
+        self.router.config()
     }
 }
 
@@ -156,13 +175,13 @@ impl PciFunction for Piix3Isa {
         self.config().read(offset, data);
     }
     fn config_write(&self, offset: usize, data: &[u8]) {
-        self.config().write(offset, data);
+        self.router.change_config(|c| c.write(offset, data));
     }
     fn mappings(&self) -> Vec<PciMapping> {
         Vec::new()
     }
     fn pci_reset(&self) {
-        self.config().reset();
+        self.router.change_config(PciConfig::reset);
     }
 }
 
@@ -173,30 +192,69 @@ impl IntxRouter {
         (usize::from(pin.wrapping_sub(1)) + usize::from(slot).wrapping_sub(1)) & 3
     }
 
+    fn config(&self) -> std::sync::MutexGuard<'_, PciConfig> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_asserted(&self) -> std::sync::MutexGuard<'_, [HashSet<(u8, u8)>; 4]> {
+        self.asserted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ISA IRQ each PIRQ is routed to now (`None`: disabled, or an IRQ below 3).
+    fn routes(&self) -> [Option<u8>; 4] {
+        let c = self.config();
+        std::array::from_fn(|pirq| {
+            let route = c.value(PIRQ_ROUTE + pirq, 1) as u8;
+            (route & PIRQ_DISABLED == 0 && (route & 0x0f) > 2).then_some(route & 0x0f)
+        })
+    }
+
+    /// The level of ISA IRQ `irq`: any asserted pin on any PIRQ routed to it.
+    fn isa_level(asserted: &[HashSet<(u8, u8)>; 4], routes: &[Option<u8>; 4], irq: u8) -> bool {
+        (0..4).any(|p| routes[p] == Some(irq) && !asserted[p].is_empty())
+    }
+
     /// Sets the level of `slot`'s interrupt pin `pin` (1..=4).
     pub fn set_level(&self, slot: u8, pin: u8, level: bool) {
         if !(1..=4).contains(&pin) {
             return;
         }
         let pirq = Self::pirq(slot, pin);
-        let line_level = {
-            let mut asserted = self.asserted.lock().unwrap_or_else(|e| e.into_inner());
-            if level {
-                asserted[pirq].insert((slot, pin));
-            } else {
-                asserted[pirq].remove(&(slot, pin));
-            }
-            !asserted[pirq].is_empty()
-        };
-        let route = self
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .value(0x60 + pirq, 1) as u8;
-        if route & 0x80 == 0 && (route & 0x0f) > 2 {
-            self.line.set_level(u32::from(route & 0x0f), line_level);
+        // The lines are set before the lock is released: the last writer of the
+        // asserted set is also the last to drive the lines.
+        let mut asserted = self.lock_asserted();
+        if level {
+            asserted[pirq].insert((slot, pin));
+        } else {
+            asserted[pirq].remove(&(slot, pin));
         }
-        self.line.set_level(16 + pirq as u32, line_level);
+        let routes = self.routes();
+        if let Some(irq) = routes[pirq] {
+            self.line
+                .set_level(u32::from(irq), Self::isa_level(&asserted, &routes, irq));
+        }
+        self.line
+            .set_level(PIRQ_IOAPIC_BASE + pirq as u32, !asserted[pirq].is_empty());
+    }
+
+    /// Applies `change` to the config space and moves asserted lines whose PIRQ route
+    /// it changed: the IRQs a PIRQ leaves are re-evaluated (lowered unless another PIRQ
+    /// still drives them), the IRQs it joins are raised.
+    fn change_config(&self, change: impl FnOnce(&mut PciConfig)) {
+        let asserted = self.lock_asserted();
+        let before = self.routes();
+        change(&mut self.config());
+        let after = self.routes();
+        if before == after {
+            return;
+        }
+        let mut irqs: Vec<u8> = before.iter().chain(&after).flatten().copied().collect();
+        irqs.sort_unstable();
+        irqs.dedup();
+        for irq in irqs {
+            self.line
+                .set_level(u32::from(irq), Self::isa_level(&asserted, &after, irq));
+        }
     }
 }
 
@@ -432,6 +490,17 @@ mod tests {
             self.0.lock().unwrap().push((gsi, level));
         }
     }
+    impl Lines {
+        /// The calls so far (and forget them).
+        fn take(&self) -> Vec<(u32, bool)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+        /// The last level `gsi` was set to.
+        fn level(&self, gsi: u32) -> Option<bool> {
+            let calls = self.0.lock().unwrap();
+            calls.iter().rev().find(|c| c.0 == gsi).map(|c| c.1)
+        }
+    }
 
     #[derive(Default)]
     struct PamLog(Mutex<Vec<[u8; PAM_REGISTERS]>>);
@@ -507,6 +576,8 @@ mod tests {
         let lines = Arc::new(Lines::default());
         let (isa, router) = Piix3Isa::new(lines.clone());
         isa.config_write(0x60, &[10, 10, 11, 11]);
+        // Programming the routes drives the IRQs they name to their (low) level.
+        assert_eq!(lines.take(), [(10, false), (11, false)]);
         // Slot 3, INTA -> PIRQ (0 + 2) & 3 = 2 -> IRQ 11.
         router.set_level(3, 1, true);
         router.set_level(7, 1, true); // (0 + 6) & 3 = 2 as well
@@ -514,7 +585,7 @@ mod tests {
         router.set_level(7, 1, false);
         router.set_level(3, 9, true); // bad pin: ignored
         assert_eq!(
-            *lines.0.lock().unwrap(),
+            lines.take(),
             [
                 (11, true),
                 (18, true),
@@ -526,5 +597,45 @@ mod tests {
                 (18, false)
             ]
         );
+    }
+
+    /// Two PIRQs routed to one ISA IRQ (SeaBIOS routes C and D both to IRQ 11): the IRQ
+    /// stays high while either has an asserted pin. Before issue 14 the IRQ followed the
+    /// last PIRQ that changed, and a lower on PIRQC dropped PIRQD's interrupt.
+    #[test]
+    fn pirqs_sharing_an_isa_irq_or_their_levels() {
+        let lines = Arc::new(Lines::default());
+        let (isa, router) = Piix3Isa::new(lines.clone());
+        isa.config_write(0x60, &[10, 10, 11, 11]);
+        router.set_level(3, 1, true); // PIRQC -> IRQ 11
+        router.set_level(4, 1, true); // (0 + 3) & 3 = PIRQD -> IRQ 11
+        router.set_level(3, 1, false);
+        assert_eq!(lines.level(11), Some(true), "PIRQD still drives IRQ 11");
+        assert_eq!(lines.level(18), Some(false));
+        assert_eq!(lines.level(19), Some(true));
+        router.set_level(4, 1, false);
+        assert_eq!(lines.level(11), Some(false));
+    }
+
+    /// A route register written while a pin is asserted moves the interrupt (QEMU's
+    /// `piix3_update_irq_levels`): the old IRQ drops, the new one rises; a reset
+    /// (routing disabled) drops it.
+    #[test]
+    fn a_route_change_moves_an_asserted_line() {
+        let lines = Arc::new(Lines::default());
+        let (isa, router) = Piix3Isa::new(lines.clone());
+        router.set_level(3, 1, true); // PIRQC, not routed yet
+        assert_eq!(lines.level(18), Some(true), "the IOAPIC pin needs no route");
+        assert_eq!(lines.level(11), None);
+        isa.config_write(0x62, &[11]);
+        assert_eq!(lines.level(11), Some(true), "routed: raised at once");
+        isa.config_write(0x62, &[10]);
+        assert_eq!(lines.level(11), Some(false));
+        assert_eq!(lines.level(10), Some(true));
+        isa.pci_reset();
+        assert_eq!(lines.level(10), Some(false), "reset disables routing");
+        let mut b = [0u8];
+        isa.config_read(0x62, &mut b);
+        assert_eq!(b[0], 0x80);
     }
 }

@@ -4,13 +4,22 @@
 //! Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES. Features: VERSION_1,
 //! SEG_MAX, BLK_SIZE, FLUSH, DISCARD, WRITE_ZEROES, MQ, RO, EVENT_IDX, INDIRECT_DESC.
 //! I/O goes through a [`Drive`] (block-dma), so werror/rerror apply.
+//!
+//! Queue starts and stops run in the queue's iothread, one at a time in submission
+//! order (`ops.rs`); the transport-facing calls either wait for them
+//! ([`VirtioDevice::start_queue`], [`VirtioDevice::stop_queue`], for vhost-user's
+//! `GET_VRING_BASE`) or do not ([`VirtioDevice::start_queue_async`],
+//! [`VirtioDevice::reset_async`], `Drop`): a vCPU's reset or the reclaim thread never
+//! waits for a drain.
 
 pub mod config;
+mod ops;
 pub mod request;
 mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use aio_context::IoThread;
 use block_dma::Drive;
@@ -66,6 +75,8 @@ pub struct VirtioBlk {
     acked: u64,
     config: BlkConfig,
     queues: Vec<Option<Running>>,
+    /// Starts and stops, in order, in the queues' iothreads.
+    ops: Arc<ops::OpChain>,
 }
 
 impl VirtioBlk {
@@ -146,6 +157,7 @@ impl VirtioBlk {
             features,
             acked: 0,
             config,
+            ops: Arc::default(),
         })
     }
 
@@ -198,12 +210,77 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn start_queue(&mut self, index: u16, setup: QueueSetup) -> Result<(), QueueError> {
-        let slot = self
+        rcu::assert_may_block("virtio-blk start_queue (waits for its iothread)");
+        assert_not_on(&setup.iothread);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_start(index, setup, move |result| {
+            let _ = tx.send(result);
+        })?;
+        // The iothread gone (the operation dropped unrun) reads as an I/O error.
+        let result = rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the iothread has stopped")));
+        result.map_err(|source| QueueError::Io { index, source })
+    }
+
+    fn start_queue_async(&mut self, index: u16, setup: QueueSetup) -> Result<(), QueueError> {
+        let interrupt = setup.interrupt.clone();
+        self.submit_start(index, setup, move |result| {
+            if let Err(e) = result {
+                eprintln!("virtio-blk: cannot start queue {index}: {e}");
+                interrupt.device_error();
+            }
+        })
+    }
+
+    fn stop_queue(&mut self, index: u16) -> Option<Queue> {
+        rcu::assert_may_block("virtio-blk stop_queue (drains its I/O)");
+        let running = self.queues.get_mut(usize::from(index))?.take()?;
+        assert_not_on(&running.iothread);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_stop(running, move |queue| {
+            let _ = tx.send(queue);
+        });
+        rx.recv().ok().flatten()
+    }
+
+    fn reset_async(&mut self, done: Box<dyn FnOnce() + Send>) {
+        self.stop_all_async();
+        // Runs after every stop submitted above has drained.
+        self.ops.submit(None, done);
+    }
+}
+
+/// Panics on `iothread` itself: a call that waits for an operation there would wait
+/// for itself (as `IoThread::run` refuses to).
+fn assert_not_on(iothread: &IoThread) {
+    assert!(
+        std::thread::current().name() != Some(iothread.name()),
+        "virtio-blk: a waiting queue operation called on iothread {} itself",
+        iothread.name()
+    );
+}
+
+impl VirtioBlk {
+    /// Checks `setup` and submits the start of queue `index` (after a stop of what ran
+    /// there before); `report` gets the worker's start result, on the iothread.
+    ///
+    /// # Errors
+    ///
+    /// A queue that does not exist, or rings that are not valid in guest memory.
+    fn submit_start(
+        &mut self,
+        index: u16,
+        setup: QueueSetup,
+        report: impl FnOnce(std::io::Result<()>) + Send + 'static,
+    ) -> Result<(), QueueError> {
+        let old = self
             .queues
             .get_mut(usize::from(index))
-            .ok_or(QueueError::NoSuchQueue(index))?;
-        if let Some(old) = slot.take() {
-            old.iothread.run(move || worker::stop(old.id));
+            .ok_or(QueueError::NoSuchQueue(index))?
+            .take();
+        if let Some(old) = old {
+            self.submit_stop(old, drop);
         }
         let mut queue = setup.queue;
         queue.set_event_idx(self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
@@ -213,26 +290,49 @@ impl VirtioDevice for VirtioBlk {
         let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         let info = self.info.clone();
         let (kick, memory, interrupt) = (setup.kick, setup.memory, setup.interrupt);
-        setup
-            .iothread
-            .run(move || worker::start(id, index, queue, kick, memory, interrupt, info))
-            .map_err(|source| QueueError::Io { index, source })?;
-        *slot = Some(Running {
+        self.ops.submit(Some(setup.iothread.handle()), move || {
+            report(worker::start(
+                id, index, queue, kick, memory, interrupt, info,
+            ))
+        });
+        self.queues[usize::from(index)] = Some(Running {
             id,
             iothread: setup.iothread,
         });
         Ok(())
     }
 
-    fn stop_queue(&mut self, index: u16) -> Option<Queue> {
-        let running = self.queues.get_mut(usize::from(index))?.take()?;
-        let id = running.id;
-        running.iothread.run(move || worker::stop(id))
+    /// Submits the stop (drain) of `running` in its iothread; `report` gets its queue
+    /// there. The iothread reference travels with the operation, so a last reference
+    /// is dropped on the iothread itself, never joined by the submitter.
+    fn submit_stop(&self, running: Running, report: impl FnOnce(Option<Queue>) + Send + 'static) {
+        let handle = running.iothread.handle().clone();
+        self.ops.submit(Some(&handle), move || {
+            let queue = worker::stop(running.id);
+            report(queue);
+            drop(running);
+        });
+    }
+
+    /// Submits the stop of every running queue, without waiting.
+    fn stop_all_async(&mut self) {
+        for slot in &mut self.queues {
+            if let Some(running) = slot.take() {
+                self.ops
+                    .submit(Some(&running.iothread.handle().clone()), move || {
+                        worker::stop(running.id);
+                        drop(running);
+                    });
+            }
+        }
     }
 }
 
 impl Drop for VirtioBlk {
+    /// Schedules the drain of every running queue in its iothread and returns: a
+    /// device dropped after a grace period (`device_del`) is dropped on the `call_rcu`
+    /// thread, which must never wait for I/O.
     fn drop(&mut self) {
-        self.reset();
+        self.stop_all_async();
     }
 }

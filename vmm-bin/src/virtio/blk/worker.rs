@@ -106,6 +106,7 @@ pub(super) fn start(
 /// Stops the worker `id` on the current thread: no new chains, parked requests
 /// cancelled, in-flight ones completed; returns its queue.
 pub(super) fn stop(id: u64) -> Option<Queue> {
+    rcu::assert_may_block("virtio-blk queue drain");
     let worker = WORKERS.with(|m| m.borrow_mut().remove(&id))?;
     let ctx = {
         let mut w = worker.borrow_mut();
