@@ -511,6 +511,10 @@ impl AioContext {
         // would deadlock. Offline is sound whenever the QSBR handle can be borrowed
         // mutably: QSBR references only come from `rcu_read`, which holds a shared
         // borrow for as long as any of them lives.
+        if timeout != Some(Duration::ZERO) {
+            // A poll that may sleep is a blocking wait (design.md invariant 7).
+            rcu::assert_may_block("a blocking AioContext::poll");
+        }
         let waited = match inner.qsbr.try_borrow_mut() {
             Ok(mut qsbr) if timeout != Some(Duration::ZERO) => qsbr.offline(|| wait(timeout)),
             _ => wait(timeout),

@@ -95,6 +95,7 @@ impl IoThread {
             "IoThread::run called on iothread {} itself: it would wait for itself",
             self.name
         );
+        rcu::assert_may_block("IoThread::run (waits for the iothread)");
         let (tx, rx) = mpsc::sync_channel(1);
         self.handle.schedule_oneshot(move || {
             let _ = tx.send(f());

@@ -34,3 +34,27 @@ fn nested_block_on_waiting_for_call_rcu() {
         "deadlock: nested poll sleeps online"
     );
 }
+
+/// Invariant 7: a poll that may sleep inside a memb read section would hold up every
+/// grace period while it sleeps. Debug builds report it (`rcu::assert_may_block`); a
+/// non-blocking poll there is fine.
+#[test]
+fn a_blocking_poll_inside_a_read_section_is_reported_in_debug_builds() {
+    std::thread::spawn(|| {
+        let ctx = AioContext::new().unwrap();
+        let timer = ctx.new_timer(|| {});
+        timer.arm_in(Duration::from_millis(50));
+        let guard = rcu::read();
+        ctx.poll(false); // never sleeps: allowed (and consumes the arming's notification)
+        let blocked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(true)));
+        drop(guard);
+        assert_eq!(
+            blocked.is_err(),
+            cfg!(debug_assertions),
+            "a blocking poll inside rcu::read() must be reported in debug builds only"
+        );
+        timer.delete();
+    })
+    .join()
+    .unwrap();
+}
