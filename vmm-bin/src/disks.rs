@@ -12,9 +12,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aio_context::IoThread;
-use block_dma::{BlockIoError, Drive, ErrorAction, ErrorPolicy, FileBackend, FileOptions};
+use block_dma::{
+    BlockBackend, BlockIoError, BlockOp, Drive, ErrorAction, ErrorPolicy, FileBackend, FileOptions,
+};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
@@ -146,6 +149,8 @@ pub struct Disk {
     pub read_only: bool,
     /// PCI slot.
     pub slot: u8,
+    /// The iothread serving its queues.
+    pub iothread: Arc<IoThread>,
 }
 
 /// The disks of a machine and the iothreads that serve them.
@@ -157,12 +162,84 @@ pub struct Disks {
 }
 
 impl Disks {
+    /// What QEMU's exit does to the disks (`vm_shutdown`: drain, then flush): waits
+    /// until no request is in flight on any iothread, then flushes every writable
+    /// image. Call it after the vCPUs have stopped (nothing submits new requests).
+    /// Problems are reported on stderr; the process exits regardless.
+    pub fn drain_and_flush(&self) {
+        let deadline = Instant::now() + SHUTDOWN_IO_DEADLINE;
+        for (name, thread) in &self.iothreads {
+            if !drain(thread, deadline) {
+                eprintln!("vmm-bin: iothread {name}: I/O still in flight at exit");
+            }
+        }
+        for d in self.disks.iter().filter(|d| !d.read_only) {
+            if let Err(e) = flush(&d.iothread, d.drive.backend().clone(), deadline) {
+                eprintln!("vmm-bin: flushing drive {}: {e}", d.drive_id);
+            }
+        }
+    }
+
     /// Sends every drive's BLOCK_IO_ERROR to `hook`.
     pub fn set_event_hook(&self, hook: impl Fn(&BlockIoError) + Send + Sync + Clone + 'static) {
         for d in &self.disks {
             d.drive.set_event_hook(hook.clone());
         }
     }
+}
+
+/// How long an exit waits for in-flight I/O and flushes before giving up on them.
+const SHUTDOWN_IO_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `thread`'s context has no io_uring operation in flight, seen twice in a
+/// row (a kick that was pending at the first look has been handled by the second: each
+/// look is a separate iteration of its loop). False at `deadline`.
+pub fn drain(thread: &IoThread, deadline: Instant) -> bool {
+    let mut idle_looks = 0;
+    while idle_looks < 2 {
+        let in_flight = thread.run(|| {
+            aio_context::AioContext::current().map_or(0, |ctx| ctx.io_uring_ops_in_flight())
+        });
+        if in_flight == 0 {
+            idle_looks += 1;
+            continue;
+        }
+        idle_looks = 0;
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Flushes `backend` (fdatasync through its io_uring) from `thread`'s context and waits
+/// for the result, at most until `deadline`.
+///
+/// # Errors
+///
+/// The flush's error, or a flush that did not finish in time.
+pub fn flush(
+    thread: &IoThread,
+    backend: Arc<dyn BlockBackend>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread.run(move || {
+        let Some(ctx) = aio_context::AioContext::current() else {
+            let _ = tx.send(Err("the iothread has no context".to_owned()));
+            return;
+        };
+        let done_tx = tx.clone();
+        let done: block_dma::Done = Box::new(move |result, _| {
+            let _ = done_tx.send(result.map(drop).map_err(|e| e.to_string()));
+        });
+        if let Err(e) = backend.submit(&ctx, BlockOp::Flush, done) {
+            let _ = tx.send(Err(e.to_string()));
+        }
+    });
+    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|_| "the flush did not finish in time".to_owned())?
 }
 
 fn drive_policy(d: &DriveConfig) -> Result<ErrorPolicy, String> {
@@ -379,7 +456,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             id.clone(),
             Box::new(blk),
             machine.ram().list().clone(),
-            iothread,
+            iothread.clone(),
             Arc::new(KvmMsi::new(
                 machine.vm_fd().clone(),
                 machine.gsi_routing(),
@@ -407,6 +484,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             drive,
             read_only,
             slot,
+            iothread,
         });
     }
     if !bootorder.is_empty() {

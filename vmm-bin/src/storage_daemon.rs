@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aio_context::IoThread;
-use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+use block_dma::{BlockBackend, Drive, ErrorPolicy, FileBackend, FileOptions};
 
 use crate::vhost_user::{ExportServer, VhostUserDevice};
 use crate::virtio::blk::{BlkOptions, VirtioBlk};
@@ -308,38 +308,18 @@ fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, boo
     Err(format!("block node '{node}': too many layers"))
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and the threads it spawns afterwards) and
-/// returns the set, for [`wait_for_termination`].
-fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid; a null old-set
-    // pointer is allowed.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    set
-}
-
-/// Waits for SIGTERM or SIGINT (blocked everywhere, so it is only delivered here).
-fn wait_for_termination(set: &libc::sigset_t) -> i32 {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is initialized and `sig` is a valid out pointer.
-    while unsafe { libc::sigwait(set, &mut sig) } != 0 {}
-    sig
-}
-
-/// Opens everything and serves until SIGTERM or SIGINT, then removes the sockets.
+/// Opens everything and serves until SIGTERM, SIGINT or SIGHUP, then shuts down as
+/// qemu-storage-daemon does: see [`shut_down`].
 ///
 /// # Errors
 ///
 /// An image that cannot be opened, a socket that cannot be bound.
 pub fn run(config: &DaemonConfig) -> Result<(), String> {
-    let signals = block_termination_signals();
+    // Before the iothreads and serving threads exist: they inherit the blocked mask.
+    let signals = crate::signals::TerminationSignals::block()
+        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let mut servers = Vec::new();
+    let mut flushes = Vec::new();
     for export in &config.exports {
         let (path, direct, ro) = resolve(config, &export.node)?;
         let read_only = ro || !export.writable;
@@ -364,33 +344,54 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
             serial,
             ..BlkOptions::default()
         };
-        let device =
-            VirtioBlk::new(drive, options).map_err(|e| format!("--export {}: {e}", export.id))?;
+        let device = VirtioBlk::new(drive.clone(), options)
+            .map_err(|e| format!("--export {}: {e}", export.id))?;
         let iothread =
             Arc::new(IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?);
+        if !read_only {
+            flushes.push((export.id.clone(), iothread.clone(), drive.backend().clone()));
+        }
         let vhost = VhostUserDevice::new(Box::new(device), iothread);
         let server = ExportServer::bind(&export.path, vhost)
             .map_err(|e| format!("--export {}: {}: {e}", export.id, export.path.display()))?;
         servers.push(server);
     }
-    let paths: Vec<PathBuf> = servers.iter().map(|s| s.path().to_owned()).collect();
+    let servers: Vec<Arc<ExportServer>> = servers.into_iter().map(Arc::new).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for server in servers {
-        let stop = stop.clone();
+    for server in &servers {
+        let (server, stop) = (server.clone(), stop.clone());
         std::thread::Builder::new()
             .name("vhost-user".into())
             .spawn(move || server.run(&stop))
             .map_err(|e| e.to_string())?;
     }
-    let sig = wait_for_termination(&signals);
-    eprintln!("vmm-bin storage-daemon: signal {sig}: shutting down");
-    // Like qemu-storage-daemon: the sockets go away and the exit status is 0. Requests
-    // a frontend still has in flight are abandoned with the process (the kernel
-    // completes or cancels the io_uring operations when the rings close).
-    for p in paths {
-        let _ = std::fs::remove_file(p);
-    }
+    let signal = signals
+        .wait()
+        .map_err(|e| format!("waiting for signals: {e}"))?;
+    eprintln!("{}", signal.message("vmm-bin storage-daemon"));
+    shut_down(&servers, &flushes);
     Ok(())
+}
+
+/// qemu-storage-daemon's exit: every export stops serving its queues (the requests in
+/// flight complete first), every writable image is flushed, the sockets are removed;
+/// the exit status is 0. The serving threads end with the process.
+fn shut_down(
+    servers: &[Arc<ExportServer>],
+    flushes: &[(String, Arc<IoThread>, Arc<dyn BlockBackend>)],
+) {
+    for server in servers {
+        server.stop_queues();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for (id, iothread, backend) in flushes {
+        if let Err(e) = crate::disks::flush(iothread, backend.clone(), deadline) {
+            eprintln!("vmm-bin storage-daemon: --export {id}: flush: {e}");
+        }
+    }
+    for server in servers {
+        let _ = std::fs::remove_file(server.path());
+    }
 }
 
 /// `vmm-bin storage-daemon ARGS`: returns the process exit status.

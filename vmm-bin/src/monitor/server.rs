@@ -100,6 +100,7 @@ pub(crate) fn add_client(inner: &Rc<Inner>, stream: UnixStream) {
         }),
     });
     inner.clients.borrow_mut().push(client.clone());
+    inner.accepted.set(inner.accepted.get() + 1);
     watch(inner, &client, false);
     flush(inner, &client);
 }
@@ -319,6 +320,30 @@ pub(crate) fn flush(inner: &Rc<Inner>, client: &Rc<Client>) {
         return;
     }
     watch(inner, client, pending);
+}
+
+/// Delivers queued events and pending output once, without blocking or watching (the
+/// monitor is going away).
+pub(crate) fn final_flush(inner: &Inner) {
+    let (lines, _) = inner.events.drain();
+    for client in inner.clients.borrow().iter() {
+        let mut s = client.state.borrow_mut();
+        if s.closed {
+            continue;
+        }
+        if s.session.negotiated {
+            for line in &lines {
+                s.out.extend_from_slice(line);
+            }
+        }
+        while s.sent < s.out.len() {
+            match send(&client.stream, &s.out[s.sent..]) {
+                Ok(n) => s.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// `send` with MSG_NOSIGNAL: a vanished client is an error, not a SIGPIPE.

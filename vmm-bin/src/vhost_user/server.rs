@@ -47,6 +47,15 @@ impl ExportServer {
         &self.path
     }
 
+    /// Stops the current frontend's queues, draining the requests in flight (the
+    /// daemon's exit; the connection itself ends with the process).
+    pub fn stop_queues(&self) {
+        self.device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .disconnect();
+    }
+
     /// Serves frontends one after another until `stop` is set (checked between
     /// connections).
     pub fn run(&self, stop: &AtomicBool) {
