@@ -156,6 +156,17 @@ pub struct ExportSpec {
     pub logical_block_size: u32,
     /// `serial` (ours; QEMU's export uses the node name).
     pub serial: String,
+    /// `iothread`: the `--object iothread` that serves it (default: one of its own).
+    pub iothread: Option<String>,
+}
+
+/// An `--object iothread,id=ID[,poll-max-ns=..][,poll-grow=..][,poll-shrink=..]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IothreadSpec {
+    /// `id`.
+    pub id: String,
+    /// The polling properties, as given.
+    pub props: crate::cli::KeyVal,
 }
 
 /// The whole command line.
@@ -165,6 +176,32 @@ pub struct DaemonConfig {
     pub blockdevs: Vec<BlockdevSpec>,
     /// Exports.
     pub exports: Vec<ExportSpec>,
+    /// Iothreads exports can name.
+    pub iothreads: Vec<IothreadSpec>,
+}
+
+fn parse_object(text: &str) -> Result<IothreadSpec, String> {
+    let kv =
+        crate::cli::KeyVal::parse(text, Some("qom-type")).map_err(|e| format!("--object: {e}"))?;
+    match kv.get("qom-type") {
+        Some("iothread") => {}
+        other => {
+            return Err(format!(
+                "--object: type '{}' is not supported (supported: iothread)",
+                other.unwrap_or_default()
+            ));
+        }
+    }
+    let known = ["qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink"];
+    if let Some(k) = kv.unknown_keys(&known).first() {
+        return Err(format!("--object iothread: invalid parameter '{k}'"));
+    }
+    let id = kv
+        .get("id")
+        .filter(|id| !id.is_empty())
+        .ok_or("--object iothread: parameter 'id' is missing")?
+        .to_owned();
+    Ok(IothreadSpec { id, props: kv })
 }
 
 fn parse_blockdev(text: &str) -> Result<BlockdevSpec, String> {
@@ -228,7 +265,7 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
     let num_queues = kv.number::<u16>("num-queues")?.unwrap_or(1);
     let logical_block_size = kv.number::<u32>("logical-block-size")?.unwrap_or(512);
     let serial = kv.optional("serial").unwrap_or_else(|| node.clone());
-    kv.optional("iothread");
+    let iothread = kv.optional("iothread");
     kv.finish()?;
     Ok(ExportSpec {
         id,
@@ -238,6 +275,7 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
         num_queues,
         logical_block_size,
         serial,
+        iothread,
     })
 }
 
@@ -263,15 +301,32 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
         match name {
             "--blockdev" => config.blockdevs.push(parse_blockdev(&value()?)?),
             "--export" => config.exports.push(parse_export(&value()?)?),
+            "--object" => {
+                let object = parse_object(&value()?)?;
+                if config.iothreads.iter().any(|t| t.id == object.id) {
+                    return Err(format!("--object iothread,id={}: duplicate id", object.id));
+                }
+                config.iothreads.push(object);
+            }
             other => {
                 return Err(format!(
-                    "unknown option '{other}' (supported: --blockdev, --export)"
+                    "unknown option '{other}' (supported: --blockdev, --export, --object)"
                 ));
             }
         }
     }
     if config.exports.is_empty() {
         return Err("nothing to do: give at least one --export".into());
+    }
+    for export in &config.exports {
+        if let Some(id) = &export.iothread {
+            if !config.iothreads.iter().any(|t| t.id == *id) {
+                return Err(format!(
+                    "--export id={}: iothread \"{id}\" not found",
+                    export.id
+                ));
+            }
+        }
     }
     Ok(config)
 }
@@ -309,7 +364,8 @@ fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, boo
 }
 
 /// Opens everything and serves until SIGTERM, SIGINT or SIGHUP, then shuts down as
-/// qemu-storage-daemon does: see [`shut_down`].
+/// qemu-storage-daemon does: the exports stop (requests in flight complete), the
+/// writable images are flushed, the sockets removed.
 ///
 /// # Errors
 ///
@@ -320,6 +376,12 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let mut servers = Vec::new();
     let mut flushes = Vec::new();
+    let mut iothreads = std::collections::HashMap::new();
+    for t in &config.iothreads {
+        let thread =
+            crate::disks::spawn_iothread("--object", &t.id, |k| t.props.get(k).map(str::to_owned))?;
+        iothreads.insert(t.id.clone(), thread);
+    }
     for export in &config.exports {
         let (path, direct, ro) = resolve(config, &export.node)?;
         let read_only = ro || !export.writable;
@@ -346,8 +408,12 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         };
         let device = VirtioBlk::new(drive.clone(), options)
             .map_err(|e| format!("--export {}: {e}", export.id))?;
-        let iothread =
-            Arc::new(IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?);
+        let iothread = match &export.iothread {
+            Some(id) => iothreads[id].clone(), // checked by parse_args
+            None => Arc::new(
+                IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?,
+            ),
+        };
         if !read_only {
             flushes.push((export.id.clone(), iothread.clone(), drive.backend().clone()));
         }
@@ -423,7 +489,9 @@ const USAGE: &str = "\
   --blockdev driver=file,node-name=NAME,filename=PATH[,cache.direct=on|off][,aio=io_uring][,read-only=on|off]
   --blockdev driver=raw,node-name=NAME,file=NODE[,read-only=on|off]
   --export type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=SOCKET
-           [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]";
+           [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]
+           [,iothread=ID]
+  --object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]";
 
 #[cfg(test)]
 mod tests {
@@ -456,6 +524,15 @@ mod tests {
             resolve(&c, "disk0").unwrap(),
             (&PathBuf::from("a,b.img"), true, false)
         );
+        assert_eq!(c.exports[0].iothread, None);
+        let c = parse_args(&args(
+            "--object iothread,id=io0,poll-max-ns=0 \
+             --export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,iothread=io0",
+        ))
+        .unwrap();
+        assert_eq!(c.exports[0].iothread.as_deref(), Some("io0"));
+        assert_eq!(c.iothreads[0].id, "io0");
+        assert_eq!(c.iothreads[0].props.get("poll-max-ns"), Some("0"));
     }
 
     #[test]
@@ -496,6 +573,28 @@ mod tests {
             ("", "nothing to do"),
         ];
         for (line, want) in cases {
+            let err = parse_args(&args(line)).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        for (line, want) in [
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,iothread=nope",
+                "--export id=e: iothread \"nope\" not found",
+            ),
+            ("--object iothread", "parameter 'id' is missing"),
+            (
+                "--object memory-backend-ram,id=m",
+                "type 'memory-backend-ram'",
+            ),
+            (
+                "--object iothread,id=t,colour=red",
+                "invalid parameter 'colour'",
+            ),
+            (
+                "--object iothread,id=t --object iothread,id=t",
+                "--object iothread,id=t: duplicate id",
+            ),
+        ] {
             let err = parse_args(&args(line)).unwrap_err();
             assert!(err.contains(want), "{line}: {err}");
         }

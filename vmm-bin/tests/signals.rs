@@ -52,17 +52,7 @@ fn wait_for_socket(path: &Path, child: &mut Child) {
 /// generous deadline, which fails the test).
 fn terminate(child: &mut Child, signal: Signal) -> (Option<i32>, String) {
     kill(Pid::from_raw(child.id() as i32), signal).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_or_kill(child, Duration::from_secs(60));
     let mut stderr = String::new();
     child
         .stderr
@@ -70,7 +60,7 @@ fn terminate(child: &mut Child, signal: Signal) -> (Option<i32>, String) {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    (status.code(), stderr)
+    (status.and_then(|s| s.code()), stderr)
 }
 
 /// QEMU's report, with this test process as the sender.
