@@ -156,6 +156,49 @@ mod tests {
     }
 
     #[test]
+    fn drain_waits_for_every_write_in_flight_then_flush_runs() {
+        const WRITES: u64 = 16;
+        const LEN: usize = 4 << 20;
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(WRITES * LEN as u64).unwrap();
+        let backend: Arc<dyn BlockBackend> =
+            Arc::new(FileBackend::open(&FileOptions::new(img.path())).unwrap());
+        let thread = IoThread::spawn("drain-test").unwrap();
+        let completed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (b, c) = (backend.clone(), completed.clone());
+        // 64 MiB of writes, submitted in one go from the iothread's own context.
+        thread.run(move || {
+            let ctx = aio_context::AioContext::current().unwrap();
+            for i in 0..WRITES {
+                let bufs =
+                    block_dma::IoBuffers::from_owned(block_dma::AlignedBuf::zeroed(LEN, 4096));
+                let c = c.clone();
+                let op = BlockOp::Write {
+                    offset: i * LEN as u64,
+                    bufs,
+                };
+                b.submit(
+                    &ctx,
+                    op,
+                    Box::new(move |result, _| {
+                        assert_eq!(result, Ok(LEN as u64));
+                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }),
+                )
+                .unwrap();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        assert!(drain(&thread, deadline), "drained before the deadline");
+        assert_eq!(
+            completed.load(std::sync::atomic::Ordering::SeqCst),
+            WRITES,
+            "every write completed before drain returned"
+        );
+        flush(&thread, backend, deadline).unwrap();
+    }
+
+    #[test]
     fn a_discard_that_arrives_anyway_is_refused_before_the_image() {
         let img = tempfile::NamedTempFile::new().unwrap();
         img.as_file().set_len(1 << 20).unwrap();
