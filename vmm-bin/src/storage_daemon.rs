@@ -446,10 +446,15 @@ fn shut_down(
     servers: &[Arc<ExportServer>],
     flushes: &[(String, Arc<IoThread>, Arc<dyn BlockBackend>)],
 ) {
-    for server in servers {
-        server.stop_queues();
-    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for server in servers {
+        if !server.stop_queues(deadline) {
+            eprintln!(
+                "vmm-bin storage-daemon: {}: the export is busy; its requests in flight are abandoned",
+                server.path().display()
+            );
+        }
+    }
     for (id, iothread, backend) in flushes {
         if let Err(e) = crate::disks::flush(iothread, backend.clone(), deadline) {
             eprintln!("vmm-bin storage-daemon: --export {id}: flush: {e}");
