@@ -8,8 +8,16 @@
 //!
 //! Options that the machine cannot honour yet (a disk model that is still being written)
 //! are parsed into the config all the same; the machine reports them "not yet supported".
+//! Nothing is accepted and ignored: where QEMU refuses an input, the message is QEMU's
+//! (`-initrd only allowed with -kernel option`, `Invalid CPU topology: ...`).
 
 use std::path::PathBuf;
+
+mod boot;
+mod drive;
+mod smp;
+
+pub use boot::BootOptions;
 
 /// What was wrong with the command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +31,9 @@ pub enum Error {
     /// A word that is not an option (QEMU's positional disk image is not supported).
     #[error("unexpected argument '{0}': options start with '-'")]
     Positional(String),
+    /// Options that do not go together (QEMU's message, as is).
+    #[error("{0}")]
+    Conflict(String),
     /// A malformed option argument.
     #[error("invalid argument for '{option}': {reason}")]
     Invalid {
@@ -84,8 +95,16 @@ pub struct DriveConfig {
     pub cache: Option<String>,
     /// `aio=`.
     pub aio: Option<String>,
-    /// `readonly=on`.
+    /// `readonly=on` (or `media=cdrom`).
     pub readonly: bool,
+    /// `media=cdrom`.
+    pub cdrom: bool,
+    /// `discard=unmap|on`: the guest's discards reach the image.
+    pub discard: bool,
+    /// The bus on the interface (`bus=`, or from `index=`).
+    pub bus: u32,
+    /// The unit on that bus (`unit=`, from `index=`, or the first free one).
+    pub unit: u32,
     /// Every key and value, in order, for the disk code to check further.
     pub options: KeyVal,
 }
@@ -153,6 +172,8 @@ pub struct Config {
     /// `-boot reboot-timeout=MS`: how long SeaBIOS waits before rebooting after a boot
     /// failure (`None`: forever, QEMU's default).
     pub reboot_timeout_ms: Option<u32>,
+    /// The rest of `-boot`: order, once, menu, splash-time, strict.
+    pub boot: BootOptions,
     /// `-cpu host,FEATURE=on|off,+FEATURE,-FEATURE`: CPUID flags to keep or clear, by
     /// QEMU's names (see [`crate::machine::cpuid::FEATURES`]), in command-line order.
     pub cpu_features: Vec<(String, bool)>,
@@ -180,6 +201,7 @@ impl Default for Config {
             devices: Vec::new(),
             objects: Vec::new(),
             reboot_timeout_ms: None,
+            boot: BootOptions::default(),
             cpu_features: Vec::new(),
         }
     }
@@ -399,6 +421,19 @@ where
     if config.nographic && !serial_given {
         config.serial = SerialBackend::Stdio;
     }
+    if config.kernel.is_none() {
+        // QEMU's checks, in its order.
+        if config.append.is_some() {
+            return Err(Error::Conflict(
+                "-append only allowed with -kernel option".into(),
+            ));
+        }
+        if config.initrd.is_some() {
+            return Err(Error::Conflict(
+                "-initrd only allowed with -kernel option".into(),
+            ));
+        }
+    }
     Ok(config)
 }
 
@@ -426,28 +461,7 @@ fn apply(
             }
             config.ram_bytes = bytes;
         }
-        "smp" => {
-            let kv = KeyVal::parse(arg, Some("cpus")).map_err(|e| invalid(option, e))?;
-            let mut cpus = None;
-            for (k, v) in &kv.0 {
-                let n = parse_number(v)
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| invalid(option, format!("{k}={v}: not a number")))?;
-                match k.as_str() {
-                    "cpus" => cpus = Some(n),
-                    "maxcpus" if n != 0 && cpus.is_some_and(|c| c != n) => {
-                        return Err(invalid(option, "CPU hotplug (maxcpus) is not supported"));
-                    }
-                    "maxcpus" | "sockets" | "cores" | "threads" | "dies" => {}
-                    _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
-                }
-            }
-            let cpus = cpus.unwrap_or(1);
-            if cpus == 0 || cpus > MAX_CPUS {
-                return Err(invalid(option, format!("cpus must be 1..={MAX_CPUS}")));
-            }
-            config.cpus = cpus;
-        }
+        "smp" => config.cpus = smp::parse(option, arg)?,
         "kernel" => config.kernel = Some(PathBuf::from(arg)),
         "initrd" => config.initrd = Some(PathBuf::from(arg)),
         "append" => config.append = Some(arg.to_owned()),
@@ -497,24 +511,12 @@ fn apply(
         }
         "cpu" => return Err(invalid(option, "only '-cpu host' (the host's KVM CPUID)")),
         "name" => {}
-        "boot" => {
-            let kv = KeyVal::parse(arg, Some("order")).map_err(|e| invalid(option, e))?;
-            for (k, v) in &kv.0 {
-                match k.as_str() {
-                    "reboot-timeout" => {
-                        let ms = v.parse::<i64>().map_err(|_| {
-                            invalid(option, format!("reboot-timeout={v}: not a number"))
-                        })?;
-                        config.reboot_timeout_ms =
-                            u32::try_from(ms).ok().filter(|&ms| ms < u32::MAX);
-                    }
-                    "order" | "once" | "menu" | "strict" => {}
-                    _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
-                }
-            }
-        }
+        "boot" => boot::parse(config, option, arg)?,
         "qmp" => config.qmp.push(parse_qmp(option, arg)?),
-        "drive" => config.drives.push(parse_drive(option, arg)?),
+        "drive" => {
+            let drive = drive::parse(option, arg, &config.drives)?;
+            config.drives.push(drive);
+        }
         "object" => config.objects.push(parse_object(option, arg)?),
         "device" => {
             let props = KeyVal::parse(arg, Some("driver")).map_err(|e| invalid(option, e))?;
@@ -583,53 +585,6 @@ fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
     Ok(qmp)
 }
 
-fn parse_drive(option: &str, arg: &str) -> Result<DriveConfig> {
-    let kv = KeyVal::parse(arg, None).map_err(|e| invalid(option, e))?;
-    const KNOWN: &[&str] = &[
-        "file", "format", "if", "id", "werror", "rerror", "cache", "aio", "readonly", "media",
-        "index", "bus", "unit", "discard",
-    ];
-    if let Some(bad) = kv.unknown_keys(KNOWN).first() {
-        return Err(invalid(option, format!("unsupported key '{bad}'")));
-    }
-    let interface = kv.get("if").unwrap_or("ide").to_owned();
-    if !matches!(interface.as_str(), "ide" | "scsi" | "virtio" | "none") {
-        return Err(invalid(
-            option,
-            format!("if={interface}: ide, scsi, virtio or none"),
-        ));
-    }
-    if let Some(format) = kv.get("format").filter(|f| *f != "raw") {
-        return Err(invalid(option, format!("format={format}: only raw images")));
-    }
-    for key in ["werror", "rerror"] {
-        if let Some(v) = kv.get(key) {
-            if !matches!(v, "report" | "ignore" | "stop" | "enospc") {
-                return Err(invalid(
-                    option,
-                    format!("{key}={v}: report, ignore, stop, enospc"),
-                ));
-            }
-        }
-    }
-    Ok(DriveConfig {
-        file: kv.get("file").map(PathBuf::from),
-        format: kv.get("format").map(str::to_owned),
-        interface,
-        id: kv.get("id").map(str::to_owned),
-        werror: kv.get("werror").map(str::to_owned),
-        rerror: kv.get("rerror").map(str::to_owned),
-        cache: kv.get("cache").map(str::to_owned),
-        aio: kv.get("aio").map(str::to_owned),
-        readonly: kv
-            .get("readonly")
-            .map(|v| parse_bool(option, "readonly", v))
-            .transpose()?
-            .unwrap_or(false),
-        options: kv,
-    })
-}
-
 fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
     let kv = KeyVal::parse(arg, Some("qom-type")).map_err(|e| invalid(option, e))?;
     let qom_type = kv.get("qom-type").unwrap_or_default().to_owned();
@@ -658,7 +613,7 @@ fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
 pub const USAGE: &str = "\
 usage: vmm-bin [options]
   -m SIZE            guest RAM (512, 512M, 2G; default 128M)
-  -smp N             vCPUs
+  -smp N[,cores=N]   vCPUs (one socket of single-threaded cores; QEMU's topology checks)
   -bios PATH         firmware (default /usr/share/seabios/bios-256k.bin)
   -kernel PATH       direct Linux boot (bzImage or ELF vmlinux)
   -initrd PATH       initial ramdisk for -kernel
@@ -668,11 +623,15 @@ usage: vmm-bin [options]
   -display none      accepted (there is no display)
   -no-reboot         exit instead of rebooting
   -S                 start paused (for the monitor's cont)
-  -boot reboot-timeout=MS
+  -boot [order=DRIVES][,once=DRIVES][,menu=on|off][,splash-time=MS][,strict=on|off]
+        [,reboot-timeout=MS]
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
-  -device virtio-blk-pci,drive=ID[,id=..][,iothread=..]
-  -drive file=PATH,format=raw,if=ide|scsi|virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
-  -object iothread,id=ID
+  -device virtio-blk-pci,drive=ID[,id=..][,iothread=..][,bootindex=N][,addr=SLOT]
+        [,num-queues=N][,queue-size=N][,serial=..]
+  -drive file=PATH,format=raw,if=virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
+        [,readonly=on][,media=disk|cdrom][,index=N|bus=N,unit=N][,discard=ignore|unmap]
+        (if=ide, the default, and if=scsi are refused: no IDE yet, no SCSI on pc)
+  -object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]
   -qmp unix:PATH,server=on,wait=off
 ";
 
@@ -826,6 +785,67 @@ mod tests {
         assert_eq!(kv.get("x"), Some("on"));
         assert!(KeyVal::parse("a=1,,", None).is_ok()); // "a=1," literally
         assert!(KeyVal::parse("a=1,", None).is_err());
+    }
+
+    #[test]
+    fn initrd_and_append_need_a_kernel() {
+        assert_eq!(
+            parse(["-initrd", "/i"]).unwrap_err().to_string(),
+            "-initrd only allowed with -kernel option"
+        );
+        assert_eq!(
+            parse(["-initrd", "/i", "-append", "x"])
+                .unwrap_err()
+                .to_string(),
+            "-append only allowed with -kernel option"
+        );
+        let c = parse(["-kernel", "/k", "-initrd", "/i", "-append", "x"]).unwrap();
+        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+    }
+
+    #[test]
+    fn boot_options_follow_qemu() {
+        let c = parse_ok(&["-boot", "order=dn,once=c,menu=on,splash-time=500,strict=on"]);
+        assert_eq!(
+            c.boot,
+            BootOptions {
+                order: Some("dn".into()),
+                once: Some("c".into()),
+                menu: true,
+                splash_time: Some(500),
+                strict: true,
+            }
+        );
+        assert_eq!(parse_ok(&["-boot", "cd"]).boot.order.as_deref(), Some("cd"));
+        let err = |arg: &str| parse(["-boot", arg]).unwrap_err().to_string();
+        let cases = [
+            ("order=z", "Invalid boot device 'z'"),
+            ("order=cc", "Boot device 'c' was given twice"),
+            ("once=cdna", "Too many boot devices for PC"),
+            ("order=e", "Invalid boot device for PC: 'e'"),
+            ("menu=maybe", "Parameter 'boot.menu' expects 'on' or 'off'"),
+            (
+                "strict=yes",
+                "Parameter 'boot.strict' expects 'on' or 'off'",
+            ),
+            ("foo=1", "Parameter 'boot.foo' is unexpected"),
+            (
+                "splash-time=x",
+                "Parameter 'boot.splash-time' expects integer",
+            ),
+            (
+                "splash-time=70000",
+                "splash-time is invalid,it should be a value between 0 and 65535",
+            ),
+            (
+                "reboot-timeout=70000",
+                "reboot timeout is invalid,it should be a value between -1 and 65535",
+            ),
+            ("splash=logo.jpg", "no display to show it"),
+        ];
+        for (arg, want) in cases {
+            assert!(err(arg).ends_with(want), "{arg}: {}", err(arg));
+        }
     }
 
     #[test]

@@ -12,17 +12,25 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use aio_context::IoThread;
+use aio_context::{IoThread, PollParams};
 use block_dma::{BlockIoError, Drive, ErrorAction, ErrorPolicy, FileBackend, FileOptions};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
 
 use crate::cli::{Config, DeviceConfig, DriveConfig};
+use crate::devices::fw_cfg::bootorder::{BootOrder, virtio_blk_pci_path};
+
+mod boot;
+mod io;
+
 use crate::machine::{GsiRouting, MsiRoute, Runner};
 use crate::virtio::blk::{BlkOptions, VirtioBlk};
 use crate::virtio::pci::{MsiSender, VirtioPci};
+use io::SHUTDOWN_IO_DEADLINE;
+pub use io::{drain, flush};
 
 /// MSI delivery for one virtio-pci function: one irqfd per MSI-X vector (a GSI whose
 /// route follows the vector's message), or `KVM_SIGNAL_MSI` where KVM has no GSI routing
@@ -146,6 +154,8 @@ pub struct Disk {
     pub read_only: bool,
     /// PCI slot.
     pub slot: u8,
+    /// The iothread serving its queues.
+    pub iothread: Arc<IoThread>,
 }
 
 /// The disks of a machine and the iothreads that serve them.
@@ -157,6 +167,24 @@ pub struct Disks {
 }
 
 impl Disks {
+    /// What QEMU's exit does to the disks (`vm_shutdown`: drain, then flush): waits
+    /// until no request is in flight on any iothread, then flushes every writable
+    /// image. Call it after the vCPUs have stopped (nothing submits new requests).
+    /// Problems are reported on stderr; the process exits regardless.
+    pub fn drain_and_flush(&self) {
+        let deadline = Instant::now() + SHUTDOWN_IO_DEADLINE;
+        for (name, thread) in &self.iothreads {
+            if !drain(thread, deadline) {
+                eprintln!("vmm-bin: iothread {name}: I/O still in flight at exit");
+            }
+        }
+        for d in self.disks.iter().filter(|d| !d.read_only) {
+            if let Err(e) = flush(&d.iothread, d.drive.backend().clone(), deadline) {
+                eprintln!("vmm-bin: flushing drive {}: {e}", d.drive_id);
+            }
+        }
+    }
+
     /// Sends every drive's BLOCK_IO_ERROR to `hook`.
     pub fn set_event_hook(&self, hook: impl Fn(&BlockIoError) + Send + Sync + Clone + 'static) {
         for d in &self.disks {
@@ -212,14 +240,63 @@ fn open_drive(d: &DriveConfig, runner: &Runner, id: &str) -> Result<(Drive, bool
     let policy = drive_policy(d)?;
     let backend = FileBackend::open(&FileOptions::new(file).direct(direct).read_only(d.readonly))
         .map_err(|e| format!("-drive id={id}: {e}"))?;
-    let drive = Drive::new(
-        id,
-        id,
-        Arc::new(backend),
-        policy,
-        Some(runner.runstate().clone()),
-    );
+    let backend = io::discard_policy(backend, d.discard);
+    let drive = Drive::new(id, id, backend, policy, Some(runner.runstate().clone()));
     Ok((drive, d.readonly, file.display().to_string()))
+}
+
+/// `-device ...,addr=SLOT[.FUNCTION]` (hex, `0x` optional): the slot; only function 0
+/// (there is no multifunction device to put beside it).
+fn parse_pci_slot(addr: &str) -> Result<u8, String> {
+    let hex = |t: &str| u8::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+    let (slot, function) = match addr.split_once('.') {
+        Some((s, f)) => (hex(s), hex(f)),
+        None => (hex(addr), Some(0)),
+    };
+    match (slot, function) {
+        (Some(slot), Some(0)) if slot < 32 => Ok(slot),
+        (Some(slot), Some(f)) if slot < 32 && f < 8 => Err(format!(
+            "-device virtio-blk-pci: addr={addr}: only function 0 is supported"
+        )),
+        _ => Err(format!(
+            "-device virtio-blk-pci: Property 'virtio-blk-pci.addr' doesn't take value '{addr}'"
+        )),
+    }
+}
+
+/// Starts the iothread of `-object iothread,id=ID` (qemu-storage-daemon's `--object`
+/// too) with QEMU's polling properties read through `prop`: `poll-max-ns`,
+/// `poll-grow`, `poll-shrink` (absent ones keep [`PollParams::IOTHREAD`]'s).
+///
+/// # Errors
+///
+/// A property that is not a number; a thread that cannot start.
+pub fn spawn_iothread(
+    option: &str,
+    id: &str,
+    prop: impl Fn(&str) -> Option<String>,
+) -> Result<Arc<IoThread>, String> {
+    let mut poll = PollParams::IOTHREAD;
+    for (key, field) in [
+        ("poll-max-ns", &mut poll.max_ns),
+        ("poll-grow", &mut poll.grow),
+        ("poll-shrink", &mut poll.shrink),
+    ] {
+        if let Some(v) = prop(key) {
+            *field = v.parse().map_err(|_| {
+                format!("{option} iothread,id={id}: Parameter '{key}' expects uint64")
+            })?;
+        }
+    }
+    let thread = IoThread::spawn(id).map_err(|e| format!("{option} iothread,id={id}: {e}"))?;
+    if poll != PollParams::IOTHREAD {
+        thread.run(move || {
+            if let Some(ctx) = aio_context::AioContext::current() {
+                ctx.set_poll_params(poll);
+            }
+        });
+    }
+    Ok(Arc::new(thread))
 }
 
 /// Builds and plugs every disk of `config` into `runner`'s machine.
@@ -247,9 +324,10 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
                 o.id
             ));
         }
-        let t = Arc::new(
-            IoThread::spawn(&o.id).map_err(|e| format!("-object iothread,id={}: {e}", o.id))?,
-        );
+        if iothreads.contains_key(&o.id) {
+            return Err(format!("-object iothread,id={}: duplicate id", o.id));
+        }
+        let t = spawn_iothread("-object", &o.id, |k| o.props.get(k).map(str::to_owned))?;
         iothreads.insert(o.id.clone(), t.clone());
         order.push((o.id.clone(), t));
     }
@@ -268,7 +346,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
     // if=none drives wait for a -device; if=virtio drives get one now.
     let mut pending: HashMap<String, &DriveConfig> = HashMap::new();
     let mut devices: Vec<(DeviceConfig, Option<&DriveConfig>)> = Vec::new();
-    for (n, d) in config.drives.iter().enumerate() {
+    for d in &config.drives {
         match d.interface.as_str() {
             "none" => {
                 let id = d.id.clone().ok_or("-drive if=none needs id=")?;
@@ -277,16 +355,26 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
                 }
             }
             "virtio" => {
-                let id = d.id.clone().unwrap_or_else(|| format!("virtio{n}"));
+                // QEMU names an if=virtio drive after its unit.
+                let id = d.id.clone().unwrap_or_else(|| format!("virtio{}", d.unit));
                 let dev = DeviceConfig {
                     driver: "virtio-blk-pci".into(),
                     props: crate::cli::KeyVal(vec![("id".into(), id)]),
                 };
                 devices.push((dev, Some(d)));
             }
+            "scsi" => {
+                // QEMU 10's refusal on the pc machine.
+                return Err(format!(
+                    "-drive if=scsi: machine type does not support if=scsi,bus={},unit={}",
+                    d.bus, d.unit
+                ));
+            }
             other => {
                 return Err(format!(
-                    "-drive if={other}: not supported yet (supported: virtio, none with -device virtio-blk-pci)"
+                    "-drive if={other}: IDE disks are not supported yet (a later issue adds \
+                     them; if=ide is the default); use if=virtio, or if=none with \
+                     -device virtio-blk-pci"
                 ));
             }
         }
@@ -314,7 +402,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
     let machine = runner.machine();
     let mut disks = Vec::new();
     let mut next_slot = 3u8;
-    let mut bootorder = String::new();
+    let mut boot_order = BootOrder::new();
     for (dev, d) in devices {
         let d = d.expect("every device has a drive");
         let props = &dev.props;
@@ -359,16 +447,21 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             None => default_io(&mut order)?,
         };
         let slot = match props.get("addr") {
-            Some(a) => {
-                let a = a.trim_start_matches("0x");
-                u8::from_str_radix(a.split('.').next().unwrap_or(a), 16)
-                    .map_err(|_| format!("-device virtio-blk-pci: bad addr={a}"))?
-            }
+            Some(a) => parse_pci_slot(a)?,
             None => {
                 next_slot += 1;
                 next_slot - 1
             }
         };
+        let bootindex = match props.get("bootindex") {
+            None => -1,
+            Some(v) => v.parse::<i32>().map_err(|_| {
+                format!("-device virtio-blk-pci,id={id}: Parameter 'bootindex' expects integer")
+            })?,
+        };
+        boot_order
+            .add(bootindex, virtio_blk_pci_path(slot, 0))
+            .map_err(|e| format!("-device virtio-blk-pci,id={id}: {e}"))?;
         let (drive, read_only, file) = open_drive(d, runner, &drive_id)?;
         let blk = VirtioBlk::new(drive.clone(), options)
             .map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
@@ -379,7 +472,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             id.clone(),
             Box::new(blk),
             machine.ram().list().clone(),
-            iothread,
+            iothread.clone(),
             Arc::new(KvmMsi::new(
                 machine.vm_fd().clone(),
                 machine.gsi_routing(),
@@ -396,10 +489,6 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             .pci()
             .plug(address, Box::new(pci))
             .map_err(|e| format!("-device {id}: {e}"))?;
-        if props.get("bootindex").is_some() {
-            // SeaBIOS's name for a virtio-blk disk at this slot.
-            bootorder.push_str(&format!("/pci@i0cf8/scsi@{slot:x}\n"));
-        }
         disks.push(Disk {
             id,
             drive_id,
@@ -407,16 +496,33 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             drive,
             read_only,
             slot,
+            iothread,
         });
     }
-    if !bootorder.is_empty() {
-        let _ = machine
-            .platform()
-            .fw_cfg
-            .add_file("bootorder", bootorder.into_bytes());
-    }
+    boot::configure(runner, &config.boot, &boot_order)?;
     Ok(Disks {
         disks,
         iothreads: order,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_addresses_as_qemu_spells_them() {
+        assert_eq!(parse_pci_slot("5"), Ok(5));
+        assert_eq!(parse_pci_slot("0x1f"), Ok(0x1f));
+        assert_eq!(parse_pci_slot("0x5.0"), Ok(5));
+        for (addr, want) in [
+            ("5.3", "only function 0"),
+            ("0x20", "doesn't take value"),
+            ("x", "doesn't take value"),
+            ("5.8", "doesn't take value"),
+        ] {
+            let err = parse_pci_slot(addr).unwrap_err();
+            assert!(err.contains(want), "{addr}: {err}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod disks;
 pub mod monitor;
+pub mod signals;
 pub mod storage_daemon;
 pub mod vhost_user;
 pub mod virtio;

@@ -1,7 +1,19 @@
 //! The `vmm-bin` command: a QEMU-compatible VMM, or `vmm-bin storage-daemon ...`.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
+use aio_context::FdHandler;
+use runstate::Event;
 use vmm_bin::cli;
 use vmm_bin::machine::{Runner, kvm_available};
+use vmm_bin::signals::TerminationSignals;
+
+/// Prints `vmm-bin: MESSAGE` and exits with status 1.
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("vmm-bin: {message}");
+    std::process::exit(1);
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,49 +27,53 @@ fn main() {
         print!("{}", cli::USAGE);
         return;
     }
-    let config = match cli::parse(args) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("vmm-bin: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Some(reason) = unsupported(&config) {
-        eprintln!("vmm-bin: {reason}");
-        std::process::exit(1);
-    }
+    let config = cli::parse(args).unwrap_or_else(|e| fail(e));
     if !kvm_available() {
-        eprintln!("vmm-bin: /dev/kvm is not available");
-        std::process::exit(1);
+        fail("/dev/kvm is not available");
     }
-    let runner = match Runner::new(&config) {
-        Ok(runner) => runner,
-        Err(e) => {
-            eprintln!("vmm-bin: {e}");
-            std::process::exit(1);
-        }
-    };
-    let disks = match vmm_bin::disks::attach(&runner, &config) {
-        Ok(disks) => disks,
-        Err(e) => {
-            eprintln!("vmm-bin: {e}");
-            std::process::exit(1);
-        }
-    };
-    let _monitor = match vmm_bin::vm_monitor::attach(&runner, &config, &disks) {
-        Ok(monitor) => monitor,
-        Err(e) => {
-            eprintln!("vmm-bin: {e}");
-            std::process::exit(1);
-        }
-    };
-    let status = runner.run(config.start_paused);
-    // Removes the QMP socket file.
-    drop(_monitor);
+    // Before any thread exists (vCPUs, iothreads): they inherit the blocked mask, so
+    // the signals reach only the main loop's signalfd.
+    let signals = TerminationSignals::block()
+        .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
+    let runner = Runner::new(&config).unwrap_or_else(|e| fail(e));
+    let disks = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
+    let terminated = watch_signals(&runner, signals);
+    let monitor = vmm_bin::vm_monitor::attach(&runner, &config, &disks).unwrap_or_else(|e| fail(e));
+    // A signal during `-qmp ...,wait=on` ends the process without starting the guest.
+    let status = runner.run(config.start_paused || terminated.get());
+    // QEMU's exit: the vCPUs have stopped; drain and flush the disks, then the monitor
+    // delivers what it owes (the SHUTDOWN event) and removes its socket file.
+    disks.drain_and_flush();
+    drop(monitor);
     std::process::exit(status);
 }
 
-/// Options the command line accepts that the machine cannot honour yet.
-fn unsupported(_config: &cli::Config) -> Option<String> {
-    None
+/// Ends the main loop on SIGTERM, SIGINT or SIGHUP as QEMU does: a message naming the
+/// signal and its sender, a SHUTDOWN event (`host-signal`), exit status 0. Returns
+/// whether that has happened.
+fn watch_signals(runner: &Runner, signals: TerminationSignals) -> Rc<Cell<bool>> {
+    let terminated = Rc::new(Cell::new(false));
+    let (flag, quit, runstate) = (
+        terminated.clone(),
+        runner.quit_handle(),
+        runner.runstate().clone(),
+    );
+    let fd = signals.fd();
+    let handler = FdHandler::new().on_read(move || {
+        while let Ok(Some(signal)) = signals.try_read() {
+            if flag.replace(true) {
+                continue; // the first one is reported; the exit is under way
+            }
+            eprintln!("{}", signal.message("vmm-bin"));
+            runstate.emit_event(Event::Shutdown {
+                guest: false,
+                reason: "host-signal".into(),
+            });
+            quit(0);
+        }
+    });
+    if let Err(e) = runner.context().set_fd_handler(fd, handler) {
+        fail(format!("cannot watch signals: {e}"));
+    }
+    terminated
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aio_context::IoThread;
-use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+use block_dma::{BlockBackend, Drive, ErrorPolicy, FileBackend, FileOptions};
 
 use crate::vhost_user::{ExportServer, VhostUserDevice};
 use crate::virtio::blk::{BlkOptions, VirtioBlk};
@@ -159,6 +159,17 @@ pub struct ExportSpec {
     pub logical_block_size: u32,
     /// `serial` (ours; at most 20 bytes; the default is the node name, cut to fit).
     pub serial: String,
+    /// `iothread`: the `--object iothread` that serves it (default: one of its own).
+    pub iothread: Option<String>,
+}
+
+/// An `--object iothread,id=ID[,poll-max-ns=..][,poll-grow=..][,poll-shrink=..]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IothreadSpec {
+    /// `id`.
+    pub id: String,
+    /// The polling properties, as given.
+    pub props: crate::cli::KeyVal,
 }
 
 /// The whole command line.
@@ -168,6 +179,32 @@ pub struct DaemonConfig {
     pub blockdevs: Vec<BlockdevSpec>,
     /// Exports.
     pub exports: Vec<ExportSpec>,
+    /// Iothreads exports can name.
+    pub iothreads: Vec<IothreadSpec>,
+}
+
+fn parse_object(text: &str) -> Result<IothreadSpec, String> {
+    let kv =
+        crate::cli::KeyVal::parse(text, Some("qom-type")).map_err(|e| format!("--object: {e}"))?;
+    match kv.get("qom-type") {
+        Some("iothread") => {}
+        other => {
+            return Err(format!(
+                "--object: type '{}' is not supported (supported: iothread)",
+                other.unwrap_or_default()
+            ));
+        }
+    }
+    let known = ["qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink"];
+    if let Some(k) = kv.unknown_keys(&known).first() {
+        return Err(format!("--object iothread: invalid parameter '{k}'"));
+    }
+    let id = kv
+        .get("id")
+        .filter(|id| !id.is_empty())
+        .ok_or("--object iothread: parameter 'id' is missing")?
+        .to_owned();
+    Ok(IothreadSpec { id, props: kv })
 }
 
 fn parse_blockdev(text: &str) -> Result<BlockdevSpec, String> {
@@ -255,7 +292,7 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
             s
         }
     };
-    kv.optional("iothread");
+    let iothread = kv.optional("iothread");
     kv.finish()?;
     Ok(ExportSpec {
         id,
@@ -265,6 +302,7 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
         num_queues,
         logical_block_size,
         serial,
+        iothread,
     })
 }
 
@@ -290,9 +328,16 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
         match name {
             "--blockdev" => config.blockdevs.push(parse_blockdev(&value()?)?),
             "--export" => config.exports.push(parse_export(&value()?)?),
+            "--object" => {
+                let object = parse_object(&value()?)?;
+                if config.iothreads.iter().any(|t| t.id == object.id) {
+                    return Err(format!("--object iothread,id={}: duplicate id", object.id));
+                }
+                config.iothreads.push(object);
+            }
             other => {
                 return Err(format!(
-                    "unknown option '{other}' (supported: --blockdev, --export)"
+                    "unknown option '{other}' (supported: --blockdev, --export, --object)"
                 ));
             }
         }
@@ -301,6 +346,16 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
         return Err("nothing to do: give at least one --export".into());
     }
     check_unique(&config)?;
+    for export in &config.exports {
+        if let Some(id) = &export.iothread {
+            if !config.iothreads.iter().any(|t| t.id == *id) {
+                return Err(format!(
+                    "--export id={}: iothread \"{id}\" not found",
+                    export.id
+                ));
+            }
+        }
+    }
     Ok(config)
 }
 
@@ -383,38 +438,25 @@ fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, boo
     Err(format!("block node '{node}': too many layers"))
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and the threads it spawns afterwards) and
-/// returns the set, for [`wait_for_termination`].
-fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid; a null old-set
-    // pointer is allowed.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    set
-}
-
-/// Waits for SIGTERM or SIGINT (blocked everywhere, so it is only delivered here).
-fn wait_for_termination(set: &libc::sigset_t) -> i32 {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is initialized and `sig` is a valid out pointer.
-    while unsafe { libc::sigwait(set, &mut sig) } != 0 {}
-    sig
-}
-
-/// Opens everything and serves until SIGTERM or SIGINT, then removes the sockets.
+/// Opens everything and serves until SIGTERM, SIGINT or SIGHUP, then shuts down as
+/// qemu-storage-daemon does: the exports stop (requests in flight complete), the
+/// writable images are flushed, the sockets removed.
 ///
 /// # Errors
 ///
 /// An image that cannot be opened, a socket that cannot be bound.
 pub fn run(config: &DaemonConfig) -> Result<(), String> {
-    let signals = block_termination_signals();
+    // Before the iothreads and serving threads exist: they inherit the blocked mask.
+    let signals = crate::signals::TerminationSignals::block()
+        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let mut servers = Vec::new();
+    let mut flushes = Vec::new();
+    let mut iothreads = std::collections::HashMap::new();
+    for t in &config.iothreads {
+        let thread =
+            crate::disks::spawn_iothread("--object", &t.id, |k| t.props.get(k).map(str::to_owned))?;
+        iothreads.insert(t.id.clone(), thread);
+    }
     for export in &config.exports {
         let (path, direct, ro) = resolve(config, &export.node)?;
         let read_only = ro || !export.writable;
@@ -434,33 +476,63 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
             serial: export.serial.clone(),
             ..BlkOptions::default()
         };
-        let device =
-            VirtioBlk::new(drive, options).map_err(|e| format!("--export {}: {e}", export.id))?;
-        let iothread =
-            Arc::new(IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?);
+        let device = VirtioBlk::new(drive.clone(), options)
+            .map_err(|e| format!("--export {}: {e}", export.id))?;
+        let iothread = match &export.iothread {
+            Some(id) => iothreads[id].clone(), // checked by parse_args
+            None => Arc::new(
+                IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?,
+            ),
+        };
+        if !read_only {
+            flushes.push((export.id.clone(), iothread.clone(), drive.backend().clone()));
+        }
         let vhost = VhostUserDevice::new(Box::new(device), iothread);
         let server = ExportServer::bind(&export.path, vhost)
             .map_err(|e| format!("--export {}: {}: {e}", export.id, export.path.display()))?;
         servers.push(server);
     }
-    let paths: Vec<PathBuf> = servers.iter().map(|s| s.path().to_owned()).collect();
+    let servers: Vec<Arc<ExportServer>> = servers.into_iter().map(Arc::new).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for server in servers {
-        let stop = stop.clone();
+    for server in &servers {
+        let (server, stop) = (server.clone(), stop.clone());
         std::thread::Builder::new()
             .name("vhost-user".into())
             .spawn(move || server.run(&stop))
             .map_err(|e| e.to_string())?;
     }
-    let sig = wait_for_termination(&signals);
-    eprintln!("vmm-bin storage-daemon: signal {sig}: shutting down");
-    // Like qemu-storage-daemon: the sockets go away and the exit status is 0. Requests
-    // a frontend still has in flight are abandoned with the process (the kernel
-    // completes or cancels the io_uring operations when the rings close).
-    for p in paths {
-        let _ = std::fs::remove_file(p);
-    }
+    let signal = signals
+        .wait()
+        .map_err(|e| format!("waiting for signals: {e}"))?;
+    eprintln!("{}", signal.message("vmm-bin storage-daemon"));
+    shut_down(&servers, &flushes);
     Ok(())
+}
+
+/// qemu-storage-daemon's exit: every export stops serving its queues (the requests in
+/// flight complete first), every writable image is flushed, the sockets are removed;
+/// the exit status is 0. The serving threads end with the process.
+fn shut_down(
+    servers: &[Arc<ExportServer>],
+    flushes: &[(String, Arc<IoThread>, Arc<dyn BlockBackend>)],
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for server in servers {
+        if !server.stop_queues(deadline) {
+            eprintln!(
+                "vmm-bin storage-daemon: {}: the export is busy; its requests in flight are abandoned",
+                server.path().display()
+            );
+        }
+    }
+    for (id, iothread, backend) in flushes {
+        if let Err(e) = crate::disks::flush(iothread, backend.clone(), deadline) {
+            eprintln!("vmm-bin storage-daemon: --export {id}: flush: {e}");
+        }
+    }
+    for server in servers {
+        let _ = std::fs::remove_file(server.path());
+    }
 }
 
 /// `vmm-bin storage-daemon ARGS`: returns the process exit status.
@@ -492,7 +564,9 @@ const USAGE: &str = "\
   --blockdev driver=file,node-name=NAME,filename=PATH[,cache.direct=on|off][,aio=io_uring][,read-only=on|off]
   --blockdev driver=raw,node-name=NAME,file=NODE[,read-only=on|off]
   --export type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=SOCKET
-           [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]";
+           [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]
+           [,iothread=ID]
+  --object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]";
 
 #[cfg(test)]
 mod tests {
@@ -525,6 +599,15 @@ mod tests {
             resolve(&c, "disk0").unwrap(),
             (&PathBuf::from("a,b.img"), true, false)
         );
+        assert_eq!(c.exports[0].iothread, None);
+        let c = parse_args(&args(
+            "--object iothread,id=io0,poll-max-ns=0 \
+             --export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,iothread=io0",
+        ))
+        .unwrap();
+        assert_eq!(c.exports[0].iothread.as_deref(), Some("io0"));
+        assert_eq!(c.iothreads[0].id, "io0");
+        assert_eq!(c.iothreads[0].props.get("poll-max-ns"), Some("0"));
     }
 
     #[test]
@@ -588,6 +671,28 @@ mod tests {
             ("", "nothing to do"),
         ];
         for (line, want) in cases {
+            let err = parse_args(&args(line)).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        for (line, want) in [
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,iothread=nope",
+                "--export id=e: iothread \"nope\" not found",
+            ),
+            ("--object iothread", "parameter 'id' is missing"),
+            (
+                "--object memory-backend-ram,id=m",
+                "type 'memory-backend-ram'",
+            ),
+            (
+                "--object iothread,id=t,colour=red",
+                "invalid parameter 'colour'",
+            ),
+            (
+                "--object iothread,id=t --object iothread,id=t",
+                "--object iothread,id=t: duplicate id",
+            ),
+        ] {
             let err = parse_args(&args(line)).unwrap_err();
             assert!(err.contains(want), "{line}: {err}");
         }

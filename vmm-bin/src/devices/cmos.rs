@@ -79,6 +79,15 @@ impl Cmos {
         }
     }
 
+    /// Sets the boot device registers 0x3d and 0x38 (QEMU's `set_boot_dev`) to `now`
+    /// for the first boot and to `after_reset` for every boot after a reset (QEMU's
+    /// `-boot once=` restores `order=` at reset).
+    pub fn set_boot_registers(&self, now: [u8; 2], after_reset: [u8; 2]) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        [s.ram[0x3d], s.ram[0x38]] = now;
+        [s.initial[0x3d], s.initial[0x38]] = after_reset;
+    }
+
     /// Power-on contents again (the memory sizes stay).
     pub fn reset(&self) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -26,6 +26,8 @@
 //! | buffer `address + length` | overflow-checked; each chunk translated through the RAM list; the first chunk outside RAM stops the transfer with ERROR |
 //! | `length` | a u32; nothing is allocated from it: data is copied from the item in place, zeros from a fixed 4 KiB page, so a transfer costs at most O(length) time bounded by the RAM it may touch |
 
+pub mod bootorder;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

@@ -152,6 +152,8 @@ struct Inner {
     version: Rc<RefCell<Version>>,
     listener: RefCell<Option<socket::Listener>>,
     clients: RefCell<Vec<Rc<server::Client>>>,
+    /// Clients accepted since the monitor started (ends a `wait=on` wait).
+    accepted: Cell<u64>,
     max_message_len: Cell<usize>,
     quit_requested: Rc<Cell<bool>>,
 }
@@ -191,6 +193,7 @@ impl Monitor {
             version,
             listener: RefCell::new(None),
             clients: RefCell::new(Vec::new()),
+            accepted: Cell::new(0),
             max_message_len: Cell::new(DEFAULT_MAX_MESSAGE_LEN),
             quit_requested,
         });
@@ -228,8 +231,9 @@ impl Monitor {
         self.inner.max_message_len.set(len.max(64));
     }
 
-    /// Listens on the option's socket. With `wait=on`, blocks until the first client
-    /// connects (QEMU's startup behaviour) and serves it from then on.
+    /// Listens on the option's socket. With `wait=on`, runs the context until the first
+    /// client connects (QEMU's startup behaviour) and serves it from then on; a
+    /// termination signal read meanwhile ([`crate::signals`]) ends the wait early.
     ///
     /// # Errors
     ///
@@ -241,15 +245,7 @@ impl Monitor {
         }
         let listener = socket::Listener::bind(&option.path)?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener.listener);
-        if option.wait {
-            listener.listener.set_nonblocking(false)?;
-            let first = listener.listener.accept();
-            listener.listener.set_nonblocking(true)?;
-            *self.inner.listener.borrow_mut() = Some(listener);
-            server::add_client(&self.inner, first?.0);
-        } else {
-            *self.inner.listener.borrow_mut() = Some(listener);
-        }
+        *self.inner.listener.borrow_mut() = Some(listener);
         let weak = Rc::downgrade(&self.inner);
         let handler = FdHandler::new().on_read(move || {
             if let Some(inner) = weak.upgrade() {
@@ -259,6 +255,12 @@ impl Monitor {
         if let Err(e) = self.inner.ctx.set_fd_handler(fd, handler) {
             *self.inner.listener.borrow_mut() = None;
             return Err(e.into());
+        }
+        if option.wait {
+            // The main loop runs meanwhile, so its signal handler can end the wait.
+            while self.inner.accepted.get() == 0 && !crate::signals::terminating() {
+                self.inner.ctx.poll(true);
+            }
         }
         Ok(())
     }
@@ -280,6 +282,9 @@ impl Monitor {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // What is owed (a SHUTDOWN event of the exit under way, replies) goes out if
+        // the socket takes it now; the process does not wait for slow readers.
+        server::final_flush(self);
         self.events.close();
         self.ctx.remove_fd_handler(std::os::fd::AsRawFd::as_raw_fd(
             &self.events.shared().notifier,

@@ -4,6 +4,11 @@
 //! No `RefCell` borrow is held while a command runs, so a handler may poll the context
 //! (nested), and other clients' callbacks may run meanwhile. A client's callbacks hold
 //! it weakly; the monitor's list holds it strongly until it disconnects.
+//!
+//! End of input (a client that half-closes, as `socat` and `nc -N` do) is not the end
+//! of the connection: every command read before it has run, and its reply (and the
+//! events queued meanwhile) is still owed. The client stops being read, and is closed
+//! once its output has gone out, as QEMU does.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -38,6 +43,8 @@ struct ClientState {
     session: Session,
     /// The fd handler includes a write callback.
     watching_write: bool,
+    /// The client half-closed: no more reads; close once the output is sent.
+    eof: bool,
     closed: bool,
 }
 
@@ -88,29 +95,36 @@ pub(crate) fn add_client(inner: &Rc<Inner>, stream: UnixStream) {
             sent: 0,
             session: Session::default(),
             watching_write: true, // forces the first `watch`
+            eof: false,
             closed: false,
         }),
     });
     inner.clients.borrow_mut().push(client.clone());
+    inner.accepted.set(inner.accepted.get() + 1);
     watch(inner, &client, false);
     flush(inner, &client);
 }
 
-/// (Re)registers the client's fd handler: read always, write while output is pending.
+/// (Re)registers the client's fd handler: read until end of input, write while output
+/// is pending.
 fn watch(inner: &Rc<Inner>, client: &Rc<Client>, write: bool) {
-    {
+    let read = {
         let mut s = client.state.borrow_mut();
         if s.closed || s.watching_write == write {
             return;
         }
         s.watching_write = write;
+        !s.eof
+    };
+    let mut handler = FdHandler::new();
+    if read {
+        let (wi, wc) = (Rc::downgrade(inner), Rc::downgrade(client));
+        handler = handler.on_read(move || {
+            if let (Some(inner), Some(client)) = (wi.upgrade(), wc.upgrade()) {
+                on_readable(&inner, &client);
+            }
+        });
     }
-    let (wi, wc) = (Rc::downgrade(inner), Rc::downgrade(client));
-    let mut handler = FdHandler::new().on_read(move || {
-        if let (Some(inner), Some(client)) = (wi.upgrade(), wc.upgrade()) {
-            on_readable(&inner, &client);
-        }
-    });
     if write {
         let (wi, wc) = (Rc::downgrade(inner), Rc::downgrade(client));
         handler = handler.on_write(move || {
@@ -150,7 +164,7 @@ fn on_readable(inner: &Rc<Inner>, client: &Rc<Client>) {
     while budget > 0 {
         let n = match (&client.stream).read(&mut buf) {
             Ok(0) => {
-                close(inner, client);
+                end_of_input(inner, client);
                 return;
             }
             Ok(n) => n,
@@ -177,6 +191,21 @@ fn on_readable(inner: &Rc<Inner>, client: &Rc<Client>) {
             return;
         }
     }
+    flush(inner, client);
+}
+
+/// The client will send nothing more: stop reading, deliver what is owed, then close.
+fn end_of_input(inner: &Rc<Inner>, client: &Rc<Client>) {
+    {
+        let mut s = client.state.borrow_mut();
+        if s.closed || s.eof {
+            return;
+        }
+        s.eof = true;
+        // Re-register below without the read callback (a readable EOF would spin).
+        s.watching_write = false;
+    }
+    inner.ctx.remove_fd_handler(client.stream.as_raw_fd());
     flush(inner, client);
 }
 
@@ -285,7 +314,36 @@ pub(crate) fn flush(inner: &Rc<Inner>, client: &Rc<Client>) {
             s.sent = 0;
         }
     }
-    watch(inner, client, client.pending() > 0);
+    let pending = client.pending() > 0;
+    if !pending && client.state.borrow().eof {
+        close(inner, client); // everything owed has gone out
+        return;
+    }
+    watch(inner, client, pending);
+}
+
+/// Delivers queued events and pending output once, without blocking or watching (the
+/// monitor is going away).
+pub(crate) fn final_flush(inner: &Inner) {
+    let (lines, _) = inner.events.drain();
+    for client in inner.clients.borrow().iter() {
+        let mut s = client.state.borrow_mut();
+        if s.closed {
+            continue;
+        }
+        if s.session.negotiated {
+            for line in &lines {
+                s.out.extend_from_slice(line);
+            }
+        }
+        while s.sent < s.out.len() {
+            match send(&client.stream, &s.out[s.sent..]) {
+                Ok(n) => s.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// `send` with MSG_NOSIGNAL: a vanished client is an error, not a SIGPIPE.

@@ -58,6 +58,26 @@ impl ExportServer {
         &self.path
     }
 
+    /// Stops the current frontend's queues, draining the requests in flight (the
+    /// daemon's exit; the connection itself ends with the process). Waits for the
+    /// device at most until `deadline` (a serving thread may be stuck on a frontend);
+    /// false if it could not be had.
+    pub fn stop_queues(&self, deadline: std::time::Instant) -> bool {
+        loop {
+            match self.device.try_lock() {
+                Ok(mut device) => break device.disconnect(),
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner().disconnect(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        true
+    }
+
     /// Serves frontends one after another until `stop` is set (checked between
     /// connections).
     pub fn run(&self, stop: &AtomicBool) {

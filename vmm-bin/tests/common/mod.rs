@@ -288,20 +288,25 @@ impl Vm {
     /// Waits for the process to exit; kills it at the deadline (`None`). The serial
     /// output is complete in both cases.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.drain();
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.drain();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let status = wait_or_kill(&mut self.child, timeout);
+        self.drain();
+        status
+    }
+}
+
+/// Waits for `child` to exit; kills it (and reaps it) at the deadline: `None`.
+pub(crate) fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
