@@ -50,7 +50,7 @@ fn a_blocking_poll_inside_a_read_section_is_reported_in_debug_builds() {
         drop(guard);
         assert_eq!(
             blocked.is_err(),
-            cfg!(debug_assertions),
+            rcu::BLOCKING_CHECKS,
             "a blocking poll inside rcu::read() must be reported in debug builds only"
         );
         timer.delete();

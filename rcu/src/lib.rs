@@ -71,7 +71,7 @@ pub use cell::RcuCell;
 #[cfg(not(loom))]
 pub use list::{Iter, ListWriter, RcuList};
 #[cfg(not(loom))]
-pub use may_block::{assert_may_block, may_block};
+pub use may_block::{BLOCKING_CHECKS, assert_may_block, may_block};
 #[cfg(not(loom))]
 pub use qsbr::{QsbrGuard, QsbrThread};
 #[cfg(not(loom))]

@@ -59,6 +59,11 @@ pub fn may_block() -> bool {
     forbidden_here().is_none()
 }
 
+/// Whether [`assert_may_block`] checks (this crate was built with debug assertions).
+/// Evaluated in this crate, so a caller built with another profile (a doctest under
+/// `cargo test --release`) reads the truth.
+pub const BLOCKING_CHECKS: bool = cfg!(debug_assertions);
+
 /// Reports a blocking wait named `what` (an I/O drain, a rendezvous with another thread)
 /// that is about to start where it must not: inside a read section or inside a
 /// `call_rcu` callback.
@@ -73,7 +78,7 @@ pub fn may_block() -> bool {
 ///     let _guard = rcu::read();
 ///     rcu::assert_may_block("drain");
 /// });
-/// assert_eq!(result.is_err(), cfg!(debug_assertions));
+/// assert_eq!(result.is_err(), rcu::BLOCKING_CHECKS);
 /// ```
 ///
 /// # Panics
@@ -82,7 +87,7 @@ pub fn may_block() -> bool {
 #[inline]
 #[track_caller]
 pub fn assert_may_block(what: &str) {
-    if cfg!(debug_assertions) {
+    if BLOCKING_CHECKS {
         if let Some(place) = forbidden_here() {
             panic!("blocking wait `{what}` {place}");
         }

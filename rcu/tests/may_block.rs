@@ -37,7 +37,7 @@ fn a_wait_inside_a_read_section_is_reported() {
     let _outer = rcu::read();
     let _inner = rcu::read_mb(); // nested sections count too
     assert!(!rcu::may_block());
-    if cfg!(debug_assertions) {
+    if rcu::BLOCKING_CHECKS {
         assert!(panics_with(
             || rcu::assert_may_block("device drain"),
             "blocking wait `device drain` inside an RCU read section"
@@ -62,8 +62,8 @@ fn a_wait_inside_a_call_rcu_callback_is_reported() {
     });
     let (may, reported, sync_reported) = rx.recv().unwrap();
     assert!(!may, "a callback may not block");
-    assert_eq!(reported, cfg!(debug_assertions));
-    assert_eq!(sync_reported, cfg!(debug_assertions));
+    assert_eq!(reported, rcu::BLOCKING_CHECKS);
+    assert_eq!(sync_reported, rcu::BLOCKING_CHECKS);
     // The flag ends with the callback: a later callback that does not wait is fine, and
     // the reclaim thread keeps running.
     let (tx, rx) = mpsc::channel();

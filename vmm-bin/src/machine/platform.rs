@@ -147,7 +147,6 @@ impl Platform {
             map(&pio, u64::from(DEBUGCON_PORT), 1, dev)?;
         }
 
-        #[cfg(debug_assertions)]
         if let Some(value) = std::env::var_os(crate::devices::legacy::PANIC_PORT_ENV) {
             let env = crate::devices::legacy::PANIC_PORT_ENV;
             let text = value.to_string_lossy();
