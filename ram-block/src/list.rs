@@ -66,7 +66,11 @@ impl RamList {
     /// [`Error::Overlap`] if it overlaps a block already placed (adjacent is fine);
     /// [`Error::DuplicateName`] if a block with its name is already placed. The block is
     /// dropped (unmapped) with the error.
-    pub fn add(&self, block: RamBlock) -> Result<()> {
+    ///
+    /// Returns the placed block: a holder of this `Arc` keeps the mapping alive whatever
+    /// later happens to the list (a KVM memory slot that points into it holds one for as
+    /// long as the slot exists).
+    pub fn add(&self, block: RamBlock) -> Result<Arc<RamBlock>> {
         let mut blocks = self.lock_writer();
         if blocks.iter().any(|b| b.name() == block.name()) {
             return Err(Error::DuplicateName {
@@ -88,11 +92,12 @@ impl RamList {
                 });
             }
         }
-        blocks.insert(index, Arc::new(block));
+        let block = Arc::new(block);
+        blocks.insert(index, block.clone());
         // Release (inside `replace`) publishes the block's mapping and fields to readers
         // that load the new version with Acquire.
         self.shared.current.replace(RamBlocks::new(&blocks));
-        Ok(())
+        Ok(block)
     }
 
     /// Replaces the whole map with `blocks` in one step (a vhost-user `SET_MEM_TABLE`):

@@ -24,11 +24,18 @@ enum Owner {
 }
 
 /// One KVM memory slot in use.
-#[derive(Clone, Copy, Debug)]
+///
+/// A slot that maps memory holds the block that memory belongs to: the mapping cannot
+/// be unmapped while KVM may still reach it, whatever happens to the RAM list (a
+/// `remove` or `replace_all` through a clone of it only unlinks the block). The slot,
+/// and with it the block, goes only in [`delete_slots`], after KVM has let go.
+#[derive(Debug)]
 struct Slot {
     id: u32,
     owner: Owner,
     guest: u64,
+    /// What the slot maps (`None`: an id reserved for the PAM map, which holds its own).
+    memory: Option<Arc<RamBlock>>,
 }
 
 /// The guest's memory: the RAM list every thread translates through, and the KVM slots
@@ -38,6 +45,7 @@ struct Slot {
 /// `pc.ram` leaves 0xC0000–0xFFFFF to the PAM map ([`pam`](super::pam)), which the host
 /// bridge's PAM registers drive; the block itself stays one block in the list.
 pub struct GuestRam {
+    vm: Arc<VmFd>,
     list: RamList,
     /// The slots in use; guarded so that adds and removes pair slot and block changes.
     slots: Mutex<Vec<Slot>>,
@@ -56,8 +64,9 @@ impl GuestRam {
     ///
     /// [`Error::Memory`] if a block cannot be created, [`Error::Kvm`] if KVM refuses a
     /// slot.
-    pub fn new(vm: &VmFd, layout: RamLayout) -> Result<GuestRam> {
+    pub fn new(vm: &Arc<VmFd>, layout: RamLayout) -> Result<GuestRam> {
         let ram = GuestRam {
+            vm: vm.clone(),
             list: RamList::new(),
             slots: Mutex::new(Vec::new()),
             rom: None,
@@ -66,10 +75,12 @@ impl GuestRam {
             pam: None,
         };
         let memfd = || Backing::Memfd { huge_pages: false };
-        ram.add_block(
-            vm,
-            RamBlock::new("pc.ram", GuestAddress(0), layout.below_4g, memfd())?,
-        )?;
+        ram.add_block(RamBlock::new(
+            "pc.ram",
+            GuestAddress(0),
+            layout.below_4g,
+            memfd(),
+        )?)?;
         if layout.above_4g > 0 {
             let high = RamBlock::new(
                 "pc.ram.high",
@@ -77,7 +88,7 @@ impl GuestRam {
                 layout.above_4g,
                 memfd(),
             )?;
-            ram.add_block(vm, high)?;
+            ram.add_block(high)?;
         }
         Ok(ram)
     }
@@ -96,26 +107,31 @@ impl GuestRam {
     /// # Errors
     ///
     /// KVM's or the list's refusal; on a list error the slot is removed again.
-    pub fn add_block(&self, vm: &VmFd, block: RamBlock) -> Result<()> {
+    pub fn add_block(&self, block: RamBlock) -> Result<()> {
+        let vm = &*self.vm;
         let mut slots = self.lock_slots();
         let id = free_slot(&slots);
         let start = block.start().0;
         let size = block.size();
         let host = host_address(&block)?;
         // SAFETY: `host..host + size` is the block's mapping, which lives as long as the
-        // block. The block is owned by the RAM list from here on, and the list unmaps a
-        // block only after `remove_block` has deleted this slot first (and a grace
-        // period); if `add` fails below, the slot is deleted before the block drops.
+        // block: here `block` itself, from `add` on the `Arc` the slot stores, which
+        // only `delete_slots` drops, after deleting the slot. If `add` fails, the slot
+        // is deleted below before the block drops.
         unsafe { set_region(vm, id, start, size, host, 0) }?;
-        if let Err(e) = self.list.add(block) {
-            // SAFETY: deleting a slot (size 0) never gives KVM a mapping.
-            let _ = unsafe { set_region(vm, id, start, 0, 0, 0) };
-            return Err(e.into());
-        }
+        let memory = match self.list.add(block) {
+            Ok(memory) => memory,
+            Err(e) => {
+                // SAFETY: deleting a slot (size 0) never gives KVM a mapping.
+                let _ = unsafe { set_region(vm, id, start, 0, 0, 0) };
+                return Err(e.into());
+            }
+        };
         slots.push(Slot {
             id,
             owner: Owner::Block(start),
             guest: start,
+            memory: Some(memory),
         });
         Ok(())
     }
@@ -127,12 +143,12 @@ impl GuestRam {
     /// # Errors
     ///
     /// [`Error::Memory`] if no block starts there.
-    pub fn remove_block(&self, vm: &VmFd, start: u64) -> Result<()> {
+    pub fn remove_block(&self, start: u64) -> Result<()> {
         let mut slots = self.lock_slots();
         if !slots.iter().any(|s| s.owner == Owner::Block(start)) {
             return Err(ram_block::Error::NoSuchBlock { start }.into());
         }
-        delete_slots(vm, &mut slots, Owner::Block(start))?;
+        delete_slots(&self.vm, &mut slots, Owner::Block(start))?;
         self.list.remove(GuestAddress(start))?;
         Ok(())
     }
@@ -173,14 +189,14 @@ impl GuestRam {
         };
         let mut slots = self.lock_slots();
         let id = free_slot(&slots);
-        // SAFETY: the mapping belongs to `rom`, which `self` (and the PAM map) keep for
-        // as long as the VM exists (it is never replaced: `load_bios` runs once, before
-        // the vCPUs).
+        // SAFETY: the mapping belongs to `rom`, which the slot holds until it is
+        // deleted.
         unsafe { set_region(vm, id, start, size, host, flags) }?;
         slots.push(Slot {
             id,
             owner: Owner::Firmware,
             guest: start,
+            memory: Some(rom.clone()),
         });
 
         // `pc.ram`: one slot from 0 becomes the slots around the PAM area.
@@ -194,14 +210,13 @@ impl GuestRam {
         for (guest, len) in pam::ram_slots(ram.size()) {
             let id = free_slot(&slots);
             // SAFETY: `guest..guest + len` lies inside `pc.ram` (`ram_slots` stays below
-            // its size), whose mapping the list keeps until `remove_block(0)` has
-            // deleted these slots (they are `Owner::Block(0)`); the PAM map also holds
-            // the block.
+            // its size), whose block the slot holds until it is deleted.
             unsafe { set_region(vm, id, guest, len, ram_host + guest, 0) }?;
             slots.push(Slot {
                 id,
                 owner: Owner::Block(0),
                 guest,
+                memory: Some(ram.clone()),
             });
         }
 
@@ -213,6 +228,7 @@ impl GuestRam {
                 id: *id,
                 owner: Owner::Firmware,
                 guest: 0,
+                memory: None,
             });
         }
         drop(slots);
@@ -242,17 +258,36 @@ impl GuestRam {
     }
 }
 
-/// Deletes the KVM slots of `owner` and forgets them (a slot KVM refuses to delete
-/// stays listed).
+/// Deletes the KVM slots of `owner` and forgets them, dropping their hold on the
+/// memory only after KVM has let go (a slot KVM refuses to delete stays listed, and
+/// keeps its memory).
 fn delete_slots(vm: &VmFd, slots: &mut Vec<Slot>, owner: Owner) -> Result<()> {
     while let Some(at) = slots.iter().position(|s| s.owner == owner) {
-        let Slot { id, guest, .. } = slots[at];
+        let (id, guest) = (slots[at].id, slots[at].guest);
         // SAFETY: deleting a slot hands KVM no memory; the guest can no longer reach
         // that range through KVM once this returns.
         unsafe { set_region(vm, id, guest, 0, 0, 0) }?;
-        slots.remove(at);
+        drop(slots.remove(at));
     }
     Ok(())
+}
+
+impl Drop for GuestRam {
+    /// Deletes the slots that map memory before that memory can go: a `GuestRam`
+    /// dropped before its VM leaves KVM nothing that points at unmapped memory. A slot
+    /// KVM refuses to delete keeps its block mapped (leaked) rather than dangle.
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut *self.lock_slots());
+        for slot in slots {
+            if slot.memory.is_none() {
+                continue; // the PAM map's ids: it deletes its own slots
+            }
+            // SAFETY: deleting a slot hands KVM no memory.
+            if unsafe { set_region(&self.vm, slot.id, slot.guest, 0, 0, 0) }.is_err() {
+                std::mem::forget(slot.memory);
+            }
+        }
+    }
 }
 
 /// The lowest slot id `slots` does not use.
@@ -293,4 +328,45 @@ pub(super) unsafe fn set_region(
     // SAFETY: the caller guarantees the mapping's lifetime.
     unsafe { vm.set_user_memory_region(region) }
         .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+
+    use kvm_ioctls::Kvm;
+
+    use super::*;
+
+    /// Issue 15: a KVM slot's memory outlives its registration by type. Removing the
+    /// block through a clone of the RAM list (which anyone holding the list can do) and
+    /// waiting for every deferred unmap leaves the block mapped while its slot exists;
+    /// it goes once the slot does.
+    #[test]
+    fn a_slot_keeps_its_memory_mapped_whatever_happens_to_the_list() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIPPED memory slot ownership: /dev/kvm unavailable");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().expect("KVM_CREATE_VM"));
+        let ram = GuestRam::new(&vm, RamLayout::new(16 << 20)).expect("guest RAM");
+        let block: Weak<RamBlock> = {
+            let guard = rcu::read();
+            let found = ram.list().blocks(&guard).find_shared(GuestAddress(0));
+            Arc::downgrade(&found.expect("pc.ram"))
+        };
+        let someone_else = ram.list().clone();
+        someone_else.remove(GuestAddress(0)).unwrap();
+        rcu::barrier(); // every deferred drop (the list's references) has run
+        assert!(
+            block.upgrade().is_some(),
+            "pc.ram was unmapped while its KVM slot still pointed at it"
+        );
+        drop(ram);
+        rcu::barrier();
+        assert!(
+            block.upgrade().is_none(),
+            "the slot's hold was never released"
+        );
+    }
 }
