@@ -4,7 +4,7 @@
 //! panics and never exits: every problem is an [`Error`] whose message names the option
 //! and what was wrong with it. Options take one argument in the next word, as in QEMU,
 //! and may be spelled with one or two dashes. Option arguments in QEMU's `key=value,...`
-//! form are split by [`KeyVal`] (`,,` is a literal comma).
+//! form are parsed by the `qemu-opts` crate (`,,` is a literal comma).
 //!
 //! Options that the machine cannot honour yet (a disk model that is still being written)
 //! are parsed into the config all the same; the machine reports them "not yet supported".
@@ -12,6 +12,8 @@
 //! (`-initrd only allowed with -kernel option`, `Invalid CPU topology: ...`).
 
 use std::path::PathBuf;
+
+use qemu_opts::{Grammar, Opts, SizeUnit};
 
 mod boot;
 mod drive;
@@ -42,6 +44,14 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+}
+
+/// A malformed `key=value,...` argument: [`Error::Invalid`], the reason without the
+/// option (the message reads `invalid argument for '-drive': empty key in '=x'`).
+impl From<qemu_opts::Error> for Error {
+    fn from(e: qemu_opts::Error) -> Error {
+        invalid(e.option(), e.reason())
+    }
 }
 
 /// `Result` with this module's [`Error`].
@@ -106,7 +116,7 @@ pub struct DriveConfig {
     /// The unit on that bus (`unit=`, from `index=`, or the first free one).
     pub unit: u32,
     /// Every key and value, in order, for the disk code to check further.
-    pub options: KeyVal,
+    pub options: Opts,
 }
 
 /// One `-device` option other than `isa-debug-exit` (which the machine builds in).
@@ -115,7 +125,7 @@ pub struct DeviceConfig {
     /// The device type (`virtio-blk-pci`, `scsi-hd`, ...).
     pub driver: String,
     /// Its properties (`drive=`, `id=`, `bootindex=`, ...).
-    pub props: KeyVal,
+    pub props: Opts,
 }
 
 impl DeviceConfig {
@@ -133,7 +143,7 @@ pub struct ObjectConfig {
     /// `id=`.
     pub id: String,
     /// The other properties.
-    pub props: KeyVal,
+    pub props: Opts,
 }
 
 /// The VM the command line describes.
@@ -211,7 +221,7 @@ impl Default for Config {
 /// against the names we know.
 fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
     let mut features = Vec::new();
-    for item in split_commas(arg).into_iter().skip(1) {
+    for item in qemu_opts::split_commas(arg).into_iter().skip(1) {
         let (name, value) = if let Some(n) = item.strip_prefix('+') {
             (n, Some("on"))
         } else if let Some(n) = item.strip_prefix('-') {
@@ -242,88 +252,20 @@ fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
 /// tables stop at 255).
 pub const MAX_CPUS: u32 = 255;
 
-/// A `key=value,key=value` option argument, in order. A first item without `=` is kept
-/// under the key given to [`KeyVal::parse`] (QEMU's "implied key": the driver of
-/// `-device`, the type of `-object`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyVal(pub Vec<(String, String)>);
-
-impl KeyVal {
-    /// Splits `text`; `implied` names the key of a leading bare value.
-    ///
-    /// # Errors
-    ///
-    /// A bare value other than the first, or an empty key.
-    pub fn parse(text: &str, implied: Option<&str>) -> std::result::Result<KeyVal, String> {
-        let mut items = Vec::new();
-        for (index, item) in split_commas(text).into_iter().enumerate() {
-            match item.split_once('=') {
-                Some(("", _)) => return Err(format!("empty key in '{item}'")),
-                Some((k, v)) => items.push((k.to_owned(), v.to_owned())),
-                None if index == 0 && implied.is_some() => {
-                    items.push((implied.unwrap_or_default().to_owned(), item))
-                }
-                None if item.is_empty() => return Err("empty item".to_owned()),
-                // QEMU's `key` alone means `key=on`.
-                None => items.push((item, "on".to_owned())),
-            }
-        }
-        Ok(KeyVal(items))
-    }
-
-    /// The last value of `key` (QEMU: later wins).
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The keys not in `known`.
-    pub fn unknown_keys<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
-        self.0
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .filter(|k| !known.contains(k))
-            .collect()
-    }
-}
-
-/// Splits at single commas; `,,` is a literal comma.
-/// Splits a QEMU option string at single commas; `,,` stands for a literal comma.
-pub(crate) fn split_commas(text: &str) -> Vec<String> {
-    let mut items = vec![String::new()];
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                if let Some(s) = items.last_mut() {
-                    s.push(',');
-                }
-            } else {
-                items.push(String::new());
-            }
-        } else {
-            if let Some(s) = items.last_mut() {
-                s.push(c);
-            }
-        }
-    }
-    items
+/// Parses `arg`, the argument of `option`, in QEMU's `QemuOpts` grammar; a first item
+/// without `=` is `implied`'s value.
+fn opts(option: &str, arg: &str, implied: Option<&'static str>) -> Result<Opts> {
+    let grammar = match implied {
+        Some(key) => Grammar::opts().implied(key),
+        None => Grammar::opts(),
+    };
+    Ok(Opts::parse(option, arg, grammar)?)
 }
 
 /// QEMU's on/off spellings.
 fn parse_bool(option: &str, key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(invalid(
-            option,
-            format!("{key}={value}: expected on or off"),
-        )),
-    }
+    qemu_opts::parse_bool(value)
+        .ok_or_else(|| invalid(option, format!("{key}={value}: expected on or off")))
 }
 
 fn invalid(option: &str, reason: impl Into<String>) -> Error {
@@ -331,44 +273,6 @@ fn invalid(option: &str, reason: impl Into<String>) -> Error {
         option: option.to_owned(),
         reason: reason.into(),
     }
-}
-
-/// A number in decimal or `0x` hex.
-fn parse_number(text: &str) -> Option<u64> {
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    }
-}
-
-/// `-m`'s size: a number with an optional suffix (`K`, `M`, `G`, `T`; `B` for bytes);
-/// a bare number is MiB, as in QEMU.
-pub fn parse_ram_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" | "M" | "MB" | "MIB" => 20,
-        "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return None,
-    };
-    if let Some((int, frac)) = number.split_once('.') {
-        // "1.5G": exact for the fractions people write.
-        let int: u64 = int.parse().ok()?;
-        let digits = u32::try_from(frac.len())
-            .ok()
-            .filter(|&d| d > 0 && d <= 6)?;
-        let frac: u64 = frac.parse().ok()?;
-        let scale = 10u64.pow(digits);
-        let whole = int.checked_mul(scale)?.checked_add(frac)?;
-        return whole.checked_mul(1u64 << shift).map(|b| b / scale);
-    }
-    number.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// The options that take an argument, and those that do not.
@@ -446,12 +350,12 @@ fn apply(
 ) -> Result<()> {
     match name {
         "m" => {
-            let kv = KeyVal::parse(arg, Some("size")).map_err(|e| invalid(option, e))?;
+            let kv = opts(option, arg, Some("size"))?;
             if let Some(bad) = kv.unknown_keys(&["size"]).first() {
                 return Err(invalid(option, format!("unsupported key '{bad}'")));
             }
             let size = kv.get("size").unwrap_or_default();
-            let bytes = parse_ram_size(size)
+            let bytes = qemu_opts::parse_size(size, SizeUnit::MiB)
                 .ok_or_else(|| invalid(option, format!("'{size}' is not a size")))?;
             if bytes < (1 << 20) {
                 return Err(invalid(option, "guest RAM must be at least 1 MiB"));
@@ -475,7 +379,7 @@ fn apply(
             };
         }
         "display" => {
-            if KeyVal::parse(arg, Some("type"))
+            if Opts::parse(option, arg, Grammar::opts().implied("type"))
                 .ok()
                 .and_then(|kv| kv.get("type").map(str::to_owned))
                 .as_deref()
@@ -489,9 +393,9 @@ fn apply(
         "monitor" if arg == "none" => {}
         "monitor" => return Err(invalid(option, "use -qmp; only '-monitor none'")),
         "machine" | "M" => {
-            let kv = KeyVal::parse(arg, Some("type")).map_err(|e| invalid(option, e))?;
-            for (k, v) in &kv.0 {
-                let ok = match k.as_str() {
+            let kv = opts(option, arg, Some("type"))?;
+            for (k, v) in kv.iter() {
+                let ok = match k {
                     "type" => v == "pc" || v.starts_with("pc-i440fx"),
                     "accel" => v == "kvm",
                     _ => false,
@@ -519,7 +423,7 @@ fn apply(
         }
         "object" => config.objects.push(parse_object(option, arg)?),
         "device" => {
-            let props = KeyVal::parse(arg, Some("driver")).map_err(|e| invalid(option, e))?;
+            let mut props = opts(option, arg, Some("driver"))?;
             let driver = props.get("driver").unwrap_or_default().to_owned();
             if driver.is_empty() {
                 return Err(invalid(option, "missing device type"));
@@ -527,7 +431,7 @@ fn apply(
             if driver == "isa-debug-exit" {
                 config.debug_exit = Some(parse_debug_exit(option, &props)?);
             } else {
-                let props = KeyVal(props.0.into_iter().filter(|(k, _)| k != "driver").collect());
+                props.remove("driver");
                 config.devices.push(DeviceConfig { driver, props });
             }
         }
@@ -536,7 +440,7 @@ fn apply(
     Ok(())
 }
 
-fn parse_debug_exit(option: &str, props: &KeyVal) -> Result<DebugExit> {
+fn parse_debug_exit(option: &str, props: &Opts) -> Result<DebugExit> {
     if let Some(bad) = props
         .unknown_keys(&["driver", "iobase", "iosize", "id"])
         .first()
@@ -547,7 +451,9 @@ fn parse_debug_exit(option: &str, props: &KeyVal) -> Result<DebugExit> {
         ));
     }
     let number = |key: &str, default: u64| -> Result<u16> {
-        let value = props.get(key).map_or(Some(default), parse_number);
+        let value = props
+            .get(key)
+            .map_or(Some(default), qemu_opts::parse_number);
         value
             .and_then(|v| u16::try_from(v).ok())
             .ok_or_else(|| invalid(option, format!("isa-debug-exit: bad {key}")))
@@ -561,7 +467,7 @@ fn parse_debug_exit(option: &str, props: &KeyVal) -> Result<DebugExit> {
 }
 
 fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
-    let kv = KeyVal::parse(arg, Some("chardev")).map_err(|e| invalid(option, e))?;
+    let kv = opts(option, arg, Some("chardev"))?;
     let chardev = kv.get("chardev").unwrap_or_default();
     let Some(path) = chardev.strip_prefix("unix:").filter(|p| !p.is_empty()) else {
         return Err(invalid(option, "expected unix:PATH,server=on,wait=off"));
@@ -571,8 +477,8 @@ fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
         server: false,
         wait: true,
     };
-    for (k, v) in &kv.0 {
-        match k.as_str() {
+    for (k, v) in kv.iter() {
+        match k {
             "chardev" => {}
             "server" => qmp.server = parse_bool(option, k, v)?,
             "wait" => qmp.wait = parse_bool(option, k, v)?,
@@ -586,7 +492,7 @@ fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
 }
 
 fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
-    let kv = KeyVal::parse(arg, Some("qom-type")).map_err(|e| invalid(option, e))?;
+    let mut kv = opts(option, arg, Some("qom-type"))?;
     let qom_type = kv.get("qom-type").unwrap_or_default().to_owned();
     if qom_type != "iothread" {
         return Err(invalid(
@@ -597,15 +503,12 @@ fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
     let Some(id) = kv.get("id").filter(|id| !id.is_empty()).map(str::to_owned) else {
         return Err(invalid(option, "an object needs id="));
     };
-    let props = KeyVal(
-        kv.0.into_iter()
-            .filter(|(k, _)| k != "qom-type" && k != "id")
-            .collect(),
-    );
+    kv.remove("qom-type");
+    kv.remove("id");
     Ok(ObjectConfig {
         qom_type,
         id,
-        props,
+        props: kv,
     })
 }
 
@@ -644,18 +547,18 @@ mod tests {
     }
 
     #[test]
-    fn sizes_default_to_mib_and_take_suffixes() {
-        assert_eq!(parse_ram_size("512"), Some(512 << 20));
-        assert_eq!(parse_ram_size("512M"), Some(512 << 20));
-        assert_eq!(parse_ram_size("2G"), Some(2 << 30));
-        assert_eq!(parse_ram_size("1.5G"), Some(3 << 29));
-        assert_eq!(parse_ram_size("4096k"), Some(4 << 20));
-        assert_eq!(parse_ram_size("x"), None);
-        assert_eq!(parse_ram_size("-1"), None);
-        assert_eq!(parse_ram_size(""), None);
-        assert_eq!(parse_ram_size("99999999999999999999T"), None);
-        assert_eq!(parse_ram_size("18446744073709551615G"), None);
-        assert_eq!(parse_ram_size("."), None);
+    fn ram_sizes_default_to_mib() {
+        let ram = |arg: &str| parse(["-m", arg]).map(|c| c.ram_bytes);
+        assert_eq!(ram("512"), Ok(512 << 20));
+        assert_eq!(ram("size=1.5G"), Ok(3 << 29));
+        assert_eq!(
+            ram("lots").unwrap_err().to_string(),
+            "invalid argument for '-m': 'lots' is not a size"
+        );
+        assert_eq!(
+            ram("1G,slots=2").unwrap_err().to_string(),
+            "invalid argument for '-m': unsupported key 'slots'"
+        );
     }
 
     #[test]
@@ -777,14 +680,30 @@ mod tests {
         );
     }
 
+    /// The grammar is qemu-opts' (its own tests cover it); a malformed argument reads
+    /// `invalid argument for 'OPTION': REASON`, and the implied keys are not properties.
     #[test]
-    fn keyval_rules() {
-        let kv = KeyVal::parse("virtio-blk-pci,drive=d0,drive=d1,x", Some("driver")).unwrap();
-        assert_eq!(kv.get("driver"), Some("virtio-blk-pci"));
-        assert_eq!(kv.get("drive"), Some("d1"));
-        assert_eq!(kv.get("x"), Some("on"));
-        assert!(KeyVal::parse("a=1,,", None).is_ok()); // "a=1," literally
-        assert!(KeyVal::parse("a=1,", None).is_err());
+    fn option_strings_go_through_qemu_opts() {
+        let err = |args: [&str; 2]| parse(args).unwrap_err().to_string();
+        assert_eq!(
+            err(["--drive", "file=x,"]),
+            "invalid argument for '--drive': empty item"
+        );
+        assert_eq!(
+            err(["-device", "virtio-blk-pci,=x"]),
+            "invalid argument for '-device': empty key in '=x'"
+        );
+        let c = parse_ok(&[
+            "-device",
+            "virtio-blk-pci,drive=d0,drive=d1,x",
+            "-object",
+            "iothread,id=io0,poll-max-ns=0",
+        ]);
+        let props: Vec<_> = c.devices[0].props.iter().collect();
+        assert_eq!(props, [("drive", "d0"), ("drive", "d1"), ("x", "on")]);
+        assert_eq!(c.devices[0].props.get("drive"), Some("d1"));
+        let props: Vec<_> = c.objects[0].props.iter().collect();
+        assert_eq!(props, [("poll-max-ns", "0")]);
     }
 
     #[test]

@@ -359,7 +359,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
                 let id = d.id.clone().unwrap_or_else(|| format!("virtio{}", d.unit));
                 let dev = DeviceConfig {
                     driver: "virtio-blk-pci".into(),
-                    props: crate::cli::KeyVal(vec![("id".into(), id)]),
+                    props: qemu_opts::Opts::from_pairs("-drive", vec![("id".into(), id)]),
                 };
                 devices.push((dev, Some(d)));
             }

@@ -8,114 +8,23 @@
 //!   --export type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=/tmp/vhost.sock,writable=on,num-queues=2
 //! ```
 //!
-//! Options are QEMU "keyval" lists (`key=value,...`, a literal comma written `,,`).
+//! Options are QEMU "keyval" lists (`key=value,...`, a literal comma written `,,`), read
+//! by the `qemu-opts` crate: `--blockdev` and `--export` in its strict grammar (each key
+//! once), `--object` in the lenient one (`iothread,id=..`, as `-object` takes it).
 //! Unknown options, unknown keys and bad values fail with a message naming them.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use aio_context::IoThread;
 use block_dma::{BlockBackend, Drive, ErrorPolicy, FileBackend, FileOptions};
+use qemu_opts::{Grammar, Opts};
 
 use crate::vhost_user::{ExportServer, VhostUserDevice};
 use crate::virtio::blk::{BlkOptions, VirtioBlk};
 
 /// The longest `serial`: virtio-blk's device ID (`VIRTIO_BLK_ID_BYTES`).
 const ID_BYTES: usize = 20;
-
-/// A parsed keyval list, keys in order of appearance checked off as they are used.
-#[derive(Debug)]
-pub struct KeyVal {
-    option: &'static str,
-    pairs: BTreeMap<String, String>,
-}
-
-impl KeyVal {
-    /// Parses `a=b,c=d` (`,,` is a literal comma).
-    ///
-    /// # Errors
-    ///
-    /// A pair without `=`, an empty key, or a key given twice.
-    pub fn parse(option: &'static str, text: &str) -> Result<KeyVal, String> {
-        let mut pairs = BTreeMap::new();
-        let items = crate::cli::split_commas(text);
-        for item in items {
-            let Some((k, v)) = item.split_once('=') else {
-                return Err(format!("{option}: expected key=value, got '{item}'"));
-            };
-            if k.is_empty() {
-                return Err(format!("{option}: empty key in '{item}'"));
-            }
-            if pairs.insert(k.to_owned(), v.to_owned()).is_some() {
-                return Err(format!("{option}: parameter '{k}' given twice"));
-            }
-        }
-        Ok(KeyVal { option, pairs })
-    }
-
-    /// Takes a required key.
-    ///
-    /// # Errors
-    ///
-    /// If it is missing.
-    pub fn required(&mut self, key: &str) -> Result<String, String> {
-        self.pairs
-            .remove(key)
-            .ok_or_else(|| format!("{}: parameter '{key}' is missing", self.option))
-    }
-
-    /// Takes an optional key.
-    pub fn optional(&mut self, key: &str) -> Option<String> {
-        self.pairs.remove(key)
-    }
-
-    /// Takes an on/off key.
-    ///
-    /// # Errors
-    ///
-    /// A value other than on/off/true/false/yes/no.
-    pub fn flag(&mut self, key: &str, default: bool) -> Result<bool, String> {
-        match self.pairs.remove(key).as_deref() {
-            None => Ok(default),
-            Some("on" | "true" | "yes") => Ok(true),
-            Some("off" | "false" | "no") => Ok(false),
-            Some(v) => Err(format!(
-                "{}: parameter '{key}' expects 'on' or 'off', not '{v}'",
-                self.option
-            )),
-        }
-    }
-
-    /// Takes a number.
-    ///
-    /// # Errors
-    ///
-    /// A value that is not a number of that type.
-    pub fn number<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>, String> {
-        match self.pairs.remove(key) {
-            None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
-                format!(
-                    "{}: parameter '{key}' expects a number, not '{v}'",
-                    self.option
-                )
-            }),
-        }
-    }
-
-    /// Fails if keys are left over.
-    ///
-    /// # Errors
-    ///
-    /// Names the first unknown key.
-    pub fn finish(self) -> Result<(), String> {
-        match self.pairs.keys().next() {
-            Some(k) => Err(format!("{}: invalid parameter '{k}'", self.option)),
-            None => Ok(()),
-        }
-    }
-}
 
 /// A `--blockdev`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +78,7 @@ pub struct IothreadSpec {
     /// `id`.
     pub id: String,
     /// The polling properties, as given.
-    pub props: crate::cli::KeyVal,
+    pub props: Opts,
 }
 
 /// The whole command line.
@@ -183,32 +92,32 @@ pub struct DaemonConfig {
     pub iothreads: Vec<IothreadSpec>,
 }
 
-fn parse_object(text: &str) -> Result<IothreadSpec, String> {
-    let kv =
-        crate::cli::KeyVal::parse(text, Some("qom-type")).map_err(|e| format!("--object: {e}"))?;
+fn parse_object(text: &str) -> qemu_opts::Result<IothreadSpec> {
+    let kv = Opts::parse("--object", text, Grammar::opts().implied("qom-type"))?;
     match kv.get("qom-type") {
         Some("iothread") => {}
         other => {
-            return Err(format!(
-                "--object: type '{}' is not supported (supported: iothread)",
+            return Err(kv.invalid(format!(
+                "type '{}' is not supported (supported: iothread)",
                 other.unwrap_or_default()
-            ));
+            )));
         }
     }
+    let option = "--object iothread".to_owned();
     let known = ["qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink"];
     if let Some(k) = kv.unknown_keys(&known).first() {
-        return Err(format!("--object iothread: invalid parameter '{k}'"));
+        let key = (*k).to_owned();
+        return Err(qemu_opts::Error::Unknown { option, key });
     }
-    let id = kv
-        .get("id")
-        .filter(|id| !id.is_empty())
-        .ok_or("--object iothread: parameter 'id' is missing")?
-        .to_owned();
+    let Some(id) = kv.get("id").filter(|id| !id.is_empty()).map(str::to_owned) else {
+        let key = "id".to_owned();
+        return Err(qemu_opts::Error::Missing { option, key });
+    };
     Ok(IothreadSpec { id, props: kv })
 }
 
-fn parse_blockdev(text: &str) -> Result<BlockdevSpec, String> {
-    let mut kv = KeyVal::parse("--blockdev", text)?;
+fn parse_blockdev(text: &str) -> qemu_opts::Result<BlockdevSpec> {
+    let mut kv = Opts::parse("--blockdev", text, Grammar::keyval())?;
     let driver = kv.required("driver")?;
     let node = kv.required("node-name")?;
     let read_only = kv.flag("read-only", false)?;
@@ -217,12 +126,12 @@ fn parse_blockdev(text: &str) -> Result<BlockdevSpec, String> {
             let filename = PathBuf::from(kv.required("filename")?);
             let direct = kv.flag("cache.direct", false)?;
             kv.flag("cache.no-flush", false)?;
-            match kv.optional("aio").as_deref() {
+            match kv.string("aio").as_deref() {
                 None | Some("io_uring") => {}
                 Some(other) => {
-                    return Err(format!(
-                        "--blockdev: aio={other} is not supported (this daemon always uses io_uring)"
-                    ));
+                    return Err(kv.invalid(format!(
+                        "aio={other} is not supported (this daemon always uses io_uring)"
+                    )));
                 }
             }
             BlockdevSpec::File {
@@ -238,49 +147,46 @@ fn parse_blockdev(text: &str) -> Result<BlockdevSpec, String> {
             read_only,
         },
         other => {
-            return Err(format!(
-                "--blockdev: unknown driver '{other}' (supported: file, raw)"
-            ));
+            return Err(kv.invalid(format!("unknown driver '{other}' (supported: file, raw)")));
         }
     };
     kv.finish()?;
     Ok(spec)
 }
 
-fn parse_export(text: &str) -> Result<ExportSpec, String> {
-    let mut kv = KeyVal::parse("--export", text)?;
+fn parse_export(text: &str) -> qemu_opts::Result<ExportSpec> {
+    let mut kv = Opts::parse("--export", text, Grammar::keyval())?;
     let kind = kv.required("type")?;
     if kind != "vhost-user-blk" {
-        return Err(format!(
-            "--export: type '{kind}' is not supported (supported: vhost-user-blk)"
-        ));
+        return Err(kv.invalid(format!(
+            "type '{kind}' is not supported (supported: vhost-user-blk)"
+        )));
     }
     let id = kv.required("id")?;
     let node = kv.required("node-name")?;
     let addr_type = kv.required("addr.type")?;
     if addr_type != "unix" {
-        return Err(format!(
-            "--export: addr.type '{addr_type}' is not supported (supported: unix)"
-        ));
+        return Err(kv.invalid(format!(
+            "addr.type '{addr_type}' is not supported (supported: unix)"
+        )));
     }
     let path = PathBuf::from(kv.required("addr.path")?);
     if path.as_os_str().is_empty() {
         // An empty sun_path makes Linux autobind an abstract socket: no file, so no
         // permissions, and any local user could connect to a writable export.
-        return Err(
-            "--export: addr.path must not be empty (it would bind an abstract socket, which file permissions do not protect)"
-                .into(),
-        );
+        return Err(kv.invalid(
+            "addr.path must not be empty (it would bind an abstract socket, which file permissions do not protect)",
+        ));
     }
     let writable = kv.flag("writable", false)?;
     let num_queues = kv.number::<u16>("num-queues")?.unwrap_or(1);
     let logical_block_size = kv.number::<u32>("logical-block-size")?.unwrap_or(512);
-    let serial = match kv.optional("serial") {
+    let serial = match kv.string("serial") {
         Some(s) if s.len() > ID_BYTES => {
-            return Err(format!(
-                "--export: serial '{s}' is {} bytes long; virtio-blk's device ID holds at most {ID_BYTES}",
+            return Err(kv.invalid(format!(
+                "serial '{s}' is {} bytes long; virtio-blk's device ID holds at most {ID_BYTES}",
                 s.len()
-            ));
+            )));
         }
         Some(s) => s,
         // The default, the node name, is cut to fit (at a character boundary).
@@ -292,7 +198,7 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
             s
         }
     };
-    let iothread = kv.optional("iothread");
+    let iothread = kv.string("iothread");
     kv.finish()?;
     Ok(ExportSpec {
         id,
@@ -304,6 +210,11 @@ fn parse_export(text: &str) -> Result<ExportSpec, String> {
         serial,
         iothread,
     })
+}
+
+/// The message of an option's error (this module's errors are still strings).
+fn text(e: qemu_opts::Error) -> String {
+    e.to_string()
 }
 
 /// Parses the arguments after `storage-daemon`.
@@ -326,10 +237,12 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
                 .ok_or_else(|| format!("{name} needs an argument"))
         };
         match name {
-            "--blockdev" => config.blockdevs.push(parse_blockdev(&value()?)?),
-            "--export" => config.exports.push(parse_export(&value()?)?),
+            "--blockdev" => config
+                .blockdevs
+                .push(parse_blockdev(&value()?).map_err(text)?),
+            "--export" => config.exports.push(parse_export(&value()?).map_err(text)?),
             "--object" => {
-                let object = parse_object(&value()?)?;
+                let object = parse_object(&value()?).map_err(text)?;
                 if config.iothreads.iter().any(|t| t.id == object.id) {
                     return Err(format!("--object iothread,id={}: duplicate id", object.id));
                 }

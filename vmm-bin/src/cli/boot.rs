@@ -2,7 +2,7 @@
 //! registers, `menu`/`splash-time`/`strict` to fw_cfg (see `disks::configure_boot`),
 //! `reboot-timeout` to fw_cfg's `etc/boot-fail-wait`.
 
-use super::{Config, KeyVal, Result, invalid};
+use super::{Config, Result, invalid, opts};
 
 /// `-boot` as the `pc` machine gives it to SeaBIOS: the device classes through CMOS
 /// (`order`, `once`), the menu and strictness through fw_cfg. Per-device order comes
@@ -53,13 +53,13 @@ fn parse_boot_devices(option: &str, devices: &str) -> Result<String> {
 
 /// `-boot [order=]DRIVES,once=DRIVES,menu=on|off,splash-time=MS,reboot-timeout=MS,strict=on|off`.
 pub(super) fn parse(config: &mut Config, option: &str, arg: &str) -> Result<()> {
-    let kv = KeyVal::parse(arg, Some("order")).map_err(|e| invalid(option, e))?;
+    let kv = opts(option, arg, Some("order"))?;
     let number = |k: &str, v: &str| {
         v.parse::<i64>()
             .map_err(|_| invalid(option, format!("Parameter 'boot.{k}' expects integer")))
     };
-    for (k, v) in &kv.0 {
-        match k.as_str() {
+    for (k, v) in kv.iter() {
+        match k {
             "reboot-timeout" => {
                 let ms = number(k, v)?;
                 if !(-1..=0xffff).contains(&ms) {
@@ -82,7 +82,7 @@ pub(super) fn parse(config: &mut Config, option: &str, arg: &str) -> Result<()> 
             "order" => config.boot.order = Some(parse_boot_devices(option, v)?),
             "once" => config.boot.once = Some(parse_boot_devices(option, v)?),
             "menu" | "strict" => {
-                let on = match v.as_str() {
+                let on = match v {
                     "on" => true,
                     "off" => false,
                     _ => {

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use super::{DriveConfig, KeyVal, Result, invalid, parse_bool};
+use qemu_opts::Opts;
+
+use super::{DriveConfig, Result, invalid, opts, parse_bool};
 
 /// Units per bus: `if=ide` has 2 (master, slave), `if=scsi` 7; the others have one
 /// unit per bus numbering, with no limit (QEMU's `if_max_devs`).
@@ -20,7 +22,7 @@ fn max_devs(interface: &str) -> u32 {
 
 /// Parses one `-drive`; `earlier` are the drives before it (for its placement).
 pub(super) fn parse(option: &str, arg: &str, earlier: &[DriveConfig]) -> Result<DriveConfig> {
-    let kv = KeyVal::parse(arg, None).map_err(|e| invalid(option, e))?;
+    let kv = opts(option, arg, None)?;
     const KNOWN: &[&str] = &[
         "file", "format", "if", "id", "werror", "rerror", "cache", "aio", "readonly", "media",
         "index", "bus", "unit", "discard",
@@ -85,12 +87,7 @@ pub(super) fn parse(option: &str, arg: &str, earlier: &[DriveConfig]) -> Result<
 
 /// QEMU's placement: `index` (not with a non-zero `bus` or a `unit`) or `bus`/`unit`,
 /// else the first free unit; a place already taken on the interface is an error.
-fn place(
-    option: &str,
-    kv: &KeyVal,
-    interface: &str,
-    earlier: &[DriveConfig],
-) -> Result<(u32, u32)> {
+fn place(option: &str, kv: &Opts, interface: &str, earlier: &[DriveConfig]) -> Result<(u32, u32)> {
     let number = |key: &str| -> Result<Option<u32>> {
         kv.get(key)
             .map(|v| {

@@ -5,7 +5,9 @@
 //! 1, 4 and 0xb, the MP table), so a topology with more sockets, dies, modules or
 //! threads is refused rather than silently flattened.
 
-use super::{Error, MAX_CPUS, invalid, parse_number};
+use qemu_opts::parse_number;
+
+use super::{Error, MAX_CPUS, invalid, opts};
 
 /// The topology QEMU computes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,11 +38,11 @@ impl Topology {
 
 /// Parses `-smp`'s argument into the number of vCPUs.
 pub(super) fn parse(option: &str, arg: &str) -> Result<u32, Error> {
-    let kv = super::KeyVal::parse(arg, Some("cpus")).map_err(|e| invalid(option, e))?;
+    let kv = opts(option, arg, Some("cpus"))?;
     let mut given = Topology::default();
     let mut explicit_zero = false;
-    for (k, v) in &kv.0 {
-        let field = match k.as_str() {
+    for (k, v) in kv.iter() {
+        let field = match k {
             "cpus" => &mut given.cpus,
             "maxcpus" => &mut given.maxcpus,
             "sockets" => &mut given.sockets,

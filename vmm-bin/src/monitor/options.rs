@@ -38,7 +38,7 @@ impl FromStr for QmpOption {
                 "unsupported QMP backend '{kind}' in '{s}': only 'unix:PATH,server=on,wait=off' is supported"
             )));
         };
-        let parts = crate::cli::split_commas(rest);
+        let parts = qemu_opts::split_commas(rest);
         let mut parts = parts.into_iter();
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
