@@ -10,8 +10,9 @@ use crate::cli::Config;
 use crate::disks::Disks;
 use crate::machine::Runner;
 use crate::monitor::{
-    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, no_arguments,
+    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, VmEvents,
 };
+use qmp::no_arguments;
 
 /// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without
 /// `-qmp`.

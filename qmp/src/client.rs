@@ -1,4 +1,4 @@
-//! Clients on the monitor's `AioContext`: accept, non-blocking reads into the framer,
+//! Clients on the server's `AioContext`: accept, non-blocking reads into the framer,
 //! replies and events into a bounded output buffer flushed on write readiness.
 //!
 //! No `RefCell` borrow is held while a command runs, so a handler may poll the context
@@ -17,11 +17,12 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 
 use aio_context::FdHandler;
+use nix::sys::socket::{self, MsgFlags};
 
-use super::dispatch::{Session, dispatch};
-use super::lexer::{Frame, Framer};
-use super::protocol::{QmpError, greeting, take_id, write_error, write_return};
-use super::{Inner, json};
+use crate::lexer::{Frame, Framer};
+use crate::protocol::greeting;
+use crate::server::Inner;
+use crate::session::Session;
 
 /// Clients served at once; more are closed at once (QEMU serves one per `-qmp`).
 pub(crate) const MAX_CLIENTS: usize = 16;
@@ -210,58 +211,23 @@ fn end_of_input(inner: &Rc<Inner>, client: &Rc<Client>) {
 }
 
 fn handle_frame(inner: &Rc<Inner>, client: &Rc<Client>, frame: Frame) {
-    let text = match frame {
-        Frame::Json(text) => text,
-        Frame::Error(desc) => {
-            reply(inner, client, Err(QmpError::generic(desc)), None);
-            return;
-        }
-        Frame::TooLong => {
-            let desc = format!(
-                "JSON token size limit exceeded (a message may be at most {} bytes); disconnecting",
-                inner.max_message_len.get()
-            );
-            reply(inner, client, Err(QmpError::generic(desc)), None);
-            flush(inner, client);
-            close(inner, client);
-            return;
-        }
-    };
-    let mut request = match json::parse(&text) {
-        Ok(v) => v,
-        Err(desc) => {
-            let err = QmpError::generic(format!("JSON parse error, {desc}"));
-            reply(inner, client, Err(err), None);
-            return;
-        }
-    };
-    let id = take_id(&mut request);
     // Events emitted before this command go out before its reply (and before a
     // negotiation it completes); events it causes, too.
     flush_events(inner);
     let mut session = client.state.borrow().session;
-    let result = dispatch(&inner.commands, &mut session, request);
+    let response = session.respond(&inner.commands, frame);
     client.state.borrow_mut().session = session;
     flush_events(inner);
-    reply(inner, client, result, id.as_ref());
-    if inner.quit_requested.replace(false) {
-        flush(inner, client); // the reply goes out before the VMM starts to exit
-        inner.machine.quit();
+    queue(inner, client, &response.line);
+    if response.disconnect {
+        flush(inner, client);
+        close(inner, client);
+        return;
     }
-}
-
-fn reply(
-    inner: &Inner,
-    client: &Rc<Client>,
-    result: super::QmpResult,
-    id: Option<&serde_json::Value>,
-) {
-    let mut line = Vec::new();
-    match &result {
-        Ok(v) => write_return(&mut line, v, id),
-        Err(e) => write_error(&mut line, e, id),
+    if inner.after_reply.is_pending() {
+        flush(inner, client); // the reply goes out before the actions (a VMM's exit)
+        inner.after_reply.run();
     }
-    queue(inner, client, &line);
 }
 
 /// Appends output; a client that lets too much pile up is disconnected.
@@ -331,7 +297,7 @@ pub(crate) fn final_flush(inner: &Inner) {
         if s.closed {
             continue;
         }
-        if s.session.negotiated {
+        if s.session.negotiated() {
             for line in &lines {
                 s.out.extend_from_slice(line);
             }
@@ -348,20 +314,11 @@ pub(crate) fn final_flush(inner: &Inner) {
 
 /// `send` with MSG_NOSIGNAL: a vanished client is an error, not a SIGPIPE.
 fn send(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: `bytes` is a live slice for the duration of the call; the fd is ours.
-    let n = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n.unsigned_abs())
-    }
+    Ok(socket::send(
+        stream.as_raw_fd(),
+        bytes,
+        MsgFlags::MSG_NOSIGNAL,
+    )?)
 }
 
 /// Delivers queued events to every negotiated client.
@@ -375,7 +332,7 @@ pub(crate) fn flush_events(inner: &Rc<Inner>) {
     }
     let clients: Vec<Rc<Client>> = inner.clients.borrow().clone();
     for client in &clients {
-        if !client.state.borrow().session.negotiated {
+        if !client.state.borrow().session.negotiated() {
             continue;
         }
         for line in &lines {

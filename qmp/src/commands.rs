@@ -1,4 +1,5 @@
-//! The command registry: other parts of vmm-bin add their commands here.
+//! The command table: the owners of commands (a VMM's run state, its block layer, a
+//! storage daemon's exports) register them here; the server looks them up.
 //!
 //! A handler takes the request's `arguments` object and returns the `return` value or a
 //! [`QmpError`]. [`Commands::register_typed`] deserializes the arguments into a type of
@@ -12,8 +13,8 @@ use std::rc::{Rc, Weak};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::protocol::{QmpError, QmpResult};
-use super::{MonitorError, Result};
+use crate::protocol::{QmpError, QmpResult};
+use crate::{Error, Result};
 
 /// A command handler: the `arguments` object in, the `return` value out.
 pub type CommandFn = Rc<dyn Fn(&Map<String, Value>) -> QmpResult>;
@@ -42,7 +43,7 @@ impl Commands {
     ///
     /// # Errors
     ///
-    /// [`MonitorError::DuplicateCommand`] if `name` is taken (unregister it first to
+    /// [`Error::DuplicateCommand`] if `name` is taken (unregister it first to
     /// replace it).
     pub fn register(
         &self,
@@ -58,7 +59,7 @@ impl Commands {
     ///
     /// # Errors
     ///
-    /// [`MonitorError::DuplicateCommand`] if `name` is taken.
+    /// [`Error::DuplicateCommand`] if `name` is taken.
     pub fn register_typed<A: DeserializeOwned + 'static>(
         &self,
         name: &str,
@@ -71,7 +72,7 @@ impl Commands {
     ///
     /// # Errors
     ///
-    /// [`MonitorError::DuplicateCommand`] if `name` is taken.
+    /// [`Error::DuplicateCommand`] if `name` is taken.
     pub fn register_oob(
         &self,
         name: &str,
@@ -83,7 +84,7 @@ impl Commands {
     fn insert(&self, name: &str, handler: CommandFn, allow_oob: bool) -> Result<()> {
         let mut table = self.table.borrow_mut();
         if table.contains_key(name) || name == "qmp_capabilities" {
-            return Err(MonitorError::DuplicateCommand(name.to_owned()));
+            return Err(Error::DuplicateCommand(name.to_owned()));
         }
         table.insert(name.to_owned(), Entry { handler, allow_oob });
         Ok(())
@@ -97,6 +98,19 @@ impl Commands {
     /// The registered names, sorted (`qmp_capabilities` is built in and not listed).
     pub fn names(&self) -> Vec<String> {
         self.table.borrow().keys().cloned().collect()
+    }
+
+    /// Runs the command `name` with `arguments`, as a client's `execute` would after
+    /// negotiation (no borrow of the table is held while it runs).
+    ///
+    /// # Errors
+    ///
+    /// The handler's error; `CommandNotFound` if `name` is not registered.
+    pub fn call(&self, name: &str, arguments: &Map<String, Value>) -> QmpResult {
+        match self.get(name) {
+            Some((handler, _)) => handler(arguments),
+            None => Err(QmpError::command_not_found(name)),
+        }
     }
 
     /// A handle that does not keep the table alive (for handlers stored in it).
@@ -265,7 +279,7 @@ mod tests {
         c.register("a", |_| Ok(json!(1))).unwrap();
         assert!(matches!(
             c.register("a", |_| Ok(json!(2))),
-            Err(MonitorError::DuplicateCommand(_))
+            Err(Error::DuplicateCommand(_))
         ));
         c.register_typed("b", |d: DeviceDel| Ok(json!(d.id)))
             .unwrap();

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::json;
+use crate::json;
 
 /// QMP's error classes (QEMU's `QapiErrorClass`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +57,14 @@ impl QmpError {
             class,
             desc: desc.into(),
         }
+    }
+
+    /// `CommandNotFound`, with QEMU's message for an unknown command.
+    pub fn command_not_found(name: &str) -> QmpError {
+        QmpError::new(
+            ErrorClass::CommandNotFound,
+            format!("The command {name} has not been found"),
+        )
     }
 
     /// `DeviceNotFound`, with QEMU's message for a missing device id.
@@ -228,13 +236,14 @@ pub struct Version {
 }
 
 impl Default for Version {
-    /// QEMU 10.2.0's command set, package "vmm-bin `<crate version>`".
+    /// QEMU 10.2.0's command set, an empty package string (as upstream QEMU builds
+    /// report); a VMM sets its own with [`Server::set_version`](crate::Server::set_version).
     fn default() -> Version {
         Version {
             major: 10,
             minor: 2,
             micro: 0,
-            package: format!("vmm-bin {}", env!("CARGO_PKG_VERSION")),
+            package: String::new(),
         }
     }
 }
@@ -249,8 +258,9 @@ impl Version {
     }
 }
 
-/// The greeting line: `{"QMP": {"version": .., "capabilities": ["oob"]}}`.
-pub(crate) fn greeting(version: &Version) -> Vec<u8> {
+/// The greeting line a server sends first: `{"QMP": {"version": .., "capabilities":
+/// ["oob"]}}`, `\r\n`-terminated.
+pub fn greeting(version: &Version) -> Vec<u8> {
     let mut out = Vec::new();
     let v = serde_json::json!({"QMP": {"version": version.to_value(), "capabilities": ["oob"]}});
     json::write(&mut out, &v);
@@ -322,14 +332,14 @@ mod tests {
              {\"id\": [1, 2], \"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nope has not been found\"}}\r\n\
              {\"return\": {\"status\": \"paused\", \"running\": false}}\r\n"
         );
-        let g = greeting(&Version::default());
+        let g = greeting(&Version {
+            package: "vmm-bin 0.1.0".into(),
+            ..Version::default()
+        });
         assert_eq!(
             String::from_utf8(g).unwrap(),
-            format!(
-                "{{\"QMP\": {{\"version\": {{\"qemu\": {{\"micro\": 0, \"minor\": 2, \"major\": 10}}, \
-                 \"package\": \"vmm-bin {}\"}}, \"capabilities\": [\"oob\"]}}}}\r\n",
-                env!("CARGO_PKG_VERSION")
-            )
+            "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 10}, \
+             \"package\": \"vmm-bin 0.1.0\"}, \"capabilities\": [\"oob\"]}}\r\n"
         );
         let e = String::from_utf8(event_line("RESET", Some(&json!({"guest": false})))).unwrap();
         assert!(e.starts_with("{\"timestamp\": {\"seconds\": "), "{e}");

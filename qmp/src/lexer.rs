@@ -14,19 +14,23 @@
 
 /// The deepest nesting of objects and arrays a message may have (serde_json's own
 /// recursion limit is 128; QEMU's is 1024).
-pub(crate) const MAX_NESTING: i32 = 120;
+pub const MAX_NESTING: i32 = 120;
 
 const EXPECTING: &str = "JSON parse error, expecting value";
 
 /// One item of input.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub enum Frame {
     /// A complete JSON text (an object, array, string or keyword), normalised.
     Json(Vec<u8>),
     /// A lexical error: QEMU's description of it.
     Error(String),
-    /// The message exceeded the length bound; the client should be disconnected.
-    TooLong,
+    /// The message exceeded the length bound of `max_len` bytes; the client should be
+    /// disconnected.
+    TooLong {
+        /// The framer's bound.
+        max_len: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +49,7 @@ enum Mode {
 
 /// The streaming framer of one client connection.
 #[derive(Debug)]
-pub(crate) struct Framer {
+pub struct Framer {
     mode: Mode,
     buf: Vec<u8>,
     braces: i32,
@@ -77,7 +81,7 @@ fn stray(bytes: &[u8]) -> String {
 
 impl Framer {
     /// A framer whose messages may be at most `max_len` bytes long.
-    pub(crate) fn new(max_len: usize) -> Framer {
+    pub fn new(max_len: usize) -> Framer {
         Framer {
             mode: Mode::Top,
             buf: Vec::new(),
@@ -88,8 +92,7 @@ impl Framer {
     }
 
     /// Whether a message has started and not yet ended.
-    #[cfg(test)]
-    pub(crate) fn is_partial(&self) -> bool {
+    pub fn is_partial(&self) -> bool {
         !self.buf.is_empty()
     }
 
@@ -112,7 +115,7 @@ impl Framer {
 
     /// Feeds bytes; appends complete frames to `out`. After a [`Frame::TooLong`] the
     /// rest of `input` is dropped and the framer starts afresh.
-    pub(crate) fn feed(&mut self, input: &[u8], out: &mut Vec<Frame>) {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<Frame>) {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -120,7 +123,9 @@ impl Framer {
                 i += 1;
             }
             if self.buf.len() > self.max_len {
-                out.push(Frame::TooLong);
+                out.push(Frame::TooLong {
+                    max_len: self.max_len,
+                });
                 self.reset(Mode::Top);
                 return;
             }
@@ -367,7 +372,7 @@ mod tests {
         f.feed(&[b'['; 10], &mut out);
         assert!(out.is_empty() && f.is_partial());
         f.feed(b"\"aaaaaaaaaaaaaaaaaaaaaaa", &mut out);
-        assert_eq!(out, [Frame::TooLong]);
+        assert_eq!(out, [Frame::TooLong { max_len: 16 }]);
         assert!(!f.is_partial());
         let deep = vec![b'['; MAX_NESTING as usize + 1];
         assert_eq!(

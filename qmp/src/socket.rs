@@ -1,15 +1,19 @@
 //! The listening unix socket: mode 0600 before anyone can connect, stale socket files
 //! replaced, the file removed again when the listener goes.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use super::{MonitorError, Result};
+use nix::libc;
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+};
+
+use crate::{Error, Result};
 
 /// A listening socket that removes its file when dropped (if the file is still ours).
 #[derive(Debug)]
@@ -20,8 +24,8 @@ pub(crate) struct Listener {
     id: (u64, u64),
 }
 
-fn io_err(path: &Path, what: &str, e: io::Error) -> MonitorError {
-    MonitorError::Socket(format!("{what} {}: {e}", path.display()))
+fn io_err(path: &Path, what: &str, e: io::Error) -> Error {
+    Error::Socket(format!("{what} {}: {e}", path.display()))
 }
 
 /// Removes a stale socket file at `path`; refuses anything that is not a socket, and a
@@ -33,19 +37,23 @@ fn clear_stale(path: &Path) -> Result<()> {
         Err(e) => return Err(io_err(path, "cannot inspect", e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(MonitorError::Socket(format!(
+        return Err(Error::Socket(format!(
             "{} exists and is not a socket; refusing to replace it",
             path.display()
         )));
     }
     if UnixStream::connect(path).is_ok() {
-        return Err(MonitorError::Socket(format!(
+        return Err(Error::Socket(format!(
             "{} is in use: another process listens on it",
             path.display()
         )));
     }
     std::fs::remove_file(path).map_err(|e| io_err(path, "cannot remove stale socket", e))
 }
+
+/// The longest path a `sockaddr_un` holds, without its terminating NUL.
+const MAX_PATH_LEN: usize =
+    std::mem::size_of::<libc::sockaddr_un>() - std::mem::size_of::<libc::sa_family_t>() - 1;
 
 impl Listener {
     /// Binds and listens at `path`, non-blocking, the file mode 0600 before `listen`
@@ -54,64 +62,31 @@ impl Listener {
     pub(crate) fn bind(path: &Path) -> Result<Listener> {
         clear_stale(path)?;
         let bytes = path.as_os_str().as_bytes();
-        // SAFETY: an all-zero sockaddr_un is a valid (empty) address.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-            return Err(MonitorError::Socket(format!(
-                "socket path {} must be 1 to {} bytes without NUL",
+        if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes.contains(&0) {
+            return Err(Error::Socket(format!(
+                "socket path {} must be 1 to {MAX_PATH_LEN} bytes without NUL",
                 path.display(),
-                addr.sun_path.len() - 1
             )));
         }
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = src as libc::c_char;
-        }
-        // SAFETY: socket() takes no pointers; it returns a new fd or -1.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io_err(
-                path,
-                "cannot create socket for",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-        // SAFETY: `addr` is a live, initialised sockaddr_un and `len` is within it.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                len as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io_err(path, "cannot bind", io::Error::last_os_error()));
-        }
-        let cpath = CString::new(bytes).map_err(|_| MonitorError::Socket("NUL in path".into()))?;
+        let addr = UnixAddr::new(path).map_err(|e| io_err(path, "cannot bind", e.into()))?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(|e| io_err(path, "cannot create socket for", e.into()))?;
+        bind(fd.as_raw_fd(), &addr).map_err(|e| io_err(path, "cannot bind", e.into()))?;
         let meta = std::fs::symlink_metadata(path).map_err(|e| io_err(path, "cannot stat", e));
-        let chmod = |cpath: &CString| {
-            // SAFETY: `cpath` is a NUL-terminated string that outlives the call.
-            (unsafe { libc::chmod(cpath.as_ptr(), 0o600) } == 0)
-                .then_some(())
-                .ok_or_else(io::Error::last_os_error)
-        };
         let checked = meta.and_then(|m| {
             if !m.file_type().is_socket() {
-                return Err(MonitorError::Socket(format!(
+                return Err(Error::Socket(format!(
                     "{} was replaced while binding",
                     path.display()
                 )));
             }
-            chmod(&cpath).map_err(|e| io_err(path, "cannot chmod", e))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_err(path, "cannot chmod", e))?;
             Ok((m.dev(), m.ino()))
         });
         let id = match checked {
@@ -121,11 +96,10 @@ impl Listener {
                 return Err(e);
             }
         };
-        // SAFETY: listen() on our own bound socket; no pointers.
-        if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-            let e = io::Error::last_os_error();
+        let backlog = Backlog::new(16).unwrap_or(Backlog::MAXCONN);
+        if let Err(e) = listen(&fd, backlog) {
             let _ = std::fs::remove_file(path);
-            return Err(io_err(path, "cannot listen on", e));
+            return Err(io_err(path, "cannot listen on", e.into()));
         }
         Ok(Listener {
             listener: UnixListener::from(fd),
@@ -154,7 +128,6 @@ impl Drop for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("vmm-qmp-{}-{name}", std::process::id()))
