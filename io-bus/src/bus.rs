@@ -1,8 +1,5 @@
-//! Port I/O and MMIO dispatch: an address map that vCPU threads read under an RCU guard
-//! while the machine (PCI BAR programming, hotplug) changes it.
-//!
-//! The map is a sorted, immutable vector of non-overlapping ranges published in an
-//! [`rcu::RcuCell`]; writers copy it, change the copy and publish it under a mutex. A
+//! The dispatch table: a sorted, immutable vector of non-overlapping ranges published in
+//! an [`rcu::RcuCell`]; writers copy it, change the copy and publish it under a mutex. A
 //! vCPU that found a device in the old version keeps using it until its guard drops;
 //! the old version (and the last `Arc` of a removed device) is dropped after a grace
 //! period. Lookup is a binary search: no lock, no reference count change.
@@ -11,17 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rcu::{RcuCell, ReadSide};
 
-/// A device on an I/O bus. Called from vCPU threads, concurrently: state lives behind
-/// the device's own lock. `offset` is relative to the start of the range the device was
-/// mapped at; `data.len()` is the access width (1, 2, 4 or 8; bigger for MMIO string
-/// operations). A device ignores what it does not understand; it never panics on guest
-/// input.
-pub trait BusDevice: Send + Sync {
-    /// A guest read: fill all of `data`.
-    fn read(&self, offset: u64, data: &mut [u8]);
-    /// A guest write.
-    fn write(&self, offset: u64, data: &[u8]);
-}
+use crate::BusDevice;
 
 /// One mapped range.
 #[derive(Clone)]
