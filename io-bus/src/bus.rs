@@ -233,4 +233,63 @@ mod tests {
         assert!(bus.remove(0x72));
         assert!(!bus.remove(0x72));
     }
+
+    /// A device removed while a vCPU is inside it: the vCPU finishes on a live device
+    /// (the removal does not wait for it), and the device is dropped once the vCPU's
+    /// read section has ended and a grace period has passed.
+    #[test]
+    fn a_removed_device_lives_until_its_readers_are_done() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+
+        struct Tracked(Arc<AtomicBool>);
+        impl BusDevice for Tracked {
+            fn read(&self, _: u64, data: &mut [u8]) {
+                data.fill(0x5a);
+            }
+            fn write(&self, _: u64, _: &[u8]) {}
+        }
+        impl Drop for Tracked {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+
+        let dropped = Arc::new(AtomicBool::new(false));
+        let bus = Arc::new(IoBus::new("mmio"));
+        bus.insert(0x1000, 0x100, 7, Arc::new(Tracked(dropped.clone())))
+            .unwrap();
+        let (found_tx, found_rx) = mpsc::channel();
+        let (removed_tx, removed_rx) = mpsc::channel::<()>();
+        let vcpu = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let guard = rcu::read();
+                let (device, offset) = bus.find(&guard, 0x1010).unwrap();
+                found_tx.send(()).unwrap();
+                removed_rx.recv().unwrap();
+                let mut b = [0u8; 2];
+                device.read(offset, &mut b);
+                b
+            })
+        };
+        found_rx.recv().unwrap();
+        assert_eq!(
+            bus.remove_owner(7),
+            1,
+            "removal does not wait for the reader"
+        );
+        assert!(!bus.read(0x1010, &mut [0u8]), "new lookups miss it at once");
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "a reader is still inside it"
+        );
+        removed_tx.send(()).unwrap();
+        assert_eq!(vcpu.join().unwrap(), [0x5a; 2]);
+        rcu::barrier();
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "dropped after the grace period"
+        );
+    }
 }

@@ -173,3 +173,50 @@ pub fn bar_mappings(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BarKind, Space, regs};
+
+    struct Nop;
+    impl BusDevice for Nop {
+        fn read(&self, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&self, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn a_pending_reset_completes_when_its_completer_drops_on_another_thread() {
+        let (pending, completer) = PendingReset::new();
+        assert!(!pending.is_complete());
+        let worker = std::thread::spawn(move || drop(completer));
+        pending.wait("test device");
+        assert!(pending.is_complete());
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_simple_function_maps_only_decoded_bars_with_handlers() {
+        let mut config = PciConfig::new(0x8086, 0x1234, 0xff_00_00, 0);
+        config.add_bar(0, 0x20, BarKind::Io, false).unwrap();
+        config.add_bar(1, 0x1000, BarKind::Mem32, false).unwrap();
+        let nop: Arc<dyn BusDevice> = Arc::new(Nop);
+        // BAR 1 has no handler: decoded, but nothing to map.
+        let f = SimpleFunction::new("f", config, vec![Some(nop), None]);
+        f.config_write(regs::BAR0, &0xc020u32.to_le_bytes());
+        f.config_write(regs::BAR0 + 4, &0xfebf_0000u32.to_le_bytes());
+        assert!(f.mappings().is_empty(), "decoding off");
+        f.config_write(regs::COMMAND, &[0x03, 0]);
+        let m = f.mappings();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].space, m[0].base, m[0].len), (Space::Io, 0xc020, 0x20));
+        qdev_bus::Device::reset(&f);
+        assert!(f.mappings().is_empty(), "reset: BARs and command cleared");
+        let mut id = [0u8; 2];
+        f.config_read(regs::DEVICE_ID, &mut id);
+        assert_eq!(u16::from_le_bytes(id), 0x1234);
+        assert_eq!(qdev_bus::Device::id(&f), "f");
+    }
+}

@@ -1,6 +1,6 @@
-//! PCI on the PC machine: the i440FX host bridge function, the PIIX3 ISA bridge with
-//! its PIRQ router, and the PIIX4-style power management function ([`piix`]'s
-//! models, which SeaBIOS looks for). The PCI-generic parts (config space, BARs,
+//! PCI on the PC machine: the i440FX host bridge function ([`I440fxHost`]), the PIIX3
+//! ISA bridge ([`Piix3Isa`]) with its PIRQ router ([`IntxRouter`]), and the PIIX4-style
+//! power management function ([`Piix4Pm`]): the models SeaBIOS looks for. The PCI-generic parts (config space, BARs,
 //! capabilities, MSI-X, the host bridge's configuration mechanism #1, the INTx traits)
 //! are the `pci` crate.
 //!
