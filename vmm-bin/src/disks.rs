@@ -478,7 +478,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
                 machine.gsi_routing(),
                 vectors,
             )),
-            Arc::new(move |level| intx.set_level(slot, 1, level)),
+            Arc::new(::pci::intx_line(intx, slot, 1)),
         )
         .map_err(|e| e.to_string())?;
         if std::env::var_os("VMM_NO_IOEVENTFD").is_none() {

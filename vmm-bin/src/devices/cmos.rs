@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::machine::BusDevice;
+use io_bus::BusDevice;
 
 /// The index port; the data port follows it.
 pub const CMOS_BASE: u16 = 0x70;

@@ -2,8 +2,9 @@
 //! `(value << 1) | 1` (so a guest can never exit with 0, which means "the VMM itself
 //! was fine").
 
-use crate::devices::{EventSink, SystemEvent, le_value};
-use crate::machine::BusDevice;
+use io_bus::{BusDevice, le_value};
+
+use crate::devices::{EventSink, SystemEvent};
 
 /// The debug-exit port(s).
 pub struct DebugExit {

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use crate::machine::BusDevice;
+use io_bus::BusDevice;
 
 /// The port SeaBIOS logs to.
 pub const DEBUGCON_PORT: u16 = 0x402;

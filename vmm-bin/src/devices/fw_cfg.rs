@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use ram_block::RamList;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::machine::BusDevice;
+use io_bus::BusDevice;
 
 /// The selector port; the data port is the next one.
 pub const FW_CFG_PORT: u16 = 0x510;
@@ -372,7 +372,7 @@ impl BusDevice for FwCfg {
 
     fn write(&self, offset: u64, data: &[u8]) {
         if offset == 0 && !data.is_empty() {
-            self.state().select(super::le_value(data) as u16);
+            self.state().select(io_bus::le_value(data) as u16);
         }
         // Writes to the data port are ignored (QEMU 2.4+).
     }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::devices::{EventSink, SystemEvent};
-use crate::machine::BusDevice;
+use io_bus::BusDevice;
 
 /// Ports that accept writes and read back 0xff (or what was last written, for
 /// registers firmware reads back, like the ELCR).

@@ -1,9 +1,10 @@
-//! The PC platform devices SeaBIOS and Linux expect, QEMU-compatible: PCI host bridge
-//! and PIIX function models, CMOS/RTC, fw_cfg, the 16550 on COM1, the reset and
-//! power-off paths, isa-debug-exit, and the ports that only need to exist.
+//! The PC platform devices SeaBIOS and Linux expect, QEMU-compatible: the i440FX and
+//! PIIX function models (on the `pci` crate's host bridge), CMOS/RTC, fw_cfg, the 16550
+//! on COM1, the reset and power-off paths, isa-debug-exit, and the ports that only need
+//! to exist.
 //!
 //! Each model is a state machine behind its own lock, reached through
-//! [`BusDevice`](crate::machine::BusDevice) from vCPU threads. Guest input they parse,
+//! [`BusDevice`](io_bus::BusDevice) from vCPU threads. Guest input they parse,
 //! and what they check:
 //!
 //! | device | guest input | bounds checked |
@@ -45,20 +46,3 @@ pub enum SystemEvent {
 
 /// Where devices send [`SystemEvent`]s.
 pub type EventSink = Arc<dyn Fn(SystemEvent) + Send + Sync>;
-
-/// Fills `data` with the little-endian bytes of `value` from byte `offset` on; bytes
-/// past the eighth read as 0. Helper for devices that keep registers as integers.
-pub(crate) fn read_le(value: u64, offset: usize, data: &mut [u8]) {
-    let bytes = value.to_le_bytes();
-    for (i, d) in data.iter_mut().enumerate() {
-        *d = bytes.get(offset + i).copied().unwrap_or(0);
-    }
-}
-
-/// The little-endian value of `data` (at most 8 bytes are used).
-pub(crate) fn le_value(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = data.len().min(8);
-    bytes[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(bytes)
-}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::machine::BusDevice;
+use io_bus::BusDevice;
 
 /// COM1's first port.
 pub const COM1_BASE: u16 = 0x3f8;

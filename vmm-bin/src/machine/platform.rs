@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use ::pci::{HostEvent, IrqLine, PCI_CONFIG_PORT, PciHost};
+use io_bus::{BusDevice, IoBus, PLATFORM_OWNER};
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_irqchip,
 };
@@ -11,21 +13,19 @@ use qdev_bus::PciAddress;
 use ram_block::RamList;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::io_bus::{BusDevice, IoBus, PLATFORM_OWNER};
 use super::layout::{RamLayout, e820_bytes};
 use super::{Error, Result};
 use crate::cli::{Config, SerialBackend};
-use crate::devices::EventSink;
 use crate::devices::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
 use crate::devices::fw_cfg::{FW_CFG_DMA_PORT, FW_CFG_PORT, FwCfg, keys};
 use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
 use crate::devices::pci::{
-    ApmControl, I440fxHost, IntxRouter, IrqLine, PCI_CONFIG_PORT, PamListener, PciHost, Piix3Isa,
-    Piix4Pm, PmState,
+    ApmControl, I440fxHost, IntxRouter, PamListener, Piix3Isa, Piix4Pm, PmState,
 };
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialOutput, SerialPort};
+use crate::devices::{EventSink, SystemEvent};
 
 /// The platform devices and the buses they sit on.
 pub struct Platform {
@@ -121,10 +121,11 @@ impl Platform {
         let pm = PmState::new(events.clone());
         map(&pio, 0xb2, 2, Arc::new(ApmControl::new(pm.clone())))?;
 
+        let reset = events.clone();
         let pci = Arc::new(PciHost::new(
             pio.clone(),
             mmio.clone(),
-            events.clone(),
+            Arc::new(move |HostEvent::Reset| reset(SystemEvent::Reset)),
             |_| {},
         ));
         map(&pio, u64::from(PCI_CONFIG_PORT), 8, pci.clone())?;

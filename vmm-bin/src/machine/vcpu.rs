@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use io_bus::IoBus;
 use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
@@ -18,7 +19,6 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use super::IoBus;
 use crate::devices::{EventSink, SystemEvent};
 
 thread_local! {

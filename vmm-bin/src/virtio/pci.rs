@@ -21,15 +21,14 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ::pci::msix::{self, MsixTable};
+use ::pci::{BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings};
 use aio_context::{EventNotifier, IoThread};
+use io_bus::BusDevice;
 use ram_block::RamList;
 use virtio_queue::{Queue, QueueT};
 
 use super::{QueueSetup, VirtioDevice, VirtioInterrupt};
-use crate::devices::pci::{
-    BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings, regs,
-};
-use crate::machine::BusDevice;
 
 /// Device status bits.
 const ACKNOWLEDGE: u8 = 1;
@@ -76,18 +75,10 @@ pub trait MsiSender: Send + Sync {
 /// arrive in the order the ISR changed; it must not call back into the function.
 pub type IntxLine = Arc<dyn Fn(bool) + Send + Sync>;
 
-#[derive(Clone, Copy, Default)]
-struct MsixEntry {
-    address: u64,
-    data: u32,
-    masked: bool,
-}
-
+/// The MSI-X state: the table and PBA (the `pci` crate's model) and virtio's vector
+/// assignments, under one lock.
 struct Msix {
-    enabled: bool,
-    function_masked: bool,
-    table: Vec<MsixEntry>,
-    pending: Vec<bool>,
+    table: MsixTable,
     config_vector: u16,
     queue_vectors: Vec<u16>,
     /// Bumped by every device reset: interrupts of queues started before it (still
@@ -118,16 +109,12 @@ impl Interrupts {
         if msix.epoch != epoch {
             return; // a queue of the device's previous life, draining
         }
-        if msix.enabled {
+        if msix.table.enabled() {
             let v = vector(&msix);
-            let Some(entry) = msix.table.get(usize::from(v)).copied() else {
-                return; // NO_VECTOR or out of range: no interrupt
-            };
-            if entry.masked || msix.function_masked {
-                msix.pending[usize::from(v)] = true;
-                return;
+            // NO_VECTOR or out of range: no interrupt; masked: pending.
+            if let Some(entry) = msix.table.signal(v) {
+                self.msi.send(v, entry.address, entry.data);
             }
-            self.msi.send(v, entry.address, entry.data);
             return;
         }
         self.update_isr(|isr| *isr |= isr_bit);
@@ -153,18 +140,7 @@ impl Interrupts {
 
     /// Delivers pending vectors that are now unmasked.
     fn flush_pending(&self) {
-        let mut msix = lock(&self.msix);
-        if !msix.enabled || msix.function_masked {
-            return;
-        }
-        let mut send = Vec::new();
-        for (i, entry) in msix.table.clone().iter().enumerate() {
-            if msix.pending[i] && !entry.masked {
-                msix.pending[i] = false;
-                send.push((i as u16, *entry));
-            }
-        }
-        drop(msix);
+        let send = lock(&self.msix).table.take_deliverable();
         for (v, e) in send {
             self.msi.send(v, e.address, e.data);
         }
@@ -177,7 +153,7 @@ impl Interrupts {
         msix.epoch += 1;
         msix.config_vector = NO_VECTOR;
         msix.queue_vectors.fill(NO_VECTOR);
-        msix.pending.fill(false);
+        msix.table.clear_pending();
         self.needs_reset
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.read_isr();
@@ -329,16 +305,7 @@ impl VirtioPci {
             .map_err(|e| err(e.to_string()))?;
         let irq = Arc::new(Interrupts {
             msix: Mutex::new(Msix {
-                enabled: false,
-                function_masked: false,
-                table: vec![
-                    MsixEntry {
-                        masked: true,
-                        ..MsixEntry::default()
-                    };
-                    vectors
-                ],
-                pending: vec![false; vectors],
+                table: MsixTable::new(vectors, MSIX_PBA),
                 config_vector: NO_VECTOR,
                 queue_vectors: vec![NO_VECTOR; usize::from(nq)],
                 epoch: 0,
@@ -461,7 +428,7 @@ impl VirtioPci {
 }
 
 /// The config space: ids, BARs, MSI-X and the four virtio capabilities.
-fn pci_config(device_type: u32, vectors: u16) -> Result<PciConfig, crate::devices::pci::BadBar> {
+fn pci_config(device_type: u32, vectors: u16) -> ::pci::Result<PciConfig> {
     // Mass storage (0x01) for block, "other" elsewhere; modern device ids 0x1040 + type.
     let class = if device_type == 2 {
         0x01_00_00
@@ -472,32 +439,32 @@ fn pci_config(device_type: u32, vectors: u16) -> Result<PciConfig, crate::device
     c.set_interrupt_pin(1);
     c.add_bar(MSIX_BAR, 0x1000, BarKind::Mem32, false)?;
     c.add_bar(VIRTIO_BAR, BAR_SIZE, BarKind::Mem64, true)?;
-    c.set_u16(regs::STATUS, 0x10); // capability list
-    c.set_u8(regs::CAPABILITIES, CAP_MSIX as u8);
-    // MSI-X: id 0x11, table size - 1, table and PBA in BAR 1. Enable and function
-    // mask (bits 15, 14 of message control) are writable.
-    c.set_u8(CAP_MSIX, 0x11);
-    c.set_u8(CAP_MSIX + 1, CAP_COMMON as u8);
-    c.set_u16(CAP_MSIX + 2, vectors - 1);
-    c.set_writable(CAP_MSIX + 2, 2, 0xc000);
-    c.set_u32(CAP_MSIX + 4, MSIX_BAR as u32);
-    c.set_u32(CAP_MSIX + 8, MSIX_PBA as u32 | MSIX_BAR as u32);
-    let vendor_cap =
-        |c: &mut PciConfig, at: usize, next: usize, len: u8, kind: u8, offset: u64, length: u32| {
-            c.set_u8(at, 0x09);
-            c.set_u8(at + 1, next as u8);
-            c.set_u8(at + 2, len);
-            c.set_u8(at + 3, kind);
-            c.set_u8(at + 4, VIRTIO_BAR as u8);
-            c.set_u32(at + 8, offset as u32);
-            c.set_u32(at + 12, length);
-        };
-    vendor_cap(&mut c, CAP_COMMON, CAP_NOTIFY, 16, 1, COMMON, 0x1000);
-    vendor_cap(&mut c, CAP_NOTIFY, CAP_ISR, 20, 2, NOTIFY, 0x1000);
+    // MSI-X: table size - 1, table and PBA in BAR 1. Enable and function mask (bits
+    // 15, 14 of message control) are writable.
+    msix::add_capability(
+        &mut c,
+        CAP_MSIX,
+        vectors,
+        MSIX_BAR as u8,
+        0,
+        MSIX_PBA as u32,
+    )?;
+    // The virtio capabilities follow in the list, in this order.
+    let vendor_cap = |c: &mut PciConfig, at: usize, len: u8, kind: u8, offset: u64, length: u32| {
+        c.add_capability(at, 0x09, usize::from(len))?;
+        c.set_u8(at + 2, len);
+        c.set_u8(at + 3, kind);
+        c.set_u8(at + 4, VIRTIO_BAR as u8);
+        c.set_u32(at + 8, offset as u32);
+        c.set_u32(at + 12, length);
+        Ok::<(), ::pci::Error>(())
+    };
+    vendor_cap(&mut c, CAP_COMMON, 16, 1, COMMON, 0x1000)?;
+    vendor_cap(&mut c, CAP_NOTIFY, 20, 2, NOTIFY, 0x1000)?;
     c.set_u32(CAP_NOTIFY + 16, NOTIFY_MULTIPLIER);
-    vendor_cap(&mut c, CAP_ISR, CAP_DEVICE, 16, 3, ISR, 0x1000);
-    vendor_cap(&mut c, CAP_DEVICE, CAP_PCI_CFG, 16, 4, DEVICE, 0x1000);
-    vendor_cap(&mut c, CAP_PCI_CFG, 0, 20, 5, 0, 0);
+    vendor_cap(&mut c, CAP_ISR, 16, 3, ISR, 0x1000)?;
+    vendor_cap(&mut c, CAP_DEVICE, 16, 4, DEVICE, 0x1000)?;
+    vendor_cap(&mut c, CAP_PCI_CFG, 20, 5, 0, 0)?;
     // The driver picks the BAR, offset and length, then accesses pci_cfg_data.
     c.set_writable(CAP_PCI_CFG + 4, 1, 0xff);
     c.set_writable(CAP_PCI_CFG + 8, 4, 0xffff_ffff);
@@ -793,54 +760,15 @@ struct MsixBar(Arc<Shared>);
 
 impl BusDevice for MsixBar {
     fn read(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let msix = lock(&self.0.irq.msix);
-        if offset >= MSIX_PBA {
-            let bit0 = (offset - MSIX_PBA) * 8;
-            for (i, d) in data.iter_mut().enumerate() {
-                for b in 0..8 {
-                    let v = bit0 + i as u64 * 8 + b;
-                    if msix.pending.get(v as usize).copied().unwrap_or(false) {
-                        *d |= 1 << b;
-                    }
-                }
-            }
-            return;
-        }
-        let Some(e) = msix.table.get((offset / 16) as usize) else {
-            return;
-        };
-        let word = match (offset % 16) & !3 {
-            0 => e.address as u32,
-            4 => (e.address >> 32) as u32,
-            8 => e.data,
-            _ => u32::from(e.masked),
-        };
-        let bytes = word.to_le_bytes();
-        let start = (offset % 4) as usize;
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = bytes.get(start + i).copied().unwrap_or(0);
-        }
+        lock(&self.0.irq.msix).table.read(offset, data);
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        if offset >= MSIX_PBA || data.len() != 4 || offset % 4 != 0 {
-            return; // the PBA is read-only; the table takes dword writes
+        // An entry written may have been unmasked: deliver what it held back.
+        let changed = lock(&self.0.irq.msix).table.write(offset, data);
+        if changed {
+            self.0.irq.flush_pending();
         }
-        let value = u32::from_le_bytes(data.try_into().unwrap_or([0; 4]));
-        {
-            let mut msix = lock(&self.0.irq.msix);
-            let Some(e) = msix.table.get_mut((offset / 16) as usize) else {
-                return;
-            };
-            match offset % 16 {
-                0 => e.address = (e.address & !0xffff_ffff) | u64::from(value),
-                4 => e.address = (e.address & 0xffff_ffff) | (u64::from(value) << 32),
-                8 => e.data = value,
-                _ => e.masked = value & 1 != 0,
-            }
-        }
-        self.0.irq.flush_pending();
     }
 }
 
@@ -893,13 +821,9 @@ impl PciFunction for VirtioPci {
         let control = {
             let mut c = lock(&self.shared.config);
             c.write(offset, data);
-            c.value(CAP_MSIX + 2, 2) as u16
+            msix::control(&c, CAP_MSIX)
         };
-        {
-            let mut msix = lock(&self.shared.irq.msix);
-            msix.enabled = control & 0x8000 != 0;
-            msix.function_masked = control & 0x4000 != 0;
-        }
+        lock(&self.shared.irq.msix).table.set_control(control);
         self.shared.irq.flush_pending();
     }
 
@@ -925,15 +849,6 @@ impl PciFunction for VirtioPci {
         lock(&self.shared.config).reset();
         let mut t = lock(&self.shared.transport);
         t.reset(&self.shared.irq);
-        let mut msix = lock(&self.shared.irq.msix);
-        msix.enabled = false;
-        msix.function_masked = false;
-        for e in &mut msix.table {
-            *e = MsixEntry {
-                masked: true,
-                ..MsixEntry::default()
-            };
-        }
-        msix.pending.fill(false);
+        lock(&self.shared.irq.msix).table.reset();
     }
 }

@@ -6,9 +6,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{PciConfig, PciFunction, PciMapping, Space};
-use crate::devices::{EventSink, SystemEvent, read_le};
-use crate::machine::BusDevice;
+use ::pci::{IntxRouting, IrqLine, PciConfig, PciFunction, PciMapping, Space};
+use io_bus::{BusDevice, read_le};
+
+use crate::devices::{EventSink, SystemEvent};
 
 /// Config offset of the first PAM register (PAM0) of the i440FX.
 const PAM0: usize = 0x59;
@@ -93,12 +94,6 @@ impl PciFunction for I440fxHost {
     }
 }
 
-/// How the machine drives an interrupt line (a KVM GSI).
-pub trait IrqLine: Send + Sync {
-    /// Sets the level of GSI `gsi`.
-    fn set_level(&self, gsi: u32, level: bool);
-}
-
 /// The PIIX3 ISA bridge: 8086:7000, multi-function, with the PIRQ route registers
 /// (0x60..=0x63) firmware programs, and the ELCR's neighbours (0x69..). It routes PCI
 /// INTx through [`IntxRouter`]; a write to a route register moves asserted lines at once
@@ -109,7 +104,8 @@ pub struct Piix3Isa {
 
 /// Routes PCI INTx pins to ISA IRQs through the PIIX3's PIRQ registers (and to IOAPIC
 /// pins 16..=19, where the in-kernel IOAPIC has them), ORing devices that share a PIRQ
-/// and PIRQs that share an ISA IRQ.
+/// and PIRQs that share an ISA IRQ: the PC's [`IntxRouting`], driving the machine's
+/// [`IrqLine`].
 ///
 /// The level is decided and driven in one critical section: [`set_level`](Self::set_level)
 /// updates the asserted set and sets the irqchip's lines before it releases the lock, so
@@ -255,6 +251,12 @@ impl IntxRouter {
             self.line
                 .set_level(u32::from(irq), Self::isa_level(&asserted, &after, irq));
         }
+    }
+}
+
+impl IntxRouting for IntxRouter {
+    fn set_level(&self, slot: u8, pin: u8, level: bool) {
+        IntxRouter::set_level(self, slot, pin, level);
     }
 }
 

@@ -1,8 +1,5 @@
-//! Port I/O and MMIO dispatch: an address map that vCPU threads read under an RCU guard
-//! while the machine (PCI BAR programming, hotplug) changes it.
-//!
-//! The map is a sorted, immutable vector of non-overlapping ranges published in an
-//! [`rcu::RcuCell`]; writers copy it, change the copy and publish it under a mutex. A
+//! The dispatch table: a sorted, immutable vector of non-overlapping ranges published in
+//! an [`rcu::RcuCell`]; writers copy it, change the copy and publish it under a mutex. A
 //! vCPU that found a device in the old version keeps using it until its guard drops;
 //! the old version (and the last `Arc` of a removed device) is dropped after a grace
 //! period. Lookup is a binary search: no lock, no reference count change.
@@ -11,17 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rcu::{RcuCell, ReadSide};
 
-/// A device on an I/O bus. Called from vCPU threads, concurrently: state lives behind
-/// the device's own lock. `offset` is relative to the start of the range the device was
-/// mapped at; `data.len()` is the access width (1, 2, 4 or 8; bigger for MMIO string
-/// operations). A device ignores what it does not understand; it never panics on guest
-/// input.
-pub trait BusDevice: Send + Sync {
-    /// A guest read: fill all of `data`.
-    fn read(&self, offset: u64, data: &mut [u8]);
-    /// A guest write.
-    fn write(&self, offset: u64, data: &[u8]);
-}
+use crate::BusDevice;
 
 /// One mapped range.
 #[derive(Clone)]
@@ -245,5 +232,64 @@ mod tests {
         assert!(!bus.write(0x70, &[3]));
         assert!(bus.remove(0x72));
         assert!(!bus.remove(0x72));
+    }
+
+    /// A device removed while a vCPU is inside it: the vCPU finishes on a live device
+    /// (the removal does not wait for it), and the device is dropped once the vCPU's
+    /// read section has ended and a grace period has passed.
+    #[test]
+    fn a_removed_device_lives_until_its_readers_are_done() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+
+        struct Tracked(Arc<AtomicBool>);
+        impl BusDevice for Tracked {
+            fn read(&self, _: u64, data: &mut [u8]) {
+                data.fill(0x5a);
+            }
+            fn write(&self, _: u64, _: &[u8]) {}
+        }
+        impl Drop for Tracked {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+
+        let dropped = Arc::new(AtomicBool::new(false));
+        let bus = Arc::new(IoBus::new("mmio"));
+        bus.insert(0x1000, 0x100, 7, Arc::new(Tracked(dropped.clone())))
+            .unwrap();
+        let (found_tx, found_rx) = mpsc::channel();
+        let (removed_tx, removed_rx) = mpsc::channel::<()>();
+        let vcpu = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let guard = rcu::read();
+                let (device, offset) = bus.find(&guard, 0x1010).unwrap();
+                found_tx.send(()).unwrap();
+                removed_rx.recv().unwrap();
+                let mut b = [0u8; 2];
+                device.read(offset, &mut b);
+                b
+            })
+        };
+        found_rx.recv().unwrap();
+        assert_eq!(
+            bus.remove_owner(7),
+            1,
+            "removal does not wait for the reader"
+        );
+        assert!(!bus.read(0x1010, &mut [0u8]), "new lookups miss it at once");
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "a reader is still inside it"
+        );
+        removed_tx.send(()).unwrap();
+        assert_eq!(vcpu.join().unwrap(), [0x5a; 2]);
+        rcu::barrier();
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "dropped after the grace period"
+        );
     }
 }

@@ -1,10 +1,12 @@
-//! A PCI function's 256-byte configuration space: the type 0 header, write masks, and
-//! BAR sizing semantics (a BAR reads back its size mask after the guest writes all
-//! ones; type bits are read-only).
+//! A PCI function's 256-byte configuration space: the type 0 header, write masks, BAR
+//! sizing semantics (a BAR reads back its size mask after the guest writes all ones;
+//! type bits are read-only) and the capabilities list.
 
 use std::sync::Arc;
 
-use crate::machine::BusDevice;
+use io_bus::BusDevice;
+
+use crate::{Error, Result};
 
 /// Standard header offsets.
 pub mod regs {
@@ -30,6 +32,8 @@ pub mod regs {
     pub const SUBSYSTEM_ID: usize = 0x2e;
     /// Capabilities pointer.
     pub const CAPABILITIES: usize = 0x34;
+    /// Status bit: the function has a capabilities list.
+    pub const STATUS_CAP_LIST: u16 = 1 << 4;
     /// Interrupt line (firmware scratch).
     pub const INTERRUPT_LINE: usize = 0x3c;
     /// Interrupt pin (1 = INTA).
@@ -94,19 +98,12 @@ pub struct PciConfig {
     /// Power-on contents.
     initial: [u8; 256],
     bars: [Option<Bar>; 6],
+    /// The capabilities added, in list order: (offset, length).
+    capabilities: Vec<(usize, usize)>,
 }
 
-/// A BAR size that is not a power of two, too small, or a BAR slot in use.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("BAR {index}: invalid size {size:#x} or slot for {kind:?}")]
-pub struct BadBar {
-    /// BAR index.
-    pub index: usize,
-    /// Requested size.
-    pub size: u64,
-    /// Requested kind.
-    pub kind: BarKind,
-}
+/// Where capabilities may be placed: after the type 0 header, inside the 256 bytes.
+const CAPABILITY_AREA: std::ops::Range<usize> = 0x40..0x100;
 
 impl PciConfig {
     /// A type 0 header for `vendor:device` of class `class` (class << 16 | subclass << 8
@@ -118,6 +115,7 @@ impl PciConfig {
             writable: [0; 256],
             initial: [0; 256],
             bars: [None; 6],
+            capabilities: Vec::new(),
         };
         c.set_u16(regs::VENDOR_ID, vendor);
         c.set_u16(regs::DEVICE_ID, device);
@@ -184,17 +182,17 @@ impl PciConfig {
     ///
     /// # Errors
     ///
-    /// [`BadBar`] for a size that is not a power of two (at least 4 for I/O, 16 for
-    /// memory; at most 256 for I/O, 2 GiB for 32-bit memory), a slot already used, or
-    /// a 64-bit BAR in slot 5.
+    /// [`Error::BadBar`] for a size that is not a power of two (at least 4 for I/O, 16
+    /// for memory; at most 256 for I/O, 2 GiB for 32-bit memory), a slot already used,
+    /// or a 64-bit BAR in slot 5.
     pub fn add_bar(
         &mut self,
         index: usize,
         size: u64,
         kind: BarKind,
         prefetchable: bool,
-    ) -> Result<(), BadBar> {
-        let bad = BadBar { index, size, kind };
+    ) -> Result<()> {
+        let bad = Error::BadBar { index, size, kind };
         let (min, max) = match kind {
             BarKind::Io => (4, 256),
             BarKind::Mem32 => (16, 1 << 31),
@@ -231,6 +229,59 @@ impl PciConfig {
         }
         self.initial = self.bytes;
         Ok(())
+    }
+
+    /// Adds a capability with id `id` of `len` bytes (its two header bytes included) at
+    /// `at`, linked at the end of the list, and sets the status register's
+    /// capabilities bit. Only the header is written: the caller fills the body with
+    /// the `set_*` methods and makes its registers writable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadCapability`] for an offset that is not dword-aligned or inside the
+    /// header, a length under 2 or past the end of the space, or an overlap with a
+    /// capability already added.
+    pub fn add_capability(&mut self, at: usize, id: u8, len: usize) -> Result<()> {
+        let end = at.checked_add(len);
+        let fits = at % 4 == 0
+            && len >= 2
+            && CAPABILITY_AREA.contains(&at)
+            && end.is_some_and(|end| end <= CAPABILITY_AREA.end);
+        // `at + len` cannot overflow once `fits` holds.
+        if !fits
+            || self
+                .capabilities
+                .iter()
+                .any(|&(o, l)| o < at + len && at < o + l)
+        {
+            return Err(Error::BadCapability { at, id, len });
+        }
+        let link = match self.capabilities.last() {
+            Some(&(tail, _)) => tail + 1,
+            None => regs::CAPABILITIES,
+        };
+        self.set_u8(link, at as u8);
+        self.set_u8(at, id);
+        self.set_u8(at + 1, 0);
+        let status = self.value(regs::STATUS, 2) as u16;
+        self.set_u16(regs::STATUS, status | regs::STATUS_CAP_LIST);
+        self.capabilities.push((at, len));
+        Ok(())
+    }
+
+    /// The capabilities list as the guest walks it: `(offset, id)` from the
+    /// capabilities pointer on (at most 48 entries, as Linux bounds its walk).
+    pub fn capabilities(&self) -> Vec<(usize, u8)> {
+        let mut out = Vec::new();
+        if self.value(regs::STATUS, 2) as u16 & regs::STATUS_CAP_LIST == 0 {
+            return out;
+        }
+        let mut at = self.value(regs::CAPABILITIES, 1) as usize & !3;
+        while at >= CAPABILITY_AREA.start && out.len() < 48 {
+            out.push((at, self.value(at, 1) as u8));
+            at = self.value(at + 1, 1) as usize & !3;
+        }
+        out
     }
 
     /// Reads `data.len()` bytes at `offset`; bytes past the 256-byte space read 0xff.
@@ -344,5 +395,43 @@ mod tests {
         assert_eq!(c.value(0, 2), 0x1af4);
         c.reset();
         assert_eq!(c.value(0x10, 4), 1);
+    }
+
+    #[test]
+    fn capabilities_are_linked_in_order_and_checked() {
+        let mut c = PciConfig::new(0x1af4, 0x1041, 0xff_00_00, 1);
+        assert!(c.capabilities().is_empty());
+        assert_eq!(c.value(regs::STATUS, 2), 0);
+        c.add_capability(0x40, 0x11, 12).unwrap();
+        c.add_capability(0x4c, 0x09, 16).unwrap();
+        c.add_capability(0x60, 0x05, 8).unwrap();
+        assert_eq!(c.capabilities(), [(0x40, 0x11), (0x4c, 0x09), (0x60, 0x05)]);
+        assert_eq!(c.value(regs::CAPABILITIES, 1), 0x40);
+        assert_eq!(c.value(0x41, 1), 0x4c);
+        assert_eq!(c.value(0x4d, 1), 0x60);
+        assert_eq!(c.value(0x61, 1), 0);
+        assert_eq!(
+            c.value(regs::STATUS, 2) as u16 & regs::STATUS_CAP_LIST,
+            regs::STATUS_CAP_LIST
+        );
+        let bad = |c: &mut PciConfig, at, len| {
+            assert_eq!(
+                c.add_capability(at, 1, len),
+                Err(Error::BadCapability { at, id: 1, len })
+            );
+        };
+        bad(&mut c, 0x30, 4); // inside the header
+        bad(&mut c, 0x42, 4); // not aligned
+        bad(&mut c, 0x58, 8); // overlaps 0x4c+16
+        bad(&mut c, 0xfc, 8); // past the end
+        bad(&mut c, 0x80, 1); // no room for the header
+        bad(&mut c, 0x80, usize::MAX); // wraps
+        // The guest cannot rewire the list.
+        c.write(regs::CAPABILITIES, &[0x80]);
+        c.write(0x41, &[0x80]);
+        c.write(regs::STATUS, &[0, 0]);
+        assert_eq!(c.capabilities().len(), 3);
+        c.reset();
+        assert_eq!(c.capabilities().len(), 3);
     }
 }

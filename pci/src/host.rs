@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use qdev_bus::{Bus, HotplugHandler, PciAddress};
 
-use super::{PciFunction, PciMapping, PendingReset, Space};
-use crate::devices::{EventSink, SystemEvent, le_value};
-use crate::machine::{BusDevice, IoBus};
+use io_bus::{BusDevice, IoBus, le_value};
+
+use crate::{PciFunction, PciMapping, PendingReset, Space};
 
 /// The config address port; data is at +4, the reset control register at +1.
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;
@@ -20,6 +20,17 @@ type Decoded = (Space, u64, u64);
 /// Owner ids on the I/O buses for PCI functions start here (`+ devfn`).
 const OWNER_BASE: u64 = 0x1_0000;
 
+/// What the host bridge asks of the machine (handled on the main thread, never inside
+/// the vCPU exit that caused it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    /// The guest set RST_CPU in the reset control register (0xCF9): a system reset.
+    Reset,
+}
+
+/// Where the host bridge sends [`HostEvent`]s.
+pub type HostEvents = Arc<dyn Fn(HostEvent) + Send + Sync>;
+
 /// The host side of bus 0.
 pub struct PciHost {
     bus: Bus<PciAddress, dyn PciFunction>,
@@ -29,7 +40,7 @@ pub struct PciHost {
     /// What each function decodes now, to skip remapping when nothing changed.
     /// Also serializes remapping.
     mapped: Mutex<HashMap<PciAddress, Vec<Decoded>>>,
-    events: EventSink,
+    events: HostEvents,
 }
 
 /// Why a function could not be plugged or unplugged.
@@ -46,7 +57,7 @@ impl PciHost {
     pub fn new(
         pio: Arc<IoBus>,
         mmio: Arc<IoBus>,
-        events: EventSink,
+        events: HostEvents,
         on_deleted: impl Fn(qdev_bus::DeviceDeleted) + Send + Sync + 'static,
     ) -> PciHost {
         PciHost {
@@ -221,7 +232,7 @@ impl BusDevice for PciHost {
             (0, 4) => self.address.store(le_value(data) as u32, Ordering::Relaxed),
             (4..=7, _) => self.config_write(offset as usize - 4, data),
             // Reset control: bit 2 (RST_CPU) starts a reset.
-            (1, 1) if data[0] & 0x04 != 0 => (self.events)(SystemEvent::Reset),
+            (1, 1) if data[0] & 0x04 != 0 => (self.events)(HostEvent::Reset),
             _ => {}
         }
     }
@@ -230,7 +241,7 @@ impl BusDevice for PciHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::pci::{BarKind, PciConfig, SimpleFunction};
+    use crate::{BarKind, PciConfig, SimpleFunction};
 
     struct Echo;
     impl BusDevice for Echo {
