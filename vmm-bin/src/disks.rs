@@ -467,7 +467,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             .map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
         let intx = machine.intx().clone();
         // One MSI-X vector per queue plus the config vector.
-        let vectors = usize::from(crate::virtio::VirtioDevice::num_queues(&blk)) + 1;
+        let vectors = usize::from(virtio_core::VirtioDevice::num_queues(&blk)) + 1;
         let pci = VirtioPci::new(
             id.clone(),
             Box::new(blk),

@@ -28,14 +28,15 @@ use io_bus::BusDevice;
 use ram_block::RamList;
 use virtio_queue::{Queue, QueueT};
 
-use super::{QueueSetup, VirtioDevice, VirtioInterrupt};
+use virtio_bindings::virtio_config as cfg;
+use virtio_core::{QueueSetup, VirtioDevice, VirtioInterrupt};
 
-/// Device status bits.
-const ACKNOWLEDGE: u8 = 1;
-const DRIVER_OK: u8 = 4;
-const FEATURES_OK: u8 = 8;
-const NEEDS_RESET: u8 = 0x40;
-const FAILED: u8 = 0x80;
+/// Device status bits (`virtio_config.h`; the status register is a byte).
+const ACKNOWLEDGE: u8 = cfg::VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
+const DRIVER_OK: u8 = cfg::VIRTIO_CONFIG_S_DRIVER_OK as u8;
+const FEATURES_OK: u8 = cfg::VIRTIO_CONFIG_S_FEATURES_OK as u8;
+const NEEDS_RESET: u8 = cfg::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+const FAILED: u8 = cfg::VIRTIO_CONFIG_S_FAILED as u8;
 /// "No MSI-X vector".
 const NO_VECTOR: u16 = 0xffff;
 
@@ -532,7 +533,9 @@ impl Transport {
         if value & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
             let offered = self.device.features();
             // VERSION_1 is mandatory for a modern device; unknown bits refuse.
-            if self.driver_features & !offered != 0 || self.driver_features & (1 << 32) == 0 {
+            if self.driver_features & !offered != 0
+                || self.driver_features & (1 << cfg::VIRTIO_F_VERSION_1) == 0
+            {
                 value &= !FEATURES_OK;
             } else {
                 self.device.ack_features(self.driver_features);

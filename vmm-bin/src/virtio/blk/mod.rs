@@ -5,38 +5,28 @@
 //! SEG_MAX, BLK_SIZE, FLUSH, DISCARD, WRITE_ZEROES, MQ, RO, EVENT_IDX, INDIRECT_DESC.
 //! I/O goes through a [`Drive`] (block-dma), so werror/rerror apply.
 //!
-//! Queue starts and stops run in the queue's iothread, one at a time in submission
-//! order (`ops.rs`); the transport-facing calls either wait for them
-//! ([`VirtioDevice::start_queue`], [`VirtioDevice::stop_queue`], for vhost-user's
-//! `GET_VRING_BASE`) or do not ([`VirtioDevice::start_queue_async`],
+//! The queues run on virtio-core's generic runner ([`QueueSet`]): starts and stops in
+//! the queue's iothread, one at a time in submission order; the transport-facing calls
+//! either wait for them ([`VirtioDevice::start_queue`], [`VirtioDevice::stop_queue`],
+//! for vhost-user's `GET_VRING_BASE`) or do not ([`VirtioDevice::start_queue_async`],
 //! [`VirtioDevice::reset_async`], `Drop`): a vCPU's reset or the reclaim thread never
-//! waits for a drain.
+//! waits for a drain. This module adds the block device: config, request parsing and
+//! the requests' I/O on the drive (`worker.rs`).
 
 pub mod config;
-mod ops;
 pub mod request;
 mod worker;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-
-use aio_context::IoThread;
 use block_dma::Drive;
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_core::{QueueError, QueueSet, QueueSetup, VirtioDevice};
+use virtio_queue::Queue;
 
 use self::config::*;
 use self::request::DiskLimits;
-use self::worker::DeviceInfo;
-use super::{
-    QueueError, QueueSetup, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
-};
-
-/// The virtio device ID of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
-
-static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
+use self::worker::{BlkQueue, DeviceInfo};
 
 /// Options of a virtio-blk device.
 #[derive(Clone, Debug)]
@@ -62,21 +52,15 @@ impl Default for BlkOptions {
     }
 }
 
-struct Running {
-    id: u64,
-    iothread: Arc<IoThread>,
-}
-
 /// A virtio-blk device over a [`Drive`].
 pub struct VirtioBlk {
+    /// The running queues (first: dropping them schedules their drains).
+    queues: QueueSet,
     info: DeviceInfo,
     options: BlkOptions,
     features: u64,
     acked: u64,
     config: BlkConfig,
-    queues: Vec<Option<Running>>,
-    /// Starts and stops, in order, in the queues' iothreads.
-    ops: Arc<ops::OpChain>,
 }
 
 impl VirtioBlk {
@@ -152,12 +136,11 @@ impl VirtioBlk {
                 limits,
                 serial,
             },
-            queues: (0..options.num_queues).map(|_| None).collect(),
+            queues: QueueSet::new("virtio-blk", options.num_queues),
             options,
             features,
             acked: 0,
             config,
-            ops: Arc::default(),
         })
     }
 
@@ -210,129 +193,29 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn start_queue(&mut self, index: u16, setup: QueueSetup) -> Result<(), QueueError> {
-        rcu::assert_may_block("virtio-blk start_queue (waits for its iothread)");
-        assert_not_on(&setup.iothread);
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit_start(index, setup, move |result| {
-            let _ = tx.send(result);
-        })?;
-        // The iothread gone (the operation dropped unrun) reads as an I/O error.
-        let result = rx
-            .recv()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the iothread has stopped")));
-        result.map_err(|source| QueueError::Io { index, source })
+        let handler = BlkQueue::new(self.info.clone(), &setup.memory);
+        let event_idx = self.event_idx();
+        self.queues.start(index, setup, event_idx, handler)
     }
 
     fn start_queue_async(&mut self, index: u16, setup: QueueSetup) -> Result<(), QueueError> {
-        let interrupt = setup.interrupt.clone();
-        self.submit_start(index, setup, move |result| {
-            if let Err(e) = result {
-                eprintln!("virtio-blk: cannot start queue {index}: {e}");
-                interrupt.device_error();
-            }
-        })
+        let handler = BlkQueue::new(self.info.clone(), &setup.memory);
+        let event_idx = self.event_idx();
+        self.queues.start_async(index, setup, event_idx, handler)
     }
 
     fn stop_queue(&mut self, index: u16) -> Option<Queue> {
-        rcu::assert_may_block("virtio-blk stop_queue (drains its I/O)");
-        let running = self.queues.get_mut(usize::from(index))?.take()?;
-        assert_not_on(&running.iothread);
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit_stop(running, move |queue| {
-            let _ = tx.send(queue);
-        });
-        rx.recv().ok().flatten()
+        self.queues.stop(index)
     }
 
     fn reset_async(&mut self, done: Box<dyn FnOnce() + Send>) {
-        self.stop_all_async();
-        // Runs after every stop submitted above has drained.
-        self.ops.submit(None, done);
+        self.queues.reset_async(done);
     }
-}
-
-/// Panics on `iothread` itself: a call that waits for an operation there would wait
-/// for itself (as `IoThread::run` refuses to).
-fn assert_not_on(iothread: &IoThread) {
-    assert!(
-        std::thread::current().name() != Some(iothread.name()),
-        "virtio-blk: a waiting queue operation called on iothread {} itself",
-        iothread.name()
-    );
 }
 
 impl VirtioBlk {
-    /// Checks `setup` and submits the start of queue `index` (after a stop of what ran
-    /// there before); `report` gets the worker's start result, on the iothread.
-    ///
-    /// # Errors
-    ///
-    /// A queue that does not exist, or rings that are not valid in guest memory.
-    fn submit_start(
-        &mut self,
-        index: u16,
-        setup: QueueSetup,
-        report: impl FnOnce(std::io::Result<()>) + Send + 'static,
-    ) -> Result<(), QueueError> {
-        let old = self
-            .queues
-            .get_mut(usize::from(index))
-            .ok_or(QueueError::NoSuchQueue(index))?
-            .take();
-        if let Some(old) = old {
-            self.submit_stop(old, drop);
-        }
-        let mut queue = setup.queue;
-        queue.set_event_idx(self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        if !queue.is_valid(&*setup.memory.memory()) {
-            return Err(QueueError::Invalid(index));
-        }
-        let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        let info = self.info.clone();
-        let (kick, memory, interrupt) = (setup.kick, setup.memory, setup.interrupt);
-        self.ops.submit(Some(setup.iothread.handle()), move || {
-            report(worker::start(
-                id, index, queue, kick, memory, interrupt, info,
-            ))
-        });
-        self.queues[usize::from(index)] = Some(Running {
-            id,
-            iothread: setup.iothread,
-        });
-        Ok(())
-    }
-
-    /// Submits the stop (drain) of `running` in its iothread; `report` gets its queue
-    /// there. The iothread reference travels with the operation, so a last reference
-    /// is dropped on the iothread itself, never joined by the submitter.
-    fn submit_stop(&self, running: Running, report: impl FnOnce(Option<Queue>) + Send + 'static) {
-        let handle = running.iothread.handle().clone();
-        self.ops.submit(Some(&handle), move || {
-            let queue = worker::stop(running.id);
-            report(queue);
-            drop(running);
-        });
-    }
-
-    /// Submits the stop of every running queue, without waiting.
-    fn stop_all_async(&mut self) {
-        for slot in &mut self.queues {
-            if let Some(running) = slot.take() {
-                self.ops
-                    .submit(Some(&running.iothread.handle().clone()), move || {
-                        worker::stop(running.id);
-                        drop(running);
-                    });
-            }
-        }
-    }
-}
-
-impl Drop for VirtioBlk {
-    /// Schedules the drain of every running queue in its iothread and returns: a
-    /// device dropped after a grace period (`device_del`) is dropped on the `call_rcu`
-    /// thread, which must never wait for I/O.
-    fn drop(&mut self) {
-        self.stop_all_async();
+    /// Whether the driver accepted `VIRTIO_RING_F_EVENT_IDX`.
+    fn event_idx(&self) -> bool {
+        self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
     }
 }

@@ -8,20 +8,10 @@
 //! cannot carry a status: it is returned to the driver with a used length of 0.
 
 use block_dma::SgList;
+use virtio_core::Desc;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::config::*;
-
-/// One descriptor: guest address, length, device-writable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    /// Guest address.
-    pub addr: u64,
-    /// Length.
-    pub len: u32,
-    /// Device-writable (the driver reads it back).
-    pub write: bool,
-}
 
 /// What the device must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
