@@ -27,10 +27,10 @@ mod boot;
 mod io;
 
 use crate::machine::{GsiRouting, MsiRoute, Runner};
-use crate::virtio::blk::{BlkOptions, VirtioBlk};
 use crate::virtio::pci::{MsiSender, VirtioPci};
 use io::SHUTDOWN_IO_DEADLINE;
 pub use io::{drain, flush};
+use virtio_blk::{BlkOptions, VirtioBlk};
 
 /// MSI delivery for one virtio-pci function: one irqfd per MSI-X vector (a GSI whose
 /// route follows the vector's message), or `KVM_SIGNAL_MSI` where KVM has no GSI routing

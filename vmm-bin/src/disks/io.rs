@@ -115,8 +115,8 @@ impl<B: BlockBackend> BlockBackend for NoDiscard<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::blk::{BlkOptions, VirtioBlk};
     use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+    use virtio_blk::{BlkOptions, VirtioBlk};
     use virtio_core::VirtioDevice;
 
     /// `VIRTIO_BLK_F_DISCARD`.

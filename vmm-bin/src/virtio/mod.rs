@@ -1,5 +1,3 @@
-//! Virtio devices and their PCI transport, on the `virtio-core` crate (the device
-//! trait, interrupts and the generic queue runner).
+//! The virtio-pci transport, for the devices of the `virtio-core`/`virtio-blk` crates.
 
-pub mod blk;
 pub mod pci;

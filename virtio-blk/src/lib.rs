@@ -1,5 +1,6 @@
-//! The virtio-blk device model (virtio 1.2, section 5.2), shared by the virtio-pci
-//! transport and the vhost-user export.
+//! The virtio-blk device model (virtio 1.2, section 5.2), transport-free: the
+//! virtio-pci transport and the vhost-user export drive it through
+//! [`VirtioDevice`].
 //!
 //! Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES. Features: VERSION_1,
 //! SEG_MAX, BLK_SIZE, FLUSH, DISCARD, WRITE_ZEROES, MQ, RO, EVENT_IDX, INDIRECT_DESC.
@@ -10,12 +11,13 @@
 //! either wait for them ([`VirtioDevice::start_queue`], [`VirtioDevice::stop_queue`],
 //! for vhost-user's `GET_VRING_BASE`) or do not ([`VirtioDevice::start_queue_async`],
 //! [`VirtioDevice::reset_async`], `Drop`): a vCPU's reset or the reclaim thread never
-//! waits for a drain. This module adds the block device: config, request parsing and
-//! the requests' I/O on the drive (`worker.rs`).
+//! waits for a drain. This crate adds the block device: config, request parsing (with
+//! the whole-chain check) and the requests' I/O on the drive (`queue.rs`).
+#![deny(missing_docs)]
 
 pub mod config;
+mod queue;
 pub mod request;
-mod worker;
 
 use block_dma::Drive;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -25,8 +27,8 @@ use virtio_core::{QueueError, QueueSet, QueueSetup, VirtioDevice};
 use virtio_queue::Queue;
 
 use self::config::*;
+use self::queue::{BlkQueue, DeviceInfo};
 use self::request::DiskLimits;
-use self::worker::{BlkQueue, DeviceInfo};
 
 /// Options of a virtio-blk device.
 #[derive(Clone, Debug)]
@@ -52,6 +54,24 @@ impl Default for BlkOptions {
     }
 }
 
+/// A [`BlkOptions`] value the device cannot have.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OptionError {
+    /// `num-queues` out of 1..=64.
+    #[error("num-queues {0} out of range 1..=64")]
+    NumQueues(u16),
+    /// `queue-size` not a power of two in 2..=1024.
+    #[error("queue-size {0} must be a power of two in 2..=1024")]
+    QueueSize(u16),
+    /// A serial longer than the 20-byte device ID.
+    #[error("serial '{0}' is longer than 20 bytes")]
+    Serial(String),
+    /// A logical block size other than 512 or 4096.
+    #[error("logical block size must be 512 or 4096")]
+    BlockSize(u32),
+}
+
 /// A virtio-blk device over a [`Drive`].
 pub struct VirtioBlk {
     /// The running queues (first: dropping them schedules their drains).
@@ -71,27 +91,18 @@ impl VirtioBlk {
     /// An invalid option (queue count 0 or above 64, queue size not a power of two
     /// within 2..=1024, a serial longer than 20 bytes, a block size other than 512 or
     /// 4096).
-    pub fn new(drive: Drive, options: BlkOptions) -> Result<VirtioBlk, String> {
+    pub fn new(drive: Drive, options: BlkOptions) -> Result<VirtioBlk, OptionError> {
         if options.num_queues == 0 || options.num_queues > 64 {
-            return Err(format!(
-                "num-queues {} out of range 1..=64",
-                options.num_queues
-            ));
+            return Err(OptionError::NumQueues(options.num_queues));
         }
         if !options.queue_size.is_power_of_two() || !(2..=1024).contains(&options.queue_size) {
-            return Err(format!(
-                "queue-size {} must be a power of two in 2..=1024",
-                options.queue_size
-            ));
+            return Err(OptionError::QueueSize(options.queue_size));
         }
         if options.serial.len() > ID_BYTES {
-            return Err(format!(
-                "serial '{}' is longer than 20 bytes",
-                options.serial
-            ));
+            return Err(OptionError::Serial(options.serial));
         }
         if ![512, 4096].contains(&options.logical_block_size) {
-            return Err("logical block size must be 512 or 4096".into());
+            return Err(OptionError::BlockSize(options.logical_block_size));
         }
         let backend = drive.backend().info().clone();
         let size = backend.size & !511;
@@ -219,3 +230,8 @@ impl VirtioBlk {
         self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
     }
 }
+
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
