@@ -27,10 +27,10 @@ mod boot;
 mod io;
 
 use crate::machine::{GsiRouting, MsiRoute, Runner};
-use crate::virtio::pci::{MsiSender, VirtioPci};
 use io::SHUTDOWN_IO_DEADLINE;
 pub use io::{drain, flush};
 use virtio_blk::{BlkOptions, VirtioBlk};
+use virtio_pci::{MsiSender, VirtioPci};
 
 /// MSI delivery for one virtio-pci function: one irqfd per MSI-X vector (a GSI whose
 /// route follows the vector's message), or `KVM_SIGNAL_MSI` where KVM has no GSI routing
@@ -117,7 +117,7 @@ impl KvmIoEvents {
     }
 }
 
-impl crate::virtio::pci::IoEventRegistrar for KvmIoEvents {
+impl virtio_pci::IoEventRegistrar for KvmIoEvents {
     fn register(&self, fd: &aio_context::EventNotifier, addr: u64) -> std::io::Result<()> {
         let efd = Self::eventfd(fd)?;
         self.0

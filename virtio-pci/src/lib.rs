@@ -18,13 +18,14 @@
 //! MSI-X is off. Every guest-written value is checked: queue sizes, indexes, feature
 //! words, access widths; a driver that breaks the rules gets `DEVICE_NEEDS_RESET`,
 //! never a panic.
+#![deny(missing_docs)]
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ::pci::msix::{self, MsixTable};
-use ::pci::{BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings};
 use aio_context::{EventNotifier, IoThread};
 use io_bus::BusDevice;
+use pci::msix::{self, MsixTable};
+use pci::{BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings};
 use ram_block::RamList;
 use virtio_queue::{Queue, QueueT};
 
@@ -855,3 +856,8 @@ impl PciFunction for VirtioPci {
         lock(&self.shared.irq.msix).table.reset();
     }
 }
+
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
