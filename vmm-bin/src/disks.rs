@@ -27,10 +27,10 @@ mod boot;
 mod io;
 
 use crate::machine::{GsiRouting, MsiRoute, Runner};
-use crate::virtio::blk::{BlkOptions, VirtioBlk};
-use crate::virtio::pci::{MsiSender, VirtioPci};
 use io::SHUTDOWN_IO_DEADLINE;
 pub use io::{drain, flush};
+use virtio_blk::{BlkOptions, VirtioBlk};
+use virtio_pci::{MsiSender, VirtioPci};
 
 /// MSI delivery for one virtio-pci function: one irqfd per MSI-X vector (a GSI whose
 /// route follows the vector's message), or `KVM_SIGNAL_MSI` where KVM has no GSI routing
@@ -117,7 +117,7 @@ impl KvmIoEvents {
     }
 }
 
-impl crate::virtio::pci::IoEventRegistrar for KvmIoEvents {
+impl virtio_pci::IoEventRegistrar for KvmIoEvents {
     fn register(&self, fd: &aio_context::EventNotifier, addr: u64) -> std::io::Result<()> {
         let efd = Self::eventfd(fd)?;
         self.0
@@ -467,7 +467,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             .map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
         let intx = machine.intx().clone();
         // One MSI-X vector per queue plus the config vector.
-        let vectors = usize::from(crate::virtio::VirtioDevice::num_queues(&blk)) + 1;
+        let vectors = usize::from(virtio_core::VirtioDevice::num_queues(&blk)) + 1;
         let pci = VirtioPci::new(
             id.clone(),
             Box::new(blk),

@@ -9,7 +9,6 @@ pub mod monitor;
 pub mod signals;
 pub mod storage_daemon;
 pub mod vhost_user;
-pub mod virtio;
 pub mod vm_monitor;
 
 pub mod cli;

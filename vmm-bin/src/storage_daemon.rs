@@ -21,7 +21,7 @@ use block_dma::{BlockBackend, Drive, ErrorPolicy, FileBackend, FileOptions};
 use qemu_opts::{Grammar, Opts};
 
 use crate::vhost_user::{ExportServer, VhostUserDevice};
-use crate::virtio::blk::{BlkOptions, VirtioBlk};
+use virtio_blk::{BlkOptions, VirtioBlk};
 
 /// The longest `serial`: virtio-blk's device ID (`VIRTIO_BLK_ID_BYTES`).
 const ID_BYTES: usize = 20;

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use aio_context::{EventNotifier, IoThread};
 use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
 use ram_block::{Backing, RamBlock, RamList};
+use virtio_blk::config::*;
+use virtio_blk::{BlkOptions, VirtioBlk};
+use virtio_core::{QueueSetup, VirtioDevice, VirtioInterrupt};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_bin::virtio::blk::config::*;
-use vmm_bin::virtio::blk::{BlkOptions, VirtioBlk};
-use vmm_bin::virtio::{QueueSetup, VirtioDevice, VirtioInterrupt};
 
 const QSIZE: u16 = 16;
 const DESC: u64 = 0x1000;

@@ -115,9 +115,9 @@ impl<B: BlockBackend> BlockBackend for NoDiscard<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::VirtioDevice;
-    use crate::virtio::blk::{BlkOptions, VirtioBlk};
     use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+    use virtio_blk::{BlkOptions, VirtioBlk};
+    use virtio_core::VirtioDevice;
 
     /// `VIRTIO_BLK_F_DISCARD`.
     const F_DISCARD: u64 = 1 << 13;

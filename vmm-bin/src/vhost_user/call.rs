@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use aio_context::{AioContext, IoThread, OpId};
 
-use crate::virtio::VirtioInterrupt;
+use virtio_core::VirtioInterrupt;
 
 /// One queue's call fd.
 #[derive(Default)]

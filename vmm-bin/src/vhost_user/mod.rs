@@ -40,8 +40,9 @@ use vhost::vhost_user::{Backend, Error, GpuBackend, Result, VhostUserBackendReqH
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::virtio::{QueueSetup, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt};
 use call::CallFds;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_core::{QueueSetup, VirtioDevice, VirtioInterrupt};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;

@@ -1,48 +1,51 @@
-//! The virtio-blk config space and feature bits (virtio 1.2, section 5.2).
+//! The virtio-blk config space and feature bits (virtio 1.2, section 5.2). The values
+//! come from `virtio-bindings` (Linux's `virtio_blk.h`); the short names are ours.
+
+use virtio_bindings::virtio_blk as b;
 
 /// `VIRTIO_BLK_F_SIZE_MAX`.
-pub const F_SIZE_MAX: u32 = 1;
+pub const F_SIZE_MAX: u32 = b::VIRTIO_BLK_F_SIZE_MAX;
 /// `VIRTIO_BLK_F_SEG_MAX`.
-pub const F_SEG_MAX: u32 = 2;
+pub const F_SEG_MAX: u32 = b::VIRTIO_BLK_F_SEG_MAX;
 /// `VIRTIO_BLK_F_RO`.
-pub const F_RO: u32 = 5;
+pub const F_RO: u32 = b::VIRTIO_BLK_F_RO;
 /// `VIRTIO_BLK_F_BLK_SIZE`.
-pub const F_BLK_SIZE: u32 = 6;
+pub const F_BLK_SIZE: u32 = b::VIRTIO_BLK_F_BLK_SIZE;
 /// `VIRTIO_BLK_F_FLUSH`.
-pub const F_FLUSH: u32 = 9;
+pub const F_FLUSH: u32 = b::VIRTIO_BLK_F_FLUSH;
 /// `VIRTIO_BLK_F_TOPOLOGY`.
-pub const F_TOPOLOGY: u32 = 10;
+pub const F_TOPOLOGY: u32 = b::VIRTIO_BLK_F_TOPOLOGY;
 /// `VIRTIO_BLK_F_MQ`.
-pub const F_MQ: u32 = 12;
+pub const F_MQ: u32 = b::VIRTIO_BLK_F_MQ;
 /// `VIRTIO_BLK_F_DISCARD`.
-pub const F_DISCARD: u32 = 13;
+pub const F_DISCARD: u32 = b::VIRTIO_BLK_F_DISCARD;
 /// `VIRTIO_BLK_F_WRITE_ZEROES`.
-pub const F_WRITE_ZEROES: u32 = 14;
+pub const F_WRITE_ZEROES: u32 = b::VIRTIO_BLK_F_WRITE_ZEROES;
 
 /// Request types.
-pub const T_IN: u32 = 0;
+pub const T_IN: u32 = b::VIRTIO_BLK_T_IN;
 /// Write.
-pub const T_OUT: u32 = 1;
+pub const T_OUT: u32 = b::VIRTIO_BLK_T_OUT;
 /// Flush.
-pub const T_FLUSH: u32 = 4;
+pub const T_FLUSH: u32 = b::VIRTIO_BLK_T_FLUSH;
 /// Device ID string.
-pub const T_GET_ID: u32 = 8;
+pub const T_GET_ID: u32 = b::VIRTIO_BLK_T_GET_ID;
 /// Discard.
-pub const T_DISCARD: u32 = 11;
+pub const T_DISCARD: u32 = b::VIRTIO_BLK_T_DISCARD;
 /// Write zeroes.
-pub const T_WRITE_ZEROES: u32 = 13;
+pub const T_WRITE_ZEROES: u32 = b::VIRTIO_BLK_T_WRITE_ZEROES;
 
 /// Status: success.
-pub const S_OK: u8 = 0;
+pub const S_OK: u8 = b::VIRTIO_BLK_S_OK as u8;
 /// Status: I/O error.
-pub const S_IOERR: u8 = 1;
+pub const S_IOERR: u8 = b::VIRTIO_BLK_S_IOERR as u8;
 /// Status: unsupported request.
-pub const S_UNSUPP: u8 = 2;
+pub const S_UNSUPP: u8 = b::VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Length of the device ID (GET_ID).
-pub const ID_BYTES: usize = 20;
+pub const ID_BYTES: usize = b::VIRTIO_BLK_ID_BYTES as usize;
 /// The `flags` bit of a write-zeroes segment that allows deallocation.
-pub const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+pub const WRITE_ZEROES_FLAG_UNMAP: u32 = b::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// The most sectors one discard or write-zeroes request may cover (QEMU's default
 /// for raw files is `INT32_MAX / 512`-ish; we keep it at 32 MiB per request).

@@ -8,20 +8,10 @@
 //! cannot carry a status: it is returned to the driver with a used length of 0.
 
 use block_dma::SgList;
+use virtio_core::Desc;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::config::*;
-
-/// One descriptor: guest address, length, device-writable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    /// Guest address.
-    pub addr: u64,
-    /// Length.
-    pub len: u32,
-    /// Device-writable (the driver reads it back).
-    pub write: bool,
-}
 
 /// What the device must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,5 +228,86 @@ pub fn parse<M: GuestMemory>(mem: &M, descs: &[Desc], disk: &DiskLimits) -> Requ
             }
         }
         _ => done(Action::Status(S_UNSUPP)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ram_block::{Backing, RamBlock, RamList};
+
+    const DISK: DiskLimits = DiskLimits {
+        size: 1 << 20,
+        read_only: false,
+        discard: true,
+        write_zeroes: true,
+    };
+
+    fn ram() -> RamList {
+        let ram = RamList::new();
+        ram.add(
+            RamBlock::new(
+                "ram",
+                GuestAddress(0),
+                1 << 20,
+                Backing::Memfd { huge_pages: false },
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        ram
+    }
+
+    fn read_chain(data_addr: u64) -> [Desc; 3] {
+        [
+            Desc {
+                addr: 0x1000,
+                len: 16,
+                write: false,
+            },
+            Desc {
+                addr: data_addr,
+                len: 512,
+                write: true,
+            },
+            Desc {
+                addr: 0x3000,
+                len: 1,
+                write: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_read_becomes_a_read_of_its_sectors() {
+        let ram = ram();
+        let mem = ram.memory();
+        mem.write_obj(T_IN, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(3u64, GuestAddress(0x1008)).unwrap();
+        let req = parse(&*mem, &read_chain(0x2000), &DISK);
+        assert_eq!(req.status, Some(0x3000));
+        assert_eq!(req.writable, 513);
+        let Action::Read { offset, data } = req.action else {
+            panic!("{:?}", req.action)
+        };
+        assert_eq!(offset, 3 * 512);
+        assert_eq!(data.len(), 512);
+    }
+
+    #[test]
+    fn a_chain_partly_outside_memory_fails_before_any_io() {
+        let ram = ram();
+        let mem = ram.memory();
+        mem.write_obj(T_IN, GuestAddress(0x1000)).unwrap();
+        let req = parse(&*mem, &read_chain((1 << 20) - 256), &DISK);
+        assert_eq!(req.action, Action::Status(S_IOERR));
+    }
+
+    #[test]
+    fn a_chain_without_a_writable_byte_has_no_status() {
+        let ram = ram();
+        let req = parse(&*ram.memory(), &read_chain(0x2000)[..1], &DISK);
+        assert_eq!(req.status, None);
+        assert_eq!(req.writable, 0);
     }
 }

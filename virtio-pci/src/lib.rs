@@ -18,24 +18,26 @@
 //! MSI-X is off. Every guest-written value is checked: queue sizes, indexes, feature
 //! words, access widths; a driver that breaks the rules gets `DEVICE_NEEDS_RESET`,
 //! never a panic.
+#![deny(missing_docs)]
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ::pci::msix::{self, MsixTable};
-use ::pci::{BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings};
 use aio_context::{EventNotifier, IoThread};
 use io_bus::BusDevice;
+use pci::msix::{self, MsixTable};
+use pci::{BarKind, PciConfig, PciFunction, PciMapping, PendingReset, bar_mappings};
 use ram_block::RamList;
 use virtio_queue::{Queue, QueueT};
 
-use super::{QueueSetup, VirtioDevice, VirtioInterrupt};
+use virtio_bindings::virtio_config as cfg;
+use virtio_core::{QueueSetup, VirtioDevice, VirtioInterrupt};
 
-/// Device status bits.
-const ACKNOWLEDGE: u8 = 1;
-const DRIVER_OK: u8 = 4;
-const FEATURES_OK: u8 = 8;
-const NEEDS_RESET: u8 = 0x40;
-const FAILED: u8 = 0x80;
+/// Device status bits (`virtio_config.h`; the status register is a byte).
+const ACKNOWLEDGE: u8 = cfg::VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
+const DRIVER_OK: u8 = cfg::VIRTIO_CONFIG_S_DRIVER_OK as u8;
+const FEATURES_OK: u8 = cfg::VIRTIO_CONFIG_S_FEATURES_OK as u8;
+const NEEDS_RESET: u8 = cfg::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+const FAILED: u8 = cfg::VIRTIO_CONFIG_S_FAILED as u8;
 /// "No MSI-X vector".
 const NO_VECTOR: u16 = 0xffff;
 
@@ -532,7 +534,9 @@ impl Transport {
         if value & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
             let offered = self.device.features();
             // VERSION_1 is mandatory for a modern device; unknown bits refuse.
-            if self.driver_features & !offered != 0 || self.driver_features & (1 << 32) == 0 {
+            if self.driver_features & !offered != 0
+                || self.driver_features & (1 << cfg::VIRTIO_F_VERSION_1) == 0
+            {
                 value &= !FEATURES_OK;
             } else {
                 self.device.ack_features(self.driver_features);
@@ -852,3 +856,8 @@ impl PciFunction for VirtioPci {
         lock(&self.shared.irq.msix).table.reset();
     }
 }
+
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

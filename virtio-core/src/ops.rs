@@ -23,7 +23,7 @@ type OpFn = Box<dyn FnOnce() + Send>;
 
 /// Runs submitted operations one at a time, in order, each in its context.
 #[derive(Default)]
-pub(super) struct OpChain {
+pub(crate) struct OpChain {
     state: Mutex<ChainState>,
 }
 
@@ -55,7 +55,7 @@ impl OpChain {
     /// Runs `op` after every operation submitted before it has returned: scheduled on
     /// `on`'s context, or (`None`) on whichever thread finishes the previous one (the
     /// caller's, if the chain is idle).
-    pub(super) fn submit(
+    pub(crate) fn submit(
         self: &Arc<Self>,
         on: Option<&AioHandle>,
         op: impl FnOnce() + Send + 'static,

@@ -1,27 +1,34 @@
-//! Virtio device models, independent of their transport.
+//! The core of virtio device models, independent of their transport: the device trait
+//! a transport drives, interrupts, and the generic queue runner devices build on.
 //!
 //! A device model ([`VirtioDevice`]) knows its features, its config space and how to
 //! serve a queue; a transport (virtio-pci on KVM, vhost-user in the storage daemon)
 //! negotiates features, sets the queues up in guest memory and hands each one over with
 //! its kick notifier, the guest memory ([`RamList`]), an interrupt ([`VirtioInterrupt`])
 //! and the iothread that serves it. Requests then never leave that iothread: kick →
-//! descriptor chain → block-dma on io_uring → status + used ring → interrupt.
+//! descriptor chain → the device's handling (block-dma on io_uring for virtio-blk) →
+//! used ring → interrupt.
+//!
+//! The part every device shares lives here: [`QueueSet`] runs a device's queues, each
+//! on its iothread (starts and stops in submission order without the submitter
+//! waiting, a stop drains the queue's in-flight requests), and the runner behind it
+//! pops chains on a kick, tracks what is in flight and coalesces used-buffer
+//! notifications; the device supplies a [`QueueHandler`] that turns one chain into a
+//! request and completes it.
+#![deny(missing_docs)]
 
-pub mod blk;
-pub mod pci;
+mod ops;
+mod queues;
+mod runner;
+
+pub use queues::QueueSet;
+pub use runner::{Completion, Desc, InFlight, QueueHandler};
 
 use std::sync::Arc;
 
 use aio_context::{EventNotifier, IoThread};
 use ram_block::RamList;
 use virtio_queue::Queue;
-
-/// `VIRTIO_F_VERSION_1`.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
-/// `VIRTIO_RING_F_INDIRECT_DESC`.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-/// `VIRTIO_RING_F_EVENT_IDX`.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 
 /// How a device tells the driver that a queue has used buffers (or the config
 /// changed): a write to an irqfd or a vhost-user call eventfd, an MSI-X message, an
@@ -141,3 +148,8 @@ pub trait VirtioDevice: Send {
         done();
     }
 }
+
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
