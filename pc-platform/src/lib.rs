@@ -9,7 +9,7 @@
 //!
 //! Each model is a state machine behind its own lock, reached through
 //! [`BusDevice`](io_bus::BusDevice) from vCPU threads; none starts a thread of its own
-//! (the serial port's stdin reader is started by the machine, on request). Where a model
+//! (the machine's stdin reader feeds the UART through `SerialPort::input`). Where a model
 //! restarts or ends the machine it calls the [`EventSink`] the machine gave it with a
 //! [`PlatformEvent`]; interrupts go through the `pci` crate's [`IrqLine`](pci::IrqLine)
 //! or an eventfd the machine registered as an irqfd. Guest input they parse, and what

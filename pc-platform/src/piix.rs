@@ -18,7 +18,7 @@ const PAM0: usize = 0x59;
 const PAM_REGISTERS: usize = 7;
 
 /// Where the host bridge's PAM registers take effect: the machine's memory map below
-/// 1 MiB (see `machine::pam`).
+/// 1 MiB (vmm-bin's `machine::pam`).
 pub trait PamListener: Send + Sync {
     /// The PAM registers (0x59..=0x5F, PAM0 first) now hold `registers`: remap the
     /// BIOS shadow area to match before returning (the guest's next access must see

@@ -1,4 +1,4 @@
-//! The machine's events, and the paths vmm-bin's integration tests import devices by.
+//! The machine's events, the serial console's stdin reader, and the paths vmm-bin's integration tests import devices by.
 //!
 //! The platform device models are the `pc-platform` crate (the PIIX functions, CMOS,
 //! fw_cfg, serial, debug ports, the i8042). What stays here is [`SystemEvent`], the
@@ -12,9 +12,11 @@
 //! paths, and issue 15 requires those tests to pass unchanged while the crates are
 //! extracted. Drop them when the tests import `pci` and `pc_platform` themselves.
 
+use std::io::Read;
 use std::sync::Arc;
 
 use pc_platform::PlatformEvent;
+use pc_platform::serial::SerialPort;
 
 /// Old paths of PCI names, for vmm-bin's integration tests (see the module docs).
 pub mod pci {
@@ -62,4 +64,35 @@ pub type EventSink = Arc<dyn Fn(SystemEvent) + Send + Sync>;
 /// [`SystemEvent`] it stands for.
 pub fn platform_sink(events: EventSink) -> pc_platform::EventSink {
     Arc::new(move |event| events(event.into()))
+}
+
+/// Starts a thread that copies stdin into `port`'s UART until stdin ends (`-serial
+/// stdio`).
+///
+/// # Errors
+///
+/// The thread could not be started.
+pub fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
+    let port = Arc::clone(port);
+    std::thread::Builder::new()
+        .name("serial-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = port.input(rest);
+                    rest = &rest[taken..];
+                    if taken == 0 {
+                        // FIFO full: the guest reads slower than we type.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map(drop)
 }

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::layout::{RamLayout, e820_bytes};
 use super::{Error, Result};
 use crate::cli::{Config, SerialBackend};
-use crate::devices::{EventSink, SystemEvent, platform_sink};
+use crate::devices::{EventSink, SystemEvent, platform_sink, spawn_stdin_reader};
 use pc_platform::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use pc_platform::debug_exit::DebugExit;
 use pc_platform::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
@@ -117,7 +117,7 @@ impl Platform {
         };
         let serial = Arc::new(SerialPort::new(serial_irq, out));
         if config.serial == SerialBackend::Stdio {
-            serial.spawn_stdin_reader().map_err(Error::Thread)?;
+            spawn_stdin_reader(&serial).map_err(Error::Thread)?;
         }
         add("isa-serial", &[(COM1_BASE, 8, serial.clone())]);
 
