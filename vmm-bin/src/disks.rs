@@ -21,7 +21,7 @@ use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
 
 use crate::cli::{Config, DeviceConfig, DriveConfig};
-use crate::devices::fw_cfg::bootorder::{BootOrder, virtio_blk_pci_path};
+use pc_platform::fw_cfg::bootorder::{BootOrder, virtio_blk_pci_path};
 
 mod boot;
 mod io;

@@ -1,34 +1,37 @@
-//! The PC platform devices SeaBIOS and Linux expect, QEMU-compatible: the i440FX and
-//! PIIX function models (on the `pci` crate's host bridge), CMOS/RTC, fw_cfg, the 16550
-//! on COM1, the reset and power-off paths, isa-debug-exit, and the ports that only need
-//! to exist.
+//! The machine's events, the serial console's stdin reader, and the paths vmm-bin's integration tests import devices by.
 //!
-//! Each model is a state machine behind its own lock, reached through
-//! [`BusDevice`](io_bus::BusDevice) from vCPU threads. Guest input they parse,
-//! and what they check:
+//! The platform device models are the `pc-platform` crate (the PIIX functions, CMOS,
+//! fw_cfg, serial, debug ports, the i8042). What stays here is [`SystemEvent`], the
+//! machine's event enum: the platform's [`PlatformEvent`]s plus the vCPU failures only
+//! the machine knows about (`InternalError`, `Fatal`).
 //!
-//! | device | guest input | bounds checked |
-//! | --- | --- | --- |
-//! | PCI config (0xCF8/0xCFC) | address register, config offset and width | bus/slot/function exist, offset < 256, access inside the dword |
-//! | PCI BARs | written BAR values, command register | size-aligned, below the top of the space, no overlap (else unmapped) |
-//! | CMOS | index register | index masked to 0..128 |
-//! | fw_cfg | selector, data reads, DMA descriptors | unknown keys read as empty, reads past the end return 0; DMA descriptor and buffers translated through the RAM list with overflow checks, ERROR on anything outside RAM, no allocation from guest lengths (see `fw_cfg`'s table) |
-//! | debugcon (`VMM_DEBUGCON` only) | written bytes | the low byte is copied to the log file |
-//! | debug exit | written value | any value; the exit status is `(value << 1) \| 1` truncated to a byte by the OS |
-//! | serial | UART registers | vm-superio's 16550 model |
+//! The `pci` and `serial` modules below re-export a few names under their old paths.
+//! They are not a shim for vmm-bin's own code (which imports `pci` and `pc_platform`
+//! directly): vmm-bin's integration tests (`virtio_pci.rs`, `virtio_reset.rs`,
+//! `intx_level.rs`, `vmm_robustness.rs`, `common/mock_virtio.rs`) import them from these
+//! paths, and issue 15 requires those tests to pass unchanged while the crates are
+//! extracted. Drop them when the tests import `pci` and `pc_platform` themselves.
 
-pub mod cmos;
-pub mod debug_exit;
-pub mod debugcon;
-pub mod fw_cfg;
-pub mod legacy;
-pub mod pci;
-pub mod serial;
-
+use std::io::Read;
 use std::sync::Arc;
 
-/// What a device asks of the machine (handled on the main thread, never inside the
-/// vCPU exit that caused it).
+use pc_platform::PlatformEvent;
+use pc_platform::serial::SerialPort;
+
+/// Old paths of PCI names, for vmm-bin's integration tests (see the module docs).
+pub mod pci {
+    pub use ::pci::{IrqLine, PciFunction, PciHost, Space};
+    pub use pc_platform::Piix3Isa;
+}
+
+/// Old path of the serial output bound, for vmm-bin's integration tests (see the module
+/// docs).
+pub mod serial {
+    pub use pc_platform::serial::OUTPUT_BUFFER_BYTES;
+}
+
+/// What a device or vCPU asks of the machine (handled on the main thread, never inside
+/// the vCPU exit that caused it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SystemEvent {
     /// A guest-initiated reset (0xCF9, port 0x92, the i8042 pulse, a triple fault).
@@ -44,5 +47,52 @@ pub enum SystemEvent {
     Fatal(String),
 }
 
-/// Where devices send [`SystemEvent`]s.
+impl From<PlatformEvent> for SystemEvent {
+    fn from(event: PlatformEvent) -> SystemEvent {
+        match event {
+            PlatformEvent::Reset => SystemEvent::Reset,
+            PlatformEvent::Shutdown => SystemEvent::Shutdown,
+            PlatformEvent::Exit(status) => SystemEvent::Exit(status),
+        }
+    }
+}
+
+/// Where devices and vCPUs send [`SystemEvent`]s.
 pub type EventSink = Arc<dyn Fn(SystemEvent) + Send + Sync>;
+
+/// `events` as the platform devices' sink: each [`PlatformEvent`] is posted as the
+/// [`SystemEvent`] it stands for.
+pub fn platform_sink(events: EventSink) -> pc_platform::EventSink {
+    Arc::new(move |event| events(event.into()))
+}
+
+/// Starts a thread that copies stdin into `port`'s UART until stdin ends (`-serial
+/// stdio`).
+///
+/// # Errors
+///
+/// The thread could not be started.
+pub fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
+    let port = Arc::clone(port);
+    std::thread::Builder::new()
+        .name("serial-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = port.input(rest);
+                    rest = &rest[taken..];
+                    if taken == 0 {
+                        // FIFO full: the guest reads slower than we type.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map(drop)
+}

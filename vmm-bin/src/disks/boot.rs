@@ -1,9 +1,9 @@
 //! The firmware's boot configuration, as QEMU's `pc` machine gives it to SeaBIOS.
 
 use crate::cli::BootOptions;
-use crate::devices::fw_cfg::bootorder::BootOrder;
-use crate::devices::fw_cfg::keys;
 use crate::machine::Runner;
+use pc_platform::fw_cfg::bootorder::BootOrder;
+use pc_platform::fw_cfg::keys;
 
 /// QEMU's `-boot` drive letters as the CMOS boot registers 0x3d/0x38 (`set_boot_dev`,
 /// with the floppy signature check on, QEMU's default).

@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
 use super::layout::{FOUR_GIB, RamLayout};
 use super::pam::{self, Pam};
 use super::{Error, Result};
-use crate::devices::pci::PamListener;
+use pc_platform::PamListener;
 
 /// Who a KVM slot belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -463,7 +463,7 @@ impl Machine {
     }
 
     /// PCI INTx routing.
-    pub fn intx(&self) -> &Arc<crate::devices::pci::IntxRouter> {
+    pub fn intx(&self) -> &Arc<pc_platform::IntxRouter> {
         &self.platform.intx
     }
 }

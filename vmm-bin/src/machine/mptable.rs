@@ -19,7 +19,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::pci::IntxRouter;
+use pc_platform::IntxRouter;
 
 /// Where the floating pointer goes.
 pub const MP_FLOATING: u64 = 0xf_0000;

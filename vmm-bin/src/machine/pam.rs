@@ -43,7 +43,7 @@ use ram_block::RamBlock;
 use super::Result;
 use super::layout::{ISA_BIOS_END, ISA_BIOS_MAX};
 use super::memory::set_region;
-use crate::devices::pci::PamListener;
+use pc_platform::PamListener;
 
 /// Config offset of PAM0 in the i440FX host bridge (00:00.0).
 pub const PAM0: usize = 0x59;

@@ -16,16 +16,15 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::layout::{RamLayout, e820_bytes};
 use super::{Error, Result};
 use crate::cli::{Config, SerialBackend};
-use crate::devices::cmos::{CMOS_BASE, Cmos, CmosLayout};
-use crate::devices::debug_exit::DebugExit;
-use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
-use crate::devices::fw_cfg::{FW_CFG_DMA_PORT, FW_CFG_PORT, FwCfg, keys};
-use crate::devices::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
-use crate::devices::pci::{
-    ApmControl, I440fxHost, IntxRouter, PamListener, Piix3Isa, Piix4Pm, PmState,
-};
-use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialOutput, SerialPort};
-use crate::devices::{EventSink, SystemEvent};
+use crate::devices::{EventSink, SystemEvent, platform_sink, spawn_stdin_reader};
+use pc_platform::cmos::{CMOS_BASE, Cmos, CmosLayout};
+use pc_platform::debug_exit::DebugExit;
+use pc_platform::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
+use pc_platform::fw_cfg::{FW_CFG_DMA_PORT, FW_CFG_PORT, FwCfg, keys};
+use pc_platform::isa::{self, IsaDevice, IsaRegion};
+use pc_platform::legacy::{I8042, I8042_COMMAND, I8042_DATA, I8042Port, Ignored, Port92};
+use pc_platform::serial::{COM1_BASE, COM1_IRQ, SerialOut, SerialOutput, SerialPort};
+use pc_platform::{ApmControl, I440fxHost, IntxRouter, PamListener, Piix3Isa, Piix4Pm, PmState};
 
 /// The platform devices and the buses they sit on.
 pub struct Platform {
@@ -75,50 +74,11 @@ impl Platform {
         irq: Arc<dyn IrqLine>,
         pam: Option<Arc<dyn PamListener>>,
     ) -> Result<Platform> {
+        let platform_events = platform_sink(events.clone());
         let pio = Arc::new(IoBus::new("pio"));
         let mmio = Arc::new(IoBus::new("mmio"));
 
-        // COM1 on IRQ 4 through an irqfd (an edge into the in-kernel PIC/IOAPIC).
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let console = (config.serial == SerialBackend::Stdio).then(SerialOutput::new);
-        let out = match &console {
-            Some(console) => SerialOut::Console(console.clone()),
-            None => SerialOut::Sink,
-        };
-        let serial = Arc::new(SerialPort::new(serial_irq, out));
-        if config.serial == SerialBackend::Stdio {
-            serial.spawn_stdin_reader().map_err(Error::Thread)?;
-        }
-        map(&pio, u64::from(COM1_BASE), 8, serial.clone())?;
-
-        let cmos = Arc::new(Cmos::new(CmosLayout {
-            below_4g: layout.below_4g,
-            above_4g: layout.above_4g,
-            cpus: config.cpus,
-        }));
-        map(&pio, u64::from(CMOS_BASE), 2, cmos.clone())?;
-
-        let fw_cfg = Arc::new(firmware_config(config, layout, ram)?);
-        map(&pio, u64::from(FW_CFG_PORT), 2, fw_cfg.clone())?;
-        map(&pio, u64::from(FW_CFG_DMA_PORT), 8, fw_cfg.dma_register())?;
-
-        let kbd = Arc::new(I8042::new(events.clone()));
-        for port in [I8042_DATA, I8042_COMMAND] {
-            let dev = Arc::new(I8042Port {
-                controller: kbd.clone(),
-                port,
-            });
-            map(&pio, u64::from(port), 1, dev)?;
-        }
-        map(&pio, 0x92, 1, Arc::new(Port92::new(events.clone())))?;
-        // 8237 DMA controllers and page registers (0x80 is the POST code port).
-        map(&pio, 0x00, 0x20, Arc::new(Ignored::new(0x20)))?;
-        map(&pio, 0x80, 0x10, Arc::new(Ignored::new(0x10)))?;
-        map(&pio, 0xc0, 0x20, Arc::new(Ignored::new(0x20)))?;
-
-        let pm = PmState::new(events.clone());
+        let pm = PmState::new(platform_events.clone());
         map(&pio, 0xb2, 2, Arc::new(ApmControl::new(pm.clone())))?;
 
         let reset = events.clone();
@@ -138,6 +98,65 @@ impl Platform {
         pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))
             .map_err(plug_err)?;
 
+        // The ISA devices, plugged into the PIIX3's ISA bus (and mapped) at the end.
+        let mut isa_devices = Vec::new();
+        let mut add = |id: &str, regions: &[(u16, u64, Arc<dyn BusDevice>)]| {
+            let regions = regions.iter().cloned();
+            let regions = regions.map(|(base, len, handler)| IsaRegion { base, len, handler });
+            isa_devices.push(IsaDevice::new(id, regions.collect()));
+        };
+
+        // COM1 on IRQ 4 through an irqfd (an edge into the in-kernel PIC/IOAPIC).
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let console = (config.serial == SerialBackend::Stdio).then(SerialOutput::new);
+        let out = match &console {
+            Some(console) => SerialOut::Console(console.clone()),
+            None => SerialOut::Sink,
+        };
+        let serial = Arc::new(SerialPort::new(serial_irq, out));
+        if config.serial == SerialBackend::Stdio {
+            spawn_stdin_reader(&serial).map_err(Error::Thread)?;
+        }
+        add("isa-serial", &[(COM1_BASE, 8, serial.clone())]);
+
+        let cmos = Arc::new(Cmos::new(CmosLayout {
+            below_4g: layout.below_4g,
+            above_4g: layout.above_4g,
+            cpus: config.cpus,
+        }));
+        add("mc146818rtc", &[(CMOS_BASE, 2, cmos.clone())]);
+
+        let fw_cfg = Arc::new(firmware_config(config, layout, ram)?);
+        let fw_cfg_ports = [
+            (FW_CFG_PORT, 2, fw_cfg.clone() as Arc<dyn BusDevice>),
+            (FW_CFG_DMA_PORT, 8, fw_cfg.dma_register()),
+        ];
+        add("fw_cfg_io", &fw_cfg_ports);
+
+        let kbd = Arc::new(I8042::new(platform_events.clone()));
+        let kbd_port = |port| -> (u16, u64, Arc<dyn BusDevice>) {
+            let controller = kbd.clone();
+            (port, 1, Arc::new(I8042Port { controller, port }))
+        };
+        add("i8042", &[kbd_port(I8042_DATA), kbd_port(I8042_COMMAND)]);
+        add(
+            "port92",
+            &[(0x92, 1, Arc::new(Port92::new(platform_events.clone())))],
+        );
+        // 8237 DMA controllers and page registers (0x80 is the POST code port).
+        let dma = [
+            (
+                0x00,
+                0x20,
+                Arc::new(Ignored::new(0x20)) as Arc<dyn BusDevice>,
+            ),
+            (0x80, 0x10, Arc::new(Ignored::new(0x10))),
+            (0xc0, 0x20, Arc::new(Ignored::new(0x20))),
+        ];
+        add("i8257", &dma);
+
         if let Some(path) = std::env::var_os(DEBUGCON_ENV) {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -145,11 +164,11 @@ impl Platform {
                 .open(&path)
                 .map_err(|e| Error::Device(format!("{DEBUGCON_ENV}={path:?}: {e}")))?;
             let dev = Arc::new(DebugCon::new(Box::new(file)));
-            map(&pio, u64::from(DEBUGCON_PORT), 1, dev)?;
+            add("isa-debugcon", &[(DEBUGCON_PORT, 1, dev)]);
         }
 
-        if let Some(value) = std::env::var_os(crate::devices::legacy::PANIC_PORT_ENV) {
-            let env = crate::devices::legacy::PANIC_PORT_ENV;
+        if let Some(value) = std::env::var_os(pc_platform::legacy::PANIC_PORT_ENV) {
+            let env = pc_platform::legacy::PANIC_PORT_ENV;
             let text = value.to_string_lossy();
             let port = match text.strip_prefix("0x") {
                 Some(hex) => u16::from_str_radix(hex, 16),
@@ -157,13 +176,25 @@ impl Platform {
             }
             .map_err(|_| Error::Device(format!("{env}={text}: not a port number")))?;
             eprintln!("vmm-bin: test hook: a write to port {port:#x} panics the vCPU ({env})");
-            let dev = Arc::new(crate::devices::legacy::PanicPort { port });
-            map(&pio, u64::from(port), 1, dev)?;
+            let dev = Arc::new(pc_platform::legacy::PanicPort { port });
+            add("panic-port", &[(port, 1, dev)]);
         }
 
         if let Some(exit) = config.debug_exit {
-            let dev = Arc::new(DebugExit::new(events.clone()));
-            map(&pio, u64::from(exit.iobase), u64::from(exit.iosize), dev)?;
+            let dev = Arc::new(DebugExit::new(platform_events.clone()));
+            add(
+                "isa-debug-exit",
+                &[(exit.iobase, u64::from(exit.iosize), dev)],
+            );
+        }
+
+        {
+            let guard = rcu::read();
+            let bus = isa::find_bus(pci.bus(), &guard)
+                .ok_or_else(|| Error::Device("the PIIX3 has no ISA bus".into()))?;
+            for device in isa_devices {
+                isa::plug(bus, &pio, device).map_err(|e| Error::Device(e.to_string()))?;
+            }
         }
 
         // The in-kernel chips' power-on state, restored on reset.

@@ -48,7 +48,7 @@ impl Runner {
         let (sink, events) = event_channel(move || handle.notify());
         let machine = Machine::new(config, sink)?;
         if let Some(console) = &machine.platform().console {
-            let writer = crate::devices::serial::ConsoleWriter::stdout()
+            let writer = pc_platform::serial::ConsoleWriter::stdout()
                 .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
             console
                 .attach(&ctx, writer)

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use crate::devices::{EventSink, SystemEvent};
+use crate::{EventSink, PlatformEvent};
 use io_bus::BusDevice;
 
 /// Ports that accept writes and read back 0xff (or what was last written, for
@@ -181,7 +181,7 @@ impl I8042 {
                 0xab => s.push(&[0x00]),
                 0xfe => {
                     drop(s);
-                    (self.events)(SystemEvent::Reset);
+                    (self.events)(PlatformEvent::Reset);
                 }
                 _ => {}
             },
@@ -190,7 +190,7 @@ impl I8042 {
                 // Output port: bit 0 low holds the CPU in reset.
                 Some(0xd1) if value & 1 == 0 => {
                     drop(s);
-                    (self.events)(SystemEvent::Reset);
+                    (self.events)(PlatformEvent::Reset);
                 }
                 Some(_) => {}
                 // No controller command waiting: the byte is for the keyboard.
@@ -253,7 +253,7 @@ impl BusDevice for Port92 {
         *value = v & !1;
         drop(value);
         if v & 1 != 0 && old & 1 == 0 {
-            (self.events)(SystemEvent::Reset);
+            (self.events)(PlatformEvent::Reset);
         }
     }
 }
@@ -290,7 +290,7 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    fn sink() -> (EventSink, Arc<Mutex<Vec<SystemEvent>>>) {
+    fn sink() -> (EventSink, Arc<Mutex<Vec<PlatformEvent>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         (Arc::new(move |e| log.lock().unwrap().push(e)), seen)
@@ -319,7 +319,7 @@ mod tests {
         p92.write(0, &[0x03]);
         assert_eq!(
             *seen.lock().unwrap(),
-            [SystemEvent::Reset, SystemEvent::Reset]
+            [PlatformEvent::Reset, PlatformEvent::Reset]
         );
         let ignored = Ignored::new(2);
         ignored.write(1, &[0x0c]);

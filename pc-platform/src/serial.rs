@@ -6,7 +6,7 @@ mod output;
 
 pub use output::{ConsoleWriter, OUTPUT_BUFFER_BYTES, SerialOutput};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use vm_superio::{Serial, Trigger};
@@ -76,35 +76,10 @@ impl SerialPort {
         self.uart.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds host input to the guest; returns how many bytes fit in the receive FIFO.
+    /// Feeds host input to the guest; returns how many bytes fit in the receive FIFO
+    /// (the machine's stdin reader retries the rest).
     pub fn input(&self, bytes: &[u8]) -> usize {
         self.uart().enqueue_raw_bytes(bytes).unwrap_or(0)
-    }
-
-    /// Starts a thread that copies stdin into the UART until stdin ends.
-    pub fn spawn_stdin_reader(self: &Arc<Self>) -> std::io::Result<()> {
-        let port = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("serial-stdin".into())
-            .spawn(move || {
-                let mut buf = [0u8; 64];
-                let mut stdin = std::io::stdin();
-                while let Ok(n) = stdin.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut rest = &buf[..n];
-                    while !rest.is_empty() {
-                        let taken = port.input(rest);
-                        rest = &rest[taken..];
-                        if taken == 0 {
-                            // FIFO full: the guest reads slower than we type.
-                            std::thread::sleep(std::time::Duration::from_millis(5));
-                        }
-                    }
-                }
-            })
-            .map(drop)
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::Instant;
 use ::pci::{IntxRouting, IrqLine, PciConfig, PciFunction, PciMapping, Space};
 use io_bus::{BusDevice, read_le};
 
-use crate::devices::{EventSink, SystemEvent};
+use crate::isa::{ISA_BUS, IsaBus};
+use crate::{EventSink, PlatformEvent};
 
 /// Config offset of the first PAM register (PAM0) of the i440FX.
 const PAM0: usize = 0x59;
@@ -17,7 +18,7 @@ const PAM0: usize = 0x59;
 const PAM_REGISTERS: usize = 7;
 
 /// Where the host bridge's PAM registers take effect: the machine's memory map below
-/// 1 MiB (see `machine::pam`).
+/// 1 MiB (vmm-bin's `machine::pam`).
 pub trait PamListener: Send + Sync {
     /// The PAM registers (0x59..=0x5F, PAM0 first) now hold `registers`: remap the
     /// BIOS shadow area to match before returning (the guest's next access must see
@@ -97,9 +98,12 @@ impl PciFunction for I440fxHost {
 /// The PIIX3 ISA bridge: 8086:7000, multi-function, with the PIRQ route registers
 /// (0x60..=0x63) firmware programs, and the ELCR's neighbours (0x69..). It routes PCI
 /// INTx through [`IntxRouter`]; a write to a route register moves asserted lines at once
-/// (QEMU's `piix3_update_irq_levels`).
+/// (QEMU's `piix3_update_irq_levels`). It owns the ISA bus (`isa.0`, see
+/// [`crate::isa`]) the legacy devices are plugged into.
 pub struct Piix3Isa {
     router: Arc<IntxRouter>,
+    /// The ISA bus (`isa.0`) the legacy devices sit on.
+    isa: IsaBus,
 }
 
 /// Routes PCI INTx pins to ISA IRQs through the PIIX3's PIRQ registers (and to IOAPIC
@@ -147,6 +151,7 @@ impl Piix3Isa {
         (
             Piix3Isa {
                 router: router.clone(),
+                isa: IsaBus::new(ISA_BUS),
             },
             router,
         )
@@ -163,6 +168,9 @@ impl qdev_bus::Device for Piix3Isa {
     }
     fn reset(&self) {
         self.pci_reset();
+    }
+    fn for_each_child_bus<'a>(&'a self, visit: &mut dyn FnMut(&'a dyn qdev_bus::AnyBus)) {
+        visit(&self.isa);
     }
 }
 
@@ -315,7 +323,7 @@ impl PmState {
             value & PM1_CNT_SLP_EN != 0 && (value >> 10) & 7 == 0
         };
         if shutdown {
-            (self.events)(SystemEvent::Shutdown);
+            (self.events)(PlatformEvent::Shutdown);
         }
     }
 }
@@ -570,7 +578,7 @@ mod tests {
         regs.write(4, &(PM1_CNT_SLP_EN | 1 << 10).to_le_bytes()); // S3: ignored
         assert!(seen.lock().unwrap().is_empty());
         regs.write(4, &(PM1_CNT_SLP_EN | 1).to_le_bytes());
-        assert_eq!(*seen.lock().unwrap(), [SystemEvent::Shutdown]);
+        assert_eq!(*seen.lock().unwrap(), [PlatformEvent::Shutdown]);
     }
 
     #[test]

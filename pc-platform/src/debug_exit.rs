@@ -4,7 +4,7 @@
 
 use io_bus::{BusDevice, le_value};
 
-use crate::devices::{EventSink, SystemEvent};
+use crate::{EventSink, PlatformEvent};
 
 /// The debug-exit port(s).
 pub struct DebugExit {
@@ -28,7 +28,7 @@ impl BusDevice for DebugExit {
         data.fill(0xff);
     }
     fn write(&self, _offset: u64, data: &[u8]) {
-        (self.events)(SystemEvent::Exit(Self::status(le_value(data))));
+        (self.events)(PlatformEvent::Exit(Self::status(le_value(data))));
     }
 }
 
@@ -46,7 +46,7 @@ mod tests {
         dev.write(0, &0u32.to_le_bytes());
         assert_eq!(
             *seen.lock().unwrap(),
-            [SystemEvent::Exit(0x21), SystemEvent::Exit(1)]
+            [PlatformEvent::Exit(0x21), PlatformEvent::Exit(1)]
         );
     }
 }
