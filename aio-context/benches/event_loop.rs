@@ -8,7 +8,8 @@
 //!   sleep in `poll(true)` until it runs. Per round trip (we schedule the iothread's BH
 //!   first, so that is two cross-thread wake-ups), busy polling off on both sides.
 //! - `timer`: arm a timer at "now" and poll until it fired, alone and with 64 other
-//!   timers armed for later (the cost of the ordered list).
+//!   timers armed for later; and re-arming an armed timer among those 64 without
+//!   polling (the ordered list's own cost).
 //! - `io_uring`: submit NOPs through the context and poll until their callbacks ran, one
 //!   at a time and 32 per poll (per operation). Skipped, loudly, without io_uring.
 //! - `fd_handler`: set an `EventNotifier` and poll until its read handler ran (it
@@ -124,6 +125,16 @@ fn timer(c: &mut Criterion) {
         })
         .collect();
     arm_and_fire("arm+fire/64-armed");
+    // The ordered list alone: re-arm a timer behind 64 others (never the earliest, so
+    // no wake-up of the owner either), nothing fires.
+    let mut step = 0;
+    g.bench_function("rearm/64-armed", |b| {
+        b.iter(|| {
+            step = (step + 1) % 128;
+            timer.arm(later + Duration::from_secs(1) + Duration::from_micros(step));
+        })
+    });
+    timer.disarm();
     g.finish();
     others.iter().for_each(|t| t.delete());
     timer.delete();
