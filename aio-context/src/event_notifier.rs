@@ -1,7 +1,11 @@
 //! QEMU's `EventNotifier`: an eventfd used as a level-triggered, counter-less flag.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 /// An eventfd that one side sets and the other tests and clears. Handlers registered
 /// with [`AioContext::set_event_notifier`](crate::AioContext::set_event_notifier) run
@@ -14,14 +18,9 @@ pub struct EventNotifier {
 impl EventNotifier {
     /// A new notifier, initially set or clear.
     pub fn new(set: bool) -> io::Result<EventNotifier> {
-        // SAFETY: eventfd takes an initial count and flags and returns a new fd or -1.
-        let fd = unsafe { libc::eventfd(u32::from(set), libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(EventNotifier { fd })
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        let fd = EventFd::from_value_and_flags(u32::from(set), flags)?;
+        Ok(EventNotifier { fd: fd.into() })
     }
 
     /// Wraps an eventfd made elsewhere (an ioeventfd's, a vhost-user kick or call fd),
@@ -32,16 +31,8 @@ impl EventNotifier {
     ///
     /// The `fcntl` error (for example, `fd` is not open).
     pub fn from_fd(fd: OwnedFd) -> io::Result<EventNotifier> {
-        let raw = fd.as_raw_fd();
-        // SAFETY: F_GETFL on a descriptor we own; no pointers involved.
-        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: F_SETFL with an int argument on a descriptor we own.
-        if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         Ok(EventNotifier { fd })
     }
 
@@ -63,18 +54,10 @@ impl EventNotifier {
     /// counter, this write can sleep (eventfds take no `RWF_NOWAIT` writes): signal such
     /// an fd with an io_uring write instead, as vmm-bin's vhost-user call fds do.
     pub fn set(&self) -> io::Result<()> {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
-        if n == 8 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        // EAGAIN: the counter is saturated, which still means "set".
-        if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(())
-        } else {
-            Err(err)
+        match nix::unistd::write(&self.fd, &1u64.to_ne_bytes()) {
+            // EAGAIN: the counter is saturated, which still means "set".
+            Ok(_) | Err(Errno::EAGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -82,6 +65,8 @@ impl EventNotifier {
     /// eventfd from [`from_fd`](Self::from_fd) whose other owner cleared `O_NONBLOCK`
     /// (the flag lives on the open file description they share) and drained it first.
     pub fn test_and_clear(&self) -> bool {
+        // libc, not nix: nix wraps `preadv` but not `preadv2`, and only `preadv2` takes
+        // per-call flags (RWF_NOWAIT); `O_NONBLOCK` alone is not enough here (see above).
         let mut value: u64 = 0;
         let iov = libc::iovec {
             iov_base: (&raw mut value).cast(),
@@ -90,11 +75,11 @@ impl EventNotifier {
         // SAFETY: reads at most 8 bytes into a live u64 described by one iovec;
         // RWF_NOWAIT makes the read fail with EAGAIN instead of sleeping, whatever the
         // fd's O_NONBLOCK says (eventfds support it since Linux 5.10).
-        let mut n = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
-        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+        let n = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+        if n < 0 && Errno::last() == Errno::EOPNOTSUPP {
             // An older kernel: the O_NONBLOCK that `new`/`from_fd` set must do.
-            // SAFETY: as above, a plain read of at most 8 bytes.
-            n = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+            let mut buf = [0u8; 8];
+            return nix::unistd::read(&self.fd, &mut buf) == Ok(8) && u64::from_ne_bytes(buf) > 0;
         }
         n == 8 && value > 0
     }
@@ -123,9 +108,7 @@ mod tests {
     fn test_and_clear_never_blocks_on_a_shared_blocking_eventfd() {
         let theirs = EventNotifier::new(false).unwrap();
         let ours = EventNotifier::from_fd(theirs.fd.try_clone().unwrap()).unwrap();
-        // SAFETY: F_SETFL with an int argument on a descriptor `theirs` owns.
-        let rc = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFL, 0) };
-        assert_eq!(rc, 0);
+        fcntl(&theirs, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(ours.test_and_clear());

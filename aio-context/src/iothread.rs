@@ -41,8 +41,7 @@ impl IoThread {
                     }
                 };
                 ctx.set_poll_params(PollParams::IOTHREAD);
-                // SAFETY: gettid has no arguments and cannot fail.
-                let tid = unsafe { libc::gettid() };
+                let tid = nix::unistd::gettid().as_raw();
                 let _ = tx.send(Ok((ctx.handle(), tid)));
                 while !stopping.load(Ordering::Acquire) {
                     ctx.poll(true);

@@ -33,6 +33,7 @@
 //! assert_eq!(ctx.block_on(async { 6 * 7 }), 42);
 //! # Ok::<(), aio_context::Error>(())
 //! ```
+#![deny(missing_docs)]
 
 #[cfg(not(loom))]
 mod context;

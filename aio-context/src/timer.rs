@@ -4,8 +4,9 @@
 //! The list is a `BTreeMap` keyed by `(deadline, id)` behind a mutex, because timers may
 //! be armed from any thread (QEMU's `timer_mod` from vCPU threads): an ordered map gives
 //! the earliest deadline in O(log n) and removal by key without intrusive links or
-//! unsafe code. Arming a timer earlier than the current head notifies the owner, so a
-//! sleeping loop shortens its timeout.
+//! unsafe code (DESIGN.md says why `intrusive-collections` does not fit). Arming a timer
+//! earlier than the current head notifies the owner, so a sleeping loop shortens its
+//! timeout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -37,6 +37,7 @@
 //! while ctx.poll(true) {}
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![deny(missing_docs)]
 
 mod backend;
 mod buffers;

@@ -33,6 +33,7 @@
 //! ```
 //!
 //! `DESIGN.md` beside this crate describes the queue, the flags and the slice rules.
+#![deny(missing_docs)]
 
 mod bh;
 mod list;

@@ -53,6 +53,7 @@
 //! drop(waiter);
 //! # Ok::<(), MapError>(())
 //! ```
+#![deny(missing_docs)]
 
 mod bounce;
 mod clients;

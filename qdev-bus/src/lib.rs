@@ -64,7 +64,7 @@
 //! `DESIGN.md` beside this crate explains the choices: `Box`-owned children, the one
 //! writer lock per tree, the post-order reset, the inventory behind [`Bus::addresses`],
 //! and how reclaim orders unrealize, drop and the event.
-
+#![deny(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 // `rcu` compiles only its grace-period core under `--cfg loom`; so does this crate

@@ -54,6 +54,7 @@
 //! version in an [`rcu::RcuCell`] rather than an `RcuList`, why the MRU cache lives in the
 //! version (which removes a late-store race QEMU's global `mru_block` has), and the
 //! threat model of translation.
+#![deny(missing_docs)]
 
 mod backing;
 mod block;

@@ -44,7 +44,7 @@
 //!
 //! `DESIGN.md` beside this crate explains the algorithm, its memory-ordering argument,
 //! and how it differs from QEMU's `util/rcu.c`, crossbeam-epoch and rcu-clean.
-
+#![deny(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod barrier;

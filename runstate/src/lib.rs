@@ -33,6 +33,7 @@
 //! assert_eq!(*seen.lock().unwrap(), [true, false]);
 //! # Ok::<(), runstate::Error>(())
 //! ```
+#![deny(missing_docs)]
 
 mod machine;
 mod state;

@@ -5,11 +5,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
 use super::uring::Ring;
-use super::{Completion, Interest, Readiness, deadline, is_errno, remaining};
+use super::{Completion, Interest, Readiness, deadline, remaining};
 
 /// Events taken per `epoll_wait`; more ready fds are reported by the next wait.
 const MAX_EVENTS: usize = 64;
@@ -19,42 +23,33 @@ const SIDE_RING_ENTRIES: u32 = 64;
 struct SideRing {
     // Dropped first: the ring's drop waits for in-flight ops, then closes it.
     ring: Ring,
-    eventfd: OwnedFd,
+    eventfd: EventFd,
 }
 
 /// The epoll backend.
 pub(super) struct EpollMonitor {
     side: Option<SideRing>,
-    epfd: OwnedFd,
+    epoll: Epoll,
     /// fd → (token, interest).
     regs: HashMap<RawFd, (u64, Interest)>,
-    events: Vec<libc::epoll_event>,
+    events: Vec<EpollEvent>,
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// Takes ownership of a new fd returned by a syscall.
-fn owned(ret: libc::c_int) -> io::Result<OwnedFd> {
-    let fd = cvt(ret)?;
-    // SAFETY: `fd` was just returned by the kernel, is open, and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// What `epoll_ctl` should do with an fd.
+#[derive(Clone, Copy)]
+enum Ctl {
+    Add,
+    Modify,
+    Delete,
 }
 
 impl EpollMonitor {
     pub(super) fn new() -> io::Result<EpollMonitor> {
-        // SAFETY: plain syscall without pointers.
-        let epfd = owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         let mut monitor = EpollMonitor {
             side: None,
-            epfd,
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             regs: HashMap::new(),
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
+            events: vec![EpollEvent::empty(); MAX_EVENTS],
         };
         // Without io_uring this is just a monitor that can't run operations.
         monitor.side = monitor.side_ring().ok();
@@ -65,14 +60,11 @@ impl EpollMonitor {
         // No DEFER_TASKRUN: the eventfd must mean "CQEs are on the CQ", and deferred task
         // work would only post them at an enter with GETEVENTS (see `uring`'s docs).
         let ring = Ring::new(SIDE_RING_ENTRIES, 2 * SIDE_RING_ENTRIES, &[], false)?;
-        let flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK;
-        // SAFETY: plain syscall without pointers.
-        let eventfd = owned(unsafe { libc::eventfd(0, flags) })?;
+        let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        self.ctl(
-            libc::EPOLL_CTL_ADD,
-            eventfd.as_raw_fd(),
-            libc::EPOLLIN as u32,
+        self.epoll.add(
+            &eventfd,
+            EpollEvent::new(EpollFlags::EPOLLIN, eventfd.as_raw_fd() as u32 as u64),
         )?;
         Ok(SideRing { ring, eventfd })
     }
@@ -85,13 +77,26 @@ impl EpollMonitor {
         self.side.as_mut().map(|s| &mut s.ring)
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events,
-            u64: fd as u32 as u64,
-        };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut event) }).map(drop)
+    /// `epoll_ctl` on a registered fd number. epoll's `data` is the fd itself.
+    fn ctl(&self, op: Ctl, fd: RawFd, events: EpollFlags) -> Result<(), Errno> {
+        if fd < 0 {
+            // What the kernel answers for a negative fd; `borrow_raw` must not see -1.
+            return Err(Errno::EBADF);
+        }
+        // SAFETY: `fd` is not -1 (checked above), and `FdMonitor::set`'s contract is that
+        // a registered fd stays open until it is removed. The fd comes in by number
+        // (`AioContext::set_fd_handler` takes a `RawFd`, as QEMU's `aio_set_fd_handler`),
+        // and the borrow lasts for this one `epoll_ctl`, which only hands the number to
+        // the kernel: no Rust code reads or writes through it. A caller that closed the
+        // fd before removing it gets EBADF or ENOENT from the kernel (handled in `set`),
+        // exactly as with the raw syscall.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut event = EpollEvent::new(events, fd.as_raw_fd() as u32 as u64);
+        match op {
+            Ctl::Add => self.epoll.add(fd, event),
+            Ctl::Modify => self.epoll.modify(fd, &mut event),
+            Ctl::Delete => self.epoll.delete(fd),
+        }
     }
 
     pub(super) fn set(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
@@ -99,29 +104,27 @@ impl EpollMonitor {
             if self.regs.remove(&fd).is_none() {
                 return Ok(());
             }
-            return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0) {
+            return match self.ctl(Ctl::Delete, fd, EpollFlags::empty()) {
                 // Closing the fd already removed it.
-                Err(e) if is_errno(&e, libc::EBADF) || is_errno(&e, libc::ENOENT) => Ok(()),
-                res => res,
+                Err(Errno::EBADF | Errno::ENOENT) => Ok(()),
+                res => res.map_err(io::Error::from),
             };
         }
-        let mut events = 0;
+        let mut events = EpollFlags::empty();
         if interest.read {
-            events |= libc::EPOLLIN as u32;
+            events |= EpollFlags::EPOLLIN;
         }
         if interest.write {
-            events |= libc::EPOLLOUT as u32;
+            events |= EpollFlags::EPOLLOUT;
         }
         match self.regs.get(&fd) {
             Some(&(_, old)) if old == interest => {}
             // ENOENT: the fd was closed (and maybe reopened) without being removed first.
-            Some(_) => match self.ctl(libc::EPOLL_CTL_MOD, fd, events) {
-                Err(e) if is_errno(&e, libc::ENOENT) => {
-                    self.ctl(libc::EPOLL_CTL_ADD, fd, events)?
-                }
+            Some(_) => match self.ctl(Ctl::Modify, fd, events) {
+                Err(Errno::ENOENT) => self.ctl(Ctl::Add, fd, events)?,
                 res => res?,
             },
-            None => self.ctl(libc::EPOLL_CTL_ADD, fd, events)?,
+            None => self.ctl(Ctl::Add, fd, events)?,
         }
         self.regs.insert(fd, (token, interest));
         Ok(())
@@ -140,21 +143,18 @@ impl EpollMonitor {
         let (ready_len, completions_len) = (ready.len(), completions.len());
         loop {
             // Milliseconds, rounded up so that a short timeout doesn't spin (QEMU does the same).
-            let ms = remaining(until).map_or(-1, |left| {
+            let timeout = remaining(until).map_or(EpollTimeout::NONE, |left| {
                 let ms = left.as_nanos().div_ceil(1_000_000);
-                ms.min(libc::c_int::MAX as u128) as libc::c_int
+                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
             });
-            let (epfd, events) = (self.epfd.as_raw_fd(), &mut self.events);
-            // SAFETY: `events` has room for `events.len()` entries, which the kernel fills.
-            let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as _, ms) };
-            let n = match cvt(n) {
-                Ok(n) => n as usize,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => return Err(e),
+            let n = match self.epoll.wait(&mut self.events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => return Err(e.into()),
             };
             let mut kicked = false;
-            for &event in &self.events[..n] {
-                let (bits, fd) = (event.events, event.u64 as RawFd);
+            for event in &self.events[..n] {
+                let (bits, fd) = (event.events().bits() as u32, event.data() as RawFd);
                 match &self.side {
                     Some(side) if side.eventfd.as_raw_fd() == fd => kicked = true,
                     _ => {
@@ -171,9 +171,8 @@ impl EpollMonitor {
                 if kicked {
                     // Reset the eventfd *before* reaping, so a CQE posted in between is either
                     // reaped now or signals the eventfd again.
-                    let mut count = 0u64;
-                    // SAFETY: reads 8 bytes into `count`; nonblocking, EAGAIN is harmless.
-                    unsafe { libc::read(side.eventfd.as_raw_fd(), (&raw mut count).cast(), 8) };
+                    // Nonblocking: EAGAIN (already reset) is harmless.
+                    let _ = side.eventfd.read();
                 }
                 side.ring.reap(completions, |_, _| {});
             }

@@ -273,12 +273,15 @@ fn is_errno(err: &io::Error, errno: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::rc::Rc;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
     use io_uring::{opcode, types};
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    use nix::sys::eventfd::{EfdFlags, EventFd};
 
     use super::*;
 
@@ -376,30 +379,22 @@ mod tests {
     }
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two fds pipe2 writes.
-        let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        assert_eq!(ret, 0);
-        // SAFETY: both fds are new and owned by nobody else.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap()
     }
 
     fn eventfd() -> OwnedFd {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        assert!(fd >= 0);
-        // SAFETY: the fd is new and owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        EventFd::from_flags(flags).unwrap().into()
     }
 
+    /// write(2): the byte count, or -1.
     fn write(fd: &OwnedFd, bytes: &[u8]) -> isize {
-        // SAFETY: `bytes` is valid for reads of its length.
-        unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) }
+        nix::unistd::write(fd, bytes).map_or(-1, |n| n as isize)
     }
 
+    /// read(2): the byte count, or -1.
     fn read(fd: &OwnedFd, buf: &mut [u8]) -> isize {
-        // SAFETY: `buf` is valid for writes of its length.
-        unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+        nix::unistd::read(fd, buf).map_or(-1, |n| n as isize)
     }
 
     fn signal(efd: &OwnedFd) {
@@ -608,29 +603,30 @@ mod tests {
 
     #[test]
     fn signal_interrupts_wait() {
-        // SAFETY: installs a handler that does nothing, without SA_RESTART; `action` is a valid
-        // sigaction (all-zero is a valid bit pattern, and an empty mask).
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
-            assert_eq!(
-                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
-                0
-            );
-        }
+        use nix::sys::pthread::{pthread_kill, pthread_self};
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+        // No SA_RESTART: the wait must see EINTR.
+        let action = SigAction::new(
+            SigHandler::Handler(ignore_signal),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, so it is async-signal-safe, and nothing else
+        // in this test binary handles SIGUSR1.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.unwrap();
         each_backend(|mut m| {
             let (rx, _tx) = pipe();
             m.set(rx.as_raw_fd(), 1, READ).unwrap();
-            // SAFETY: no preconditions.
-            let me = unsafe { libc::pthread_self() };
+            let me = pthread_self();
             let stop = Arc::new(AtomicBool::new(false));
             let killer = std::thread::spawn({
                 let stop = stop.clone();
                 move || {
                     while !stop.load(SeqCst) {
                         std::thread::sleep(Duration::from_millis(20));
-                        // SAFETY: `me` is alive until this thread is joined.
-                        unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                        // `me` is alive until this thread is joined.
+                        pthread_kill(me, Signal::SIGUSR1).unwrap();
                     }
                 }
             });
@@ -850,8 +846,8 @@ mod tests {
             assert_eq!(poll(&mut m, ZERO), []); // armed
             m.set(rx.as_raw_fd(), 1, NONE).unwrap();
             drop(rx);
-            assert_eq!(write(&tx, b"x"), -1, "the read end is still open");
-            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPIPE));
+            let res = nix::unistd::write(&tx, b"x");
+            assert_eq!(res, Err(Errno::EPIPE), "the read end is still open");
         });
     }
 

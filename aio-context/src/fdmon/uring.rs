@@ -513,6 +513,8 @@ impl UringMonitor {
             }
             return Ok(());
         }
+        // libc, not nix: this asks whether a bare number is open, and nix's `fcntl` takes
+        // an `AsFd`, i.e. an fd already known to be open.
         // SAFETY: F_GETFD takes no argument and only checks that `fd` is open.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(io::Error::last_os_error());
@@ -638,7 +640,7 @@ impl UringMonitor {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::rc::Rc;
     use std::time::Instant;
 
@@ -668,12 +670,10 @@ mod tests {
         (ready, n)
     }
 
-    fn eventfd(count: u64) -> OwnedFd {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::eventfd(count as u32, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        assert!(fd >= 0);
-        // SAFETY: the fd is new and owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+    fn eventfd(count: u32) -> OwnedFd {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        EventFd::from_value_and_flags(count, flags).unwrap().into()
     }
 
     const READ: Interest = Interest {
