@@ -543,3 +543,19 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_eventfds_are_kick_and_call_fds() {
+        let efd = nix::sys::eventfd::EventFd::new().unwrap();
+        assert!(vring_eventfd(File::from(OwnedFd::from(efd)), "kick").is_ok());
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(matches!(
+            vring_eventfd(File::from(r), "kick"),
+            Err(Error::InvalidParam)
+        ));
+    }
+}

@@ -227,3 +227,27 @@ pub fn serve(path: &Path, device: VhostUserDevice) -> std::io::Result<()> {
     server.run(&AtomicBool::new(false));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_fds_names_the_count_and_the_limit() {
+        let e = RefusedMessage::TooManyFds {
+            count: 40,
+            truncated: false,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "a message carries 40 file descriptors, more than the {MAX_ATTACHED_FD_ENTRIES} supported"
+            )
+        );
+        let e = RefusedMessage::TooManyFds {
+            count: 253,
+            truncated: true,
+        };
+        assert!(e.to_string().starts_with("a message carries over 253 "));
+    }
+}
