@@ -8,7 +8,6 @@ pub mod disks;
 pub mod monitor;
 pub mod signals;
 pub mod storage_daemon;
-pub mod vhost_user;
 pub mod vm_monitor;
 
 pub mod cli;

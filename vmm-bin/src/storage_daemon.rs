@@ -20,7 +20,7 @@ use aio_context::IoThread;
 use block_dma::{BlockBackend, Drive, ErrorPolicy, FileBackend, FileOptions};
 use qemu_opts::{Grammar, Opts};
 
-use crate::vhost_user::{ExportServer, VhostUserDevice};
+use vhost_user_export::{ExportServer, VhostUserDevice};
 use virtio_blk::{BlkOptions, VirtioBlk};
 
 /// The longest `serial`: virtio-blk's device ID (`VIRTIO_BLK_ID_BYTES`).

@@ -169,7 +169,7 @@ fn wait_for_message(sock: RawFd, faults: &FaultReport) -> bool {
 /// for bytes that never come (the connection hangs). Looks with `MSG_PEEK` (which
 /// receives copies of the fds: they are closed at once) and consumes nothing. A frontend
 /// that attaches fds to a later segment of a message is not seen here.
-fn check_fds(sock: RawFd) -> Result<(), String> {
+fn check_fds(sock: RawFd) -> Result<(), RefusedMessage> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     // Room for SCM_MAX_FD (253), the most one sendmsg can carry.
     let mut space = nix::cmsg_space!([RawFd; 253]);
@@ -198,17 +198,23 @@ fn check_fds(sock: RawFd) -> Result<(), String> {
             }
         }
     }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || count > MAX_ATTACHED_FD_ENTRIES {
-        return Err(format!(
-            "a message carries {}{count} file descriptors, more than the {MAX_ATTACHED_FD_ENTRIES} supported",
-            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-                "over "
-            } else {
-                ""
-            }
-        ));
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    if truncated || count > MAX_ATTACHED_FD_ENTRIES {
+        return Err(RefusedMessage::TooManyFds { count, truncated });
     }
     Ok(())
+}
+
+/// Why the server refuses a frontend's next message (and closes its connection).
+#[derive(Debug, thiserror::Error)]
+enum RefusedMessage {
+    /// More fds than the protocol library receives; `truncated`: the kernel dropped
+    /// some (more than `SCM_MAX_FD`), so `count` is a lower bound.
+    #[error(
+        "a message carries {over}{count} file descriptors, more than the {MAX_ATTACHED_FD_ENTRIES} supported",
+        over = if *truncated { "over " } else { "" }
+    )]
+    TooManyFds { count: usize, truncated: bool },
 }
 
 /// Binds and serves forever on the calling thread.
@@ -220,4 +226,28 @@ pub fn serve(path: &Path, device: VhostUserDevice) -> std::io::Result<()> {
     let server = ExportServer::bind(path, device)?;
     server.run(&AtomicBool::new(false));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_fds_names_the_count_and_the_limit() {
+        let e = RefusedMessage::TooManyFds {
+            count: 40,
+            truncated: false,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "a message carries 40 file descriptors, more than the {MAX_ATTACHED_FD_ENTRIES} supported"
+            )
+        );
+        let e = RefusedMessage::TooManyFds {
+            count: 253,
+            truncated: true,
+        };
+        assert!(e.to_string().starts_with("a message carries over 253 "));
+    }
 }

@@ -1,6 +1,7 @@
-//! A vhost-user backend that serves any [`VirtioDevice`] (virtio-blk for
+//! A vhost-user backend that serves any [`VirtioDevice`] (virtio-blk for vmm-bin's
 //! `--export type=vhost-user-blk`) to QEMU, Cloud Hypervisor, crosvm and libblkio
-//! frontends.
+//! frontends: [`VhostUserDevice`] holds the protocol state around the device,
+//! [`ExportServer`] serves it on a Unix socket, one frontend at a time.
 //!
 //! - The frontend's memory table (`SET_MEM_TABLE`, `ADD_MEM_REG`, `REM_MEM_REG`) becomes
 //!   ram-block blocks over the passed fds. A new table replaces the old one in one RCU
@@ -18,6 +19,8 @@
 //!   it truncates its memory under us, the fault is survived (ram-block's
 //!   `Backing::PeerFd`) and its connection closed; its kick and call fds must be
 //!   eventfds and are never read or written in a way that can block the iothread.
+
+#![deny(missing_docs)]
 
 mod call;
 mod server;
@@ -533,5 +536,26 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> Result<()> {
         Err(Error::InvalidOperation("LOG_SHMFD is not offered"))
+    }
+}
+
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_eventfds_are_kick_and_call_fds() {
+        let efd = nix::sys::eventfd::EventFd::new().unwrap();
+        assert!(vring_eventfd(File::from(OwnedFd::from(efd)), "kick").is_ok());
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(matches!(
+            vring_eventfd(File::from(r), "kick"),
+            Err(Error::InvalidParam)
+        ));
     }
 }
