@@ -1,9 +1,9 @@
 //! `IoThread`: a named thread running its own `AioContext` (QEMU's `-object iothread`).
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use crate::context::{AioContext, AioHandle, PollParams};
@@ -18,6 +18,8 @@ pub struct IoThread {
     stop: Arc<AtomicBool>,
     thread_id: i32,
     thread: Option<JoinHandle<()>>,
+    /// The busy-polling parameters last given to the loop (read without asking it).
+    poll: Mutex<PollParams>,
 }
 
 impl IoThread {
@@ -57,6 +59,7 @@ impl IoThread {
                 stop,
                 thread_id,
                 thread: Some(thread),
+                poll: Mutex::new(PollParams::IOTHREAD),
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -74,6 +77,23 @@ impl IoThread {
     /// The kernel thread id (for QMP `query-iothreads`).
     pub fn thread_id(&self) -> i32 {
         self.thread_id
+    }
+
+    /// Sets the loop's busy-polling parameters (QEMU's `poll-max-ns`, `poll-grow`,
+    /// `poll-shrink`): recorded at once, applied by the loop at its next iteration.
+    pub fn set_poll_params(&self, params: PollParams) {
+        *self.poll.lock().unwrap_or_else(|e| e.into_inner()) = params;
+        self.handle.schedule_oneshot(move || {
+            if let Some(ctx) = AioContext::current() {
+                ctx.set_poll_params(params);
+            }
+        });
+    }
+
+    /// The busy-polling parameters the loop runs with (for QMP `query-iothreads`),
+    /// without a round trip to the thread.
+    pub fn poll_params(&self) -> PollParams {
+        *self.poll.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A handle to the thread's context.

@@ -290,11 +290,7 @@ pub fn spawn_iothread(
     }
     let thread = IoThread::spawn(id).map_err(|e| format!("{option} iothread,id={id}: {e}"))?;
     if poll != PollParams::IOTHREAD {
-        thread.run(move || {
-            if let Some(ctx) = aio_context::AioContext::current() {
-                ctx.set_poll_params(poll);
-            }
-        });
+        thread.set_poll_params(poll);
     }
     Ok(Arc::new(thread))
 }

@@ -127,11 +127,7 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
             Ok(Value::Array(list))
         })
         .map_err(|e| e.to_string())?;
-    let threads: Vec<(String, i32)> = disks
-        .iothreads
-        .iter()
-        .map(|(id, t)| (id.clone(), t.thread_id()))
-        .collect();
+    let threads = disks.iothreads.clone();
     monitor
         .commands()
         .register("query-iothreads", move |args| {
@@ -139,9 +135,14 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
             Ok(Value::Array(
                 threads
                     .iter()
-                    .map(|(id, tid)| {
-                        json!({"id": id, "thread-id": tid, "poll-max-ns": 32768,
-                               "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 0})
+                    .map(|(id, thread)| {
+                        // What the iothread's loop runs with (`-object iothread`'s
+                        // poll-* properties, or the iothread default), without
+                        // waiting for the thread.
+                        let poll = thread.poll_params();
+                        json!({"id": id, "thread-id": thread.thread_id(),
+                               "poll-max-ns": poll.max_ns, "poll-grow": poll.grow,
+                               "poll-shrink": poll.shrink, "aio-max-batch": 0})
                     })
                     .collect(),
             ))

@@ -44,7 +44,7 @@ fn qemu_qmp_client_drives_the_vm() {
     let log = dir.join("serial.log");
     let vm = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
         .args(["-nographic", "-m", "128"])
-        .args(["-object", "iothread,id=io0"])
+        .args(["-object", "iothread,id=io0,poll-max-ns=12345"])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=none,id=d0,cache=none",

@@ -66,6 +66,10 @@ async def main(sock, log):
     assert blocks and blocks[0]["io-status"] == "ok", blocks
     threads = await qmp.execute("query-iothreads")
     print("query-iothreads", threads)
+    # The properties the iothread runs with (qmp_vm.rs gives poll-max-ns=12345).
+    assert [t["id"] for t in threads] == ["io0"], threads
+    assert threads[0]["poll-max-ns"] == 12345, threads
+    assert threads[0]["thread-id"] > 0, threads
 
     before = size(log)
     await qmp.execute("system_reset")
