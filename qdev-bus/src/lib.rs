@@ -78,6 +78,8 @@ mod device;
 #[cfg(not(loom))]
 mod hotplug;
 #[cfg(not(loom))]
+pub mod registry;
+#[cfg(not(loom))]
 mod section;
 #[cfg(not(loom))]
 mod tree;
