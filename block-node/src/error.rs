@@ -80,7 +80,7 @@ pub enum Error {
     #[error("Node {0} is not owned by the monitor")]
     NotOwned(String),
     /// A drive (`-drive id=..`) a device already uses.
-    #[error("Drive '{0}' is already in use by a device")]
+    #[error("Drive '{0}' is already in use by another device")]
     DriveInUse(String),
     /// The image cannot be opened.
     #[error("Could not open '{path}': {reason}")]

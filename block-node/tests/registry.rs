@@ -53,7 +53,7 @@ fn a_drive_is_a_named_backend_over_anonymous_nodes() {
     );
     assert_eq!(
         nodes.attach("d0", how.clone()).unwrap_err().to_string(),
-        "Drive 'd0' is already in use by a device"
+        "Drive 'd0' is already in use by another device"
     );
     let q = nodes.query_block();
     assert_eq!(q[0]["device"], "d0");

@@ -460,6 +460,7 @@ pub fn main(args: &[String]) -> i32 {
 const USAGE: &str = "\
   --blockdev driver=file,node-name=NAME,filename=PATH[,cache.direct=on|off][,aio=io_uring][,read-only=on|off]
   --blockdev driver=raw,node-name=NAME,file=NODE[,read-only=on|off]
+  --blockdev {\"driver\":\"raw\",\"node-name\":NAME,\"file\":{\"driver\":\"file\",\"filename\":PATH}}
   --export type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=SOCKET
            [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]
            [,iothread=ID]
