@@ -86,38 +86,8 @@ pub struct QmpConfig {
     pub wait: bool,
 }
 
-/// One `-drive` option.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DriveConfig {
-    /// `file=`: the image path.
-    pub file: Option<PathBuf>,
-    /// `format=` (only `raw` is planned).
-    pub format: Option<String>,
-    /// `if=`: `ide`, `scsi`, `virtio` or `none` (QEMU's default is `ide`).
-    pub interface: String,
-    /// `id=`.
-    pub id: Option<String>,
-    /// `werror=` (`report`, `ignore`, `stop`, `enospc`).
-    pub werror: Option<String>,
-    /// `rerror=`.
-    pub rerror: Option<String>,
-    /// `cache=`.
-    pub cache: Option<String>,
-    /// `aio=`.
-    pub aio: Option<String>,
-    /// `readonly=on` (or `media=cdrom`).
-    pub readonly: bool,
-    /// `media=cdrom`.
-    pub cdrom: bool,
-    /// `discard=unmap|on`: the guest's discards reach the image.
-    pub discard: bool,
-    /// The bus on the interface (`bus=`, or from `index=`).
-    pub bus: u32,
-    /// The unit on that bus (`unit=`, from `index=`, or the first free one).
-    pub unit: u32,
-    /// Every key and value, in order, for the disk code to check further.
-    pub options: Opts,
-}
+/// One `-drive` option: the block-node crate owns its grammar.
+pub use block_node::DriveOptions as DriveConfig;
 
 /// One `-device` option other than `isa-debug-exit` (which the machine builds in).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +145,8 @@ pub struct Config {
     pub qmp: Vec<QmpConfig>,
     /// `-drive ...`.
     pub drives: Vec<DriveConfig>,
+    /// `-blockdev ...` (dotted or JSON), in order.
+    pub blockdevs: Vec<block_node::BlockdevOptions>,
     /// `-device ...` (other than `isa-debug-exit`).
     pub devices: Vec<DeviceConfig>,
     /// `-object ...`.
@@ -208,6 +180,7 @@ impl Default for Config {
             debug_exit: None,
             qmp: Vec::new(),
             drives: Vec::new(),
+            blockdevs: Vec::new(),
             devices: Vec::new(),
             objects: Vec::new(),
             reboot_timeout_ms: None,
@@ -278,7 +251,7 @@ fn invalid(option: &str, reason: impl Into<String>) -> Error {
 /// The options that take an argument, and those that do not.
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "bios", "serial", "display", "device", "drive",
-    "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor",
+    "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor", "blockdev",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "S", "nodefaults"];
 
@@ -421,6 +394,12 @@ fn apply(
             let drive = drive::parse(option, arg, &config.drives)?;
             config.drives.push(drive);
         }
+        "blockdev" => config.blockdevs.push(
+            block_node::BlockdevOptions::parse(option, arg).map_err(|e| match e {
+                block_node::Error::Syntax(e) => Error::from(e),
+                e => invalid(option, e.to_string()),
+            })?,
+        ),
         "object" => config.objects.push(parse_object(option, arg)?),
         "device" => {
             let mut props = opts(option, arg, Some("driver"))?;
@@ -529,7 +508,8 @@ usage: vmm-bin [options]
   -boot [order=DRIVES][,once=DRIVES][,menu=on|off][,splash-time=MS][,strict=on|off]
         [,reboot-timeout=MS]
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
-  -device virtio-blk-pci,drive=ID[,id=..][,iothread=..][,bootindex=N][,addr=SLOT]
+  -blockdev driver=file|raw,node-name=..,...   (or libvirt's JSON form {\"driver\":..})
+  -device virtio-blk-pci,drive=ID|NODE[,id=..][,iothread=..][,bootindex=N][,addr=SLOT]
         [,num-queues=N][,queue-size=N][,serial=..]
   -drive file=PATH,format=raw,if=virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
         [,readonly=on][,media=disk|cdrom][,index=N|bus=N,unit=N][,discard=ignore|unmap]

@@ -1,9 +1,13 @@
-//! Disks of the VMM: `-drive`, `-device virtio-blk-pci` and `-object iothread` turned
-//! into block-dma drives, virtio-blk devices and virtio-pci functions on the machine.
+//! Disks of the VMM: `-blockdev`, `-drive`, `-device virtio-blk-pci` and `-object
+//! iothread` turned into block nodes (the block-node crate's registry), virtio-blk
+//! devices and virtio-pci functions on the machine.
 //!
+//! - `-blockdev driver=file|raw,node-name=..,...` (or JSON): a node, kept in
+//!   [`Disks::nodes`] for the monitor's `blockdev-add`/`-del` and `query-*`.
 //! - `-drive file=IMG,format=raw,if=virtio|none,id=ID,cache=..,aio=io_uring,werror=..,rerror=..,readonly=on`
 //!   (`cache=none`/`directsync` bypass the host page cache with O_DIRECT).
-//! - `-device virtio-blk-pci,drive=ID[,id=..][,iothread=..][,num-queues=N][,queue-size=N][,serial=..][,bootindex=N][,addr=SLOT]`.
+//! - `-device virtio-blk-pci,drive=ID|NODE[,id=..][,iothread=..][,num-queues=N][,queue-size=N][,serial=..][,bootindex=N][,addr=SLOT]`:
+//!   `drive=` names a `-drive` id or a `-blockdev` node, as in QEMU.
 //! - `-object iothread,id=ID`: an iothread (an `AioContext` on its own thread) serving
 //!   the queues of the devices that name it; devices without one share a default.
 //!
@@ -15,12 +19,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aio_context::{IoThread, PollParams};
-use block_dma::{BlockIoError, Drive, ErrorAction, ErrorPolicy, FileBackend, FileOptions};
+use block_dma::{BlockIoError, Drive};
+use block_node::{AttachOptions, Claim, NodeRegistry};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use qdev_bus::PciAddress;
 
-use crate::cli::{Config, DeviceConfig, DriveConfig};
+use crate::cli::{Config, DeviceConfig};
 use pc_platform::fw_cfg::bootorder::{BootOrder, virtio_blk_pci_path};
 
 mod boot;
@@ -144,12 +149,14 @@ impl virtio_pci::IoEventRegistrar for KvmIoEvents {
 pub struct Disk {
     /// The `-device` id (or the drive id for `if=virtio`).
     pub id: String,
-    /// The drive id.
+    /// The drive id (empty for a device on a `-blockdev` node, as QEMU's device name).
     pub drive_id: String,
-    /// The image.
-    pub file: String,
+    /// The root node's name.
+    pub node_name: String,
     /// The drive.
     pub drive: Drive,
+    /// The device's hold on its node (released with the disk).
+    pub claim: Claim,
     /// Whether it is read-only.
     pub read_only: bool,
     /// PCI slot.
@@ -164,6 +171,8 @@ pub struct Disks {
     pub disks: Vec<Disk>,
     /// `-object iothread` ids, and the default one (`"main-iothread"`) if used.
     pub iothreads: Vec<(String, Arc<IoThread>)>,
+    /// Every block node and drive (for the monitor's block commands).
+    pub nodes: NodeRegistry,
 }
 
 impl Disks {
@@ -191,58 +200,6 @@ impl Disks {
             d.drive.set_event_hook(hook.clone());
         }
     }
-}
-
-fn drive_policy(d: &DriveConfig) -> Result<ErrorPolicy, String> {
-    let mut p = ErrorPolicy::default();
-    if let Some(w) = &d.werror {
-        p.werror = w
-            .parse::<ErrorAction>()
-            .map_err(|e| format!("-drive werror: {e}"))?;
-    }
-    if let Some(r) = &d.rerror {
-        p.rerror = r
-            .parse::<ErrorAction>()
-            .map_err(|e| format!("-drive rerror: {e}"))?;
-        if p.rerror == ErrorAction::Enospc {
-            return Err("-drive rerror=enospc is not supported (QEMU refuses it too)".into());
-        }
-    }
-    Ok(p)
-}
-
-fn open_drive(d: &DriveConfig, runner: &Runner, id: &str) -> Result<(Drive, bool, String), String> {
-    let file = d
-        .file
-        .as_ref()
-        .ok_or_else(|| format!("-drive id={id}: file= is required"))?;
-    match d.format.as_deref() {
-        None | Some("raw") => {}
-        Some(f) => {
-            return Err(format!(
-                "-drive id={id}: format={f} is not supported (only raw)"
-            ));
-        }
-    }
-    let direct = match d.cache.as_deref() {
-        None | Some("writeback") | Some("writethrough") | Some("unsafe") => false,
-        Some("none") | Some("directsync") => true,
-        Some(c) => return Err(format!("-drive id={id}: invalid cache mode '{c}'")),
-    };
-    match d.aio.as_deref() {
-        None | Some("io_uring") => {}
-        Some(a) => {
-            return Err(format!(
-                "-drive id={id}: aio={a} is not supported (block I/O always uses io_uring)"
-            ));
-        }
-    }
-    let policy = drive_policy(d)?;
-    let backend = FileBackend::open(&FileOptions::new(file).direct(direct).read_only(d.readonly))
-        .map_err(|e| format!("-drive id={id}: {e}"))?;
-    let backend = io::discard_policy(backend, d.discard);
-    let drive = Drive::new(id, id, backend, policy, Some(runner.runstate().clone()));
-    Ok((drive, d.readonly, file.display().to_string()))
 }
 
 /// `-device ...,addr=SLOT[.FUNCTION]` (hex, `0x` optional): the slot; only function 0
@@ -339,26 +296,21 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             Ok(t)
         };
 
-    // if=none drives wait for a -device; if=virtio drives get one now.
-    let mut pending: HashMap<String, &DriveConfig> = HashMap::new();
-    let mut devices: Vec<(DeviceConfig, Option<&DriveConfig>)> = Vec::new();
+    let nodes = NodeRegistry::new();
+    for b in &config.blockdevs {
+        nodes.add(b).map_err(|e| format!("-blockdev: {e}"))?;
+    }
+    // The interfaces first (nothing is opened for a command line refused anyway).
+    let mut drives = Vec::new();
     for d in &config.drives {
         match d.interface.as_str() {
-            "none" => {
-                let id = d.id.clone().ok_or("-drive if=none needs id=")?;
-                if pending.insert(id.clone(), d).is_some() {
-                    return Err(format!("-drive id={id}: duplicate drive id"));
-                }
-            }
-            "virtio" => {
-                // QEMU names an if=virtio drive after its unit.
-                let id = d.id.clone().unwrap_or_else(|| format!("virtio{}", d.unit));
-                let dev = DeviceConfig {
-                    driver: "virtio-blk-pci".into(),
-                    props: qemu_opts::Opts::from_pairs("-drive", vec![("id".into(), id)]),
-                };
-                devices.push((dev, Some(d)));
-            }
+            // if=none drives wait for a -device.
+            "none" => drives.push((d, d.id.clone().ok_or("-drive if=none needs id=")?)),
+            // QEMU names an if=virtio drive after its unit.
+            "virtio" => drives.push((
+                d,
+                d.id.clone().unwrap_or_else(|| format!("virtio{}", d.unit)),
+            )),
             "scsi" => {
                 // QEMU 10's refusal on the pc machine.
                 return Err(format!(
@@ -375,6 +327,21 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             }
         }
     }
+    // if=virtio drives get their device now, before the -device ones.
+    let mut devices: Vec<DeviceConfig> = Vec::new();
+    for (d, id) in drives {
+        nodes.add_drive(d, &id).map_err(|e| match e {
+            block_node::Error::Drive(m) => m,
+            e => format!("-drive id={id}: {e}"),
+        })?;
+        if d.interface == "virtio" {
+            let pairs = vec![("drive".into(), id.clone()), ("id".into(), id)];
+            devices.push(DeviceConfig {
+                driver: "virtio-blk-pci".into(),
+                props: qemu_opts::Opts::from_pairs("-drive", pairs),
+            });
+        }
+    }
     for dev in &config.devices {
         if dev.driver != "virtio-blk-pci" {
             return Err(format!(
@@ -382,25 +349,17 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
                 dev.driver
             ));
         }
-        let drive_id = dev
-            .props
-            .get("drive")
-            .ok_or("-device virtio-blk-pci: drive= is required")?;
-        let d = pending.remove(drive_id).ok_or_else(|| {
-            format!("-device virtio-blk-pci: no -drive with id={drive_id} (or it is used twice)")
-        })?;
-        devices.push((dev.clone(), Some(d)));
-    }
-    if let Some(id) = pending.keys().next() {
-        eprintln!("vmm-bin: warning: -drive id={id} is not used by any device");
+        if dev.props.get("drive").is_none() {
+            return Err("-device virtio-blk-pci: drive= is required".into());
+        }
+        devices.push(dev.clone());
     }
 
     let machine = runner.machine();
     let mut disks = Vec::new();
     let mut next_slot = 3u8;
     let mut boot_order = BootOrder::new();
-    for (dev, d) in devices {
-        let d = d.expect("every device has a drive");
+    for dev in devices {
         let props = &dev.props;
         let known = [
             "driver",
@@ -416,13 +375,12 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
         if let Some(k) = props.unknown_keys(&known).first() {
             return Err(format!("-device virtio-blk-pci: invalid parameter '{k}'"));
         }
-        let drive_id =
-            d.id.clone()
-                .unwrap_or_else(|| props.get("id").unwrap_or("virtio").to_owned());
+        // A -drive id or a -blockdev node name (checked above that it is there).
+        let reference = props.get("drive").unwrap_or_default().to_owned();
         let id = props
             .get("id")
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("{drive_id}-dev"));
+            .unwrap_or_else(|| format!("{reference}-dev"));
         let num = |key: &str, default: u16| -> Result<u16, String> {
             props.get(key).map_or(Ok(default), |v| {
                 v.parse()
@@ -458,7 +416,19 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
         boot_order
             .add(bootindex, virtio_blk_pci_path(slot, 0))
             .map_err(|e| format!("-device virtio-blk-pci,id={id}: {e}"))?;
-        let (drive, read_only, file) = open_drive(d, runner, &drive_id)?;
+        let how = AttachOptions {
+            qdev: Some(format!("/machine/peripheral/{id}/virtio-backend")),
+            vm: Some(runner.runstate().clone()),
+            ..AttachOptions::default()
+        };
+        let claim = nodes.attach(&reference, how).map_err(|e| match e {
+            // QEMU's words for a drive= that names nothing.
+            block_node::Error::NotFound(r) => format!(
+                "-device virtio-blk-pci: Property 'virtio-blk-device.drive' can't find value '{r}'"
+            ),
+            e => format!("-device virtio-blk-pci,drive={reference}: {e}"),
+        })?;
+        let drive = claim.drive().clone();
         let blk = VirtioBlk::new(drive.clone(), options)
             .map_err(|e| format!("-device virtio-blk-pci: {e}"))?;
         let intx = machine.intx().clone();
@@ -487,18 +457,23 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             .map_err(|e| format!("-device {id}: {e}"))?;
         disks.push(Disk {
             id,
-            drive_id,
-            file,
+            drive_id: claim.device().to_owned(),
+            node_name: claim.node_name().to_owned(),
+            read_only: claim.read_only(),
             drive,
-            read_only,
+            claim,
             slot,
             iothread,
         });
+    }
+    for id in nodes.unused_drives() {
+        eprintln!("vmm-bin: warning: -drive id={id} is not used by any device");
     }
     boot::configure(runner, &config.boot, &boot_order)?;
     Ok(Disks {
         disks,
         iothreads: order,
+        nodes,
     })
 }
 

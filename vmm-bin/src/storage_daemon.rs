@@ -9,15 +9,19 @@
 //! ```
 //!
 //! Options are QEMU "keyval" lists (`key=value,...`, a literal comma written `,,`), read
-//! by the `qemu-opts` crate: `--blockdev` and `--export` in its strict grammar (each key
-//! once), `--object` in the lenient one (`iothread,id=..`, as `-object` takes it).
+//! by the `qemu-opts` crate: `--export` in its strict grammar (each key once),
+//! `--object` in the lenient one (`iothread,id=..`, as `-object` takes it).
+//! `--blockdev` is the block-node crate's (dotted or JSON, as qemu-storage-daemon takes
+//! it), and so is the registry the nodes live in: the exports attach to it as the VMM's
+//! devices do, and a QMP monitor (issue 17) registers `block_node::qmp` on the same one.
 //! Unknown options, unknown keys and bad values fail with a message naming them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use aio_context::IoThread;
-use block_dma::{BlockBackend, Drive, ErrorPolicy, FileBackend, FileOptions};
+use block_dma::BlockBackend;
+use block_node::{AttachOptions, BlockdevOptions, NodeRegistry};
 use qemu_opts::{Grammar, Opts};
 
 use vhost_user_export::{ExportServer, VhostUserDevice};
@@ -26,30 +30,64 @@ use virtio_blk::{BlkOptions, VirtioBlk};
 /// The longest `serial`: virtio-blk's device ID (`VIRTIO_BLK_ID_BYTES`).
 const ID_BYTES: usize = 20;
 
-/// A `--blockdev`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BlockdevSpec {
-    /// `driver=file`.
-    File {
-        /// `node-name`.
-        node: String,
-        /// `filename`.
-        filename: PathBuf,
-        /// `cache.direct`.
-        direct: bool,
-        /// `read-only`.
-        read_only: bool,
+/// What was wrong with the command line or with starting the exports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A malformed `--export` or `--object` (qemu-opts names the option and key).
+    #[error("{0}")]
+    Option(#[from] qemu_opts::Error),
+    /// A `--blockdev` refused by its grammar or by the node registry.
+    #[error("--blockdev: {0}")]
+    Blockdev(#[source] block_node::Error),
+    /// An option we do not know.
+    #[error("unknown option '{0}' (supported: --blockdev, --export, --object)")]
+    UnknownOption(String),
+    /// An option without its argument.
+    #[error("{0} needs an argument")]
+    MissingArgument(String),
+    /// No `--export`.
+    #[error("nothing to do: give at least one --export")]
+    NothingToDo,
+    /// Two `--object iothread` with one id.
+    #[error("--object iothread,id={0}: duplicate id")]
+    DuplicateIothread(String),
+    /// Two exports with one id (qemu-storage-daemon's words).
+    #[error("--export: Block export id '{0}' is already in use")]
+    DuplicateExport(String),
+    /// Two exports on one socket.
+    #[error("--export {id}: addr.path '{path}' is already the socket of export '{other}'")]
+    SameSocket {
+        /// The later export.
+        id: String,
+        /// The socket.
+        path: String,
+        /// The earlier export.
+        other: String,
     },
-    /// `driver=raw` over another node.
-    Raw {
-        /// `node-name`.
-        node: String,
-        /// `file`: the node below.
-        file: String,
-        /// `read-only`.
-        read_only: bool,
+    /// An export naming an iothread that no `--object` made.
+    #[error("--export id={id}: iothread \"{iothread}\" not found")]
+    NoIothread {
+        /// The export.
+        id: String,
+        /// The missing iothread.
+        iothread: String,
     },
+    /// An export that cannot start (its node, its device, its socket).
+    #[error("--export {id}: {message}")]
+    Export {
+        /// The export.
+        id: String,
+        /// What failed.
+        message: String,
+    },
+    /// Process setup (signals, threads).
+    #[error("{0}")]
+    Setup(String),
 }
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// An `--export`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,8 +122,8 @@ pub struct IothreadSpec {
 /// The whole command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaemonConfig {
-    /// Block nodes.
-    pub blockdevs: Vec<BlockdevSpec>,
+    /// Block nodes, in order.
+    pub blockdevs: Vec<BlockdevOptions>,
     /// Exports.
     pub exports: Vec<ExportSpec>,
     /// Iothreads exports can name.
@@ -114,44 +152,6 @@ fn parse_object(text: &str) -> qemu_opts::Result<IothreadSpec> {
         return Err(qemu_opts::Error::Missing { option, key });
     };
     Ok(IothreadSpec { id, props: kv })
-}
-
-fn parse_blockdev(text: &str) -> qemu_opts::Result<BlockdevSpec> {
-    let mut kv = Opts::parse("--blockdev", text, Grammar::keyval())?;
-    let driver = kv.required("driver")?;
-    let node = kv.required("node-name")?;
-    let read_only = kv.flag("read-only", false)?;
-    let spec = match driver.as_str() {
-        "file" => {
-            let filename = PathBuf::from(kv.required("filename")?);
-            let direct = kv.flag("cache.direct", false)?;
-            kv.flag("cache.no-flush", false)?;
-            match kv.string("aio").as_deref() {
-                None | Some("io_uring") => {}
-                Some(other) => {
-                    return Err(kv.invalid(format!(
-                        "aio={other} is not supported (this daemon always uses io_uring)"
-                    )));
-                }
-            }
-            BlockdevSpec::File {
-                node,
-                filename,
-                direct,
-                read_only,
-            }
-        }
-        "raw" => BlockdevSpec::Raw {
-            node,
-            file: kv.required("file")?,
-            read_only,
-        },
-        other => {
-            return Err(kv.invalid(format!("unknown driver '{other}' (supported: file, raw)")));
-        }
-    };
-    kv.finish()?;
-    Ok(spec)
 }
 
 fn parse_export(text: &str) -> qemu_opts::Result<ExportSpec> {
@@ -212,17 +212,12 @@ fn parse_export(text: &str) -> qemu_opts::Result<ExportSpec> {
     })
 }
 
-/// The message of an option's error (this module's errors are still strings).
-fn text(e: qemu_opts::Error) -> String {
-    e.to_string()
-}
-
 /// Parses the arguments after `storage-daemon`.
 ///
 /// # Errors
 ///
 /// A message naming the bad option or value.
-pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
+pub fn parse_args(args: &[String]) -> Result<DaemonConfig> {
     let mut config = DaemonConfig::default();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -234,71 +229,55 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
             inline
                 .clone()
                 .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{name} needs an argument"))
+                .ok_or_else(|| Error::MissingArgument(name.to_owned()))
         };
         match name {
             "--blockdev" => config
                 .blockdevs
-                .push(parse_blockdev(&value()?).map_err(text)?),
-            "--export" => config.exports.push(parse_export(&value()?).map_err(text)?),
+                .push(BlockdevOptions::parse("--blockdev", &value()?).map_err(Error::Blockdev)?),
+            "--export" => config.exports.push(parse_export(&value()?)?),
             "--object" => {
-                let object = parse_object(&value()?).map_err(text)?;
+                let object = parse_object(&value()?)?;
                 if config.iothreads.iter().any(|t| t.id == object.id) {
-                    return Err(format!("--object iothread,id={}: duplicate id", object.id));
+                    return Err(Error::DuplicateIothread(object.id));
                 }
                 config.iothreads.push(object);
             }
-            other => {
-                return Err(format!(
-                    "unknown option '{other}' (supported: --blockdev, --export, --object)"
-                ));
-            }
+            other => return Err(Error::UnknownOption(other.to_owned())),
         }
     }
     if config.exports.is_empty() {
-        return Err("nothing to do: give at least one --export".into());
+        return Err(Error::NothingToDo);
     }
     check_unique(&config)?;
     for export in &config.exports {
         if let Some(id) = &export.iothread {
             if !config.iothreads.iter().any(|t| t.id == *id) {
-                return Err(format!(
-                    "--export id={}: iothread \"{id}\" not found",
-                    export.id
-                ));
+                return Err(Error::NoIothread {
+                    id: export.id.clone(),
+                    iothread: id.clone(),
+                });
             }
         }
     }
     Ok(config)
 }
 
-/// Refuses what would make two objects indistinguishable or make one export steal
-/// another's socket (qemu-storage-daemon's wording where it has a check).
-fn check_unique(config: &DaemonConfig) -> Result<(), String> {
-    let mut nodes = std::collections::HashSet::new();
-    for b in &config.blockdevs {
-        let (BlockdevSpec::File { node, .. } | BlockdevSpec::Raw { node, .. }) = b;
-        if !nodes.insert(node) {
-            return Err(format!(
-                "--blockdev: Duplicate nodes with node-name='{node}'"
-            ));
-        }
-    }
+/// Refuses what would make two exports indistinguishable or make one export steal
+/// another's socket (qemu-storage-daemon's wording where it has a check). Duplicate
+/// node names are the registry's to refuse.
+fn check_unique(config: &DaemonConfig) -> Result<()> {
     for (i, e) in config.exports.iter().enumerate() {
         let earlier = &config.exports[..i];
         if earlier.iter().any(|o| o.id == e.id) {
-            return Err(format!(
-                "--export: Block export id '{}' is already in use",
-                e.id
-            ));
+            return Err(Error::DuplicateExport(e.id.clone()));
         }
         if let Some(o) = earlier.iter().find(|o| same_socket_path(&o.path, &e.path)) {
-            return Err(format!(
-                "--export {}: addr.path '{}' is already the socket of export '{}'",
-                e.id,
-                e.path.display(),
-                o.id
-            ));
+            return Err(Error::SameSocket {
+                id: e.id.clone(),
+                path: e.path.display().to_string(),
+                other: o.id.clone(),
+            });
         }
     }
     Ok(())
@@ -319,38 +298,6 @@ fn same_socket_path(a: &std::path::Path, b: &std::path::Path) -> bool {
     a == b || resolve(a) == resolve(b)
 }
 
-/// The file behind `node` (through raw nodes) and whether some layer is read-only.
-fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, bool, bool), String> {
-    let mut read_only = false;
-    let mut name = node.to_owned();
-    for _ in 0..8 {
-        let spec = config
-            .blockdevs
-            .iter()
-            .find(|b| match b {
-                BlockdevSpec::File { node, .. } | BlockdevSpec::Raw { node, .. } => *node == name,
-            })
-            .ok_or_else(|| format!("no block node named '{name}'"))?;
-        match spec {
-            BlockdevSpec::File {
-                filename,
-                direct,
-                read_only: ro,
-                ..
-            } => return Ok((filename, *direct, read_only || *ro)),
-            BlockdevSpec::Raw {
-                file,
-                read_only: ro,
-                ..
-            } => {
-                read_only |= *ro;
-                name = file.clone();
-            }
-        }
-    }
-    Err(format!("block node '{node}': too many layers"))
-}
-
 /// Opens everything and serves until SIGTERM, SIGINT or SIGHUP, then shuts down as
 /// qemu-storage-daemon does: the exports stop (requests in flight complete), the
 /// writable images are flushed, the sockets removed.
@@ -358,68 +305,105 @@ fn resolve<'a>(config: &'a DaemonConfig, node: &str) -> Result<(&'a PathBuf, boo
 /// # Errors
 ///
 /// An image that cannot be opened, a socket that cannot be bound.
-pub fn run(config: &DaemonConfig) -> Result<(), String> {
+pub fn run(config: &DaemonConfig) -> Result<()> {
+    // Opening images starts no thread: the nodes come first, so a bad one is refused
+    // before anything else is set up.
+    let nodes = NodeRegistry::new();
+    for b in &config.blockdevs {
+        nodes.add(b).map_err(Error::Blockdev)?;
+    }
     // Before the iothreads and serving threads exist: they inherit the blocked mask.
     let signals = crate::signals::TerminationSignals::block()
-        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
-    let mut servers = Vec::new();
-    let mut flushes = Vec::new();
+        .map_err(|e| Error::Setup(format!("cannot set up signal handling: {e}")))?;
     let mut iothreads = std::collections::HashMap::new();
     for t in &config.iothreads {
         let thread =
-            crate::disks::spawn_iothread("--object", &t.id, |k| t.props.get(k).map(str::to_owned))?;
+            crate::disks::spawn_iothread("--object", &t.id, |k| t.props.get(k).map(str::to_owned))
+                .map_err(Error::Setup)?;
         iothreads.insert(t.id.clone(), thread);
     }
+    let mut exports = Vec::new();
     for export in &config.exports {
-        let (path, direct, ro) = resolve(config, &export.node)?;
-        let read_only = ro || !export.writable;
-        let backend =
-            FileBackend::open(&FileOptions::new(path).direct(direct).read_only(read_only))
-                .map_err(|e| e.to_string())?;
-        let drive = Drive::new(
-            &export.id,
-            &export.node,
-            Arc::new(backend),
-            ErrorPolicy::default(),
-            None,
-        );
-        let options = BlkOptions {
-            num_queues: export.num_queues,
-            logical_block_size: export.logical_block_size,
-            serial: export.serial.clone(),
-            ..BlkOptions::default()
-        };
-        let device = VirtioBlk::new(drive.clone(), options)
-            .map_err(|e| format!("--export {}: {e}", export.id))?;
         let iothread = match &export.iothread {
             Some(id) => iothreads[id].clone(), // checked by parse_args
             None => Arc::new(
-                IoThread::spawn(&format!("export-{}", export.id)).map_err(|e| e.to_string())?,
+                IoThread::spawn(&format!("export-{}", export.id))
+                    .map_err(|e| Error::Setup(e.to_string()))?,
             ),
         };
-        if !read_only {
-            flushes.push((export.id.clone(), iothread.clone(), drive.backend().clone()));
-        }
-        let vhost = VhostUserDevice::new(Box::new(device), iothread);
-        let server = ExportServer::bind(&export.path, vhost)
-            .map_err(|e| format!("--export {}: {}: {e}", export.id, export.path.display()))?;
-        servers.push(server);
+        exports.push(start_export(&nodes, export, iothread)?);
     }
-    let servers: Vec<Arc<ExportServer>> = servers.into_iter().map(Arc::new).collect();
+    let servers: Vec<Arc<ExportServer>> = exports.iter().map(|e| e.server.clone()).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for server in &servers {
         let (server, stop) = (server.clone(), stop.clone());
         std::thread::Builder::new()
             .name("vhost-user".into())
             .spawn(move || server.run(&stop))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::Setup(e.to_string()))?;
     }
     let signal = signals
         .wait()
-        .map_err(|e| format!("waiting for signals: {e}"))?;
+        .map_err(|e| Error::Setup(format!("waiting for signals: {e}")))?;
     eprintln!("{}", signal.message("vmm-bin storage-daemon"));
+    let flushes: Vec<_> = exports
+        .iter()
+        .filter(|e| !e.claim.read_only())
+        .map(|e| {
+            (
+                e.id.clone(),
+                e.iothread.clone(),
+                e.claim.drive().backend().clone(),
+            )
+        })
+        .collect();
     shut_down(&servers, &flushes);
     Ok(())
+}
+
+/// A running export: its socket's server and its hold on the node.
+struct Export {
+    id: String,
+    server: Arc<ExportServer>,
+    iothread: Arc<IoThread>,
+    /// Keeps the node in use (`blockdev-del` refuses it) while the export lives.
+    claim: block_node::Claim,
+}
+
+/// Attaches `export` to its node and binds its socket.
+fn start_export(
+    nodes: &NodeRegistry,
+    export: &ExportSpec,
+    iothread: Arc<IoThread>,
+) -> Result<Export> {
+    let fail = |message: String| Error::Export {
+        id: export.id.clone(),
+        message,
+    };
+    let how = AttachOptions {
+        device: Some(export.id.clone()),
+        read_only: !export.writable,
+        ..AttachOptions::default()
+    };
+    let claim = nodes
+        .attach(&export.node, how)
+        .map_err(|e| fail(e.to_string()))?;
+    let options = BlkOptions {
+        num_queues: export.num_queues,
+        logical_block_size: export.logical_block_size,
+        serial: export.serial.clone(),
+        ..BlkOptions::default()
+    };
+    let device = VirtioBlk::new(claim.drive().clone(), options).map_err(|e| fail(e.to_string()))?;
+    let vhost = VhostUserDevice::new(Box::new(device), iothread.clone());
+    let server = ExportServer::bind(&export.path, vhost)
+        .map_err(|e| fail(format!("{}: {e}", export.path.display())))?;
+    Ok(Export {
+        id: export.id.clone(),
+        server: Arc::new(server),
+        iothread,
+        claim,
+    })
 }
 
 /// qemu-storage-daemon's exit: every export stops serving its queues (the requests in
@@ -476,6 +460,7 @@ pub fn main(args: &[String]) -> i32 {
 const USAGE: &str = "\
   --blockdev driver=file,node-name=NAME,filename=PATH[,cache.direct=on|off][,aio=io_uring][,read-only=on|off]
   --blockdev driver=raw,node-name=NAME,file=NODE[,read-only=on|off]
+  --blockdev {\"driver\":\"raw\",\"node-name\":NAME,\"file\":{\"driver\":\"file\",\"filename\":PATH}}
   --export type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=SOCKET
            [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]
            [,iothread=ID]
@@ -497,21 +482,22 @@ mod tests {
              --export type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=/tmp/s,writable=on,num-queues=2",
         ))
         .unwrap();
+        assert_eq!(c.blockdevs[0].node_name.as_deref(), Some("file0"));
         assert_eq!(
-            c.blockdevs[0],
-            BlockdevSpec::File {
-                node: "file0".into(),
-                filename: "a,b.img".into(),
-                direct: true,
-                read_only: false
+            c.blockdevs[0].driver,
+            block_node::Driver::File {
+                filename: "a,b.img".into()
+            }
+        );
+        assert!(c.blockdevs[0].cache.direct && !c.blockdevs[0].read_only);
+        assert_eq!(
+            c.blockdevs[1].driver,
+            block_node::Driver::Raw {
+                file: block_node::Child::Name("file0".into())
             }
         );
         assert_eq!(c.exports[0].num_queues, 2);
         assert!(c.exports[0].writable);
-        assert_eq!(
-            resolve(&c, "disk0").unwrap(),
-            (&PathBuf::from("a,b.img"), true, false)
-        );
         assert_eq!(c.exports[0].iothread, None);
         let c = parse_args(&args(
             "--object iothread,id=io0,poll-max-ns=0 \
@@ -529,11 +515,11 @@ mod tests {
             ("--frobnicate x", "unknown option '--frobnicate'"),
             (
                 "--blockdev driver=qcow2,node-name=a,file=b --export type=vhost-user-blk",
-                "unknown driver 'qcow2'",
+                "--blockdev: Parameter 'driver' does not accept value 'qcow2'",
             ),
             (
                 "--blockdev driver=file,node-name=a,filename=x,colour=red",
-                "invalid parameter 'colour'",
+                "Parameter 'colour' is unexpected",
             ),
             (
                 "--blockdev driver=file,node-name=a,filename=x,aio=native",
@@ -545,7 +531,7 @@ mod tests {
             ),
             (
                 "--blockdev driver=file,node-name=a",
-                "'filename' is missing",
+                "Parameter 'filename' is missing",
             ),
             ("--export type=nbd,id=e", "type 'nbd'"),
             (
@@ -566,11 +552,6 @@ mod tests {
                 "at most 20",
             ),
             (
-                "--blockdev driver=file,node-name=a,filename=x --blockdev driver=raw,node-name=a,file=a \
-                 --export type=vhost-user-blk,id=e,node-name=a,addr.type=unix,addr.path=p",
-                "Duplicate nodes with node-name='a'",
-            ),
-            (
                 "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p \
                  --export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=q",
                 "Block export id 'e' is already in use",
@@ -580,11 +561,18 @@ mod tests {
                  --export type=vhost-user-blk,id=f,node-name=n,addr.type=unix,addr.path=/tmp/../tmp/p",
                 "is already the socket of export 'e'",
             ),
-            ("--blockdev driver", "expected key=value"),
+            (
+                "--blockdev driver",
+                "Parameter 'driver' does not accept value 'driver'",
+            ),
+            (
+                r#"--blockdev {"driver":"file","#,
+                "--blockdev: JSON parse error",
+            ),
             ("", "nothing to do"),
         ];
         for (line, want) in cases {
-            let err = parse_args(&args(line)).unwrap_err();
+            let err = parse_args(&args(line)).unwrap_err().to_string();
             assert!(err.contains(want), "{line}: {err}");
         }
         for (line, want) in [
@@ -606,17 +594,19 @@ mod tests {
                 "--object iothread,id=t: duplicate id",
             ),
         ] {
-            let err = parse_args(&args(line)).unwrap_err();
+            let err = parse_args(&args(line)).unwrap_err().to_string();
             assert!(err.contains(want), "{line}: {err}");
         }
+        // Nodes are the registry's: a duplicate or a missing one is refused at start.
         let c = parse_args(&args(
-            "--export type=vhost-user-blk,id=e,node-name=missing,addr.type=unix,addr.path=/tmp/x",
+            "--blockdev driver=file,node-name=a,filename=/nonexistent/x \
+             --export type=vhost-user-blk,id=e,node-name=a,addr.type=unix,addr.path=/tmp/x",
         ))
         .unwrap();
-        assert!(
-            resolve(&c, "missing")
-                .unwrap_err()
-                .contains("no block node named 'missing'")
+        let err = run(&c).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--blockdev: Could not open '/nonexistent/x': No such file or directory"
         );
     }
 }

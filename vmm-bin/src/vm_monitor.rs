@@ -1,6 +1,6 @@
 //! The VMM's QMP monitor: the generic [`Monitor`] wired to this machine (reset, quit,
-//! vCPU pause through the runstate handler), its disks (`query-block`,
-//! `BLOCK_IO_ERROR`) and its iothreads (`query-iothreads`).
+//! vCPU pause through the runstate handler), its disks (`BLOCK_IO_ERROR`; the block
+//! commands are the block-node crate's) and its iothreads (`query-iothreads`).
 
 use std::rc::Rc;
 
@@ -48,7 +48,7 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
         .iter()
         .map(|d| {
             (
-                d.drive_id.clone(),
+                d.node_name.clone(),
                 format!("/machine/peripheral/{}/virtio-backend", d.id),
             )
         })
@@ -56,7 +56,7 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
     disks.set_event_hook(move |e: &block_dma::BlockIoError| {
         let qom_path = qom
             .iter()
-            .find(|(drive, _)| *drive == e.device)
+            .find(|(node, _)| *node == e.node_name)
             .map(|(_, p)| p.clone())
             .unwrap_or_default();
         events.block_io_error(&BlockIoError {
@@ -78,55 +78,9 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
         });
     });
 
-    let blocks: Vec<(String, String, String, bool, bool, block_dma::Drive)> = disks
-        .disks
-        .iter()
-        .map(|d| {
-            let direct = d.drive.backend().info().direct;
-            (
-                d.drive_id.clone(),
-                d.id.clone(),
-                d.file.clone(),
-                d.read_only,
-                direct,
-                d.drive.clone(),
-            )
-        })
-        .collect();
-    monitor
-        .commands()
-        .register("query-block", move |args| {
-            no_arguments(args)?;
-            let list: Vec<Value> = blocks
-                .iter()
-                .map(|(drive, dev, file, ro, direct, d)| {
-                    json!({
-                        "device": drive,
-                        "qdev": format!("/machine/peripheral/{dev}/virtio-backend"),
-                        "locked": false,
-                        "removable": false,
-                        "type": "unknown",
-                        "io-status": d.io_status().qmp_name(),
-                        "inserted": {
-                            "file": file,
-                            "node-name": drive,
-                            "ro": ro,
-                            "drv": "raw",
-                            "encrypted": false,
-                            "detect_zeroes": "off",
-                            "cache": {"writeback": true, "direct": direct, "no-flush": false},
-                            "image": {
-                                "filename": file,
-                                "format": "raw",
-                                "virtual-size": d.backend().info().size,
-                            },
-                        },
-                    })
-                })
-                .collect();
-            Ok(Value::Array(list))
-        })
-        .map_err(|e| e.to_string())?;
+    // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
+    // crate's, on the disks' node registry.
+    block_node::qmp::register(monitor.commands(), &disks.nodes).map_err(|e| e.to_string())?;
     let threads = disks.iothreads.clone();
     monitor
         .commands()

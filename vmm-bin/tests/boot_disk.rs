@@ -110,6 +110,37 @@ fn seabios_boots_our_boot_sector_from_drive_if_virtio() {
     boot_disk_test("if-virtio", &["-drive", "file={},format=raw,if=virtio"]);
 }
 
+/// `-blockdev` as libvirt writes it (a `file` node, a `raw` node over it), and
+/// `drive=` naming the node (issue 16's "written once" block nodes).
+#[test]
+fn seabios_boots_our_boot_sector_from_a_blockdev_node() {
+    boot_disk_test(
+        "blockdev",
+        &[
+            "-blockdev",
+            "driver=file,node-name=file0,filename={},cache.direct=off,aio=io_uring",
+            "-blockdev",
+            "driver=raw,node-name=disk0,file=file0,discard=unmap",
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=1",
+        ],
+    );
+}
+
+/// The same in libvirt's JSON form, with the file node inline.
+#[test]
+fn seabios_boots_our_boot_sector_from_a_json_blockdev() {
+    boot_disk_test(
+        "blockdev-json",
+        &[
+            "-blockdev",
+            r#"{"driver":"raw","node-name":"disk0","file":{"driver":"file","filename":"{}"}}"#,
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=1",
+        ],
+    );
+}
+
 #[test]
 fn the_disk_pattern_is_what_the_boot_sector_checks() {
     let disk = disk_image(&[0u8; 512]);

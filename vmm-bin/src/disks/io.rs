@@ -1,11 +1,10 @@
-//! Block I/O helpers of the VMM's disks: QEMU's exit (drain, then flush) and
-//! `discard=ignore`.
+//! Block I/O helpers of the VMM's disks: QEMU's exit (drain, then flush).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aio_context::IoThread;
-use block_dma::{BackendInfo, BlockBackend, BlockOp};
+use block_dma::{BlockBackend, BlockOp};
 
 /// How long an exit waits for in-flight I/O and flushes before giving up on them.
 pub(super) const SHUTDOWN_IO_DEADLINE: Duration = Duration::from_secs(60);
@@ -61,61 +60,10 @@ pub fn flush(
         .map_err(|_| "the flush did not finish in time".to_owned())?
 }
 
-/// `-drive discard=ignore` (QEMU's default): the image keeps its space. The backend
-/// does not offer discard, so the device does not either (QEMU offers it and drops
-/// the requests; the image is untouched in both), and a discard that arrives anyway
-/// fails as unsupported.
-/// `backend` under `-drive discard=`: passed through with `unmap`, else [`NoDiscard`].
-pub(super) fn discard_policy<B: BlockBackend + 'static>(
-    backend: B,
-    unmap: bool,
-) -> Arc<dyn BlockBackend> {
-    if unmap {
-        Arc::new(backend)
-    } else {
-        Arc::new(NoDiscard::new(backend))
-    }
-}
-
-pub(super) struct NoDiscard<B> {
-    inner: B,
-    info: BackendInfo,
-}
-
-impl<B: BlockBackend> NoDiscard<B> {
-    pub(super) fn new(inner: B) -> NoDiscard<B> {
-        let info = BackendInfo {
-            discard: false,
-            ..inner.info().clone()
-        };
-        NoDiscard { inner, info }
-    }
-}
-
-impl<B: BlockBackend> BlockBackend for NoDiscard<B> {
-    fn info(&self) -> &BackendInfo {
-        &self.info
-    }
-
-    fn submit(
-        &self,
-        ctx: &aio_context::AioContext,
-        op: BlockOp,
-        done: block_dma::Done,
-    ) -> Result<block_dma::Ticket, block_dma::Errno> {
-        block_dma::check_op(&self.info, &op)?;
-        self.inner.submit(ctx, op, done)
-    }
-
-    fn cancel(&self, ctx: &aio_context::AioContext, ticket: block_dma::Ticket) {
-        self.inner.cancel(ctx, ticket)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+    use block_dma::{FileBackend, FileOptions};
     use virtio_blk::{BlkOptions, VirtioBlk};
     use virtio_core::VirtioDevice;
 
@@ -131,15 +79,18 @@ mod tests {
             format!("file={},if=virtio,{arg}", img.path().display()),
         ])
         .unwrap();
-        let d = &config.drives[0];
         let file = FileBackend::open(&FileOptions::new(img.path())).unwrap();
         assert!(
             file.info().discard,
             "the file backend offers discard on this host (fallocate)"
         );
-        let backend = discard_policy(file, d.discard);
-        let drive = Drive::new("d", "d", backend, ErrorPolicy::default(), None);
-        let blk = VirtioBlk::new(drive, BlkOptions::default()).unwrap();
+        // As the disks build it: a drive in the node registry, taken by the device.
+        let nodes = block_node::NodeRegistry::new();
+        nodes.add_drive(&config.drives[0], "d").unwrap();
+        let claim = nodes
+            .attach("d", block_node::AttachOptions::default())
+            .unwrap();
+        let blk = VirtioBlk::new(claim.drive().clone(), BlkOptions::default()).unwrap();
         blk.features() & F_DISCARD != 0
     }
 
@@ -196,23 +147,5 @@ mod tests {
             "every write completed before drain returned"
         );
         flush(&thread, backend, deadline).unwrap();
-    }
-
-    #[test]
-    fn a_discard_that_arrives_anyway_is_refused_before_the_image() {
-        let img = tempfile::NamedTempFile::new().unwrap();
-        img.as_file().set_len(1 << 20).unwrap();
-        let file = FileBackend::open(&FileOptions::new(img.path())).unwrap();
-        let backend = NoDiscard::new(file);
-        let ctx = aio_context::AioContext::new().unwrap();
-        let result = backend.submit(
-            &ctx,
-            BlockOp::Discard {
-                offset: 0,
-                len: 4096,
-            },
-            Box::new(|_, _| panic!("nothing was submitted")),
-        );
-        assert_eq!(result.unwrap_err(), block_dma::Errno::EOPNOTSUPP);
     }
 }
