@@ -144,6 +144,11 @@ impl ScsiBus {
             self.target_command(target, &req, done);
             return None;
         };
+        // A LUN being removed answers nothing any more (its unplug is pending).
+        if dev.in_flight().is_removing() {
+            done(ScsiResponse::host(HostStatus::BadTarget));
+            return None;
+        }
         match op {
             Some(opcode::REPORT_LUNS) => {
                 let resp = match cdb::parse(&req.cdb) {

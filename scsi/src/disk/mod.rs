@@ -257,9 +257,11 @@ impl ScsiDevice for ScsiHd {
         }
         let done: ScsiDone = {
             let st = st.clone();
+            // The response is delivered before the count drops: a drain callback
+            // (hot-unplug) never runs ahead of the last response.
             Box::new(move |resp| {
+                done(resp);
                 st.in_flight.leave();
-                done(resp)
             })
         };
         let cmd = match cdb::parse(&req.cdb) {
