@@ -76,7 +76,7 @@ pub use disk::pages::{
 pub use disk::{HdControl, HdOptions, ScsiHd};
 pub use request::{
     DataBuffer, DataDirection, HostStatus, InFlightCounter, MAX_CDB, ScsiDone, ScsiInFlight,
-    ScsiRequest, ScsiResponse,
+    ScsiRequest, ScsiResponse, read_sg, write_sg,
 };
 pub use sense::{DESCRIPTOR_SENSE_LEN, FIXED_SENSE_LEN, Sense, key, status};
 

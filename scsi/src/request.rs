@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use block_dma::{DmaMemory, DriveRequest, SgList};
+use ram_block::RamBlocks;
 use smallvec::SmallVec;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -73,20 +74,7 @@ impl DataBuffer {
         if self.dir != DataDirection::FromDevice {
             return None;
         }
-        let mem = self.mem.ram().memory();
-        let mut done = 0usize;
-        for e in self.sg.entries() {
-            if done == data.len() {
-                break;
-            }
-            let n = usize::try_from(e.len)
-                .unwrap_or(usize::MAX)
-                .min(data.len() - done);
-            mem.write_slice(&data[done..done + n], GuestAddress(e.addr))
-                .ok()?;
-            done += n;
-        }
-        Some(done as u64)
+        write_sg(&self.mem.ram().memory(), &self.sg, data)
     }
 
     /// Reads the first `len` bytes of a data-out buffer; `None` if it is not data-out,
@@ -95,23 +83,49 @@ impl DataBuffer {
         if len == 0 {
             return Some(Vec::new());
         }
-        if self.dir != DataDirection::ToDevice || self.len() < len as u64 {
+        if self.dir != DataDirection::ToDevice {
             return None;
         }
-        let mem = self.mem.ram().memory();
-        let mut out = vec![0u8; len];
-        let mut done = 0usize;
-        for e in self.sg.entries() {
-            if done == len {
-                break;
-            }
-            let n = usize::try_from(e.len).unwrap_or(usize::MAX).min(len - done);
-            mem.read_slice(&mut out[done..done + n], GuestAddress(e.addr))
-                .ok()?;
-            done += n;
-        }
-        Some(out)
+        read_sg(&self.mem.ram().memory(), &self.sg, len)
     }
+}
+
+/// Copies `data` into the start of `sg` in guest memory (as much as fits); returns the
+/// bytes copied, or `None` if part of the list is not guest RAM.
+pub fn write_sg(mem: &RamBlocks, sg: &SgList, data: &[u8]) -> Option<u64> {
+    let mut done = 0usize;
+    for e in sg.entries() {
+        if done == data.len() {
+            break;
+        }
+        let n = usize::try_from(e.len)
+            .unwrap_or(usize::MAX)
+            .min(data.len() - done);
+        mem.write_slice(&data[done..done + n], GuestAddress(e.addr))
+            .ok()?;
+        done += n;
+    }
+    Some(done as u64)
+}
+
+/// The first `len` bytes of `sg` in guest memory; `None` if the list is shorter or
+/// part of it is not guest RAM.
+pub fn read_sg(mem: &RamBlocks, sg: &SgList, len: usize) -> Option<Vec<u8>> {
+    if sg.len() < len as u64 {
+        return None;
+    }
+    let mut out = vec![0u8; len];
+    let mut done = 0usize;
+    for e in sg.entries() {
+        if done == len {
+            break;
+        }
+        let n = usize::try_from(e.len).unwrap_or(usize::MAX).min(len - done);
+        mem.read_slice(&mut out[done..done + n], GuestAddress(e.addr))
+            .ok()?;
+        done += n;
+    }
+    Some(out)
 }
 
 /// One SCSI command as a transport hands it over.

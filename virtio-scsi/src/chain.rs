@@ -4,7 +4,6 @@
 use block_dma::SgList;
 use ram_block::RamBlocks;
 use virtio_core::Desc;
-use vm_memory::{Bytes, GuestAddress};
 
 /// A chain's two halves.
 pub(crate) struct Chain {
@@ -49,45 +48,12 @@ pub(crate) fn split_at(sg: &SgList, n: u64) -> (SgList, SgList) {
 
 /// The first `n` bytes of `sg`, or `None` if it is shorter or not guest RAM.
 pub(crate) fn read(mem: &RamBlocks, sg: &SgList, n: usize) -> Option<Vec<u8>> {
-    if sg.len() < n as u64 {
-        return None;
-    }
-    let mut v = vec![0u8; n];
-    let mut done = 0;
-    for e in sg.entries() {
-        if done == n {
-            break;
-        }
-        let k = usize::try_from(e.len).unwrap_or(usize::MAX).min(n - done);
-        mem.read_slice(&mut v[done..done + k], GuestAddress(e.addr))
-            .ok()?;
-        done += k;
-    }
-    Some(v)
+    scsi::read_sg(mem, sg, n)
 }
 
 /// Writes `data` to the start of `sg`; false if it does not fit or is not guest RAM.
 pub(crate) fn write(mem: &RamBlocks, sg: &SgList, data: &[u8]) -> bool {
-    if sg.len() < data.len() as u64 {
-        return false;
-    }
-    let mut done = 0;
-    for e in sg.entries() {
-        if done == data.len() {
-            break;
-        }
-        let k = usize::try_from(e.len)
-            .unwrap_or(usize::MAX)
-            .min(data.len() - done);
-        if mem
-            .write_slice(&data[done..done + k], GuestAddress(e.addr))
-            .is_err()
-        {
-            return false;
-        }
-        done += k;
-    }
-    true
+    sg.len() >= data.len() as u64 && scsi::write_sg(mem, sg, data).is_some()
 }
 
 #[cfg(test)]
