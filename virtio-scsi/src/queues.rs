@@ -141,14 +141,14 @@ impl QueueHandler for CmdQueue {
             }
             CmdReq::Fail { resp, code } => {
                 let r = ScsiResponse::host(HostStatus::Failure);
-                finish(done, &resp, &r, 0, Some(code as u8), sense_size);
+                finish(done, &resp, &r, (0, false), Some(code as u8), sense_size);
                 return None;
             }
             CmdReq::Cmd { hdr, data, resp } => (hdr, data, resp),
         };
         let Some((target, lun)) = wire::decode_lun(&hdr.lun) else {
             let r = ScsiResponse::host(HostStatus::BadTarget);
-            finish(done, &resp, &r, data.len(), None, sense_size);
+            finish(done, &resp, &r, (data.len(), false), None, sense_size);
             return None;
         };
         let data_len = data.len();
@@ -163,11 +163,7 @@ impl QueueHandler for CmdQueue {
             request,
             Box::new(move |r| {
                 forget(key, tag);
-                let r = ScsiResponse {
-                    transferred: if data_in { r.transferred } else { 0 },
-                    ..r
-                };
-                finish(done, &resp, &r, data_len, None, sense_size);
+                finish(done, &resp, &r, (data_len, data_in), None, sense_size);
             }),
         )?;
         TASKS.with(|t| {
@@ -195,15 +191,17 @@ fn forget(key: (u64, u16, u16), tag: u64) {
     });
 }
 
-/// Writes a command's response and returns the chain.
+/// Writes a command's response and returns the chain. `data`: the data buffer's
+/// length and whether it is data-in (device-written, so counted in the used length).
 fn finish(
     done: Completion,
     resp_sg: &SgList,
     r: &ScsiResponse,
-    data_len: u64,
+    data: (u64, bool),
     code: Option<u8>,
     sense_size: usize,
 ) {
+    let (data_len, data_in) = data;
     let resid = data_len
         .saturating_sub(r.transferred)
         .min(u64::from(u32::MAX)) as u32;
@@ -215,11 +213,12 @@ fn finish(
         sense: r.sense.clone(),
     };
     let bytes = resp.encode(sense_size);
-    let ok = chain::write(&done.memory(), resp_sg, &bytes);
-    let used = if ok {
+    let used = if !chain::write(&done.memory(), resp_sg, &bytes) {
+        0
+    } else if data_in {
         (bytes.len() as u64 + r.transferred).min(u64::from(u32::MAX)) as u32
     } else {
-        0
+        bytes.len() as u32
     };
     done.complete(used);
 }

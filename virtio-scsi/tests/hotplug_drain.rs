@@ -4,6 +4,8 @@
 //! delivered, and DEVICE_DELETED comes only after the unplug finished and a grace
 //! period passed.
 
+mod common;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,25 +13,14 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use aio_context::AioContext;
-use block_dma::{DmaMemory, Drive, ErrorPolicy, FileBackend, FileOptions, SgList};
-use qdev_bus::{AnyBus, Bus, Device, HotplugHandler, PciAddress, UnplugStatus};
-use ram_block::{Backing, RamBlock, RamList};
-use scsi::{DataBuffer, DataDirection, HdOptions, HostStatus, ScsiHd, ScsiRequest, ScsiResponse};
+use block_dma::{DmaMemory, SgList};
+use common::Hba;
+use qdev_bus::{Bus, HotplugHandler, PciAddress, UnplugStatus};
+use scsi::{
+    DataBuffer, DataDirection, HdOptions, HostStatus, ScsiHd, ScsiRequest, ScsiResponse, Sense,
+};
 use virtio_core::VirtioDevice;
 use virtio_scsi::{ScsiOptions, VirtioScsi};
-use vm_memory::GuestAddress;
-
-/// The controller as a PCI device owning its SCSI bus.
-struct Hba(#[allow(dead_code)] Mutex<VirtioScsi>, Arc<scsi::ScsiBus>);
-
-impl Device for Hba {
-    fn id(&self) -> &str {
-        "scsi0"
-    }
-    fn for_each_child_bus<'a>(&'a self, visit: &mut dyn FnMut(&'a dyn AnyBus)) {
-        visit(self.1.bus())
-    }
-}
 
 #[test]
 fn unplug_waits_for_in_flight_commands_then_device_deleted() {
@@ -62,16 +53,8 @@ fn unplug_waits_for_in_flight_commands_then_device_deleted() {
     )
     .unwrap();
 
-    let img = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    img.as_file().set_len(64 << 20).unwrap();
-    let backend = FileBackend::open(&FileOptions::new(img.path())).unwrap();
-    let drive = Drive::new(
-        "disk1",
-        "node1",
-        Arc::new(backend),
-        ErrorPolicy::default(),
-        None,
-    );
+    let img = common::image(64 << 20);
+    let drive = common::drive(&img, "disk1").expect("io_uring was probed above");
     bus.plug(
         0,
         1,
@@ -79,17 +62,7 @@ fn unplug_waits_for_in_flight_commands_then_device_deleted() {
     )
     .unwrap();
 
-    let ram = RamList::new();
-    ram.add(
-        RamBlock::new(
-            "ram",
-            GuestAddress(0),
-            4 << 20,
-            Backing::Memfd { huge_pages: false },
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let ram = common::ram();
     let run = |cdb: Vec<u8>, dir, len: u64| {
         let out: Rc<RefCell<Option<ScsiResponse>>> = Rc::default();
         let o = out.clone();
@@ -206,5 +179,3 @@ fn unplug_waits_for_in_flight_commands_then_device_deleted() {
         ]
     );
 }
-
-use scsi::Sense;
