@@ -101,9 +101,34 @@ impl ScsiDevice for CanaryLun {
         done(ScsiResponse::good(0));
         None
     }
+    fn take_unit_attention(&self) -> Option<scsi::Sense> {
+        self.check();
+        None
+    }
     fn in_flight(&self) -> &InFlightCounter {
         &self.in_flight
     }
+}
+
+fn canary(id: String, stats: &Arc<Stats>) -> Box<CanaryLun> {
+    Box::new(CanaryLun {
+        id,
+        canary: AtomicU64::new(ALIVE),
+        realized: AtomicBool::new(false),
+        in_flight: InFlightCounter::default(),
+        stats: stats.clone(),
+    })
+}
+
+/// A root bus whose DEVICE_DELETED sink counts events and early ones.
+fn counted_bus(stats: &Arc<Stats>) -> Arc<ScsiBus> {
+    let st = stats.clone();
+    Arc::new(ScsiBus::root("scsi0.0", move |e| {
+        if !st.dropped.lock().unwrap().contains(&e.id) {
+            st.early_events.fetch_add(1, Ordering::SeqCst);
+        }
+        st.events.fetch_add(1, Ordering::SeqCst);
+    }))
 }
 
 /// Checks one REPORT LUNS answer; returns the LUNs.
@@ -187,13 +212,7 @@ fn report_luns_races_hotplug_and_unplug() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.5);
     let stats = Arc::new(Stats::default());
-    let st = stats.clone();
-    let bus = Arc::new(ScsiBus::root("scsi0.0", move |e| {
-        if !st.dropped.lock().unwrap().contains(&e.id) {
-            st.early_events.fetch_add(1, Ordering::SeqCst);
-        }
-        st.events.fetch_add(1, Ordering::SeqCst);
-    }));
+    let bus = counted_bus(&stats);
     let img = image(1 << 20);
     bus.plug(0, 0, disk("disk0", drive(&img), HdOptions::default()))
         .unwrap();
@@ -243,13 +262,7 @@ fn report_luns_races_hotplug_and_unplug() {
             None => {
                 generation += 1;
                 let id = format!("lun{lun}g{generation}");
-                let dev = Box::new(CanaryLun {
-                    id: id.clone(),
-                    canary: AtomicU64::new(ALIVE),
-                    realized: AtomicBool::new(false),
-                    in_flight: InFlightCounter::default(),
-                    stats: stats.clone(),
-                });
+                let dev = canary(id.clone(), &stats);
                 bus.plug(0, lun, dev).unwrap();
                 plugged[usize::from(lun)] = Some(id);
                 plugs += 1;
@@ -284,4 +297,60 @@ fn report_luns_races_hotplug_and_unplug() {
         stats.reports.load(Ordering::Relaxed),
         stats.commands.load(Ordering::Relaxed)
     );
+}
+
+/// The same race on the REPORT LUNS inventory and the dispatch lookup, without I/O or
+/// event loops, so that miri can check it for use after free and data races:
+/// `MIRIFLAGS=-Zmiri-ignore-leaks cargo +nightly miri test -p scsi --test
+/// report_luns_hotplug inventory` (the leak is rcu's call_rcu thread).
+#[test]
+fn report_luns_inventory_races_unplug() {
+    let ops = if cfg!(miri) { 40 } else { 5000 };
+    let stats = Arc::new(Stats::default());
+    let bus = counted_bus(&stats);
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    check_report(&bus.report_luns(0));
+                    for lun in 1..=LUNS {
+                        let guard = rcu::read();
+                        if let Some(d) = bus.bus().get(&guard, qdev_bus::ScsiAddress::new(0, lun)) {
+                            d.take_unit_attention();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut plugged: Vec<Option<String>> = vec![None; usize::from(LUNS) + 1];
+    let mut unplugs = 0u64;
+    for n in 0..ops {
+        let lun = rng.u16(1..=LUNS);
+        match plugged[usize::from(lun)].take() {
+            None => {
+                let id = format!("lun{lun}n{n}");
+                bus.plug(0, lun, canary(id.clone(), &stats)).unwrap();
+                plugged[usize::from(lun)] = Some(id);
+            }
+            Some(id) => {
+                bus.bus().unplug(&id).unwrap();
+                unplugs += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    for id in plugged.into_iter().flatten() {
+        bus.bus().unplug(&id).unwrap();
+        unplugs += 1;
+    }
+    rcu::barrier();
+    assert_eq!(stats.events.load(Ordering::SeqCst), unplugs);
+    assert_eq!(stats.early_events.load(Ordering::SeqCst), 0);
 }
