@@ -188,15 +188,7 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let bytes = self.config.to_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| bytes.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        virtio_core::read_config_bytes(&self.config.to_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

@@ -93,6 +93,19 @@ pub enum QueueError {
     },
 }
 
+/// Copies `config[offset..]` into `data` for [`VirtioDevice::read_config`]; bytes
+/// beyond the config space (or an offset that does not fit) read as 0.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (2: block).

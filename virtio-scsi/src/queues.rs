@@ -1,0 +1,408 @@
+//! The three kinds of queue on virtio-core's runner: request queues (SCSI commands to
+//! the bus), the control queue (task management, asynchronous notification) and the
+//! event queue.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aio_context::AioContext;
+use block_dma::{DmaMemory, SgList};
+use ram_block::{RamBlocks, RamList};
+use scsi::{
+    DataBuffer, DataDirection, HostStatus, ScsiBus, ScsiInFlight, ScsiRequest, ScsiResponse,
+};
+use virtio_bindings::virtio_scsi::*;
+use virtio_core::{Completion, Desc, InFlight, QueueHandler};
+
+use crate::chain;
+use crate::events::{EventBuffer, Events};
+use crate::wire::{self, CmdResponse, CtrlRequest, EVENT_SIZE};
+
+/// Commands in flight per device, in the iothread that serves its queues (task
+/// management finds them here): (device, target, lun) -> [(tag, handle)].
+type Tasks = HashMap<(u64, u16, u16), Vec<(u64, ScsiInFlight)>>;
+
+thread_local! {
+    static TASKS: RefCell<Tasks> = RefCell::new(HashMap::new());
+}
+
+/// What every queue of a device shares.
+pub(crate) struct Shared {
+    pub(crate) device: u64,
+    pub(crate) bus: Arc<ScsiBus>,
+    pub(crate) events: Arc<Events>,
+    pub(crate) cdb_size: usize,
+    pub(crate) sense_size: usize,
+}
+
+fn response_code(host: HostStatus) -> u8 {
+    (match host {
+        HostStatus::Ok => VIRTIO_SCSI_S_OK,
+        HostStatus::Overrun => VIRTIO_SCSI_S_OVERRUN,
+        HostStatus::Aborted => VIRTIO_SCSI_S_ABORTED,
+        HostStatus::Reset => VIRTIO_SCSI_S_RESET,
+        HostStatus::BadTarget => VIRTIO_SCSI_S_BAD_TARGET,
+        HostStatus::Failure => VIRTIO_SCSI_S_FAILURE,
+    }) as u8
+}
+
+/// A parsed command chain.
+pub(crate) enum CmdReq {
+    /// Malformed: returned with nothing written.
+    Bad,
+    /// Complete at once with this response code (no SCSI status).
+    Fail { resp: SgList, code: u32 },
+    /// A command.
+    Cmd {
+        hdr: wire::CmdHeader,
+        data: DataBuffer,
+        resp: SgList,
+    },
+}
+
+/// A request queue.
+pub(crate) struct CmdQueue {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) dma: DmaMemory,
+}
+
+impl CmdQueue {
+    pub(crate) fn new(shared: Arc<Shared>, memory: &RamList) -> CmdQueue {
+        CmdQueue {
+            shared,
+            dma: DmaMemory::new(memory.clone()),
+        }
+    }
+}
+
+/// A command in flight, as the runner tracks it.
+#[derive(Clone)]
+pub(crate) struct CmdInFlight(ScsiInFlight);
+
+impl InFlight for CmdInFlight {
+    fn is_parked(&self) -> bool {
+        self.0.is_parked()
+    }
+    fn cancel(&self) {
+        self.0.cancel(HostStatus::Aborted);
+    }
+}
+
+impl QueueHandler for CmdQueue {
+    type Request = CmdReq;
+    type InFlight = CmdInFlight;
+
+    fn parse(&self, mem: &RamBlocks, descs: &[Desc]) -> CmdReq {
+        let c = chain::split(descs);
+        let hdr_len = wire::CMD_HDR + self.shared.cdb_size;
+        let resp_len = (wire::CMD_RESP_FIXED + self.shared.sense_size) as u64;
+        if !c.ordered || c.inn.len() < resp_len {
+            tracing::warn!("virtio-scsi: malformed command chain");
+            return CmdReq::Bad;
+        }
+        let (resp, data_in) = chain::split_at(&c.inn, resp_len);
+        let Some(hdr) = chain::read(mem, &c.out, hdr_len)
+            .and_then(|b| wire::parse_cmd(&b, self.shared.cdb_size).ok())
+        else {
+            tracing::warn!("virtio-scsi: command request header too short");
+            return CmdReq::Bad;
+        };
+        let (_, data_out) = chain::split_at(&c.out, hdr_len as u64);
+        let (sg, dir) = match (data_out.is_empty(), data_in.is_empty()) {
+            (true, true) => (SgList::new(), DataDirection::None),
+            (false, true) => (data_out, DataDirection::ToDevice),
+            (true, false) => (data_in, DataDirection::FromDevice),
+            // Bidirectional commands are not offered (no VIRTIO_SCSI_F_INOUT).
+            (false, false) => {
+                return CmdReq::Fail {
+                    resp,
+                    code: VIRTIO_SCSI_S_FAILURE,
+                };
+            }
+        };
+        CmdReq::Cmd {
+            hdr,
+            data: DataBuffer {
+                mem: self.dma.clone(),
+                sg,
+                dir,
+            },
+            resp,
+        }
+    }
+
+    fn start(&self, ctx: &AioContext, req: CmdReq, done: Completion) -> Option<CmdInFlight> {
+        let sense_size = self.shared.sense_size;
+        let (hdr, data, resp) = match req {
+            CmdReq::Bad => {
+                done.complete(0);
+                return None;
+            }
+            CmdReq::Fail { resp, code } => {
+                let r = ScsiResponse::host(HostStatus::Failure);
+                finish(done, &resp, &r, (0, false), Some(code as u8), sense_size);
+                return None;
+            }
+            CmdReq::Cmd { hdr, data, resp } => (hdr, data, resp),
+        };
+        let Some((target, lun)) = wire::decode_lun(&hdr.lun) else {
+            let r = ScsiResponse::host(HostStatus::BadTarget);
+            finish(done, &resp, &r, (data.len(), false), None, sense_size);
+            return None;
+        };
+        let data_len = data.len();
+        let data_in = data.dir == DataDirection::FromDevice;
+        let key = (self.shared.device, target, lun);
+        let tag = hdr.tag;
+        let request = ScsiRequest { cdb: hdr.cdb, data };
+        let flight = self.shared.bus.execute(
+            ctx,
+            target,
+            lun,
+            request,
+            Box::new(move |r| {
+                forget(key, tag);
+                finish(done, &resp, &r, (data_len, data_in), None, sense_size);
+            }),
+        )?;
+        TASKS.with(|t| {
+            t.borrow_mut()
+                .entry(key)
+                .or_default()
+                .push((tag, flight.clone()))
+        });
+        Some(CmdInFlight(flight))
+    }
+}
+
+/// Drops the task `tag` of `key` from the table (its command completed).
+fn forget(key: (u64, u16, u16), tag: u64) {
+    TASKS.with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(v) = t.get_mut(&key) {
+            if let Some(at) = v.iter().position(|(g, _)| *g == tag) {
+                v.swap_remove(at);
+            }
+            if v.is_empty() {
+                t.remove(&key);
+            }
+        }
+    });
+}
+
+/// Writes a command's response and returns the chain. `data`: the data buffer's
+/// length and whether it is data-in (device-written, so counted in the used length).
+fn finish(
+    done: Completion,
+    resp_sg: &SgList,
+    r: &ScsiResponse,
+    data: (u64, bool),
+    code: Option<u8>,
+    sense_size: usize,
+) {
+    let (data_len, data_in) = data;
+    let resid = data_len
+        .saturating_sub(r.transferred)
+        .min(u64::from(u32::MAX)) as u32;
+    let resp = CmdResponse {
+        sense_len: r.sense.len() as u32,
+        resid,
+        status: r.status,
+        response: code.unwrap_or_else(|| response_code(r.host)),
+        sense: r.sense.clone(),
+    };
+    let bytes = resp.encode(sense_size);
+    let used = if !chain::write(&done.memory(), resp_sg, &bytes) {
+        0
+    } else if data_in {
+        (bytes.len() as u64 + r.transferred).min(u64::from(u32::MAX)) as u32
+    } else {
+        bytes.len() as u32
+    };
+    done.complete(used);
+}
+
+/// The control queue.
+pub(crate) struct CtrlQueue {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A parsed control chain.
+pub(crate) enum CtrlReq {
+    Bad,
+    Ok { req: CtrlRequest, resp: SgList },
+}
+
+/// Control requests complete at once.
+#[derive(Clone)]
+pub(crate) struct NoFlight;
+
+impl InFlight for NoFlight {
+    fn is_parked(&self) -> bool {
+        false
+    }
+    fn cancel(&self) {}
+}
+
+impl QueueHandler for CtrlQueue {
+    type Request = CtrlReq;
+    type InFlight = NoFlight;
+
+    fn parse(&self, mem: &RamBlocks, descs: &[Desc]) -> CtrlReq {
+        let c = chain::split(descs);
+        let bytes = chain::read(
+            mem,
+            &c.out,
+            (c.out.len() as usize).min(wire::TMF_REQ.max(wire::AN_REQ)),
+        );
+        match bytes.as_deref().map(wire::parse_ctrl) {
+            Some(Ok(req)) if c.ordered && c.inn.len() >= req.response_len() as u64 => {
+                CtrlReq::Ok { req, resp: c.inn }
+            }
+            _ => {
+                tracing::warn!("virtio-scsi: malformed control request");
+                CtrlReq::Bad
+            }
+        }
+    }
+
+    fn start(&self, _ctx: &AioContext, req: CtrlReq, done: Completion) -> Option<NoFlight> {
+        let CtrlReq::Ok { req, resp } = req else {
+            done.complete(0);
+            return None;
+        };
+        let bytes: Vec<u8> = match req {
+            CtrlRequest::Tmf { subtype, lun, tag } => vec![self.tmf(subtype, &lun, tag)],
+            CtrlRequest::An { .. } => {
+                // No asynchronous notification is offered: event_actual 0, OK.
+                vec![0, 0, 0, 0, VIRTIO_SCSI_S_OK as u8]
+            }
+        };
+        let ok = chain::write(&done.memory(), &resp, &bytes);
+        done.complete(if ok { bytes.len() as u32 } else { 0 });
+        None
+    }
+}
+
+impl CtrlQueue {
+    /// Runs a task management function; returns its response code.
+    fn tmf(&self, subtype: u32, lun: &[u8; 8], tag: u64) -> u8 {
+        let Some((target, lun)) = wire::decode_lun(lun) else {
+            return VIRTIO_SCSI_S_BAD_TARGET as u8;
+        };
+        let bus = &self.shared.bus;
+        if !bus.has_target(target) {
+            return VIRTIO_SCSI_S_BAD_TARGET as u8;
+        }
+        let exists = {
+            let guard = rcu::read();
+            bus.bus()
+                .get(&guard, qdev_bus::ScsiAddress::new(target, lun))
+                .is_some()
+        };
+        let dev = self.shared.device;
+        let tasks = |key| TASKS.with(|t| t.borrow().get(&key).cloned().unwrap_or_default());
+        let code = match subtype {
+            VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
+                let keys: Vec<_> = TASKS.with(|t| {
+                    t.borrow()
+                        .keys()
+                        .filter(|k| k.0 == dev && k.1 == target)
+                        .copied()
+                        .collect()
+                });
+                for key in keys {
+                    for (_, f) in tasks(key) {
+                        f.cancel(HostStatus::Reset);
+                    }
+                }
+                reset_target(bus, target);
+                VIRTIO_SCSI_S_OK
+            }
+            _ if !exists => VIRTIO_SCSI_S_INCORRECT_LUN,
+            VIRTIO_SCSI_T_TMF_ABORT_TASK => {
+                for (g, f) in tasks((dev, target, lun)) {
+                    if g == tag {
+                        f.cancel(HostStatus::Aborted);
+                    }
+                }
+                VIRTIO_SCSI_S_OK
+            }
+            VIRTIO_SCSI_T_TMF_ABORT_TASK_SET | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => {
+                for (_, f) in tasks((dev, target, lun)) {
+                    f.cancel(HostStatus::Aborted);
+                }
+                VIRTIO_SCSI_S_OK
+            }
+            VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
+                for (_, f) in tasks((dev, target, lun)) {
+                    f.cancel(HostStatus::Reset);
+                }
+                let guard = rcu::read();
+                if let Some(d) = bus
+                    .bus()
+                    .get(&guard, qdev_bus::ScsiAddress::new(target, lun))
+                {
+                    qdev_bus::reset_device(&guard, d.as_device());
+                }
+                VIRTIO_SCSI_S_OK
+            }
+            VIRTIO_SCSI_T_TMF_QUERY_TASK => {
+                if tasks((dev, target, lun)).iter().any(|(g, _)| *g == tag) {
+                    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+                } else {
+                    VIRTIO_SCSI_S_OK
+                }
+            }
+            VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
+                if tasks((dev, target, lun)).is_empty() {
+                    VIRTIO_SCSI_S_OK
+                } else {
+                    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+                }
+            }
+            _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
+        };
+        code as u8
+    }
+}
+
+/// Resets every LUN of `target`.
+fn reset_target(bus: &ScsiBus, target: u16) {
+    let guard = rcu::read();
+    for child in bus.bus().iter(&guard) {
+        if child.address().target == target {
+            qdev_bus::reset_device(&guard, child.device().as_device());
+        }
+    }
+}
+
+/// The event queue.
+pub(crate) struct EventQueue {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl QueueHandler for EventQueue {
+    type Request = Option<SgList>;
+    type InFlight = EventBuffer;
+
+    fn parse(&self, _mem: &RamBlocks, descs: &[Desc]) -> Option<SgList> {
+        let c = chain::split(descs);
+        (c.out.is_empty() && c.inn.len() >= EVENT_SIZE as u64).then_some(c.inn)
+    }
+
+    fn start(
+        &self,
+        _ctx: &AioContext,
+        sg: Option<SgList>,
+        done: Completion,
+    ) -> Option<EventBuffer> {
+        let Some(sg) = sg else {
+            tracing::warn!("virtio-scsi: malformed event buffer");
+            done.complete(0);
+            return None;
+        };
+        Some(self.shared.events.buffer(sg, done))
+    }
+}
