@@ -345,6 +345,8 @@ impl IdeController {
                 Kind::Disk => Err(Error::NotRemovable(id.to_string())),
             };
             d.kind = kind;
+            // After the kind is back: the capacity is counted in the drive's sectors.
+            d.update_size();
             if res.is_ok() {
                 g.raise_irq();
             }
@@ -367,7 +369,6 @@ impl IdeController {
                 open_tray(id, a, force)?;
             }
             d.drive = None;
-            d.update_size();
             Ok(())
         })
     }
@@ -385,7 +386,6 @@ impl IdeController {
                 open_tray(id, a, force)?;
             }
             d.drive = Some(disc);
-            d.update_size();
             a.tray_open = false;
             a.changed = Changed::NotReady;
             a.new_media = true;
