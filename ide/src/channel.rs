@@ -7,8 +7,9 @@
 //! [`Channel::io_done`] with the generation it was started under: a reset in between
 //! bumps the generation and the stale completion is dropped.
 
-use block_dma::{DmaDirection, Drive, Errno, SgList};
-use ram_block::RamList;
+use block_dma::{DmaDirection, DmaMemory, Drive, Errno, SgList};
+use ram_block::{Backing, RamBlock, RamList};
+use tracing::warn;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::bmdma::Bm;
@@ -110,8 +111,10 @@ pub(crate) struct Job {
 
 /// The backend side of a [`Job`].
 pub(crate) enum JobOp {
-    /// Between the medium and the PIO buffer.
+    /// Between the medium and the PIO buffer (`mem`: the buffer the job was queued
+    /// with; a reset replaces the channel's).
     Pio {
+        mem: DmaMemory,
         dir: DmaDirection,
         offset: u64,
         len: usize,
@@ -123,6 +126,22 @@ pub(crate) enum JobOp {
         sg: SgList,
     },
     Flush,
+}
+
+/// A fresh PIO buffer: one RAM block of [`PIO_BUF`] bytes at address 0 of its own
+/// address space, which only the channel and its backend requests see.
+pub(crate) fn pio_ram() -> crate::Result<RamList> {
+    let ram = RamList::new();
+    let block = RamBlock::new(
+        "ide-pio",
+        GuestAddress(0),
+        PIO_BUF as u64,
+        Backing::Anonymous { huge_pages: false },
+    )
+    .map_err(|e| crate::Error::Ram(e.to_string()))?;
+    ram.add(block)
+        .map_err(|e| crate::Error::Ram(e.to_string()))?;
+    Ok(ram)
 }
 
 /// One channel's state.
@@ -299,6 +318,12 @@ impl Channel {
     pub(crate) fn cancel_io(&mut self) {
         if self.pending.is_some() {
             self.cancelled.push(self.epoch);
+            // The cancelled request may still write into its PIO buffer until its
+            // completion: later commands get a buffer of their own.
+            match pio_ram() {
+                Ok(ram) => self.pio_ram = ram,
+                Err(e) => warn!("ide: keeping the PIO buffer after a reset: {e}"),
+            }
         }
         self.epoch += 1;
         self.pending = None;
@@ -421,7 +446,12 @@ impl Channel {
         self.jobs.push(Job {
             epoch,
             drive,
-            op: JobOp::Pio { dir, offset, len },
+            op: JobOp::Pio {
+                mem: DmaMemory::new(self.pio_ram.clone()),
+                dir,
+                offset,
+                len,
+            },
         });
     }
 

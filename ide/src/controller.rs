@@ -19,12 +19,10 @@ use aio_context::{AioContext, AioHandle};
 use block_dma::{BlockOp, DmaMemory, Drive, DriveRequest, Errno, SgList};
 use io_bus::{BusDevice, IoBus};
 use pci::IrqLine;
-use ram_block::{Backing, RamBlock, RamList};
 use tracing::warn;
-use vm_memory::GuestAddress;
 
 use crate::atapi::{Atapi, Changed};
-use crate::channel::{Channel, Job, JobOp, PIO_BUF};
+use crate::channel::{Channel, Job, JobOp, pio_ram};
 use crate::device::{Device, Kind};
 use crate::identify::Strings;
 use crate::{Error, Result};
@@ -110,7 +108,6 @@ pub(crate) struct Inner {
     gsi: [u32; 2],
     aio: AioHandle,
     mem: DmaMemory,
-    pio_mem: [DmaMemory; 2],
 }
 
 type InflightKey = (usize, usize, u64);
@@ -166,11 +163,15 @@ impl Inner {
         let done =
             Box::new(move |res: std::result::Result<u64, Errno>| me.complete(ch, epoch, res));
         let req = match job.op {
-            JobOp::Pio { dir, offset, len } => {
+            JobOp::Pio {
+                mem,
+                dir,
+                offset,
+                len,
+            } => {
                 let mut sg = SgList::new();
                 sg.push(0, len as u64);
-                job.drive
-                    .dma(&ctx, &self.pio_mem[ch], dir, offset, sg, done)
+                job.drive.dma(&ctx, &mem, dir, offset, sg, done)
             }
             JobOp::Dma { dir, offset, sg } => job.drive.dma(&ctx, &self.mem, dir, offset, sg, done),
             JobOp::Flush => job.drive.op(&ctx, || BlockOp::Flush, done),
@@ -206,19 +207,6 @@ impl std::fmt::Debug for IdeController {
     }
 }
 
-fn pio_ram(ch: usize) -> Result<RamList> {
-    let ram = RamList::new();
-    let block = RamBlock::new(
-        format!("ide{ch}-pio"),
-        GuestAddress(0),
-        PIO_BUF as u64,
-        Backing::Anonymous { huge_pages: false },
-    )
-    .map_err(|e| Error::Ram(e.to_string()))?;
-    ram.add(block).map_err(|e| Error::Ram(e.to_string()))?;
-    Ok(ram)
-}
-
 impl IdeController {
     /// A controller whose DMA reaches `mem`, whose channels raise GSIs 14 and 15 on
     /// `irq`, whose I/O runs in the context of `aio`, with `devices[channel][unit]`.
@@ -248,15 +236,11 @@ impl IdeController {
             }
             built.push(pair);
         }
-        let ram = [pio_ram(0)?, pio_ram(1)?];
+        let ram = [pio_ram()?, pio_ram()?];
         let mut it = built.into_iter();
         let (a, b) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
         let guest = mem.ram().clone();
         let inner = Inner {
-            pio_mem: [
-                DmaMemory::new(ram[0].clone()),
-                DmaMemory::new(ram[1].clone()),
-            ],
             channels: [
                 Mutex::new(Channel::new(a, ram[0].clone(), guest.clone())),
                 Mutex::new(Channel::new(b, ram[1].clone(), guest)),

@@ -30,7 +30,12 @@ impl Piix3Ide {
         if let Err(e) = config.add_bar(4, 16, BarKind::Io, false) {
             tracing::error!("piix3-ide: BAR4: {e}");
         }
-        // IDETIM (primary, secondary) and SIDETIM: firmware enables the decode here.
+        // IDETIM (primary, secondary) and SIDETIM. Bit 15 of each IDETIM enables a
+        // channel's decode; SeaBIOS sets it, and Linux's ata_piix disables a channel
+        // without it. We power on with both enabled so that a guest booted without
+        // firmware finds its disks (a real PIIX3 resets them to 0).
+        config.set_u16(0x40, 0x8000);
+        config.set_u16(0x42, 0x8000);
         config.set_writable(0x40, 4, 0xffff_ffff);
         config.set_writable(0x44, 1, 0xff);
         let mut bars: Vec<Option<Arc<dyn BusDevice>>> = vec![None; 4];
@@ -109,7 +114,14 @@ mod tests {
         let mut t = [0u8; 2];
         f.config_read(0x40, &mut t);
         assert_eq!(u16::from_le_bytes(t), 0x8000, "IDETIM is writable");
+        f.config_write(0x40, &0u16.to_le_bytes());
         f.pci_reset();
         assert!(f.mappings().is_empty());
+        f.config_read(0x40, &mut t);
+        assert_eq!(
+            u16::from_le_bytes(t),
+            0x8000,
+            "decode enabled again after reset"
+        );
     }
 }
