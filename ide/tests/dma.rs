@@ -388,3 +388,39 @@ fn werror_stop_parks_the_dma_write_and_cont_restarts_it_from_a_bh() {
         "every handler sees every transition, in order"
     );
 }
+
+/// rerror/werror=report: the guest sees the failure as an aborted command (QEMU's
+/// `ide_dma_error`); the bus master's Error bit stays clear (the memory was fine).
+#[test]
+fn a_reported_backend_error_aborts_the_command() {
+    let ctx = AioContext::new().unwrap();
+    if !have_uring(&ctx, "reported_error") {
+        return;
+    }
+    let img = image(&pattern(15, 1 << 20));
+    let faulty = Arc::new(FaultInjector::new(
+        FileBackend::open(&FileOptions::new(img.path())).unwrap(),
+    ));
+    faulty.inject(FaultRule::new(None, Errno::EIO).times(2));
+    let drive = drive_on(faulty.clone(), "d");
+    let r = Rig::new(
+        ctx,
+        DmaMemory::new(ram()),
+        [[Some(IdeDevice::disk("d", drive)), None], [None, None]],
+    );
+    // A DMA write.
+    r.prd(TABLE, &[(0x20000, 0x200, true)]);
+    dma(&r, 0xca, 0, 1, false);
+    assert_eq!(r.settle(0) & ERR, ERR);
+    assert_eq!(r.inb(0, 1), 0x04);
+    assert_eq!(r.bm_in(2) & (BM_ACTIVE | BM_ERROR | BM_INT), BM_INT);
+    stop_bm(&r);
+    // A PIO read.
+    r.task28(0, 0, 0, 1);
+    r.outb(0, 7, 0x20);
+    assert_eq!(r.settle(0) & (ERR | DRQ), ERR);
+    assert_eq!(faulty.injected(), 2);
+    // And then the disk works again.
+    r.outb(0, 7, 0x20);
+    assert_eq!(r.settle(0), DRDY | DSC | DRQ);
+}
