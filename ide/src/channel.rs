@@ -285,8 +285,10 @@ impl Channel {
                 }
             }
             6 => {
+                // Bits 7 and 5 are obsolete and read as one; the DEV bit reads back
+                // as written (SeaBIOS detects a device 1 by reading it back).
                 for d in self.devs.iter_mut().flatten() {
-                    d.regs.select = (v & !SELECT_DEV1) | 0xa0;
+                    d.regs.select = v | 0xa0;
                 }
                 self.unit = usize::from(v & SELECT_DEV1 != 0);
             }

@@ -112,6 +112,27 @@ fn signature_and_identify_packet_device() {
     assert_eq!(r.inb(CH, 1), 0x01);
 }
 
+/// SeaBIOS's ata_detect: select a device, read the device register back, and check
+/// that the sector count and number registers hold what was written.
+#[test]
+fn firmware_detection_sees_device_1_and_not_an_absent_one() {
+    let ctx = AioContext::new().unwrap();
+    let r = Rig::new(
+        ctx,
+        DmaMemory::new(ram()),
+        [[None, None], [None, Some(IdeDevice::cdrom("cd", None))]],
+    );
+    let detect = |dh: u8| {
+        r.outb(CH, 6, dh);
+        let got = r.inb(CH, 6);
+        r.outb(CH, 2, 0x55);
+        r.outb(CH, 3, 0xaa);
+        got == dh && r.inb(CH, 2) == 0x55 && r.inb(CH, 3) == 0xaa
+    };
+    assert!(detect(0xb0), "device 1 present");
+    assert!(!detect(0xa0), "device 0 absent");
+}
+
 #[test]
 fn inquiry_capacity_and_reads() {
     let Some((r, data, _)) = rig("cd_reads", 64) else {
