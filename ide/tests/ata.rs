@@ -366,3 +366,27 @@ fn nien_masks_the_interrupt_line() {
     r.inb(0, 7);
     assert!(!r.irqs.level(14));
 }
+
+#[test]
+fn legacy_ports_dispatch_through_an_io_bus() {
+    let Some((r, _, _)) = rig("legacy_ports", 64) else {
+        return;
+    };
+    let pio = io_bus::IoBus::new("pio");
+    r.ide.map_legacy(&pio, 0).unwrap();
+    assert!(pio.write(0x1f6, &[0xa0]));
+    assert!(pio.write(0x1f7, &[0xec]));
+    let mut st = [0u8];
+    r.settle(0);
+    assert!(pio.read(0x3f6, &mut st));
+    assert_eq!(st[0], DRDY | DSC | DRQ);
+    let mut w = [0u8; 4];
+    assert!(pio.read(0x1f0, &mut w), "32-bit data port access");
+    assert_eq!(u16::from_le_bytes([w[0], w[1]]), 0x0040);
+    // The secondary channel answers at 0x170/0x376 (nothing attached: zeros).
+    assert!(pio.read(0x177, &mut st));
+    assert_eq!(st[0], 0);
+    assert!(pio.read(0x376, &mut st));
+    // Mapping twice collides.
+    assert!(r.ide.map_legacy(&pio, 0).is_err());
+}
