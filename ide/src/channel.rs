@@ -210,9 +210,14 @@ impl Channel {
     }
 
     /// A device raises INTRQ; the bus master sees it in its status.
+    ///
+    /// With nIEN set the device does not drive INTRQ, so the bus master does not see
+    /// it either (QEMU sets the bit from the raised line).
     pub(crate) fn raise_irq(&mut self) {
         self.irq_pending = true;
-        self.bm.status |= BM_ST_INT;
+        if self.ctrl & NIEN == 0 {
+            self.bm.status |= BM_ST_INT;
+        }
     }
 
     /// The level the interrupt line should have.
