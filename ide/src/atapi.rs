@@ -152,7 +152,7 @@ impl Channel {
             REQUEST_SENSE => {
                 let (key, asc, ascq) = a.sense;
                 let mut b = vec![0u8; 18];
-                b[0] = 0x70;
+                b[0] = 0xf0; // current errors, fixed format, VALID (as QEMU)
                 b[2] = key;
                 b[7] = 10;
                 b[12] = asc;
@@ -390,18 +390,18 @@ fn mode_sense(pkt: &[u8; 12], locked: bool) -> Reply {
         return Reply::Check(ILLEGAL_REQUEST, ASC_SAVING_NOT_SUPPORTED);
     }
     let error_recovery = [0x01, 0x06, 0x00, 0x05, 0, 0, 0, 0];
+    // The capabilities page as QEMU's ide-cd reports it.
     let mut caps = [0u8; 22];
     caps[0] = 0x2a;
     caps[1] = 20;
     caps[2] = 0x3b; // reads CD-R, CD-RW, DVD-ROM, DVD-R, method 2
     caps[4] = 0x71; // audio play, multisession, mode 2 form 1/2
-    caps[5] = 0xff; // CD-DA, accurate, R-W, C2 pointers, ISRC, UPC, bar code
-    caps[6] = 0x2d | if locked { 0x02 } else { 0 }; // tray, eject, lock (state)
-    caps[7] = 0x03;
-    caps[8..10].copy_from_slice(&(706u16 * 4).to_be_bytes()); // max speed (KB/s)
+    caps[5] = 0x60; // ISRC, UPC
+    caps[6] = 0x29 | if locked { 0x02 } else { 0 }; // tray, eject, lock (state)
+    caps[8..10].copy_from_slice(&704u16.to_be_bytes()); // max speed (KB/s)
     caps[10..12].copy_from_slice(&2u16.to_be_bytes()); // volume levels
     caps[12..14].copy_from_slice(&512u16.to_be_bytes()); // buffer (KiB)
-    caps[14..16].copy_from_slice(&(706u16 * 4).to_be_bytes());
+    caps[14..16].copy_from_slice(&704u16.to_be_bytes()); // current speed
     let mut pages: Vec<u8> = Vec::new();
     match page {
         0x01 => pages.extend_from_slice(&error_recovery),
@@ -513,12 +513,12 @@ fn event_status(pkt: &[u8; 12], a: &mut Atapi, ready: bool) -> Reply {
     let alloc = usize::from(be16(&pkt[7..]));
     let mut b = vec![0u8; 4];
     b[3] = 0x10; // supported: media class
+    // The event data length counts the bytes after the 4-byte header (as QEMU).
     if classes & 0x10 == 0 {
-        b[1] = 2;
         b[2] = 0x80; // no event available
         return Reply::Data(b, alloc);
     }
-    b[1] = 6;
+    b[1] = 4;
     b[2] = 0x04; // media class
     let code = if a.eject_request {
         a.eject_request = false;
