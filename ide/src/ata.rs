@@ -246,6 +246,7 @@ impl Channel {
                     to_disk: write,
                     then: DmaThen::Ata {
                         unit,
+                        write,
                         lba,
                         n,
                         ext,

@@ -233,9 +233,15 @@ impl Channel {
 fn with_stay(then: DmaThen, stay: bool) -> DmaThen {
     match then {
         DmaThen::Ata {
-            unit, lba, n, ext, ..
+            unit,
+            write,
+            lba,
+            n,
+            ext,
+            ..
         } => DmaThen::Ata {
             unit,
+            write,
             lba,
             n,
             ext,

@@ -70,6 +70,16 @@ pub(crate) enum Pending {
     Flush(usize),
     CdRead(usize, CdRead, u64),
     Dma(DmaThen),
+    /// A write is done; with the write cache off, its flush runs before the command
+    /// completes.
+    WriteFlush(Written),
+}
+
+/// A write waiting for its flush (write cache disabled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    Pio(Rw, u32),
+    Dma(DmaThen),
 }
 
 /// A DMA command waiting for (or running through) the bus master.
@@ -89,6 +99,7 @@ pub(crate) enum DmaThen {
     /// ATA READ/WRITE DMA of `n` sectors at `lba`.
     Ata {
         unit: usize,
+        write: bool,
         lba: u64,
         n: u32,
         ext: bool,
@@ -493,6 +504,18 @@ impl Channel {
             return;
         };
         match pending {
+            Pending::AtaWrite(rw, n) if res.is_ok() && self.write_through(rw.unit) => {
+                self.flush_then(rw.unit, Written::Pio(rw, n))
+            }
+            Pending::Dma(
+                then @ DmaThen::Ata {
+                    unit, write: true, ..
+                },
+            ) if res.is_ok() && self.write_through(unit) => {
+                self.flush_then(unit, Written::Dma(then))
+            }
+            Pending::WriteFlush(Written::Pio(rw, n)) => self.ata_write_done(rw, n, res),
+            Pending::WriteFlush(Written::Dma(then)) => self.dma_done(then, res),
             Pending::AtaRead(rw, n) => self.ata_read_done(rw, n, res),
             Pending::AtaWrite(rw, n) => self.ata_write_done(rw, n, res),
             Pending::Flush(unit) => {
@@ -503,6 +526,19 @@ impl Channel {
             }
             Pending::CdRead(unit, rd, n) => self.cd_read_done(unit, rd, n, res),
             Pending::Dma(then) => self.dma_done(then, res),
+        }
+    }
+
+    /// Whether `unit`'s writes must reach the medium before they complete (SET
+    /// FEATURES disabled its write cache).
+    fn write_through(&mut self, unit: usize) -> bool {
+        self.dev(unit).is_some_and(|d| !d.write_cache)
+    }
+
+    /// Flushes `unit`'s medium, then completes `written`.
+    fn flush_then(&mut self, unit: usize, written: Written) {
+        if self.queue_flush(unit) {
+            self.pending = Some(Pending::WriteFlush(written));
         }
     }
 

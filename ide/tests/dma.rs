@@ -424,3 +424,80 @@ fn a_reported_backend_error_aborts_the_command() {
     r.outb(0, 7, 0x20);
     assert_eq!(r.settle(0), DRDY | DSC | DRQ);
 }
+
+/// Counts the flushes it passes on.
+struct Flushes {
+    inner: FileBackend,
+    count: std::sync::atomic::AtomicU32,
+}
+
+impl block_dma::BlockBackend for Flushes {
+    fn info(&self) -> &block_dma::BackendInfo {
+        self.inner.info()
+    }
+    fn submit(
+        &self,
+        ctx: &AioContext,
+        op: block_dma::BlockOp,
+        done: block_dma::Done,
+    ) -> Result<block_dma::Ticket, Errno> {
+        if matches!(op, block_dma::BlockOp::Flush) {
+            self.count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.submit(ctx, op, done)
+    }
+    fn cancel(&self, ctx: &AioContext, ticket: block_dma::Ticket) {
+        self.inner.cancel(ctx, ticket)
+    }
+}
+
+/// SET FEATURES 0x82 (write cache off): every write reaches the medium (a flush)
+/// before the command completes; with the cache on, writes are not flushed.
+#[test]
+fn writes_are_flushed_when_the_write_cache_is_off() {
+    let ctx = AioContext::new().unwrap();
+    if !have_uring(&ctx, "write_through") {
+        return;
+    }
+    let img = image(&pattern(16, 1 << 20));
+    let backend = Arc::new(Flushes {
+        inner: FileBackend::open(&FileOptions::new(img.path())).unwrap(),
+        count: Default::default(),
+    });
+    let flushes = || backend.count.load(std::sync::atomic::Ordering::Relaxed);
+    let r = Rig::new(
+        ctx,
+        DmaMemory::new(ram()),
+        [
+            [
+                Some(IdeDevice::disk("d", drive_on(backend.clone(), "d"))),
+                None,
+            ],
+            [None, None],
+        ],
+    );
+    let pio_write = |lba: u32| {
+        r.task28(0, 0, lba, 1);
+        r.outb(0, 7, 0x30);
+        r.write_data(0, &[0x5a; 512]);
+        assert_eq!(r.settle(0), DRDY | DSC);
+    };
+    r.prd(TABLE, &[(0x20000, 0x200, true)]);
+    pio_write(1);
+    dma(&r, 0xca, 2, 1, false);
+    assert_eq!(r.settle(0), DRDY | DSC);
+    stop_bm(&r);
+    assert_eq!(flushes(), 0, "write cache on: no flush");
+    r.outb(0, 1, 0x82);
+    r.outb(0, 7, 0xef);
+    r.settle(0);
+    pio_write(3);
+    assert_eq!(flushes(), 1, "PIO write flushed");
+    dma(&r, 0xca, 4, 1, false);
+    assert_eq!(r.settle(0), DRDY | DSC);
+    assert_eq!(r.bm_in(2) & (BM_ACTIVE | BM_INT), BM_INT);
+    assert_eq!(flushes(), 2, "DMA write flushed");
+    let file = std::fs::read(img.path()).unwrap();
+    assert_eq!(&file[3 * 512..4 * 512], &[0x5a; 512][..]);
+}
