@@ -11,5 +11,4 @@ pub mod storage_daemon;
 pub mod vm_monitor;
 
 pub mod cli;
-pub mod devices;
 pub mod machine;

@@ -15,8 +15,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::layout::{RamLayout, e820_bytes};
 use super::{Error, Result};
-use crate::cli::{Config, SerialBackend};
-use crate::devices::{EventSink, SystemEvent, platform_sink, spawn_stdin_reader};
+use crate::config::MachineConfig;
+use crate::events::{EventSink, SystemEvent, platform_sink, spawn_stdin_reader};
 use pc_platform::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use pc_platform::debug_exit::DebugExit;
 use pc_platform::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
@@ -66,7 +66,7 @@ impl Platform {
     /// [`Error::Device`] if two devices collide (a debug-exit port over another device)
     /// or the serial irqfd cannot be registered.
     pub fn new(
-        config: &Config,
+        config: &MachineConfig,
         vm: &Arc<VmFd>,
         layout: RamLayout,
         ram: RamList,
@@ -110,13 +110,13 @@ impl Platform {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let console = (config.serial == SerialBackend::Stdio).then(SerialOutput::new);
+        let console = (config.serial_stdio).then(SerialOutput::new);
         let out = match &console {
             Some(console) => SerialOut::Console(console.clone()),
             None => SerialOut::Sink,
         };
         let serial = Arc::new(SerialPort::new(serial_irq, out));
-        if config.serial == SerialBackend::Stdio {
+        if config.serial_stdio {
             spawn_stdin_reader(&serial).map_err(Error::Thread)?;
         }
         add("isa-serial", &[(COM1_BASE, 8, serial.clone())]);
@@ -254,7 +254,7 @@ impl Platform {
 }
 
 /// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS (with the DMA interface).
-fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<FwCfg> {
+fn firmware_config(config: &MachineConfig, layout: RamLayout, ram: RamList) -> Result<FwCfg> {
     let cfg = FwCfg::with_dma(ram);
     let cpus = config.cpus as u16;
     cfg.add_bytes(keys::RAM_SIZE, layout.total().to_le_bytes().to_vec());
@@ -284,7 +284,7 @@ fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<F
     file("etc/boot-cpus", cpus.to_le_bytes().to_vec())?;
     let wait = config.reboot_timeout_ms.unwrap_or(u32::MAX);
     file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
-    if config.serial == SerialBackend::Stdio {
+    if config.serial_stdio {
         // No display: SeaBIOS mirrors its screen output (banner, boot messages) to COM1.
         file("etc/sercon-port", 0x3f8u16.to_le_bytes().to_vec())?;
     }

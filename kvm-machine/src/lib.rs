@@ -1,4 +1,4 @@
-//! The KVM machine: an i440FX PC with in-kernel PIC, IOAPIC, LAPIC and PIT, guest RAM
+//! `kvm-machine`: an i440FX PC with in-kernel PIC, IOAPIC, LAPIC and PIT, guest RAM
 //! from `ram-block`, SeaBIOS (or a directly booted Linux), and vCPU threads that the
 //! main loop can pause, resume, reset and stop.
 //!
@@ -15,7 +15,11 @@
 //! functions plug into [`PciHost`] and get their BARs mapped into those buses as the
 //! guest programs them. See [`Machine`] for how devices and the monitor plug in.
 
+#![deny(missing_docs)]
+
+mod config;
 pub mod cpuid;
+mod events;
 pub mod irq_routing;
 pub mod layout;
 mod linux;
@@ -24,20 +28,19 @@ pub mod mptable;
 pub mod pam;
 mod platform;
 mod runner;
-mod smbios;
+pub mod smbios;
 mod vcpu;
+mod virtio;
 
-/// The `io-bus` crate's access trait and dispatch table, re-exported because vmm-bin's
-/// integration tests (`common/mod.rs`, `virtio_pci.rs`, `virtio_reset.rs`) import them
-/// from here and issue 15 requires them to pass unchanged; vmm-bin's own code imports
-/// `io_bus` directly. Drop this when the tests do too.
-pub use io_bus::{BusDevice, IoBus};
+pub use config::{DEFAULT_BIOS, DebugExitPorts, MachineConfig};
+pub use events::{EventSink, SystemEvent, event_channel, platform_sink, spawn_stdin_reader};
 pub use irq_routing::{GsiRouting, MsiRoute};
 pub use layout::{E820Entry, E820Type, RamLayout};
 pub use memory::GuestRam;
 pub use platform::Platform;
 pub use runner::Runner;
 pub use vcpu::ControlError;
+pub use virtio::{KvmIoEvents, KvmMsi};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,8 +49,6 @@ use std::thread::JoinHandle;
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
-use crate::cli::Config;
-use crate::devices::{EventSink, SystemEvent};
 use ::pci::PciHost;
 use vcpu::{BootEntry, Control, InitialState, Vcpu};
 
@@ -114,7 +115,7 @@ pub struct Machine {
     layout: RamLayout,
     platform: Platform,
     control: MachineControl,
-    config: Config,
+    config: MachineConfig,
 }
 
 /// A handle to the machine's vCPUs and reset path, for the main loop and the monitor.
@@ -234,7 +235,7 @@ impl Machine {
     /// # Errors
     ///
     /// Any [`Error`]: no KVM, RAM that cannot be mapped, a missing BIOS or kernel.
-    pub fn new(config: &Config, events: EventSink) -> Result<Machine> {
+    pub fn new(config: &MachineConfig, events: EventSink) -> Result<Machine> {
         let kvm = Kvm::new().map_err(Error::NoKvm)?;
         for (cap, name) in [
             (Cap::Irqchip, "an in-kernel irqchip"),
@@ -472,23 +473,4 @@ impl Drop for Machine {
     fn drop(&mut self) {
         self.control.shutdown_vcpus();
     }
-}
-
-/// Reports a [`SystemEvent`] from a device or vCPU thread; the main loop consumes them.
-pub fn event_channel(
-    notify: impl Fn() + Send + Sync + 'static,
-) -> (EventSink, std::sync::mpsc::Receiver<SystemEvent>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx = Mutex::new(tx);
-    let sink: EventSink = Arc::new(move |event| {
-        if matches!(
-            event,
-            SystemEvent::Reset | SystemEvent::Shutdown | SystemEvent::Exit(_)
-        ) {
-            vcpu::stop_current_vcpu();
-        }
-        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(event);
-        notify();
-    });
-    (sink, rx)
 }
