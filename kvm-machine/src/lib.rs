@@ -19,6 +19,7 @@
 
 mod config;
 pub mod cpuid;
+mod error;
 mod events;
 pub mod irq_routing;
 pub mod layout;
@@ -28,21 +29,23 @@ pub mod mptable;
 pub mod pam;
 mod platform;
 mod runner;
+mod slot;
 pub mod smbios;
 mod vcpu;
 mod virtio;
 
 pub use config::{DEFAULT_BIOS, DebugExitPorts, MachineConfig};
+pub use error::{Error, Result};
 pub use events::{EventSink, SystemEvent, event_channel, platform_sink, spawn_stdin_reader};
 pub use irq_routing::{GsiRouting, MsiRoute};
 pub use layout::{E820Entry, E820Type, RamLayout};
 pub use memory::GuestRam;
 pub use platform::Platform;
 pub use runner::Runner;
+pub use slot::MemorySlot;
 pub use vcpu::ControlError;
 pub use virtio::{KvmIoEvents, KvmMsi};
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -51,46 +54,6 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use ::pci::PciHost;
 use vcpu::{BootEntry, Control, InitialState, Vcpu};
-
-/// Errors building or running the machine.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// `/dev/kvm` is missing or unusable.
-    #[error("cannot use KVM (/dev/kvm): {0}")]
-    NoKvm(kvm_ioctls::Error),
-    /// A KVM ioctl failed.
-    #[error("{0} failed: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
-    /// KVM lacks something we need.
-    #[error("KVM lacks {0}")]
-    MissingCap(&'static str),
-    /// Guest RAM.
-    #[error("guest RAM: {0}")]
-    Memory(#[from] ram_block::Error),
-    /// The firmware image.
-    #[error("BIOS: {0}")]
-    Bios(String),
-    /// Direct kernel boot.
-    #[error("kernel boot: {0}")]
-    Boot(String),
-    /// A file we were told to use.
-    #[error("{path}: {error}")]
-    File {
-        /// Which.
-        path: PathBuf,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// A device could not be placed.
-    #[error("device setup: {0}")]
-    Device(String),
-    /// A thread could not be started.
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// `Result` with this module's [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// Whether this host can run the machine at all (`/dev/kvm` opens).
 pub fn kvm_available() -> bool {
@@ -268,7 +231,7 @@ impl Machine {
         // The routing table from here on is ours (the irqchip's default routes plus one
         // MSI route per vector): every boot exercises it through the PIT and COM1.
         let routing = GsiRouting::new(vm.clone())
-            .map_err(|e| Error::Device(format!("KVM_SET_GSI_ROUTING (default routes): {e}")))?;
+            .map_err(|e| Error::io("KVM_SET_GSI_ROUTING (default routes)", e))?;
 
         let layout = RamLayout::new(config.ram_bytes);
         let mut ram = GuestRam::new(&vm, layout)?;

@@ -52,8 +52,7 @@ pub struct Platform {
 }
 
 fn map(bus: &IoBus, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<()> {
-    bus.insert(base, len, PLATFORM_OWNER, device)
-        .map_err(|e| Error::Device(e.to_string()))
+    Ok(bus.insert(base, len, PLATFORM_OWNER, device)?)
 }
 
 impl Platform {
@@ -63,7 +62,7 @@ impl Platform {
     ///
     /// # Errors
     ///
-    /// [`Error::Device`] if two devices collide (a debug-exit port over another device)
+    /// [`Error::Ports`] if two devices collide (a debug-exit port over another device)
     /// or the serial irqfd cannot be registered.
     pub fn new(
         config: &MachineConfig,
@@ -89,14 +88,11 @@ impl Platform {
             |_| {},
         ));
         map(&pio, u64::from(PCI_CONFIG_PORT), 8, pci.clone())?;
-        let plug_err = |e: qdev_bus::Error| Error::Device(e.to_string());
-        let at = |slot, function| PciAddress::new(slot, function).map_err(plug_err);
-        pci.plug(at(0, 0)?, Box::new(I440fxHost::new(pam)))
-            .map_err(plug_err)?;
+        let at = PciAddress::new;
+        pci.plug(at(0, 0)?, Box::new(I440fxHost::new(pam)))?;
         let (isa, intx) = Piix3Isa::new(irq);
-        pci.plug(at(1, 0)?, Box::new(isa)).map_err(plug_err)?;
-        pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))
-            .map_err(plug_err)?;
+        pci.plug(at(1, 0)?, Box::new(isa))?;
+        pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))?;
 
         // The ISA devices, plugged into the PIIX3's ISA bus (and mapped) at the end.
         let mut isa_devices = Vec::new();
@@ -107,7 +103,7 @@ impl Platform {
         };
 
         // COM1 on IRQ 4 through an irqfd (an edge into the in-kernel PIC/IOAPIC).
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("COM1 irqfd", e))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
         let console = (config.serial_stdio).then(SerialOutput::new);
@@ -162,7 +158,7 @@ impl Platform {
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(|e| Error::Device(format!("{DEBUGCON_ENV}={path:?}: {e}")))?;
+                .map_err(|e| Error::io(format!("{DEBUGCON_ENV}={path:?}"), e))?;
             let dev = Arc::new(DebugCon::new(Box::new(file)));
             add("isa-debugcon", &[(DEBUGCON_PORT, 1, dev)]);
         }
@@ -174,7 +170,10 @@ impl Platform {
                 Some(hex) => u16::from_str_radix(hex, 16),
                 None => text.parse(),
             }
-            .map_err(|_| Error::Device(format!("{env}={text}: not a port number")))?;
+            .map_err(|_| Error::BadPort {
+                var: env,
+                value: text.to_string(),
+            })?;
             eprintln!("vmm-bin: test hook: a write to port {port:#x} panics the vCPU ({env})");
             let dev = Arc::new(pc_platform::legacy::PanicPort { port });
             add("panic-port", &[(port, 1, dev)]);
@@ -190,10 +189,9 @@ impl Platform {
 
         {
             let guard = rcu::read();
-            let bus = isa::find_bus(pci.bus(), &guard)
-                .ok_or_else(|| Error::Device("the PIIX3 has no ISA bus".into()))?;
+            let bus = isa::find_bus(pci.bus(), &guard).ok_or(Error::NoIsaBus)?;
             for device in isa_devices {
-                isa::plug(bus, &pio, device).map_err(|e| Error::Device(e.to_string()))?;
+                isa::plug(bus, &pio, device)?;
             }
         }
 
@@ -272,11 +270,7 @@ fn firmware_config(config: &MachineConfig, layout: RamLayout, ram: RamList) -> R
     cfg.add_bytes(keys::ACPI_TABLES, 0u16.to_le_bytes().to_vec());
     cfg.add_bytes(keys::SMBIOS_ENTRIES, 0u16.to_le_bytes().to_vec());
     cfg.add_bytes(keys::E820_TABLE, 0u32.to_le_bytes().to_vec());
-    let file = |name: &str, data: Vec<u8>| {
-        cfg.add_file(name, data)
-            .map(drop)
-            .map_err(|e| Error::Device(e.to_string()))
-    };
+    let file = |name: &str, data: Vec<u8>| cfg.add_file(name, data).map(drop).map_err(Error::from);
     file("etc/e820", e820_bytes(&layout.firmware_e820()))?;
     let (tables, anchor) = super::smbios::build(layout, config.cpus);
     file("etc/smbios/smbios-tables", tables)?;

@@ -49,10 +49,10 @@ impl Runner {
         let machine = Machine::new(config, sink)?;
         if let Some(console) = &machine.platform().console {
             let writer = pc_platform::serial::ConsoleWriter::stdout()
-                .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
+                .map_err(|e| super::Error::io("-serial stdio", e))?;
             console
                 .attach(&ctx, writer)
-                .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
+                .map_err(|e| super::Error::io("-serial stdio", e))?;
         }
         let handle = ctx.handle();
         // The run state machine defers through BHs of its own list, polled by `run`
