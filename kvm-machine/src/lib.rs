@@ -1,6 +1,13 @@
-//! `kvm-machine`: an i440FX PC with in-kernel PIC, IOAPIC, LAPIC and PIT, guest RAM
-//! from `ram-block`, SeaBIOS (or a directly booted Linux), and vCPU threads that the
-//! main loop can pause, resume, reset and stop.
+//! `kvm-machine`: an i440FX PC on KVM. In-kernel PIC, IOAPIC, LAPIC and PIT; guest RAM
+//! from `ram-block` in KVM memory slots; SeaBIOS (or a directly booted Linux, bzImage or
+//! PVH); the `pc-platform` devices on the port bus; and vCPU threads that the main loop
+//! can pause, resume, reset and stop.
+//!
+//! The invariant it guarantees: **a memory slot's memory outlives its registration,
+//! by type.** [`MemorySlot`] is the only way the crate registers memory with KVM; it
+//! holds the `Arc<RamBlock>` it maps and deletes the registration before letting it go,
+//! whatever happens to the RAM list. Also: no vCPU blocks on host I/O, and pausing or
+//! resetting never runs on a vCPU thread ([`ControlError::OnVcpuThread`]).
 //!
 //! ```text
 //! main thread (AioContext)          vCPU threads
@@ -11,9 +18,11 @@
 //!                                    bump reset epoch, resume
 //! ```
 //!
-//! Port I/O and MMIO exits are dispatched through [`IoBus`]es (RCU-read lookups); PCI
-//! functions plug into [`PciHost`] and get their BARs mapped into those buses as the
-//! guest programs them. See [`Machine`] for how devices and the monitor plug in.
+//! Port I/O and MMIO exits are dispatched through [`IoBus`](io_bus::IoBus)es (RCU-read
+//! lookups); PCI functions plug into [`PciHost`] and get their BARs mapped into those
+//! buses as the guest programs them. See [`Machine`] for how devices and the monitor
+//! plug in, [`Runner`] for the main loop, the README for a runnable example and
+//! `DESIGN.md` for the memory-slot argument and the threads.
 
 #![deny(missing_docs)]
 
@@ -54,6 +63,11 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use ::pci::PciHost;
 use vcpu::{BootEntry, Control, InitialState, Vcpu};
+
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Whether this host can run the machine at all (`/dev/kvm` opens).
 pub fn kvm_available() -> bool {

@@ -155,7 +155,7 @@ pub fn write(mem: &ram_block::RamMemory, cpus: u32) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// Why [`write`] failed.
+/// Why [`write()`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The tables (this many bytes) do not fit below 1 MiB.
