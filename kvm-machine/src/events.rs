@@ -43,7 +43,7 @@ pub type EventSink = Arc<dyn Fn(SystemEvent) + Send + Sync>;
 
 /// `events` as the platform devices' sink: each [`PlatformEvent`] is posted as the
 /// [`SystemEvent`] it stands for.
-pub fn platform_sink(events: EventSink) -> pc_platform::EventSink {
+pub(crate) fn platform_sink(events: EventSink) -> pc_platform::EventSink {
     Arc::new(move |event| events(event.into()))
 }
 
@@ -53,7 +53,7 @@ pub fn platform_sink(events: EventSink) -> pc_platform::EventSink {
 /// # Errors
 ///
 /// The thread could not be started.
-pub fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
+pub(crate) fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
     let port = Arc::clone(port);
     std::thread::Builder::new()
         .name("serial-stdin".into())

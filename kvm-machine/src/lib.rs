@@ -45,7 +45,7 @@ mod virtio;
 
 pub use config::{DEFAULT_BIOS, DebugExitPorts, MachineConfig};
 pub use error::{Error, Result};
-pub use events::{EventSink, SystemEvent, event_channel, platform_sink, spawn_stdin_reader};
+pub use events::{EventSink, SystemEvent, event_channel};
 pub use irq_routing::{GsiRouting, MsiRoute};
 pub use layout::{E820Entry, E820Type, RamLayout};
 pub use memory::GuestRam;
