@@ -157,7 +157,7 @@ pub struct Config {
     /// The rest of `-boot`: order, once, menu, splash-time, strict.
     pub boot: BootOptions,
     /// `-cpu host,FEATURE=on|off,+FEATURE,-FEATURE`: CPUID flags to keep or clear, by
-    /// QEMU's names (see [`crate::machine::cpuid::FEATURES`]), in command-line order.
+    /// QEMU's names (see [`kvm_machine::cpuid::FEATURES`]), in command-line order.
     pub cpu_features: Vec<(String, bool)>,
 }
 
@@ -204,11 +204,11 @@ fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
         } else {
             (item.as_str(), None)
         };
-        if crate::machine::cpuid::is_ignored_property(name) {
+        if kvm_machine::cpuid::is_ignored_property(name) {
             eprintln!("vmm-bin: warning: {option} property '{name}' ignored");
             continue;
         }
-        if crate::machine::cpuid::feature(name).is_none() {
+        if kvm_machine::cpuid::feature(name).is_none() {
             return Err(invalid(option, format!("unknown CPU feature '{name}'")));
         }
         let on = match value.unwrap_or("on") {

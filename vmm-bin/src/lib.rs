@@ -1,8 +1,9 @@
 //! `vmm-bin`: the composition of the vmm-core crates into a KVM virtual machine monitor
 //! (SeaBIOS and Linux guests, QMP) and a vhost-user storage daemon.
 //!
-//! The library target exists so that integration tests and benchmarks can reach the device
-//! models and the monitor; the product is the `vmm-bin` binary.
+//! The machine is the `kvm-machine` crate, the devices and transports are crates of their
+//! own; the library target exists so that integration tests can reach the command line,
+//! the disks and the monitor. The product is the `vmm-bin` binary.
 
 pub mod disks;
 pub mod monitor;
@@ -11,5 +12,4 @@ pub mod storage_daemon;
 pub mod vm_monitor;
 
 pub mod cli;
-pub mod devices;
 pub mod machine;

@@ -4,9 +4,10 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use aio_context::FdHandler;
+use kvm_machine::{Runner, kvm_available};
 use runstate::Event;
 use vmm_bin::cli;
-use vmm_bin::machine::{Runner, kvm_available};
+use vmm_bin::machine::machine_config;
 use vmm_bin::signals::TerminationSignals;
 
 /// Prints `vmm-bin: MESSAGE` and exits with status 1.
@@ -35,7 +36,7 @@ fn main() {
     // the signals reach only the main loop's signalfd.
     let signals = TerminationSignals::block()
         .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
-    let runner = Runner::new(&config).unwrap_or_else(|e| fail(e));
+    let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
     let disks = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
     let terminated = watch_signals(&runner, signals);
     let monitor = vmm_bin::vm_monitor::attach(&runner, &config, &disks).unwrap_or_else(|e| fail(e));

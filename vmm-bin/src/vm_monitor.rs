@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 
 use crate::cli::Config;
 use crate::disks::Disks;
-use crate::machine::Runner;
 use crate::monitor::{
     BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, VmEvents,
 };
+use kvm_machine::Runner;
 use qmp::no_arguments;
 
 /// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::mock_virtio::MockPci;
-use vmm_bin::devices::pci::{IrqLine, PciFunction, Piix3Isa};
+use pc_platform::Piix3Isa;
+use pci::{IrqLine, PciFunction};
 
 /// Rounds per race: enough for the old code to lose a level many times over on a
 /// loaded two-core machine, quick with the fix.

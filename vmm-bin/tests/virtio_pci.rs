@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use aio_context::IoThread;
 use block_dma::{Drive, ErrorPolicy, FileBackend, FileOptions};
+use io_bus::BusDevice;
+use pci::{PciFunction, Space};
 use ram_block::RamList;
 use virtio_blk::config::*;
 use virtio_blk::{BlkOptions, VirtioBlk};
 use virtio_pci::{MsiSender, VirtioPci};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_bin::devices::pci::{PciFunction, Space};
-use vmm_bin::machine::BusDevice;
 
 #[derive(Default)]
 struct Msis(Mutex<Vec<(u64, u32)>>);

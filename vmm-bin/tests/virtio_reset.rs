@@ -17,8 +17,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::mock_virtio::{BAR4, MockPci};
-use vmm_bin::devices::pci::PciHost;
-use vmm_bin::machine::IoBus;
+use io_bus::IoBus;
+use pci::PciHost;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -1,7 +1,7 @@
 //! The firmware's boot configuration, as QEMU's `pc` machine gives it to SeaBIOS.
 
 use crate::cli::BootOptions;
-use crate::machine::Runner;
+use kvm_machine::Runner;
 use pc_platform::fw_cfg::bootorder::BootOrder;
 use pc_platform::fw_cfg::keys;
 

@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use aio_context::IoThread;
+use io_bus::BusDevice;
+use pci::{PciFunction, Space};
 use virtio_core::{QueueError, QueueSetup, VirtioDevice, VirtioInterrupt};
 use virtio_pci::{IntxLine, MsiSender, VirtioPci};
 use virtio_queue::Queue;
-use vmm_bin::devices::pci::{PciFunction, Space};
-use vmm_bin::machine::BusDevice;
 
 /// What the mock device shares with the test.
 #[derive(Default)]

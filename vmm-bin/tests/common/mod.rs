@@ -111,11 +111,11 @@ pub(crate) fn guest_ram(bytes: u64) -> ram_block::RamList {
 /// A BAR handler as a vCPU reaches it: through an MMIO bus's dispatch (mapped at
 /// `base`), so every access runs inside the dispatch's RCU read section.
 pub(crate) fn dispatched(
-    bar: std::sync::Arc<dyn vmm_bin::machine::BusDevice>,
+    bar: std::sync::Arc<dyn io_bus::BusDevice>,
     base: u64,
-) -> std::sync::Arc<dyn vmm_bin::machine::BusDevice> {
-    struct Dispatched(vmm_bin::machine::IoBus, u64);
-    impl vmm_bin::machine::BusDevice for Dispatched {
+) -> std::sync::Arc<dyn io_bus::BusDevice> {
+    struct Dispatched(io_bus::IoBus, u64);
+    impl io_bus::BusDevice for Dispatched {
         fn read(&self, offset: u64, data: &mut [u8]) {
             self.0.read(self.1 + offset, data);
         }
@@ -123,7 +123,7 @@ pub(crate) fn dispatched(
             self.0.write(self.1 + offset, data);
         }
     }
-    let bus = vmm_bin::machine::IoBus::new("mmio");
+    let bus = io_bus::IoBus::new("mmio");
     bus.insert(base, 0x4000, 1, bar).unwrap();
     std::sync::Arc::new(Dispatched(bus, base))
 }

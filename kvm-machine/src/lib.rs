@@ -1,6 +1,13 @@
-//! The KVM machine: an i440FX PC with in-kernel PIC, IOAPIC, LAPIC and PIT, guest RAM
-//! from `ram-block`, SeaBIOS (or a directly booted Linux), and vCPU threads that the
-//! main loop can pause, resume, reset and stop.
+//! `kvm-machine`: an i440FX PC on KVM. In-kernel PIC, IOAPIC, LAPIC and PIT; guest RAM
+//! from `ram-block` in KVM memory slots; SeaBIOS (or a directly booted Linux, bzImage or
+//! PVH); the `pc-platform` devices on the port bus; and vCPU threads that the main loop
+//! can pause, resume, reset and stop.
+//!
+//! The invariant it guarantees: **a memory slot's memory outlives its registration,
+//! by type.** [`MemorySlot`] is the only way the crate registers memory with KVM; it
+//! holds the `Arc<RamBlock>` it maps and deletes the registration before letting it go,
+//! whatever happens to the RAM list. Also: no vCPU blocks on host I/O, and pausing or
+//! resetting never runs on a vCPU thread ([`ControlError::OnVcpuThread`]).
 //!
 //! ```text
 //! main thread (AioContext)          vCPU threads
@@ -11,11 +18,18 @@
 //!                                    bump reset epoch, resume
 //! ```
 //!
-//! Port I/O and MMIO exits are dispatched through [`IoBus`]es (RCU-read lookups); PCI
-//! functions plug into [`PciHost`] and get their BARs mapped into those buses as the
-//! guest programs them. See [`Machine`] for how devices and the monitor plug in.
+//! Port I/O and MMIO exits are dispatched through [`IoBus`](io_bus::IoBus)es (RCU-read
+//! lookups); PCI functions plug into [`PciHost`] and get their BARs mapped into those
+//! buses as the guest programs them. See [`Machine`] for how devices and the monitor
+//! plug in, [`Runner`] for the main loop, the README for a runnable example and
+//! `DESIGN.md` for the memory-slot argument and the threads.
 
+#![deny(missing_docs)]
+
+mod config;
 pub mod cpuid;
+mod error;
+mod events;
 pub mod irq_routing;
 pub mod layout;
 mod linux;
@@ -24,72 +38,36 @@ pub mod mptable;
 pub mod pam;
 mod platform;
 mod runner;
-mod smbios;
+mod slot;
+pub mod smbios;
 mod vcpu;
+mod virtio;
 
-/// The `io-bus` crate's access trait and dispatch table, re-exported because vmm-bin's
-/// integration tests (`common/mod.rs`, `virtio_pci.rs`, `virtio_reset.rs`) import them
-/// from here and issue 15 requires them to pass unchanged; vmm-bin's own code imports
-/// `io_bus` directly. Drop this when the tests do too.
-pub use io_bus::{BusDevice, IoBus};
+pub use config::{DEFAULT_BIOS, DebugExitPorts, MachineConfig};
+pub use error::{Error, Result};
+pub use events::{EventSink, SystemEvent, event_channel};
 pub use irq_routing::{GsiRouting, MsiRoute};
 pub use layout::{E820Entry, E820Type, RamLayout};
 pub use memory::GuestRam;
 pub use platform::Platform;
 pub use runner::Runner;
+pub use slot::MemorySlot;
 pub use vcpu::ControlError;
+pub use virtio::{KvmIoEvents, KvmMsi};
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
-use crate::cli::Config;
-use crate::devices::{EventSink, SystemEvent};
 use ::pci::PciHost;
 use vcpu::{BootEntry, Control, InitialState, Vcpu};
 
-/// Errors building or running the machine.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// `/dev/kvm` is missing or unusable.
-    #[error("cannot use KVM (/dev/kvm): {0}")]
-    NoKvm(kvm_ioctls::Error),
-    /// A KVM ioctl failed.
-    #[error("{0} failed: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
-    /// KVM lacks something we need.
-    #[error("KVM lacks {0}")]
-    MissingCap(&'static str),
-    /// Guest RAM.
-    #[error("guest RAM: {0}")]
-    Memory(#[from] ram_block::Error),
-    /// The firmware image.
-    #[error("BIOS: {0}")]
-    Bios(String),
-    /// Direct kernel boot.
-    #[error("kernel boot: {0}")]
-    Boot(String),
-    /// A file we were told to use.
-    #[error("{path}: {error}")]
-    File {
-        /// Which.
-        path: PathBuf,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// A device could not be placed.
-    #[error("device setup: {0}")]
-    Device(String),
-    /// A thread could not be started.
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// `Result` with this module's [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
+/// The README's example, run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Whether this host can run the machine at all (`/dev/kvm` opens).
 pub fn kvm_available() -> bool {
@@ -114,7 +92,7 @@ pub struct Machine {
     layout: RamLayout,
     platform: Platform,
     control: MachineControl,
-    config: Config,
+    config: MachineConfig,
 }
 
 /// A handle to the machine's vCPUs and reset path, for the main loop and the monitor.
@@ -234,7 +212,7 @@ impl Machine {
     /// # Errors
     ///
     /// Any [`Error`]: no KVM, RAM that cannot be mapped, a missing BIOS or kernel.
-    pub fn new(config: &Config, events: EventSink) -> Result<Machine> {
+    pub fn new(config: &MachineConfig, events: EventSink) -> Result<Machine> {
         let kvm = Kvm::new().map_err(Error::NoKvm)?;
         for (cap, name) in [
             (Cap::Irqchip, "an in-kernel irqchip"),
@@ -267,7 +245,7 @@ impl Machine {
         // The routing table from here on is ours (the irqchip's default routes plus one
         // MSI route per vector): every boot exercises it through the PIT and COM1.
         let routing = GsiRouting::new(vm.clone())
-            .map_err(|e| Error::Device(format!("KVM_SET_GSI_ROUTING (default routes): {e}")))?;
+            .map_err(|e| Error::io("KVM_SET_GSI_ROUTING (default routes)", e))?;
 
         let layout = RamLayout::new(config.ram_bytes);
         let mut ram = GuestRam::new(&vm, layout)?;
@@ -472,23 +450,4 @@ impl Drop for Machine {
     fn drop(&mut self) {
         self.control.shutdown_vcpus();
     }
-}
-
-/// Reports a [`SystemEvent`] from a device or vCPU thread; the main loop consumes them.
-pub fn event_channel(
-    notify: impl Fn() + Send + Sync + 'static,
-) -> (EventSink, std::sync::mpsc::Receiver<SystemEvent>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx = Mutex::new(tx);
-    let sink: EventSink = Arc::new(move |event| {
-        if matches!(
-            event,
-            SystemEvent::Reset | SystemEvent::Shutdown | SystemEvent::Exit(_)
-        ) {
-            vcpu::stop_current_vcpu();
-        }
-        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(event);
-        notify();
-    });
-    (sink, rx)
 }

@@ -1,34 +1,15 @@
-//! The machine's events, the serial console's stdin reader, and the paths vmm-bin's integration tests import devices by.
+//! What devices and vCPUs ask of the machine ([`SystemEvent`]), the sink they post to,
+//! and the serial console's stdin reader.
 //!
-//! The platform device models are the `pc-platform` crate (the PIIX functions, CMOS,
-//! fw_cfg, serial, debug ports, the i8042). What stays here is [`SystemEvent`], the
-//! machine's event enum: the platform's [`PlatformEvent`]s plus the vCPU failures only
-//! the machine knows about (`InternalError`, `Fatal`).
-//!
-//! The `pci` and `serial` modules below re-export a few names under their old paths.
-//! They are not a shim for vmm-bin's own code (which imports `pci` and `pc_platform`
-//! directly): vmm-bin's integration tests (`virtio_pci.rs`, `virtio_reset.rs`,
-//! `intx_level.rs`, `vmm_robustness.rs`, `common/mock_virtio.rs`) import them from these
-//! paths, and issue 15 requires those tests to pass unchanged while the crates are
-//! extracted. Drop them when the tests import `pci` and `pc_platform` themselves.
+//! A [`SystemEvent`] is the platform's [`PlatformEvent`]s plus the vCPU failures only
+//! the machine knows about (`InternalError`, `Fatal`). Events are handled on the main
+//! thread ([`Runner`](crate::Runner)), never inside the vCPU exit that caused them.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pc_platform::PlatformEvent;
 use pc_platform::serial::SerialPort;
-
-/// Old paths of PCI names, for vmm-bin's integration tests (see the module docs).
-pub mod pci {
-    pub use ::pci::{IrqLine, PciFunction, PciHost, Space};
-    pub use pc_platform::Piix3Isa;
-}
-
-/// Old path of the serial output bound, for vmm-bin's integration tests (see the module
-/// docs).
-pub mod serial {
-    pub use pc_platform::serial::OUTPUT_BUFFER_BYTES;
-}
 
 /// What a device or vCPU asks of the machine (handled on the main thread, never inside
 /// the vCPU exit that caused it).
@@ -62,7 +43,7 @@ pub type EventSink = Arc<dyn Fn(SystemEvent) + Send + Sync>;
 
 /// `events` as the platform devices' sink: each [`PlatformEvent`] is posted as the
 /// [`SystemEvent`] it stands for.
-pub fn platform_sink(events: EventSink) -> pc_platform::EventSink {
+pub(crate) fn platform_sink(events: EventSink) -> pc_platform::EventSink {
     Arc::new(move |event| events(event.into()))
 }
 
@@ -72,7 +53,7 @@ pub fn platform_sink(events: EventSink) -> pc_platform::EventSink {
 /// # Errors
 ///
 /// The thread could not be started.
-pub fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
+pub(crate) fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
     let port = Arc::clone(port);
     std::thread::Builder::new()
         .name("serial-stdin".into())
@@ -95,4 +76,23 @@ pub fn spawn_stdin_reader(port: &Arc<SerialPort>) -> std::io::Result<()> {
             }
         })
         .map(drop)
+}
+
+/// Reports a [`SystemEvent`] from a device or vCPU thread; the main loop consumes them.
+pub fn event_channel(
+    notify: impl Fn() + Send + Sync + 'static,
+) -> (EventSink, std::sync::mpsc::Receiver<SystemEvent>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let sink: EventSink = Arc::new(move |event| {
+        if matches!(
+            event,
+            SystemEvent::Reset | SystemEvent::Shutdown | SystemEvent::Exit(_)
+        ) {
+            crate::vcpu::stop_current_vcpu();
+        }
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(event);
+        notify();
+    });
+    (sink, rx)
 }

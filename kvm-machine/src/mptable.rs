@@ -142,19 +142,28 @@ fn checksum(bytes: &[u8]) -> u8 {
 ///
 /// # Errors
 ///
-/// A message if they do not fit below 1 MiB or RAM does not cover the area.
-pub fn write(mem: &ram_block::RamMemory, cpus: u32) -> Result<(), String> {
+/// [`WriteError::TooLarge`] if they do not fit below 1 MiB (too many vCPUs),
+/// [`WriteError::Memory`] if RAM does not cover the area.
+pub fn write(mem: &ram_block::RamMemory, cpus: u32) -> Result<(), WriteError> {
     let (floating, table) = build(cpus);
     let end = MP_FLOATING + (floating.len() + table.len()) as u64;
     if end > AREA_END {
-        return Err(format!(
-            "{} bytes do not fit below 1 MiB",
-            end - MP_FLOATING
-        ));
+        return Err(WriteError::TooLarge(end - MP_FLOATING));
     }
-    mem.write_slice(&floating, GuestAddress(MP_FLOATING))
-        .and_then(|()| mem.write_slice(&table, GuestAddress(MP_FLOATING + 16)))
-        .map_err(|e| e.to_string())
+    mem.write_slice(&floating, GuestAddress(MP_FLOATING))?;
+    mem.write_slice(&table, GuestAddress(MP_FLOATING + 16))?;
+    Ok(())
+}
+
+/// Why [`write()`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The tables (this many bytes) do not fit below 1 MiB.
+    #[error("{0} bytes do not fit below 1 MiB")]
+    TooLarge(u64),
+    /// RAM does not cover the area.
+    #[error(transparent)]
+    Memory(#[from] vm_memory::GuestMemoryError),
 }
 
 #[cfg(test)]

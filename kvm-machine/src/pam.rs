@@ -36,13 +36,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::KVM_MEM_READONLY;
 use kvm_ioctls::VmFd;
 use ram_block::RamBlock;
 
 use super::Result;
 use super::layout::{ISA_BIOS_END, ISA_BIOS_MAX};
-use super::memory::set_region;
+use super::slot::MemorySlot;
 use pc_platform::PamListener;
 
 /// Config offset of PAM0 in the i440FX host bridge (00:00.0).
@@ -238,17 +237,16 @@ pub fn ram_slots(ram_size: u64) -> Vec<(u64, u64)> {
 /// The live map: one KVM slot id per segment, re-pointed as the guest writes the PAM
 /// registers. Shared by the host bridge (config writes from vCPU threads, reset).
 pub struct Pam {
-    /// Declared before the blocks: dropped (and, if last, the VM closed) first.
     vm: Arc<VmFd>,
-    /// `pc.ram` and the BIOS image: held here so that their mappings outlive every slot
-    /// that points into them (the slots are never deleted before the VM is).
+    /// `pc.ram` and the BIOS image, what the segments' slots map (each slot holds its
+    /// own `Arc` of the block it maps, for as long as it is registered).
     ram: Arc<RamBlock>,
     rom: Arc<RamBlock>,
     backing: Backing,
     /// The KVM slot id reserved for each segment.
     ids: [u32; SEGMENTS],
     /// What each segment's slot maps now (`None`: no slot). Also serializes updates.
-    current: Mutex<[Option<SlotPlan>; SEGMENTS]>,
+    current: Mutex<[Option<(SlotPlan, MemorySlot)>; SEGMENTS]>,
 }
 
 impl Pam {
@@ -276,7 +274,7 @@ impl Pam {
             rom,
             backing,
             ids,
-            current: Mutex::new([None; SEGMENTS]),
+            current: Mutex::new(std::array::from_fn(|_| None)),
         };
         pam.apply(&[0; PAM_REGISTERS])?;
         Ok(pam)
@@ -300,16 +298,14 @@ impl Pam {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut result = Ok(());
         for (index, want) in wanted.into_iter().enumerate() {
-            if current[index] == want {
+            let slot = &mut current[index];
+            if slot.as_ref().map(|(plan, _)| *plan) == want {
                 continue;
             }
-            let id = self.ids[index];
-            if let Some(old) = current[index].take() {
-                // SAFETY: deleting a slot hands KVM no memory.
-                let deleted = unsafe { set_region(&self.vm, id, old.guest, 0, 0, 0) };
-                if let Err(e) = deleted {
+            if let Some((old, mapping)) = slot.take() {
+                if let Err((mapping, e)) = mapping.delete() {
                     // The old mapping stays; remember it so that a later write retries.
-                    current[index] = Some(old);
+                    *slot = Some((old, mapping));
                     result = result.and(Err(e));
                     continue;
                 }
@@ -319,19 +315,13 @@ impl Pam {
                 Source::Ram { offset } => (&self.ram, offset),
                 Source::Rom { offset } => (&self.rom, offset),
             };
-            let host = block.host_address() as u64 + offset;
-            let flags = if plan.readonly { KVM_MEM_READONLY } else { 0 };
-            // SAFETY: `plan` lies inside `block` (`Backing::plan` clips it to the RAM
-            // size and the image, and `backing` was built from these two blocks'
-            // sizes). `self` holds an `Arc` of the block, so the mapping lives as long
-            // as `self`, and `self` holds the VM fd: while this slot can be used, the
-            // memory is there. The slot id is reserved for this segment and only this
-            // function re-points it, always deleting the old mapping first. When the
-            // machine drops, its vCPUs (the slot's only users) have stopped before the
-            // last `Arc` of `self` goes, and the VM fd drops before the blocks (field
-            // order).
-            match unsafe { set_region(&self.vm, id, plan.guest, plan.size, host, flags) } {
-                Ok(()) => current[index] = Some(plan),
+            // `Backing::plan` clips the plan to these two blocks' sizes; the id is
+            // reserved for this segment and only this function re-points it, always
+            // deleting the old slot first.
+            let id = self.ids[index];
+            let (guest, size, readonly) = (plan.guest, plan.size, plan.readonly);
+            match MemorySlot::map(&self.vm, id, guest, block.clone(), offset, size, readonly) {
+                Ok(mapping) => *slot = Some((plan, mapping)),
                 Err(e) => result = result.and(Err(e)),
             }
         }

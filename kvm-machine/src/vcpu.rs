@@ -19,7 +19,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::{EventSink, SystemEvent};
+use crate::events::{EventSink, SystemEvent};
 
 thread_local! {
     /// This vCPU thread's `kvm_run`, for the kick signal handler.

@@ -3,13 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, VmFd};
 use ram_block::{Backing, RamBlock, RamList};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{Bytes, GuestAddress, MemoryRegionAddress};
 
 use super::layout::{FOUR_GIB, RamLayout};
 use super::pam::{self, Pam};
+use super::slot::MemorySlot;
 use super::{Error, Result};
 use pc_platform::PamListener;
 
@@ -23,19 +23,19 @@ enum Owner {
     Firmware,
 }
 
-/// One KVM memory slot in use.
+/// One KVM memory slot id in use.
 ///
-/// A slot that maps memory holds the block that memory belongs to: the mapping cannot
-/// be unmapped while KVM may still reach it, whatever happens to the RAM list (a
-/// `remove` or `replace_all` through a clone of it only unlinks the block). The slot,
-/// and with it the block, goes only in [`delete_slots`], after KVM has let go.
+/// A slot that maps memory is a [`MemorySlot`], which holds the block that memory
+/// belongs to: the mapping cannot be unmapped while KVM may still reach it, whatever
+/// happens to the RAM list (a `remove` or `replace_all` through a clone of it only
+/// unlinks the block).
 #[derive(Debug)]
 struct Slot {
     id: u32,
     owner: Owner,
-    guest: u64,
-    /// What the slot maps (`None`: an id reserved for the PAM map, which holds its own).
-    memory: Option<Arc<RamBlock>>,
+    /// What the slot maps (`None`: an id reserved for the PAM map, which holds its own
+    /// slots).
+    mapping: Option<MemorySlot>,
 }
 
 /// The guest's memory: the RAM list every thread translates through, and the KVM slots
@@ -102,38 +102,30 @@ impl GuestRam {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers `block` with KVM, then publishes it in the list (hot add).
+    /// Publishes `block` in the list, then registers it with KVM (hot add).
     ///
     /// # Errors
     ///
-    /// KVM's or the list's refusal; on a list error the slot is removed again.
+    /// The list's or KVM's refusal; on a KVM error the block is unlinked again.
     pub fn add_block(&self, block: RamBlock) -> Result<()> {
-        let vm = &*self.vm;
         let mut slots = self.lock_slots();
         let id = free_slot(&slots);
-        let start = block.start().0;
-        let size = block.size();
-        let host = host_address(&block)?;
-        // SAFETY: `host..host + size` is the block's mapping, which lives as long as the
-        // block: here `block` itself, from `add` on the `Arc` the slot stores, which
-        // only `delete_slots` drops, after deleting the slot. If `add` fails, the slot
-        // is deleted below before the block drops.
-        unsafe { set_region(vm, id, start, size, host, 0) }?;
-        let memory = match self.list.add(block) {
-            Ok(memory) => memory,
-            Err(e) => {
-                // SAFETY: deleting a slot (size 0) never gives KVM a mapping.
-                let _ = unsafe { set_region(vm, id, start, 0, 0, 0) };
-                return Err(e.into());
+        let (start, size) = (block.start().0, block.size());
+        let memory = self.list.add(block)?;
+        match MemorySlot::map(&self.vm, id, start, memory, 0, size, false) {
+            Ok(mapping) => {
+                slots.push(Slot {
+                    id,
+                    owner: Owner::Block(start),
+                    mapping: Some(mapping),
+                });
+                Ok(())
             }
-        };
-        slots.push(Slot {
-            id,
-            owner: Owner::Block(start),
-            guest: start,
-            memory: Some(memory),
-        });
-        Ok(())
+            Err(e) => {
+                let _ = self.list.remove(GuestAddress(start));
+                Err(e)
+            }
+        }
     }
 
     /// Deletes the slots of the block at `start`, then removes the block from the list
@@ -148,7 +140,7 @@ impl GuestRam {
         if !slots.iter().any(|s| s.owner == Owner::Block(start)) {
             return Err(ram_block::Error::NoSuchBlock { start }.into());
         }
-        delete_slots(&self.vm, &mut slots, Owner::Block(start))?;
+        delete_slots(&mut slots, Owner::Block(start))?;
         self.list.remove(GuestAddress(start))?;
         Ok(())
     }
@@ -162,14 +154,12 @@ impl GuestRam {
     ///
     /// # Errors
     ///
-    /// [`Error::Bios`] if the image is empty, not a multiple of 4 KiB or over 16 MiB;
+    /// [`Error::BiosSize`] if the image is empty, not a multiple of 4 KiB or over 16 MiB;
     /// [`Error::Kvm`] if KVM refuses a slot.
     pub fn load_bios(&mut self, vm: &Arc<VmFd>, bios: Vec<u8>) -> Result<()> {
         let size = bios.len() as u64;
         if size == 0 || size % 4096 != 0 || size > 16 << 20 {
-            return Err(Error::Bios(format!(
-                "image of {size} bytes: must be a non-empty multiple of 4 KiB, at most 16 MiB"
-            )));
+            return Err(Error::BiosSize { size });
         }
         let start = FOUR_GIB - size;
         let rom = RamBlock::new(
@@ -179,24 +169,15 @@ impl GuestRam {
             Backing::Anonymous { huge_pages: false },
         )?;
         rom.write_slice(&bios, MemoryRegionAddress(0))
-            .map_err(|e| Error::Bios(e.to_string()))?;
+            .map_err(Error::Rom)?;
         let rom = Arc::new(rom);
-        let host = host_address(&rom)?;
-        let flags = if self.readonly_rom {
-            KVM_MEM_READONLY
-        } else {
-            0
-        };
         let mut slots = self.lock_slots();
         let id = free_slot(&slots);
-        // SAFETY: the mapping belongs to `rom`, which the slot holds until it is
-        // deleted.
-        unsafe { set_region(vm, id, start, size, host, flags) }?;
+        let mapping = MemorySlot::map(vm, id, start, rom.clone(), 0, size, self.readonly_rom)?;
         slots.push(Slot {
             id,
             owner: Owner::Firmware,
-            guest: start,
-            memory: Some(rom.clone()),
+            mapping: Some(mapping),
         });
 
         // `pc.ram`: one slot from 0 becomes the slots around the PAM area.
@@ -204,19 +185,16 @@ impl GuestRam {
             let guard = rcu::read();
             self.list.blocks(&guard).find_shared(GuestAddress(0))
         };
-        let ram = ram.ok_or_else(|| Error::Bios("no RAM at guest address 0".into()))?;
-        let ram_host = host_address(&ram)?;
-        delete_slots(vm, &mut slots, Owner::Block(0))?;
+        let ram = ram.ok_or(Error::NoLowRam)?;
+        delete_slots(&mut slots, Owner::Block(0))?;
         for (guest, len) in pam::ram_slots(ram.size()) {
             let id = free_slot(&slots);
-            // SAFETY: `guest..guest + len` lies inside `pc.ram` (`ram_slots` stays below
-            // its size), whose block the slot holds until it is deleted.
-            unsafe { set_region(vm, id, guest, len, ram_host + guest, 0) }?;
+            // `pc.ram` starts at guest 0: the offset into the block is the address.
+            let mapping = MemorySlot::map(vm, id, guest, ram.clone(), guest, len, false)?;
             slots.push(Slot {
                 id,
                 owner: Owner::Block(0),
-                guest,
-                memory: Some(ram.clone()),
+                mapping: Some(mapping),
             });
         }
 
@@ -227,8 +205,7 @@ impl GuestRam {
             slots.push(Slot {
                 id: *id,
                 owner: Owner::Firmware,
-                guest: 0,
-                memory: None,
+                mapping: None,
             });
         }
         drop(slots);
@@ -253,41 +230,23 @@ impl GuestRam {
         let bios = self.bios.clone();
         Some(Box::new(move || {
             rom.write_slice(&bios, MemoryRegionAddress(0))
-                .map_err(|e| Error::Bios(e.to_string()))
+                .map_err(Error::Rom)
         }))
     }
 }
 
-/// Deletes the KVM slots of `owner` and forgets them, dropping their hold on the
-/// memory only after KVM has let go (a slot KVM refuses to delete stays listed, and
-/// keeps its memory).
-fn delete_slots(vm: &VmFd, slots: &mut Vec<Slot>, owner: Owner) -> Result<()> {
+/// Deletes the KVM slots of `owner` and forgets them; each lets go of its memory only
+/// after KVM has (a slot KVM refuses to delete stays listed, and keeps its memory).
+fn delete_slots(slots: &mut Vec<Slot>, owner: Owner) -> Result<()> {
     while let Some(at) = slots.iter().position(|s| s.owner == owner) {
-        let (id, guest) = (slots[at].id, slots[at].guest);
-        // SAFETY: deleting a slot hands KVM no memory; the guest can no longer reach
-        // that range through KVM once this returns.
-        unsafe { set_region(vm, id, guest, 0, 0, 0) }?;
-        drop(slots.remove(at));
-    }
-    Ok(())
-}
-
-impl Drop for GuestRam {
-    /// Deletes the slots that map memory before that memory can go: a `GuestRam`
-    /// dropped before its VM leaves KVM nothing that points at unmapped memory. A slot
-    /// KVM refuses to delete keeps its block mapped (leaked) rather than dangle.
-    fn drop(&mut self) {
-        let slots = std::mem::take(&mut *self.lock_slots());
-        for slot in slots {
-            if slot.memory.is_none() {
-                continue; // the PAM map's ids: it deletes its own slots
-            }
-            // SAFETY: deleting a slot hands KVM no memory.
-            if unsafe { set_region(&self.vm, slot.id, slot.guest, 0, 0, 0) }.is_err() {
-                std::mem::forget(slot.memory);
-            }
+        let Slot { id, owner, mapping } = slots.remove(at);
+        if let Some(Err((mapping, e))) = mapping.map(MemorySlot::delete) {
+            let mapping = Some(mapping);
+            slots.insert(at, Slot { id, owner, mapping });
+            return Err(e);
         }
     }
+    Ok(())
 }
 
 /// The lowest slot id `slots` does not use.
@@ -295,39 +254,6 @@ fn free_slot(slots: &[Slot]) -> u32 {
     (0..)
         .find(|id| slots.iter().all(|s| s.id != *id))
         .unwrap_or(0)
-}
-
-fn host_address(block: &RamBlock) -> Result<u64> {
-    block
-        .get_host_address(MemoryRegionAddress(0))
-        .map(|p| p as u64)
-        .map_err(|e| Error::Bios(format!("no host mapping for {}: {e}", block.name())))
-}
-
-/// `KVM_SET_USER_MEMORY_REGION`.
-///
-/// # Safety
-///
-/// `host..host + size` must stay mapped (and not be reused for anything else) until the
-/// slot is deleted or changed; `size == 0` deletes the slot.
-pub(super) unsafe fn set_region(
-    vm: &VmFd,
-    slot: u32,
-    start: u64,
-    size: u64,
-    host: u64,
-    flags: u32,
-) -> Result<()> {
-    let region = kvm_userspace_memory_region {
-        slot,
-        flags,
-        guest_phys_addr: start,
-        memory_size: size,
-        userspace_addr: host,
-    };
-    // SAFETY: the caller guarantees the mapping's lifetime.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))
 }
 
 #[cfg(test)]

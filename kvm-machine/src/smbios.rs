@@ -87,7 +87,7 @@ impl Table {
 
 /// `(tables, anchor)`: the structure table and its SMBIOS 2.1 entry point (whose table
 /// address the firmware fills in when it places the table).
-pub(crate) fn build(layout: RamLayout, cpus: u32) -> (Vec<u8>, Vec<u8>) {
+pub fn build(layout: RamLayout, cpus: u32) -> (Vec<u8>, Vec<u8>) {
     let mut out = Vec::new();
     let mut count = 0u16;
     let mut largest = 0usize;

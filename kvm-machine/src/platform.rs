@@ -15,8 +15,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::layout::{RamLayout, e820_bytes};
 use super::{Error, Result};
-use crate::cli::{Config, SerialBackend};
-use crate::devices::{EventSink, SystemEvent, platform_sink, spawn_stdin_reader};
+use crate::config::MachineConfig;
+use crate::events::{EventSink, SystemEvent, platform_sink, spawn_stdin_reader};
 use pc_platform::cmos::{CMOS_BASE, Cmos, CmosLayout};
 use pc_platform::debug_exit::DebugExit;
 use pc_platform::debugcon::{DEBUGCON_PORT, DebugCon, ENV as DEBUGCON_ENV};
@@ -52,8 +52,7 @@ pub struct Platform {
 }
 
 fn map(bus: &IoBus, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<()> {
-    bus.insert(base, len, PLATFORM_OWNER, device)
-        .map_err(|e| Error::Device(e.to_string()))
+    Ok(bus.insert(base, len, PLATFORM_OWNER, device)?)
 }
 
 impl Platform {
@@ -63,10 +62,10 @@ impl Platform {
     ///
     /// # Errors
     ///
-    /// [`Error::Device`] if two devices collide (a debug-exit port over another device)
+    /// [`Error::Ports`] if two devices collide (a debug-exit port over another device)
     /// or the serial irqfd cannot be registered.
     pub fn new(
-        config: &Config,
+        config: &MachineConfig,
         vm: &Arc<VmFd>,
         layout: RamLayout,
         ram: RamList,
@@ -89,14 +88,11 @@ impl Platform {
             |_| {},
         ));
         map(&pio, u64::from(PCI_CONFIG_PORT), 8, pci.clone())?;
-        let plug_err = |e: qdev_bus::Error| Error::Device(e.to_string());
-        let at = |slot, function| PciAddress::new(slot, function).map_err(plug_err);
-        pci.plug(at(0, 0)?, Box::new(I440fxHost::new(pam)))
-            .map_err(plug_err)?;
+        let at = PciAddress::new;
+        pci.plug(at(0, 0)?, Box::new(I440fxHost::new(pam)))?;
         let (isa, intx) = Piix3Isa::new(irq);
-        pci.plug(at(1, 0)?, Box::new(isa)).map_err(plug_err)?;
-        pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))
-            .map_err(plug_err)?;
+        pci.plug(at(1, 0)?, Box::new(isa))?;
+        pci.plug(at(1, 3)?, Box::new(Piix4Pm::new(pm.clone())))?;
 
         // The ISA devices, plugged into the PIIX3's ISA bus (and mapped) at the end.
         let mut isa_devices = Vec::new();
@@ -107,16 +103,16 @@ impl Platform {
         };
 
         // COM1 on IRQ 4 through an irqfd (an edge into the in-kernel PIC/IOAPIC).
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(e.to_string()))?;
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("COM1 irqfd", e))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let console = (config.serial == SerialBackend::Stdio).then(SerialOutput::new);
+        let console = (config.serial_stdio).then(SerialOutput::new);
         let out = match &console {
             Some(console) => SerialOut::Console(console.clone()),
             None => SerialOut::Sink,
         };
         let serial = Arc::new(SerialPort::new(serial_irq, out));
-        if config.serial == SerialBackend::Stdio {
+        if config.serial_stdio {
             spawn_stdin_reader(&serial).map_err(Error::Thread)?;
         }
         add("isa-serial", &[(COM1_BASE, 8, serial.clone())]);
@@ -162,7 +158,7 @@ impl Platform {
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(|e| Error::Device(format!("{DEBUGCON_ENV}={path:?}: {e}")))?;
+                .map_err(|e| Error::io(format!("{DEBUGCON_ENV}={path:?}"), e))?;
             let dev = Arc::new(DebugCon::new(Box::new(file)));
             add("isa-debugcon", &[(DEBUGCON_PORT, 1, dev)]);
         }
@@ -174,7 +170,10 @@ impl Platform {
                 Some(hex) => u16::from_str_radix(hex, 16),
                 None => text.parse(),
             }
-            .map_err(|_| Error::Device(format!("{env}={text}: not a port number")))?;
+            .map_err(|_| Error::BadPort {
+                var: env,
+                value: text.to_string(),
+            })?;
             eprintln!("vmm-bin: test hook: a write to port {port:#x} panics the vCPU ({env})");
             let dev = Arc::new(pc_platform::legacy::PanicPort { port });
             add("panic-port", &[(port, 1, dev)]);
@@ -190,10 +189,9 @@ impl Platform {
 
         {
             let guard = rcu::read();
-            let bus = isa::find_bus(pci.bus(), &guard)
-                .ok_or_else(|| Error::Device("the PIIX3 has no ISA bus".into()))?;
+            let bus = isa::find_bus(pci.bus(), &guard).ok_or(Error::NoIsaBus)?;
             for device in isa_devices {
-                isa::plug(bus, &pio, device).map_err(|e| Error::Device(e.to_string()))?;
+                isa::plug(bus, &pio, device)?;
             }
         }
 
@@ -254,7 +252,7 @@ impl Platform {
 }
 
 /// fw_cfg as QEMU's `pc` machine fills it for SeaBIOS (with the DMA interface).
-fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<FwCfg> {
+fn firmware_config(config: &MachineConfig, layout: RamLayout, ram: RamList) -> Result<FwCfg> {
     let cfg = FwCfg::with_dma(ram);
     let cpus = config.cpus as u16;
     cfg.add_bytes(keys::RAM_SIZE, layout.total().to_le_bytes().to_vec());
@@ -272,11 +270,7 @@ fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<F
     cfg.add_bytes(keys::ACPI_TABLES, 0u16.to_le_bytes().to_vec());
     cfg.add_bytes(keys::SMBIOS_ENTRIES, 0u16.to_le_bytes().to_vec());
     cfg.add_bytes(keys::E820_TABLE, 0u32.to_le_bytes().to_vec());
-    let file = |name: &str, data: Vec<u8>| {
-        cfg.add_file(name, data)
-            .map(drop)
-            .map_err(|e| Error::Device(e.to_string()))
-    };
+    let file = |name: &str, data: Vec<u8>| cfg.add_file(name, data).map(drop).map_err(Error::from);
     file("etc/e820", e820_bytes(&layout.firmware_e820()))?;
     let (tables, anchor) = super::smbios::build(layout, config.cpus);
     file("etc/smbios/smbios-tables", tables)?;
@@ -284,7 +278,7 @@ fn firmware_config(config: &Config, layout: RamLayout, ram: RamList) -> Result<F
     file("etc/boot-cpus", cpus.to_le_bytes().to_vec())?;
     let wait = config.reboot_timeout_ms.unwrap_or(u32::MAX);
     file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
-    if config.serial == SerialBackend::Stdio {
+    if config.serial_stdio {
         // No display: SeaBIOS mirrors its screen output (banner, boot messages) to COM1.
         file("etc/sercon-port", 0x3f8u16.to_le_bytes().to_vec())?;
     }

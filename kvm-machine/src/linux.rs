@@ -59,8 +59,11 @@ const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
 /// (`initrd_addr_max`'s historical default).
 const INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
-fn boot_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Boot(format!("{what}: {e}"))
+fn boot_err(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::Boot {
+        what: what.to_string(),
+        source: e.into(),
+    }
 }
 
 /// Which entry protocol the loaded kernel uses.

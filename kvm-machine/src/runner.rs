@@ -16,8 +16,8 @@ use bottom_half::BhList;
 use runstate::{Event, RunState, RunStateMachine};
 
 use super::{Machine, MachineControl, Result, event_channel};
-use crate::cli::Config;
-use crate::devices::SystemEvent;
+use crate::config::MachineConfig;
+use crate::events::SystemEvent;
 
 /// The main thread's loop around one [`Machine`].
 pub struct Runner {
@@ -41,7 +41,7 @@ impl Runner {
     /// # Errors
     ///
     /// The machine's errors; a context that cannot be created is [`super::Error::Thread`].
-    pub fn new(config: &Config) -> Result<Runner> {
+    pub fn new(config: &MachineConfig) -> Result<Runner> {
         let ctx = AioContext::new()
             .map_err(|e| super::Error::Thread(std::io::Error::other(e.to_string())))?;
         let handle = ctx.handle();
@@ -49,10 +49,10 @@ impl Runner {
         let machine = Machine::new(config, sink)?;
         if let Some(console) = &machine.platform().console {
             let writer = pc_platform::serial::ConsoleWriter::stdout()
-                .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
+                .map_err(|e| super::Error::io("-serial stdio", e))?;
             console
                 .attach(&ctx, writer)
-                .map_err(|e| super::Error::Device(format!("-serial stdio: {e}")))?;
+                .map_err(|e| super::Error::io("-serial stdio", e))?;
         }
         let handle = ctx.handle();
         // The run state machine defers through BHs of its own list, polled by `run`
@@ -75,7 +75,7 @@ impl Runner {
             events,
             exit: Rc::new(Cell::new(None)),
             no_reboot: config.no_reboot,
-            monitor_attached: !config.qmp.is_empty(),
+            monitor_attached: config.stop_on_internal_error,
         })
     }
 
