@@ -15,6 +15,8 @@ use std::path::PathBuf;
 
 use qemu_opts::{Grammar, Opts, SizeUnit};
 
+use crate::logging::LogConfig;
+
 mod boot;
 mod drive;
 mod smp;
@@ -187,6 +189,11 @@ pub struct Config {
     /// `-cpu host,FEATURE=on|off,+FEATURE,-FEATURE`: CPUID flags to keep or clear, by
     /// QEMU's names (see [`crate::machine::cpuid::FEATURES`]), in command-line order.
     pub cpu_features: Vec<(String, bool)>,
+    /// `-d ITEMS` and `-D FILE`: what is logged, and where.
+    pub log: LogConfig,
+    /// Warnings found while parsing (an ignored `-cpu` property): the caller logs them
+    /// once the log (configured by this same command line) is set up.
+    pub warnings: Vec<String>,
 }
 
 /// The default firmware: Debian's SeaBIOS (package `seabios`).
@@ -213,13 +220,19 @@ impl Default for Config {
             reboot_timeout_ms: None,
             boot: BootOptions::default(),
             cpu_features: Vec::new(),
+            log: LogConfig::default(),
+            warnings: Vec::new(),
         }
     }
 }
 
 /// `-cpu host[,FEATURE=on|off|+FEATURE|-FEATURE...]`: the feature toggles, checked
 /// against the names we know.
-fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
+fn parse_cpu_features(
+    option: &str,
+    arg: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, bool)>> {
     let mut features = Vec::new();
     for item in qemu_opts::split_commas(arg).into_iter().skip(1) {
         let (name, value) = if let Some(n) = item.strip_prefix('+') {
@@ -232,7 +245,7 @@ fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
             (item.as_str(), None)
         };
         if crate::machine::cpuid::is_ignored_property(name) {
-            eprintln!("vmm-bin: warning: {option} property '{name}' ignored");
+            warnings.push(format!("{option} property '{name}' ignored"));
             continue;
         }
         if crate::machine::cpuid::feature(name).is_none() {
@@ -278,7 +291,7 @@ fn invalid(option: &str, reason: impl Into<String>) -> Error {
 /// The options that take an argument, and those that do not.
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "bios", "serial", "display", "device", "drive",
-    "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor",
+    "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor", "d", "D",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "S", "nodefaults"];
 
@@ -411,10 +424,15 @@ fn apply(
         "accel" if arg == "kvm" || arg.starts_with("kvm,") => {}
         "accel" => return Err(invalid(option, "only KVM acceleration")),
         "cpu" if arg == "host" || arg.starts_with("host,") => {
-            config.cpu_features = parse_cpu_features(option, arg)?;
+            config.cpu_features = parse_cpu_features(option, arg, &mut config.warnings)?;
         }
         "cpu" => return Err(invalid(option, "only '-cpu host' (the host's KVM CPUID)")),
         "name" => {}
+        "d" => config
+            .log
+            .add_items(arg)
+            .map_err(|e| invalid(option, e.to_string()))?,
+        "D" => config.log.file = Some(PathBuf::from(arg)),
         "boot" => boot::parse(config, option, arg)?,
         "qmp" => config.qmp.push(parse_qmp(option, arg)?),
         "drive" => {
@@ -536,6 +554,8 @@ usage: vmm-bin [options]
         (if=ide, the default, and if=scsi are refused: no IDE yet, no SCSI on pc)
   -object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]
   -qmp unix:PATH,server=on,wait=off
+  -d ITEM[,...]      log more: debug, TARGET=LEVEL, trace:PATTERN (-d help; also $VMM_LOG)
+  -D FILE            write the log to FILE instead of stderr
 ";
 
 #[cfg(test)]
@@ -767,6 +787,20 @@ mod tests {
         }
     }
 
+    /// `-d` items accumulate, `-D` names the file; a QEMU item we do not have is refused.
+    #[test]
+    fn log_options() {
+        let c = parse_ok(&["-d", "debug", "-d", "trace:qmp", "-D", "/tmp/log"]);
+        assert_eq!(c.log.directives, ["debug", "qmp=trace"]);
+        assert_eq!(c.log.file, Some(PathBuf::from("/tmp/log")));
+        assert!(!c.log.help);
+        assert!(parse_ok(&["-d", "help"]).log.help);
+        assert_eq!(
+            parse(["-d", "int"]).unwrap_err().to_string(),
+            "invalid argument for '-d': unknown log item 'int' (see -d help)"
+        );
+    }
+
     #[test]
     fn reboot_timeout() {
         let c = parse_ok(&["-boot", "reboot-timeout=0"]);
@@ -792,6 +826,7 @@ mod tests {
             ]
         );
         assert!(parse(["-cpu", "host"]).unwrap().cpu_features.is_empty());
+        assert!(c.warnings.is_empty());
         // QEMU properties that are not CPUID flags are accepted (and ignored).
         let c = parse([
             "-cpu",
@@ -799,5 +834,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.cpu_features, vec![("sse4_1".to_string(), false)]);
+        assert_eq!(c.warnings[0], "-cpu property 'migratable' ignored");
+        assert_eq!(c.warnings.len(), 4);
     }
 }

@@ -5,6 +5,7 @@
 //! models and the monitor; the product is the `vmm-bin` binary.
 
 pub mod disks;
+pub mod logging;
 pub mod monitor;
 pub mod signals;
 pub mod storage_daemon;

@@ -2,6 +2,7 @@
 //! vCPU pause through the runstate handler), its disks (`query-block`,
 //! `BLOCK_IO_ERROR`) and its iothreads (`query-iothreads`).
 
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use serde_json::{Value, json};
@@ -10,35 +11,56 @@ use crate::cli::Config;
 use crate::disks::Disks;
 use crate::machine::Runner;
 use crate::monitor::{
-    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, VmEvents,
+    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, QmpOption,
+    VmEvents,
 };
 use qmp::no_arguments;
+
+/// Why the VMM's monitor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The monitor or its socket could not be set up.
+    #[error("-qmp: {0}")]
+    Monitor(#[from] MonitorError),
+    /// A command could not be registered (a name taken twice: a bug).
+    #[error(transparent)]
+    Register(#[from] qmp::Error),
+    /// `-qmp ...,server=off`: we only listen.
+    #[error(
+        "-qmp unix:{},server=off: not supported: the monitor listens on a socket",
+        .0.display()
+    )]
+    ServerOff(PathBuf),
+}
 
 /// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without
 /// `-qmp`.
 ///
 /// # Errors
 ///
-/// A socket that cannot be created, a bad `-qmp` option.
-pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<Monitor>, String> {
+/// A socket that cannot be created, a bad `-qmp` option: see [`AttachError`].
+pub fn attach(
+    runner: &Runner,
+    config: &Config,
+    disks: &Disks,
+) -> Result<Option<Monitor>, AttachError> {
     let Some(qmp) = config.qmp.first() else {
         return Ok(None);
     };
     if config.qmp.len() > 1 {
-        eprintln!("vmm-bin: warning: only the first -qmp is served");
+        tracing::warn!("only the first -qmp is served");
     }
     let control = runner.control();
     let quit = runner.quit_handle();
     let hooks = MachineHooks::new(
         move || {
             if let Err(e) = control.system_reset() {
-                eprintln!("vmm-bin: system_reset: {e}");
+                tracing::error!("system_reset: {e}");
             }
         },
         move || quit(0),
     );
-    let monitor = Monitor::new(runner.context(), runner.runstate(), Rc::new(hooks))
-        .map_err(|e| format!("-qmp: {e}"))?;
+    let monitor = Monitor::new(runner.context(), runner.runstate(), Rc::new(hooks))?;
 
     // BLOCK_IO_ERROR: block-dma calls this inside runstate's stop request for the
     // `stop` action, so the event precedes the STOP.
@@ -93,40 +115,37 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
             )
         })
         .collect();
-    monitor
-        .commands()
-        .register("query-block", move |args| {
-            no_arguments(args)?;
-            let list: Vec<Value> = blocks
-                .iter()
-                .map(|(drive, dev, file, ro, direct, d)| {
-                    json!({
-                        "device": drive,
-                        "qdev": format!("/machine/peripheral/{dev}/virtio-backend"),
-                        "locked": false,
-                        "removable": false,
-                        "type": "unknown",
-                        "io-status": d.io_status().qmp_name(),
-                        "inserted": {
-                            "file": file,
-                            "node-name": drive,
-                            "ro": ro,
-                            "drv": "raw",
-                            "encrypted": false,
-                            "detect_zeroes": "off",
-                            "cache": {"writeback": true, "direct": direct, "no-flush": false},
-                            "image": {
-                                "filename": file,
-                                "format": "raw",
-                                "virtual-size": d.backend().info().size,
-                            },
+    monitor.commands().register("query-block", move |args| {
+        no_arguments(args)?;
+        let list: Vec<Value> = blocks
+            .iter()
+            .map(|(drive, dev, file, ro, direct, d)| {
+                json!({
+                    "device": drive,
+                    "qdev": format!("/machine/peripheral/{dev}/virtio-backend"),
+                    "locked": false,
+                    "removable": false,
+                    "type": "unknown",
+                    "io-status": d.io_status().qmp_name(),
+                    "inserted": {
+                        "file": file,
+                        "node-name": drive,
+                        "ro": ro,
+                        "drv": "raw",
+                        "encrypted": false,
+                        "detect_zeroes": "off",
+                        "cache": {"writeback": true, "direct": direct, "no-flush": false},
+                        "image": {
+                            "filename": file,
+                            "format": "raw",
+                            "virtual-size": d.backend().info().size,
                         },
-                    })
+                    },
                 })
-                .collect();
-            Ok(Value::Array(list))
-        })
-        .map_err(|e| e.to_string())?;
+            })
+            .collect();
+        Ok(Value::Array(list))
+    })?;
     let threads = disks.iothreads.clone();
     monitor
         .commands()
@@ -146,20 +165,17 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
                     })
                     .collect(),
             ))
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
 
     if !qmp.server {
-        return Err(format!(
-            "-qmp unix:{},server=off: not supported: the monitor listens on a socket",
-            qmp.path.display()
-        ));
+        return Err(AttachError::ServerOff(qmp.path.clone()));
     }
     // Already parsed by the command line: no round trip through the option string.
     let option = QmpOption {
         path: qmp.path.clone(),
         wait: qmp.wait,
     };
-    monitor.listen(&option).map_err(|e| format!("-qmp: {e}"))?;
+    monitor.listen(&option)?;
+    tracing::debug!(path = %qmp.path.display(), wait = qmp.wait, "qmp: listening");
     Ok(Some(monitor))
 }
