@@ -125,6 +125,45 @@ fn bad_log_options_are_refused_in_qemus_words() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("trace:PATTERN"));
 }
 
+/// The storage daemon's log is configured by `VMM_LOG` (qemu-storage-daemon has no
+/// `-d`): a frontend's connection is a debug event of the export's server, with the
+/// daemon's name first.
+#[test]
+fn vmm_log_configures_the_storage_daemon() {
+    use common::vhost_frontend::{Export, image, socket_path};
+    let img = image("logging-daemon.img", 1);
+    let start = |name: &str, env: &[(&str, &str)]| {
+        let sock = socket_path(name);
+        let blockdev = format!("driver=file,node-name=f0,filename={}", img.display());
+        let export = format!(
+            "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={}",
+            sock.display()
+        );
+        let args = ["--blockdev", blockdev.as_str(), "--export", export.as_str()];
+        let export = Export::start_args_with_env(&args, &sock, env);
+        drop(export.frontend());
+        export
+    };
+    let connected =
+        "vmm-bin storage-daemon: debug: vhost_user_export::server: vhost-user: frontend connected";
+    let mut quiet = start("logging-quiet.sock", &[]);
+    let mut loud = start(
+        "logging-loud.sock",
+        &[("VMM_LOG", "vhost_user_export=debug")],
+    );
+    assert!(
+        loud.wait_log(connected, Duration::from_secs(10)),
+        "{}",
+        loud.daemon.stderr()
+    );
+    assert!(quiet.alive() && loud.alive());
+    assert!(
+        !quiet.daemon.stderr().contains("debug:"),
+        "{}",
+        quiet.daemon.stderr()
+    );
+}
+
 /// With everything logged (`-d trace`), the guest's serial output on stdout is the
 /// guest's alone: the log lines go to stderr.
 #[test]
