@@ -84,9 +84,15 @@ pub(crate) fn accept_all(inner: &Rc<Inner>) {
 }
 
 pub(crate) fn add_client(inner: &Rc<Inner>, stream: UnixStream) {
-    if inner.clients.borrow().len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+    let full = inner.clients.borrow().len() >= MAX_CLIENTS;
+    if full || stream.set_nonblocking(true).is_err() {
         let _ = stream.shutdown(std::net::Shutdown::Both);
-        tracing::warn!("qmp: client refused (at most {MAX_CLIENTS} clients at a time)");
+        // Debug, not warn: a local process could fill the log by connecting in a loop.
+        tracing::debug!(
+            full,
+            max = MAX_CLIENTS,
+            "qmp: client refused (too many clients, or its socket cannot be non-blocking)"
+        );
         return; // dropped: closed
     }
     let client = Rc::new(Client {
