@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use qemu_opts::{Grammar, Opts, SizeUnit};
 
 use crate::logging::LogConfig;
+use crate::monitor::{MonitorError, QmpOption};
 
 mod drive;
 mod smp;
@@ -75,17 +76,6 @@ pub struct DebugExit {
     pub iobase: u16,
     /// Number of ports (1, 2 or 4).
     pub iosize: u16,
-}
-
-/// `-qmp unix:PATH,server=on,wait=off`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QmpConfig {
-    /// The socket path.
-    pub path: PathBuf,
-    /// `server=on`: we listen (the only mode supported).
-    pub server: bool,
-    /// `wait=on`: wait for a client before starting the guest.
-    pub wait: bool,
 }
 
 /// One `-drive` option.
@@ -173,8 +163,8 @@ pub struct Config {
     pub start_paused: bool,
     /// `-device isa-debug-exit,...`.
     pub debug_exit: Option<DebugExit>,
-    /// `-qmp ...`, for the monitor.
-    pub qmp: Vec<QmpConfig>,
+    /// `-qmp ...`, for the monitor (parsed by the monitor's own [`QmpOption`] parser).
+    pub qmp: Vec<QmpOption>,
     /// `-drive ...`.
     pub drives: Vec<DriveConfig>,
     /// `-device ...` (other than `isa-debug-exit`).
@@ -438,7 +428,10 @@ fn apply(
             config.boot.apply(option, arg)?;
             config.reboot_timeout_ms = config.boot.reboot_timeout_ms;
         }
-        "qmp" => config.qmp.push(parse_qmp(option, arg)?),
+        "qmp" => config.qmp.push(arg.parse().map_err(|e| match e {
+            MonitorError::Option(reason) => invalid(option, reason),
+            other => invalid(option, other.to_string()),
+        })?),
         "drive" => {
             let drive = drive::parse(option, arg, &config.drives)?;
             config.drives.push(drive);
@@ -486,31 +479,6 @@ fn parse_debug_exit(option: &str, props: &Opts) -> Result<DebugExit> {
         return Err(invalid(option, "isa-debug-exit: iosize must be 1, 2 or 4"));
     }
     Ok(DebugExit { iobase, iosize })
-}
-
-fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
-    let kv = opts(option, arg, Some("chardev"))?;
-    let chardev = kv.get("chardev").unwrap_or_default();
-    let Some(path) = chardev.strip_prefix("unix:").filter(|p| !p.is_empty()) else {
-        return Err(invalid(option, "expected unix:PATH,server=on,wait=off"));
-    };
-    let mut qmp = QmpConfig {
-        path: PathBuf::from(path),
-        server: false,
-        wait: true,
-    };
-    for (k, v) in kv.iter() {
-        match k {
-            "chardev" => {}
-            "server" => qmp.server = parse_bool(option, k, v)?,
-            "wait" => qmp.wait = parse_bool(option, k, v)?,
-            _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
-        }
-    }
-    if !qmp.server {
-        return Err(invalid(option, "only server=on is supported"));
-    }
-    Ok(qmp)
 }
 
 fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
@@ -618,7 +586,14 @@ mod tests {
             })
         );
         assert_eq!(c.qmp[0].path, PathBuf::from("/tmp/q.sock"));
-        assert!(c.qmp[0].server && !c.qmp[0].wait);
+        assert!(!c.qmp[0].wait);
+        assert_eq!(
+            parse(["-qmp", "unix:/x,server=off"])
+                .unwrap_err()
+                .to_string(),
+            "invalid argument for '-qmp': server=off is not supported in \
+             'unix:/x,server=off': the monitor listens on a socket"
+        );
         assert_eq!(c.bios, PathBuf::from(DEFAULT_BIOS));
     }
 

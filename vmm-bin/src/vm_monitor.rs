@@ -2,7 +2,6 @@
 //! vCPU pause through the runstate handler), its disks (`query-block`,
 //! `BLOCK_IO_ERROR`) and its iothreads (`query-iothreads`).
 
-use std::path::PathBuf;
 use std::rc::Rc;
 
 use serde_json::{Value, json};
@@ -11,8 +10,7 @@ use crate::cli::Config;
 use crate::disks::Disks;
 use crate::machine::Runner;
 use crate::monitor::{
-    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, QmpOption,
-    VmEvents,
+    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, VmEvents,
 };
 use qmp::no_arguments;
 
@@ -25,12 +23,6 @@ pub enum AttachError {
     /// A command could not be registered (a name taken twice: a bug).
     #[error(transparent)]
     Register(#[from] qmp::Error),
-    /// `-qmp ...,server=off`: we only listen.
-    #[error(
-        "-qmp unix:{},server=off: not supported: the monitor listens on a socket",
-        .0.display()
-    )]
-    ServerOff(PathBuf),
 }
 
 /// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without
@@ -167,15 +159,8 @@ pub fn attach(
             ))
         })?;
 
-    if !qmp.server {
-        return Err(AttachError::ServerOff(qmp.path.clone()));
-    }
-    // Already parsed by the command line: no round trip through the option string.
-    let option = QmpOption {
-        path: qmp.path.clone(),
-        wait: qmp.wait,
-    };
-    monitor.listen(&option)?;
+    // Parsed by the command line (server=off refused there).
+    monitor.listen(qmp)?;
     tracing::debug!(path = %qmp.path.display(), wait = qmp.wait, "qmp: listening");
     Ok(Some(monitor))
 }
