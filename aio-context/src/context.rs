@@ -522,7 +522,7 @@ impl AioContext {
         if let Err(e) = waited {
             // A failing monitor is a bug or a dying process; report it and carry on
             // with whatever else is ready rather than spin silently.
-            eprintln!("aio-context: fd monitor wait failed: {e}");
+            tracing::error!("aio-context: fd monitor wait failed: {e}");
         }
         // Everything notified so far is looked at below (BHs, fds, timers), so the
         // notifications are consumed here, by every poll, blocking or not.

@@ -144,7 +144,7 @@ impl IoThread {
         self.handle
             .schedule_oneshot(move || stop.store(true, Ordering::Release));
         if thread.join().is_err() {
-            eprintln!("aio-context: iothread {} panicked", self.name);
+            tracing::error!("aio-context: iothread {} panicked", self.name);
         }
     }
 }

@@ -325,7 +325,7 @@ impl Machine {
             platform();
             if let Some(restore) = &rom {
                 if let Err(e) = restore() {
-                    eprintln!("vmm-bin: reset: {e}");
+                    tracing::error!("reset: {e}");
                 }
             }
             if let Some(kernel) = &config.kernel {
@@ -340,7 +340,7 @@ impl Machine {
                     Ok(entry) => {
                         *boot.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
                     }
-                    Err(e) => eprintln!("vmm-bin: reset: cannot reload the kernel: {e}"),
+                    Err(e) => tracing::error!("reset: cannot reload the kernel: {e}"),
                 }
             }
         };
@@ -369,8 +369,8 @@ impl Machine {
             let unsupported =
                 cpuid::apply_features(&mut cpuid, &supported, &self.config.cpu_features);
             if index == 0 && !unsupported.is_empty() {
-                eprintln!(
-                    "vmm-bin: warning: KVM does not support CPU feature(s) {} (left off)",
+                tracing::warn!(
+                    "KVM does not support CPU feature(s) {} (left off)",
                     unsupported.join(", ")
                 );
             }
@@ -387,7 +387,6 @@ impl Machine {
                 events: events.clone(),
                 initial,
                 boot: self.control.inner.boot.clone(),
-                trace: std::env::var_os("VMM_TRACE_EXITS").is_some(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))

@@ -332,7 +332,7 @@ impl Pam {
 impl PamListener for Pam {
     fn pam_changed(&self, registers: &PamRegisters) {
         if let Err(e) = self.apply(registers) {
-            eprintln!("vmm-bin: PAM {registers:02x?}: {e}");
+            tracing::error!("PAM {registers:02x?}: {e}");
         }
     }
 }

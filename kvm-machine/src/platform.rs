@@ -174,7 +174,7 @@ impl Platform {
                 var: env,
                 value: text.to_string(),
             })?;
-            eprintln!("vmm-bin: test hook: a write to port {port:#x} panics the vCPU ({env})");
+            tracing::warn!("test hook: a write to port {port:#x} panics the vCPU ({env})");
             let dev = Arc::new(pc_platform::legacy::PanicPort { port });
             add("panic-port", &[(port, 1, dev)]);
         }

@@ -64,7 +64,7 @@ impl Runner {
             if running {
                 control.resume_all();
             } else if let Err(e) = control.pause_all() {
-                eprintln!("vmm-bin: {e}");
+                tracing::error!("{e}");
             }
         });
         Ok(Runner {
@@ -116,7 +116,7 @@ impl Runner {
     pub fn run(self, start_paused: bool) -> i32 {
         if !start_paused {
             if let Err(e) = self.runstate.start() {
-                eprintln!("vmm-bin: cannot start: {e}");
+                tracing::error!("cannot start: {e}");
                 return 1;
             }
         }
@@ -160,16 +160,16 @@ impl Runner {
             }
             SystemEvent::Reset => {
                 if let Err(e) = self.machine.control().system_reset() {
-                    eprintln!("vmm-bin: reset: {e}");
+                    tracing::error!("reset: {e}");
                 }
                 self.runstate.emit_event(Event::Reset { guest: true });
             }
             SystemEvent::Fatal(message) => {
-                eprintln!("vmm-bin: {message}; terminating");
+                tracing::error!("{message}; terminating");
                 self.exit.set(Some(1));
             }
             SystemEvent::InternalError(message) => {
-                eprintln!("vmm-bin: {message}");
+                tracing::error!("{message}");
                 if self.monitor_attached {
                     let _ = self.runstate.stop(RunState::InternalError);
                 } else {

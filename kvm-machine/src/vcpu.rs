@@ -128,8 +128,8 @@ impl Control {
             c = guard;
             if !warned && c.parked + c.exited < threads && start.elapsed() >= PARK_WARNING {
                 warned = true;
-                eprintln!(
-                    "vmm-bin: {} of {threads} vCPU(s) have not stopped after {} s \
+                tracing::warn!(
+                    "{} of {threads} vCPU(s) have not stopped after {} s \
                      (blocked in a device?); still waiting",
                     threads - c.parked - c.exited,
                     PARK_WARNING.as_secs()
@@ -282,8 +282,6 @@ pub(crate) struct Vcpu {
     pub(crate) events: EventSink,
     pub(crate) initial: InitialState,
     pub(crate) boot: Arc<Mutex<Option<BootEntry>>>,
-    /// `VMM_TRACE_EXITS=1`: print every exit on stderr (debugging).
-    pub(crate) trace: bool,
 }
 
 /// What the exit loop decided.
@@ -399,11 +397,8 @@ impl Vcpu {
             let io = std::ptr::addr_of!((*run_ptr).__bindgen_anon_1.io).read_volatile();
             usize::from(io.size)
         };
-        let trace = self.trace;
         let result = self.fd.run();
-        if trace {
-            eprintln!("vcpu{}: {result:?}", self.index);
-        }
+        tracing::trace!(vcpu = self.index, ?result, "KVM_RUN exit");
         match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let size = io_size().clamp(1, 8);

@@ -30,8 +30,8 @@ impl KvmMsi {
                 match routing.msi_route() {
                     Ok(route) => routes.push(route),
                     Err(e) => {
-                        eprintln!(
-                            "vmm-bin: no irqfd route for MSI-X vector {}: {e}; it is \
+                        tracing::warn!(
+                            "no irqfd route for MSI-X vector {}: {e}; it is \
                              delivered with KVM_SIGNAL_MSI",
                             routes.len()
                         );
@@ -69,8 +69,8 @@ impl MsiSender for KvmMsi {
                         .fell_back
                         .swap(true, std::sync::atomic::Ordering::Relaxed)
                     {
-                        eprintln!(
-                            "vmm-bin: MSI-X vector {vector}: irqfd route failed ({e}); \
+                        tracing::warn!(
+                            "MSI-X vector {vector}: irqfd route failed ({e}); \
                              delivering with KVM_SIGNAL_MSI"
                         );
                     }

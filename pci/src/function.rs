@@ -58,7 +58,7 @@ impl Drop for ResetCompleter {
     }
 }
 
-/// How long a system reset waits for a device before it says so on stderr.
+/// How long a system reset waits for a device before it says so (a `tracing` warning).
 const RESET_WARNING: Duration = Duration::from_secs(5);
 
 impl PendingReset {
@@ -79,7 +79,7 @@ impl PendingReset {
     }
 
     /// Waits until the reset has finished (a system reset, on the main loop, outside
-    /// any read section); says on stderr if it takes longer than a few seconds.
+    /// any read section); logs a `tracing` warning if it takes longer than a few seconds.
     pub fn wait(&self, what: &str) {
         rcu::assert_may_block("waiting for a device reset");
         let start = Instant::now();
@@ -93,8 +93,8 @@ impl PendingReset {
             done = guard;
             if !*done && !warned && start.elapsed() >= RESET_WARNING {
                 warned = true;
-                eprintln!(
-                    "vmm-bin: {what}: reset still draining I/O after {} s; waiting",
+                tracing::warn!(
+                    "{what}: reset still draining I/O after {} s; waiting",
                     RESET_WARNING.as_secs()
                 );
             }

@@ -163,7 +163,7 @@ impl PciHost {
             // A BAR placed over another device's range stays unmapped (QEMU would
             // let one shadow the other; a firmware that does this is broken anyway).
             if let Err(e) = bus.insert(m.base, m.len, owner, m.device) {
-                eprintln!("vmm-bin: PCI {address}: {e}; region left unmapped");
+                tracing::warn!("PCI {address}: {e}; region left unmapped");
             }
         }
         mapped.insert(address, key);

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use qemu_opts::{Grammar, Opts, SizeUnit, parse_size};
+use qemu_opts::{BootOptions, Grammar, Opts, SizeUnit, SmpTopology, parse_size};
 
 const DRIVE: &str = "file=/var/lib/images/disk,,0.img,format=raw,if=none,id=d0,werror=stop,\
                      rerror=report,cache=none,aio=io_uring,discard=unmap";
@@ -37,6 +37,12 @@ fn parse(c: &mut Criterion) {
             kv.finish()?;
             Ok(queues)
         })
+    });
+    g.bench_function("-smp topology", |b| {
+        b.iter(|| SmpTopology::parse("-smp", black_box("8,sockets=2,cores=4"), "pc", 255))
+    });
+    g.bench_function("-boot", |b| {
+        b.iter(|| BootOptions::default().apply("-boot", black_box("order=cdn,menu=on,strict=on")))
     });
     g.bench_function("parse_size 1.5G", |b| {
         b.iter(|| parse_size(black_box("1.5G"), SizeUnit::MiB))

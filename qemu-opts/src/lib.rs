@@ -6,7 +6,9 @@
 //! turns the items into ordered `(key, value)` pairs under a [`Grammar`] (QEMU's lenient
 //! `QemuOpts` or its strict `keyval`, either with an *implied* first key); the typed
 //! accessors read values as QEMU spells them ([`parse_bool`], [`parse_number`],
-//! [`parse_size`]) and [`Opts::finish`] refuses keys nobody asked for.
+//! [`parse_size`]) and [`Opts::finish`] refuses keys nobody asked for. Two options whose
+//! meaning QEMU defines beyond the grammar are parsed here whole, with QEMU's checks and
+//! words: `-smp` ([`SmpTopology`]) and `-boot` ([`BootOptions`]).
 //!
 //! The guarantee: parsing and every accessor return an [`Error`] that names the option
 //! and the key, never panic, and never accept a key silently (see [`fuzz_parse`], the
@@ -39,12 +41,16 @@
 //! See `DESIGN.md` for the two grammars and where this crate departs from QEMU.
 #![deny(missing_docs)]
 
+mod boot;
 mod error;
 mod opts;
+mod smp;
 mod value;
 
+pub use boot::BootOptions;
 pub use error::{Error, Result};
 pub use opts::{Grammar, Opts, split_commas};
+pub use smp::SmpTopology;
 pub use value::{SizeUnit, parse_bool, parse_number, parse_size};
 
 /// Runs `text` through every grammar and every accessor; for fuzzers (`fuzz/`) and the
@@ -80,6 +86,8 @@ pub fn fuzz_parse(text: &str) {
     }
     let _ = parse_size(text, SizeUnit::Bytes);
     let _ = parse_number(text);
+    let _ = SmpTopology::parse("-smp", text, "pc", 255);
+    let _ = BootOptions::default().apply("-boot", text);
 }
 
 /// The README's example, run as a doctest.

@@ -76,7 +76,7 @@ pub(crate) fn accept_all(inner: &Rc<Inner>) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 // EMFILE and friends: report, and try again on the next readiness.
-                eprintln!("qmp: accept failed: {e}");
+                tracing::error!("qmp: accept failed: {e}");
                 return;
             }
         }
@@ -84,8 +84,15 @@ pub(crate) fn accept_all(inner: &Rc<Inner>) {
 }
 
 pub(crate) fn add_client(inner: &Rc<Inner>, stream: UnixStream) {
-    if inner.clients.borrow().len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+    let full = inner.clients.borrow().len() >= MAX_CLIENTS;
+    if full || stream.set_nonblocking(true).is_err() {
         let _ = stream.shutdown(std::net::Shutdown::Both);
+        // Debug, not warn: a local process could fill the log by connecting in a loop.
+        tracing::debug!(
+            full,
+            max = MAX_CLIENTS,
+            "qmp: client refused (too many clients, or its socket cannot be non-blocking)"
+        );
         return; // dropped: closed
     }
     let client = Rc::new(Client {
@@ -102,6 +109,10 @@ pub(crate) fn add_client(inner: &Rc<Inner>, stream: UnixStream) {
     });
     inner.clients.borrow_mut().push(client.clone());
     inner.accepted.set(inner.accepted.get() + 1);
+    tracing::debug!(
+        clients = inner.clients.borrow().len(),
+        "qmp: client connected"
+    );
     watch(inner, &client, false);
     flush(inner, &client);
 }
@@ -135,7 +146,7 @@ fn watch(inner: &Rc<Inner>, client: &Rc<Client>, write: bool) {
         });
     }
     if let Err(e) = inner.ctx.set_fd_handler(client.stream.as_raw_fd(), handler) {
-        eprintln!("qmp: cannot watch client: {e}");
+        tracing::error!("qmp: cannot watch client: {e}");
         close(inner, client);
     }
 }
@@ -152,6 +163,7 @@ pub(crate) fn close(inner: &Inner, client: &Rc<Client>) {
     }
     inner.ctx.remove_fd_handler(client.stream.as_raw_fd());
     let _ = client.stream.shutdown(std::net::Shutdown::Both);
+    tracing::debug!("qmp: client disconnected");
     inner
         .clients
         .borrow_mut()
@@ -241,7 +253,7 @@ fn queue(inner: &Inner, client: &Rc<Client>, bytes: &[u8]) {
         s.out.len() - s.sent > MAX_OUTPUT
     };
     if overflow {
-        eprintln!("qmp: client does not read its replies; disconnecting it");
+        tracing::warn!("qmp: client does not read its replies; disconnecting it");
         close(inner, client);
     }
 }
@@ -325,7 +337,7 @@ fn send(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
 pub(crate) fn flush_events(inner: &Rc<Inner>) {
     let (lines, dropped) = inner.events.drain();
     if dropped > 0 {
-        eprintln!("qmp: {dropped} events dropped (the monitor's thread was busy)");
+        tracing::warn!("qmp: {dropped} events dropped (the monitor's thread was busy)");
     }
     if lines.is_empty() {
         return;

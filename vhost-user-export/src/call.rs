@@ -141,7 +141,7 @@ fn signal(slots: &Slots, index: usize) {
     // operation completes.
     match unsafe { ctx.submit_with(entry, write, written) } {
         Ok(id) => slot.in_flight = Some(id),
-        Err((e, _)) => eprintln!("vhost-user: queue {index}: cannot signal the call fd: {e}"),
+        Err((e, _)) => tracing::error!("vhost-user: queue {index}: cannot signal the call fd: {e}"),
     }
 }
 
@@ -157,7 +157,7 @@ fn written(write: CallWrite, result: i32) {
     slot.in_flight = None;
     if result < 0 && result != -libc::ECANCELED {
         let e = std::io::Error::from_raw_os_error(-result);
-        eprintln!(
+        tracing::warn!(
             "vhost-user: queue {}: writing the call fd: {e}",
             write.index
         );

@@ -103,7 +103,7 @@ pub struct VhostUserDevice {
 }
 
 fn param(what: &'static str) -> Error {
-    eprintln!("vhost-user: rejected: {what}");
+    tracing::warn!("vhost-user: rejected: {what}");
     Error::InvalidParam
 }
 
@@ -187,7 +187,7 @@ impl VhostUserDevice {
                 backing,
             )
             .map_err(|e| {
-                eprintln!("vhost-user: cannot map a memory region: {e}");
+                tracing::warn!("vhost-user: cannot map a memory region: {e}");
                 Error::InvalidParam
             })?;
             Ok((
@@ -257,7 +257,7 @@ impl VhostUserDevice {
             iothread: self.iothread.clone(),
         };
         self.device.start_queue(index as u16, setup).map_err(|e| {
-            eprintln!("vhost-user: cannot start vring {index}: {e}");
+            tracing::warn!("vhost-user: cannot start vring {index}: {e}");
             Error::InvalidParam
         })?;
         self.vrings[index].running = true;
@@ -337,7 +337,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
             regions.push(r);
         }
         self.memory.replace_all(blocks).map_err(|e| {
-            eprintln!("vhost-user: bad memory table: {e}");
+            tracing::warn!("vhost-user: bad memory table: {e}");
             Error::InvalidParam
         })?;
         self.regions = regions;
@@ -497,7 +497,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
         self.generation += 1;
         let (block, r) = self.block(region, fd)?;
         self.memory.add(block).map_err(|e| {
-            eprintln!("vhost-user: cannot add a memory region: {e}");
+            tracing::warn!("vhost-user: cannot add a memory region: {e}");
             Error::InvalidParam
         })?;
         self.regions.push(r);

@@ -86,7 +86,7 @@ impl ExportServer {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    eprintln!("vhost-user: accept on {}: {e}", self.path.display());
+                    tracing::error!("vhost-user: accept on {}: {e}", self.path.display());
                     continue;
                 }
             };
@@ -98,24 +98,25 @@ impl ExportServer {
             let faults = match session {
                 Ok(f) => f,
                 Err(e) => {
-                    eprintln!(
+                    tracing::error!(
                         "vhost-user: {}: cannot serve a frontend: {e}",
                         self.path.display()
                     );
                     continue;
                 }
             };
+            tracing::debug!(socket = %self.path.display(), "vhost-user: frontend connected");
             let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
             loop {
                 if !wait_for_message(handler.as_raw_fd(), &faults) {
-                    eprintln!(
+                    tracing::warn!(
                         "vhost-user: {}: an access to the frontend's memory faulted (it was truncated?): its memory reads as zeros now; closing this connection",
                         self.path.display()
                     );
                     break;
                 }
                 if let Err(e) = check_fds(handler.as_raw_fd()) {
-                    eprintln!("vhost-user: {e}; closing this connection");
+                    tracing::warn!("vhost-user: {e}; closing this connection");
                     break;
                 }
                 match handler.handle_request() {
@@ -125,7 +126,7 @@ impl ExportServer {
                     Err(e) => {
                         // A bad message: the reply (if any) carried the error; a broken
                         // frontend is dropped, the export keeps serving the next one.
-                        eprintln!("vhost-user: {e}; closing this connection");
+                        tracing::warn!("vhost-user: {e}; closing this connection");
                         break;
                     }
                 }
@@ -134,6 +135,7 @@ impl ExportServer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .disconnect();
+            tracing::debug!(socket = %self.path.display(), "vhost-user: frontend disconnected");
         }
     }
 }

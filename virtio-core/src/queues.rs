@@ -97,7 +97,7 @@ impl QueueSet {
         let name = self.name;
         self.submit_start(index, setup, event_idx, handler, move |result| {
             if let Err(e) = result {
-                eprintln!("{name}: cannot start queue {index}: {e}");
+                tracing::error!("{name}: cannot start queue {index}: {e}");
                 interrupt.device_error();
             }
         })

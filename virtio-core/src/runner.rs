@@ -208,9 +208,10 @@ fn process<H: QueueHandler>(worker: &Rc<Worker<H>>) {
             let pending = avail.map(|a| a.wrapping_sub(st.queue.next_avail()));
             if pending.is_err() || pending.is_ok_and(|p| p > st.queue.size()) {
                 st.broken = true;
-                eprintln!(
+                tracing::warn!(
                     "{}: queue {}: avail index out of range; queue stopped until reset",
-                    worker.name, worker.index
+                    worker.name,
+                    worker.index
                 );
                 drop(mem);
                 drop(st);

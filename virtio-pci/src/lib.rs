@@ -397,7 +397,7 @@ impl VirtioPci {
             for (i, k) in t.kicks.iter().enumerate() {
                 let addr = base + i as u64 * u64::from(NOTIFY_MULTIPLIER);
                 if let Err(e) = reg.register(k, addr) {
-                    eprintln!(
+                    tracing::warn!(
                         "virtio-pci {}: no ioeventfd ({e}); notifications exit to user space",
                         self.shared.id
                     );
@@ -544,7 +544,7 @@ impl Transport {
         }
         if value & DRIVER_OK != 0 && !self.started && value & FEATURES_OK != 0 {
             if let Err(e) = self.activate(irq) {
-                eprintln!("virtio-pci: {e}");
+                tracing::error!("virtio-pci: {e}");
                 // Queues started before the failure must not keep running (stopped in
                 // their contexts: this runs in a vCPU's dispatch).
                 self.device.reset_async(Box::new(|| {}));

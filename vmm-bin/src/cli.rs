@@ -15,11 +15,14 @@ use std::path::PathBuf;
 
 use qemu_opts::{Grammar, Opts, SizeUnit};
 
-mod boot;
+use crate::logging::LogConfig;
+use crate::monitor::{MonitorError, QmpOption};
+
 mod drive;
 mod smp;
 
-pub use boot::BootOptions;
+/// `-boot`'s options: QEMU's grammar and checks live in qemu-opts.
+pub use qemu_opts::BootOptions;
 
 /// What was wrong with the command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,17 +76,6 @@ pub struct DebugExit {
     pub iobase: u16,
     /// Number of ports (1, 2 or 4).
     pub iosize: u16,
-}
-
-/// `-qmp unix:PATH,server=on,wait=off`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QmpConfig {
-    /// The socket path.
-    pub path: PathBuf,
-    /// `server=on`: we listen (the only mode supported).
-    pub server: bool,
-    /// `wait=on`: wait for a client before starting the guest.
-    pub wait: bool,
 }
 
 /// One `-drive` option: the block-node crate owns its grammar.
@@ -141,8 +133,8 @@ pub struct Config {
     pub start_paused: bool,
     /// `-device isa-debug-exit,...`.
     pub debug_exit: Option<DebugExit>,
-    /// `-qmp ...`, for the monitor.
-    pub qmp: Vec<QmpConfig>,
+    /// `-qmp ...`, for the monitor (parsed by the monitor's own [`QmpOption`] parser).
+    pub qmp: Vec<QmpOption>,
     /// `-drive ...`.
     pub drives: Vec<DriveConfig>,
     /// `-blockdev ...` (dotted or JSON), in order.
@@ -152,13 +144,19 @@ pub struct Config {
     /// `-object ...`.
     pub objects: Vec<ObjectConfig>,
     /// `-boot reboot-timeout=MS`: how long SeaBIOS waits before rebooting after a boot
-    /// failure (`None`: forever, QEMU's default).
+    /// failure (`None`: forever, QEMU's default); the same as
+    /// `boot.reboot_timeout_ms`, kept for the machine's firmware configuration.
     pub reboot_timeout_ms: Option<u32>,
-    /// The rest of `-boot`: order, once, menu, splash-time, strict.
+    /// `-boot`: order, once, menu, splash-time, strict, reboot-timeout.
     pub boot: BootOptions,
     /// `-cpu host,FEATURE=on|off,+FEATURE,-FEATURE`: CPUID flags to keep or clear, by
     /// QEMU's names (see [`kvm_machine::cpuid::FEATURES`]), in command-line order.
     pub cpu_features: Vec<(String, bool)>,
+    /// `-d ITEMS` and `-D FILE`: what is logged, and where.
+    pub log: LogConfig,
+    /// Warnings found while parsing (an ignored `-cpu` property): the caller logs them
+    /// once the log (configured by this same command line) is set up.
+    pub warnings: Vec<String>,
 }
 
 /// The default firmware: Debian's SeaBIOS (package `seabios`).
@@ -186,13 +184,19 @@ impl Default for Config {
             reboot_timeout_ms: None,
             boot: BootOptions::default(),
             cpu_features: Vec::new(),
+            log: LogConfig::default(),
+            warnings: Vec::new(),
         }
     }
 }
 
 /// `-cpu host[,FEATURE=on|off|+FEATURE|-FEATURE...]`: the feature toggles, checked
 /// against the names we know.
-fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
+fn parse_cpu_features(
+    option: &str,
+    arg: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, bool)>> {
     let mut features = Vec::new();
     for item in qemu_opts::split_commas(arg).into_iter().skip(1) {
         let (name, value) = if let Some(n) = item.strip_prefix('+') {
@@ -205,7 +209,7 @@ fn parse_cpu_features(option: &str, arg: &str) -> Result<Vec<(String, bool)>> {
             (item.as_str(), None)
         };
         if kvm_machine::cpuid::is_ignored_property(name) {
-            eprintln!("vmm-bin: warning: {option} property '{name}' ignored");
+            warnings.push(format!("{option} property '{name}' ignored"));
             continue;
         }
         if kvm_machine::cpuid::feature(name).is_none() {
@@ -235,12 +239,6 @@ fn opts(option: &str, arg: &str, implied: Option<&'static str>) -> Result<Opts> 
     Ok(Opts::parse(option, arg, grammar)?)
 }
 
-/// QEMU's on/off spellings.
-fn parse_bool(option: &str, key: &str, value: &str) -> Result<bool> {
-    qemu_opts::parse_bool(value)
-        .ok_or_else(|| invalid(option, format!("{key}={value}: expected on or off")))
-}
-
 fn invalid(option: &str, reason: impl Into<String>) -> Error {
     Error::Invalid {
         option: option.to_owned(),
@@ -252,6 +250,7 @@ fn invalid(option: &str, reason: impl Into<String>) -> Error {
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "bios", "serial", "display", "device", "drive",
     "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor", "blockdev",
+    "d", "D",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "S", "nodefaults"];
 
@@ -384,12 +383,23 @@ fn apply(
         "accel" if arg == "kvm" || arg.starts_with("kvm,") => {}
         "accel" => return Err(invalid(option, "only KVM acceleration")),
         "cpu" if arg == "host" || arg.starts_with("host,") => {
-            config.cpu_features = parse_cpu_features(option, arg)?;
+            config.cpu_features = parse_cpu_features(option, arg, &mut config.warnings)?;
         }
         "cpu" => return Err(invalid(option, "only '-cpu host' (the host's KVM CPUID)")),
         "name" => {}
-        "boot" => boot::parse(config, option, arg)?,
-        "qmp" => config.qmp.push(parse_qmp(option, arg)?),
+        "d" => config
+            .log
+            .add_items(arg)
+            .map_err(|e| invalid(option, e.to_string()))?,
+        "D" => config.log.file = Some(PathBuf::from(arg)),
+        "boot" => {
+            config.boot.apply(option, arg)?;
+            config.reboot_timeout_ms = config.boot.reboot_timeout_ms;
+        }
+        "qmp" => config.qmp.push(arg.parse().map_err(|e| match e {
+            MonitorError::Option(reason) => invalid(option, reason),
+            other => invalid(option, other.to_string()),
+        })?),
         "drive" => {
             let drive = drive::parse(option, arg, &config.drives)?;
             config.drives.push(drive);
@@ -445,31 +455,6 @@ fn parse_debug_exit(option: &str, props: &Opts) -> Result<DebugExit> {
     Ok(DebugExit { iobase, iosize })
 }
 
-fn parse_qmp(option: &str, arg: &str) -> Result<QmpConfig> {
-    let kv = opts(option, arg, Some("chardev"))?;
-    let chardev = kv.get("chardev").unwrap_or_default();
-    let Some(path) = chardev.strip_prefix("unix:").filter(|p| !p.is_empty()) else {
-        return Err(invalid(option, "expected unix:PATH,server=on,wait=off"));
-    };
-    let mut qmp = QmpConfig {
-        path: PathBuf::from(path),
-        server: false,
-        wait: true,
-    };
-    for (k, v) in kv.iter() {
-        match k {
-            "chardev" => {}
-            "server" => qmp.server = parse_bool(option, k, v)?,
-            "wait" => qmp.wait = parse_bool(option, k, v)?,
-            _ => return Err(invalid(option, format!("unsupported key '{k}'"))),
-        }
-    }
-    if !qmp.server {
-        return Err(invalid(option, "only server=on is supported"));
-    }
-    Ok(qmp)
-}
-
 fn parse_object(option: &str, arg: &str) -> Result<ObjectConfig> {
     let mut kv = opts(option, arg, Some("qom-type"))?;
     let qom_type = kv.get("qom-type").unwrap_or_default().to_owned();
@@ -516,6 +501,8 @@ usage: vmm-bin [options]
         (if=ide, the default, and if=scsi are refused: no IDE yet, no SCSI on pc)
   -object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]
   -qmp unix:PATH,server=on,wait=off
+  -d ITEM[,...]      log more: debug, TARGET=LEVEL, trace:PATTERN (-d help; also $VMM_LOG)
+  -D FILE            write the log to FILE instead of stderr
 ";
 
 #[cfg(test)]
@@ -574,7 +561,14 @@ mod tests {
             })
         );
         assert_eq!(c.qmp[0].path, PathBuf::from("/tmp/q.sock"));
-        assert!(c.qmp[0].server && !c.qmp[0].wait);
+        assert!(!c.qmp[0].wait);
+        assert_eq!(
+            parse(["-qmp", "unix:/x,server=off"])
+                .unwrap_err()
+                .to_string(),
+            "invalid argument for '-qmp': server=off is not supported in \
+             'unix:/x,server=off': the monitor listens on a socket"
+        );
         assert_eq!(c.bios, PathBuf::from(DEFAULT_BIOS));
     }
 
@@ -702,49 +696,41 @@ mod tests {
         assert_eq!(c.initrd, Some(PathBuf::from("/i")));
     }
 
+    /// `-boot`'s grammar and QEMU's checks are qemu-opts' (its tests cover them); the
+    /// words arrive in vmm-bin's frame and a second `-boot` adds to the first.
     #[test]
     fn boot_options_follow_qemu() {
-        let c = parse_ok(&["-boot", "order=dn,once=c,menu=on,splash-time=500,strict=on"]);
+        let c = parse_ok(&["-boot", "order=dn,once=c,menu=on", "-boot", "strict=on"]);
         assert_eq!(
             c.boot,
             BootOptions {
                 order: Some("dn".into()),
                 once: Some("c".into()),
                 menu: true,
-                splash_time: Some(500),
+                splash_time: None,
                 strict: true,
+                reboot_timeout_ms: None,
             }
         );
         assert_eq!(parse_ok(&["-boot", "cd"]).boot.order.as_deref(), Some("cd"));
-        let err = |arg: &str| parse(["-boot", arg]).unwrap_err().to_string();
-        let cases = [
-            ("order=z", "Invalid boot device 'z'"),
-            ("order=cc", "Boot device 'c' was given twice"),
-            ("once=cdna", "Too many boot devices for PC"),
-            ("order=e", "Invalid boot device for PC: 'e'"),
-            ("menu=maybe", "Parameter 'boot.menu' expects 'on' or 'off'"),
-            (
-                "strict=yes",
-                "Parameter 'boot.strict' expects 'on' or 'off'",
-            ),
-            ("foo=1", "Parameter 'boot.foo' is unexpected"),
-            (
-                "splash-time=x",
-                "Parameter 'boot.splash-time' expects integer",
-            ),
-            (
-                "splash-time=70000",
-                "splash-time is invalid,it should be a value between 0 and 65535",
-            ),
-            (
-                "reboot-timeout=70000",
-                "reboot timeout is invalid,it should be a value between -1 and 65535",
-            ),
-            ("splash=logo.jpg", "no display to show it"),
-        ];
-        for (arg, want) in cases {
-            assert!(err(arg).ends_with(want), "{arg}: {}", err(arg));
-        }
+        assert_eq!(
+            parse(["-boot", "order=cc"]).unwrap_err().to_string(),
+            "invalid argument for '-boot': Boot device 'c' was given twice"
+        );
+    }
+
+    /// `-d` items accumulate, `-D` names the file; a QEMU item we do not have is refused.
+    #[test]
+    fn log_options() {
+        let c = parse_ok(&["-d", "debug", "-d", "trace:qmp", "-D", "/tmp/log"]);
+        assert_eq!(c.log.directives, ["debug", "qmp=trace"]);
+        assert_eq!(c.log.file, Some(PathBuf::from("/tmp/log")));
+        assert!(!c.log.help);
+        assert!(parse_ok(&["-d", "help"]).log.help);
+        assert_eq!(
+            parse(["-d", "int"]).unwrap_err().to_string(),
+            "invalid argument for '-d': unknown log item 'int' (see -d help)"
+        );
     }
 
     #[test]
@@ -772,6 +758,7 @@ mod tests {
             ]
         );
         assert!(parse(["-cpu", "host"]).unwrap().cpu_features.is_empty());
+        assert!(c.warnings.is_empty());
         // QEMU properties that are not CPUID flags are accepted (and ignored).
         let c = parse([
             "-cpu",
@@ -779,5 +766,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.cpu_features, vec![("sse4_1".to_string(), false)]);
+        assert_eq!(c.warnings[0], "-cpu property 'migratable' ignored");
+        assert_eq!(c.warnings.len(), 4);
     }
 }

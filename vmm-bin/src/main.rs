@@ -7,18 +7,28 @@ use aio_context::FdHandler;
 use kvm_machine::{Runner, kvm_available};
 use runstate::Event;
 use vmm_bin::cli;
+use vmm_bin::logging::{self, LogConfig};
 use vmm_bin::machine::machine_config;
 use vmm_bin::signals::TerminationSignals;
 
-/// Prints `vmm-bin: MESSAGE` and exits with status 1.
+/// The name that starts every line of the log.
+const PROGRAM: &str = "vmm-bin";
+/// The same in storage-daemon mode.
+const STORAGE_DAEMON: &str = "vmm-bin storage-daemon";
+
+/// Logs MESSAGE as an error (`vmm-bin: MESSAGE` on stderr) and exits with status 1.
 fn fail(message: impl std::fmt::Display) -> ! {
-    eprintln!("vmm-bin: {message}");
+    tracing::error!("{message}");
     std::process::exit(1);
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("storage-daemon") {
+        // qemu-storage-daemon has no -d/-D: its log is configured by VMM_LOG alone.
+        if let Err(e) = logging::init(STORAGE_DAEMON, &LogConfig::default()) {
+            fail(e);
+        }
         std::process::exit(vmm_bin::storage_daemon::main(&args[1..]));
     }
     if args
@@ -28,7 +38,28 @@ fn main() {
         print!("{}", cli::USAGE);
         return;
     }
-    let config = cli::parse(args).unwrap_or_else(|e| fail(e));
+    let config = cli::parse(args).unwrap_or_else(|e| {
+        // The command line configures the log; this one is not usable: the defaults.
+        let _ = logging::init(PROGRAM, &LogConfig::default());
+        fail(e)
+    });
+    if config.log.help {
+        print!("{}", logging::HELP);
+        return;
+    }
+    if let Err(e) = logging::init(PROGRAM, &config.log) {
+        fail(e);
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::debug!(
+        vcpus = config.cpus,
+        ram_mib = config.ram_bytes >> 20,
+        disks = config.drives.len(),
+        devices = config.devices.len(),
+        "command line parsed"
+    );
     if !kvm_available() {
         fail("/dev/kvm is not available");
     }
@@ -41,7 +72,9 @@ fn main() {
     let terminated = watch_signals(&runner, signals);
     let monitor = vmm_bin::vm_monitor::attach(&runner, &config, &disks).unwrap_or_else(|e| fail(e));
     // A signal during `-qmp ...,wait=on` ends the process without starting the guest.
+    tracing::debug!(paused = config.start_paused, "machine built; running");
     let status = runner.run(config.start_paused || terminated.get());
+    tracing::debug!(status, "the machine stopped; draining the disks");
     // QEMU's exit: the vCPUs have stopped; drain and flush the disks, then the monitor
     // delivers what it owes (the SHUTDOWN event) and removes its socket file.
     disks.drain_and_flush();
@@ -65,7 +98,7 @@ fn watch_signals(runner: &Runner, signals: TerminationSignals) -> Rc<Cell<bool>>
             if flag.replace(true) {
                 continue; // the first one is reported; the exit is under way
             }
-            eprintln!("{}", signal.message("vmm-bin"));
+            tracing::error!("{signal}");
             runstate.emit_event(Event::Shutdown {
                 guest: false,
                 reason: "host-signal".into(),

@@ -44,11 +44,20 @@ pub struct Termination {
 }
 
 impl Termination {
-    /// QEMU's report (`qemu_kill_report`), prefixed with `program`: the sender is named
-    /// by the first word of its command line, as QEMU names it.
+    /// QEMU's report (`qemu_kill_report`) prefixed with `program`, as the log prints it
+    /// (`vmm-bin: terminating on signal 15 from pid 42 (kill)`); the log adds the
+    /// prefix itself: `tracing::error!("{signal}")`.
     pub fn message(&self, program: &str) -> String {
+        format!("{program}: {self}")
+    }
+}
+
+/// QEMU's report (`qemu_kill_report`) without the program name: the sender is named by
+/// the first word of its command line, as QEMU names it.
+impl std::fmt::Display for Termination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.pid == 0 {
-            return format!("{program}: terminated by signal {}", self.signal);
+            return write!(f, "terminated by signal {}", self.signal);
         }
         let name = std::fs::read(format!("/proc/{}/cmdline", self.pid))
             .ok()
@@ -57,8 +66,9 @@ impl Termination {
                 (!first.is_empty()).then(|| String::from_utf8_lossy(first).into_owned())
             })
             .unwrap_or_else(|| "<unknown process>".to_owned());
-        format!(
-            "{program}: terminating on signal {} from pid {} ({name})",
+        write!(
+            f,
+            "terminating on signal {} from pid {} ({name})",
             self.signal, self.pid
         )
     }

@@ -9,36 +9,50 @@ use serde_json::{Value, json};
 use crate::cli::Config;
 use crate::disks::Disks;
 use crate::monitor::{
-    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, VmEvents,
+    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, VmEvents,
 };
 use kvm_machine::Runner;
 use qmp::no_arguments;
+
+/// Why the VMM's monitor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The monitor or its socket could not be set up.
+    #[error("-qmp: {0}")]
+    Monitor(#[from] MonitorError),
+    /// A command could not be registered (a name taken twice: a bug).
+    #[error(transparent)]
+    Register(#[from] qmp::Error),
+}
 
 /// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without
 /// `-qmp`.
 ///
 /// # Errors
 ///
-/// A socket that cannot be created, a bad `-qmp` option.
-pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<Monitor>, String> {
+/// A socket that cannot be created, a bad `-qmp` option: see [`AttachError`].
+pub fn attach(
+    runner: &Runner,
+    config: &Config,
+    disks: &Disks,
+) -> Result<Option<Monitor>, AttachError> {
     let Some(qmp) = config.qmp.first() else {
         return Ok(None);
     };
     if config.qmp.len() > 1 {
-        eprintln!("vmm-bin: warning: only the first -qmp is served");
+        tracing::warn!("only the first -qmp is served");
     }
     let control = runner.control();
     let quit = runner.quit_handle();
     let hooks = MachineHooks::new(
         move || {
             if let Err(e) = control.system_reset() {
-                eprintln!("vmm-bin: system_reset: {e}");
+                tracing::error!("system_reset: {e}");
             }
         },
         move || quit(0),
     );
-    let monitor = Monitor::new(runner.context(), runner.runstate(), Rc::new(hooks))
-        .map_err(|e| format!("-qmp: {e}"))?;
+    let monitor = Monitor::new(runner.context(), runner.runstate(), Rc::new(hooks))?;
 
     // BLOCK_IO_ERROR: block-dma calls this inside runstate's stop request for the
     // `stop` action, so the event precedes the STOP.
@@ -80,7 +94,7 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
 
     // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
     // crate's, on the disks' node registry.
-    block_node::qmp::register(monitor.commands(), &disks.nodes).map_err(|e| e.to_string())?;
+    block_node::qmp::register(monitor.commands(), &disks.nodes)?;
     let threads = disks.iothreads.clone();
     monitor
         .commands()
@@ -100,20 +114,10 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
                     })
                     .collect(),
             ))
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
 
-    if !qmp.server {
-        return Err(format!(
-            "-qmp unix:{},server=off: not supported: the monitor listens on a socket",
-            qmp.path.display()
-        ));
-    }
-    // Already parsed by the command line: no round trip through the option string.
-    let option = QmpOption {
-        path: qmp.path.clone(),
-        wait: qmp.wait,
-    };
-    monitor.listen(&option).map_err(|e| format!("-qmp: {e}"))?;
+    // Parsed by the command line (server=off refused there).
+    monitor.listen(qmp)?;
+    tracing::debug!(path = %qmp.path.display(), wait = qmp.wait, "qmp: listening");
     Ok(Some(monitor))
 }

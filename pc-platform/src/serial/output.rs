@@ -6,7 +6,7 @@
 //! terminal) froze the guest, and with it every `stop` that waited for that vCPU to
 //! park. Now a stalled stdout costs guest output only: what does not fit in
 //! [`OUTPUT_BUFFER_BYTES`] is dropped (the newest bytes, as QEMU's serial drops a byte
-//! its chardev will not take) and the count is reported on stderr.
+//! its chardev will not take) and the count is reported as a `tracing` warning.
 //!
 //! Non-blocking without touching what we share: `O_NONBLOCK` lives on the open file
 //! description, which stdout shares with whoever started us (a shell's terminal, a test
@@ -120,7 +120,7 @@ struct Flusher {
     writer: ConsoleWriter,
     /// Waiting for the fd to become writable (a write handler is registered).
     waiting: bool,
-    /// The current stall was reported on stderr.
+    /// The current stall was reported (a `tracing` warning).
     announced: bool,
 }
 
@@ -194,16 +194,16 @@ impl SerialOutput {
             let mut st = lock(&self.state);
             if st.dropped > 0 && !f.announced {
                 f.announced = true;
-                eprintln!(
-                    "vmm-bin: COM1: stdout does not accept guest output; keeping {} KiB, \
+                tracing::warn!(
+                    "COM1: stdout does not accept guest output; keeping {} KiB, \
                      dropping the rest",
                     OUTPUT_BUFFER_BYTES / 1024
                 );
             }
             if st.bytes.is_empty() {
                 if st.dropped > 0 {
-                    eprintln!(
-                        "vmm-bin: COM1: {} bytes of guest output were dropped while stdout \
+                    tracing::warn!(
+                        "COM1: {} bytes of guest output were dropped while stdout \
                          did not accept it",
                         st.dropped
                     );
@@ -257,7 +257,7 @@ impl SerialOutput {
         if !st.broken {
             st.broken = true;
             st.bytes.clear();
-            eprintln!("vmm-bin: COM1: writing stdout failed ({why}); guest output is discarded");
+            tracing::error!("COM1: writing stdout failed ({why}); guest output is discarded");
         }
     }
 
@@ -267,7 +267,7 @@ impl SerialOutput {
         let st = lock(&self.state);
         let lost = st.dropped + st.bytes.len() as u64;
         if lost > 0 && !st.broken {
-            eprintln!("vmm-bin: COM1: {lost} bytes of guest output could not be written to stdout");
+            tracing::warn!("COM1: {lost} bytes of guest output could not be written to stdout");
         }
     }
 }

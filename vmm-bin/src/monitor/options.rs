@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use qemu_opts::{Grammar, Opts};
+
 use super::MonitorError;
 
 /// A parsed `-qmp` option.
@@ -15,52 +17,47 @@ pub struct QmpOption {
     pub wait: bool,
 }
 
-fn flag(key: &str, value: &str) -> Result<bool, MonitorError> {
-    match value {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(MonitorError::Option(format!(
-            "parameter '{key}' expects 'on' or 'off', got '{value}'"
-        ))),
-    }
-}
-
 impl FromStr for QmpOption {
     type Err = MonitorError;
 
-    /// Parses `unix:PATH,server=on,wait=off`. `server` and `wait` default to on (as
-    /// QEMU's `-qmp` does); `server=off` (connecting out) is not supported. Commas in
-    /// `PATH` are written `,,`, as in QEMU.
+    /// Parses `unix:PATH,server=on,wait=off` in QEMU's option grammar (qemu-opts: `,,`
+    /// is a comma in `PATH`, a bare key is `key=on`). As in QEMU, `server` defaults to
+    /// off (QEMU then connects out, which we do not support: `server=on` is required)
+    /// and `wait` to on. The one parser of `-qmp`: the command line uses it too.
     fn from_str(s: &str) -> Result<QmpOption, MonitorError> {
-        let Some(rest) = s.strip_prefix("unix:") else {
-            let kind = s.split(':').next().unwrap_or(s);
-            return Err(MonitorError::Option(format!(
+        let bad = |reason: String| MonitorError::Option(reason);
+        let kv = Opts::parse("-qmp", s, Grammar::opts().implied("chardev"))
+            .map_err(|e| bad(format!("{} in '{s}'", e.reason())))?;
+        let chardev = kv.get("chardev").unwrap_or_default();
+        let Some(path) = chardev.strip_prefix("unix:") else {
+            let kind = chardev.split(':').next().unwrap_or(chardev);
+            return Err(bad(format!(
                 "unsupported QMP backend '{kind}' in '{s}': only 'unix:PATH,server=on,wait=off' is supported"
             )));
         };
-        let parts = qemu_opts::split_commas(rest);
-        let mut parts = parts.into_iter();
-        let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err(MonitorError::Option(format!(
-                "missing socket path in '{s}'"
-            )));
+            return Err(bad(format!("missing socket path in '{s}'")));
         }
-        let (mut server, mut wait) = (true, true);
-        for part in parts {
-            let (key, value) = part.split_once('=').unwrap_or((part.as_str(), "on"));
-            match key {
-                "server" => server = flag(key, value)?,
-                "wait" => wait = flag(key, value)?,
+        let (mut server, mut wait) = (false, true);
+        for (key, value) in kv.iter() {
+            let flag = match key {
+                "chardev" => continue,
+                "server" => &mut server,
+                "wait" => &mut wait,
                 _ => {
-                    return Err(MonitorError::Option(format!(
+                    return Err(bad(format!(
                         "unknown parameter '{key}' in '{s}' (expected server=on|off, wait=on|off)"
                     )));
                 }
-            }
+            };
+            *flag = qemu_opts::parse_bool(value).ok_or_else(|| {
+                bad(format!(
+                    "parameter '{key}' expects 'on' or 'off', got '{value}'"
+                ))
+            })?;
         }
         if !server {
-            return Err(MonitorError::Option(format!(
+            return Err(bad(format!(
                 "server=off is not supported in '{s}': the monitor listens on a socket"
             )));
         }
@@ -90,9 +87,10 @@ mod tests {
         );
         assert!(parse("unix:/tmp/q.sock,server,wait=on").unwrap().wait);
         assert_eq!(
-            parse("unix:/a,,b,wait=off").unwrap().path,
+            parse("unix:/a,,b,server=on,wait=off").unwrap().path,
             PathBuf::from("/a,b")
         );
+        assert!(!parse("unix:/x,server,wait=no").unwrap().wait);
     }
 
     #[test]
@@ -121,6 +119,13 @@ mod tests {
             parse("unix:/x,nodelay=on")
                 .unwrap_err()
                 .contains("unknown parameter 'nodelay'")
+        );
+        assert!(parse("unix:/x,").unwrap_err().contains("empty item"));
+        // QEMU's default is a client (server=off), which we refuse.
+        assert!(
+            parse("unix:/x")
+                .unwrap_err()
+                .contains("server=off is not supported")
         );
     }
 }

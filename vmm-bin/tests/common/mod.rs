@@ -164,6 +164,31 @@ pub(crate) fn file_or_skip(test: &str, path: &Path, hint: &str) -> bool {
     ok
 }
 
+/// Boots SeaBIOS with no disk under `-no-reboot -boot reboot-timeout=0` (and `extra`):
+/// it reports "No bootable device", reboots at once, and the reboot ends the VMM with
+/// status 0. Returns the ended VM (its serial output and stderr), or `None` after a
+/// `SKIPPED` line without KVM or SeaBIOS.
+pub(crate) fn seabios_until_reset(test: &str, extra: &[&str]) -> Option<Vm> {
+    let bios = Path::new("/usr/share/seabios/bios-256k.bin");
+    if !kvm_or_skip(test) || !file_or_skip(test, bios, "apt-get install seabios") {
+        return None;
+    }
+    let mut args = vec![
+        "-nographic",
+        "-m",
+        "128",
+        "-no-reboot",
+        "-boot",
+        "reboot-timeout=0",
+    ];
+    args.extend_from_slice(extra);
+    let mut vm = Vm::start(&args);
+    let status = vm.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", vm.seen);
+    assert!(vm.seen.contains("No bootable device"), "{}", vm.seen);
+    Some(vm)
+}
+
 /// A running VMM whose stdout (COM1) is collected by a thread.
 pub(crate) struct Vm {
     /// The VMM process.

@@ -1012,9 +1012,14 @@ impl Export {
     /// `vmm-bin storage-daemon ARGS`; returns once `sock` exists (panics after
     /// [`TIMEOUT`] or if the daemon exits first).
     pub(crate) fn start_args(args: &[&str], sock: &Path) -> Export {
+        Export::start_args_with_env(args, sock, &[])
+    }
+
+    /// [`Export::start_args`] with extra environment variables (`VMM_LOG`).
+    pub(crate) fn start_args_with_env(args: &[&str], sock: &Path, env: &[(&str, &str)]) -> Export {
         let mut all = vec!["storage-daemon"];
         all.extend_from_slice(args);
-        let mut daemon = Vm::start(&all);
+        let mut daemon = Vm::start_with_env(&all, env);
         let deadline = Instant::now() + TIMEOUT;
         while !sock.exists() {
             if let Ok(Some(status)) = daemon.child.try_wait() {
