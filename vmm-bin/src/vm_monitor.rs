@@ -81,6 +81,15 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
     // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
     // crate's, on the disks' node registry.
     block_node::qmp::register(monitor.commands(), &disks.nodes).map_err(|e| e.to_string())?;
+    crate::ide::register_qmp(
+        monitor.commands(),
+        monitor.events(),
+        runner.machine(),
+        &disks.nodes,
+        runner.runstate(),
+        &disks.ide,
+    )
+    .map_err(|e| e.to_string())?;
     let threads = disks.iothreads.clone();
     monitor
         .commands()
