@@ -227,6 +227,16 @@ impl IdeDisks {
         state.hook = Some(hook);
     }
 
+    /// `(node name, QOM path)` of each device with a medium now, for the events.
+    pub fn qom_paths(&self) -> Vec<(String, String)> {
+        let state = self.state.borrow();
+        state
+            .drives
+            .iter()
+            .filter_map(|d| Some((d.claim.as_ref()?.node_name().to_owned(), d.qdev.clone())))
+            .collect()
+    }
+
     /// The writable drives (for the flush at exit).
     pub fn writable_drives(&self) -> Vec<(String, Drive)> {
         let state = self.state.borrow();

@@ -52,6 +52,7 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
                 format!("/machine/peripheral/{}/virtio-backend", d.id),
             )
         })
+        .chain(disks.ide.qom_paths())
         .collect();
     disks.set_event_hook(move |e: &block_dma::BlockIoError| {
         let qom_path = qom
@@ -81,6 +82,7 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
     // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
     // crate's, on the disks' node registry.
     block_node::qmp::register(monitor.commands(), &disks.nodes).map_err(|e| e.to_string())?;
+    // eject, blockdev-change-medium and the IDE side of query-block.
     crate::ide::register_qmp(
         monitor.commands(),
         monitor.events(),

@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::qmp::Qmp;
 
 use serde_json::{Value, json};
 
@@ -26,16 +26,6 @@ fn scratch(name: &str) -> PathBuf {
         .join(format!("ide-cdrom-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// Whether the machine can run these tests (KVM, SeaBIOS).
-fn can_run(test: &str) -> bool {
-    common::kvm_or_skip(test)
-        && common::file_or_skip(
-            test,
-            Path::new("/usr/share/seabios/bios-256k.bin"),
-            "apt-get install seabios",
-        )
 }
 
 /// Builds `dir/cd.iso`: an ISO 9660 image whose El Torito no-emulation boot image is
@@ -70,7 +60,7 @@ fn boot_iso(dir: &Path) -> Option<(PathBuf, Vec<u8>)> {
 /// fails, so PASS proves both the order and the ATAPI reads.
 #[test]
 fn seabios_boots_an_el_torito_iso_from_ide_cd() {
-    if !can_run("ide_cdrom") {
+    if !common::seabios_vm_or_skip("ide_cdrom") {
         return;
     }
     let dir = scratch("boot");
@@ -102,81 +92,6 @@ fn seabios_boots_an_el_torito_iso_from_ide_cd() {
     assert_eq!(status.and_then(|s| s.code()), Some(33), "{}", vm.stderr());
 }
 
-/// A QMP client that keeps the events it reads.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    events: Vec<Value>,
-}
-
-impl Qmp {
-    fn connect(path: &Path) -> Qmp {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(path) {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "no QMP socket");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(stream),
-            events: Vec::new(),
-        };
-        let greeting = q.next();
-        assert!(greeting.get("QMP").is_some(), "{greeting}");
-        assert_eq!(q.run("qmp_capabilities", json!({})), json!({"return": {}}));
-        q
-    }
-
-    fn next(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    }
-
-    fn run(&mut self, command: &str, arguments: Value) -> Value {
-        let request = json!({"execute": command, "arguments": arguments}).to_string();
-        self.reader.get_mut().write_all(request.as_bytes()).unwrap();
-        loop {
-            let v = self.next();
-            match v.get("event") {
-                Some(_) => self.events.push(v),
-                None => return v,
-            }
-        }
-    }
-
-    /// The tray movements seen since the last call: (device, open).
-    fn trays(&mut self) -> Vec<(String, bool)> {
-        std::mem::take(&mut self.events)
-            .into_iter()
-            .filter(|e| e["event"] == "DEVICE_TRAY_MOVED")
-            .map(|e| {
-                let d = &e["data"];
-                (
-                    d["device"].as_str().unwrap().to_owned(),
-                    d["tray-open"] == true,
-                )
-            })
-            .collect()
-    }
-
-    /// `query-block`'s entry for `device`.
-    fn block(&mut self, device: &str) -> Value {
-        let list = self.run("query-block", json!({}));
-        list["return"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["device"] == device)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {device} in {list}"))
-    }
-}
-
 fn error(reply: &Value) -> (String, String) {
     let e = &reply["error"];
     assert!(e.is_object(), "expected an error: {reply}");
@@ -194,7 +109,7 @@ fn generic(desc: &str) -> (String, String) {
 /// -drive if=ide,media=cdrom,index=3`, with QEMU 10's replies.
 #[test]
 fn eject_and_change_medium_behave_as_qemus() {
-    if !can_run("ide_cdrom_qmp") {
+    if !common::seabios_vm_or_skip("ide_cdrom_qmp") {
         return;
     }
     let dir = scratch("qmp");

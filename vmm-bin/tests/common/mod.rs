@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod mock_virtio;
+pub(crate) mod qmp;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -162,6 +163,17 @@ pub(crate) fn file_or_skip(test: &str, path: &Path, hint: &str) -> bool {
         eprintln!("SKIPPED {test}: {} is missing ({hint})", path.display());
     }
     ok
+}
+
+/// Whether a SeaBIOS guest can run here (/dev/kvm and Debian's SeaBIOS); prints a
+/// SKIPPED line for `test` when not.
+pub(crate) fn seabios_vm_or_skip(test: &str) -> bool {
+    kvm_or_skip(test)
+        && file_or_skip(
+            test,
+            Path::new("/usr/share/seabios/bios-256k.bin"),
+            "apt-get install seabios",
+        )
 }
 
 /// A running VMM whose stdout (COM1) is collected by a thread.
