@@ -148,6 +148,12 @@ fn seabios_boots_our_boot_sector_from_hda() {
     boot_disk_test("hda", &["-hda", "{}"]);
 }
 
+/// A plain `-drive file=..` is an IDE disk, as in QEMU (if=ide is the default).
+#[test]
+fn seabios_boots_our_boot_sector_from_a_plain_drive() {
+    boot_disk_test("plain-drive", &["-drive", "file={},format=raw"]);
+}
+
 /// `-drive if=ide` on the secondary channel's slave (index 3), booted through `-boot
 /// order=c` (the first hard disk, whatever its place).
 #[test]
