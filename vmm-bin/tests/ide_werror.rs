@@ -125,6 +125,8 @@ fn werror_stop_on_enospc_stops_restarts_and_keeps_the_data() {
         ),
         "{error}"
     );
+    // QEMU's path for the first IDE device of the pc machine.
+    assert_eq!(data["qom-path"], "/machine/unattached/device[4]", "{error}");
     assert!(q.wait_event("STOP", long).is_some(), "no STOP");
     assert_eq!(
         q.run("query-status", json!({}))["return"],
