@@ -55,6 +55,21 @@ fn boot_iso(dir: &Path) -> Option<(PathBuf, Vec<u8>)> {
     }
 }
 
+/// Writes `boot` as the first sector of a 1 MiB disk image at `path`.
+fn boot_disk(path: &Path, boot: Vec<u8>) {
+    let mut image = boot;
+    image.resize(1 << 20, 0);
+    std::fs::write(path, image).unwrap();
+}
+
+/// Starts the VMM with `disk` as `-hda`, `cd` as `-cdrom`, and `extra`.
+fn start_vm(disk: &Path, cd: &Path, extra: &[&str]) -> common::Vm {
+    let (disk, cd) = (disk.display().to_string(), cd.display().to_string());
+    let mut args = vec!["-nographic", "-m", "64", "-hda", &disk, "-cdrom", &cd];
+    args.extend_from_slice(extra);
+    common::Vm::start(&args)
+}
+
 /// `-boot d` boots the CD although the first hard disk is bootable too: its boot
 /// sector is the same program, which finds no volume descriptor on the disk and
 /// fails, so PASS proves both the order and the ATAPI reads.
@@ -68,24 +83,18 @@ fn seabios_boots_an_el_torito_iso_from_ide_cd() {
         return;
     };
     let disk = dir.join("disk.img");
-    let mut image = boot;
-    image.resize(1 << 20, 0);
-    std::fs::write(&disk, image).unwrap();
-    let (iso, disk) = (iso.display().to_string(), disk.display().to_string());
-    let mut vm = common::Vm::start(&[
-        "-nographic",
-        "-m",
-        "128",
-        "-no-reboot",
-        "-hda",
+    boot_disk(&disk, boot);
+    let mut vm = start_vm(
         &disk,
-        "-cdrom",
         &iso,
-        "-boot",
-        "d",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]);
+        &[
+            "-no-reboot",
+            "-boot",
+            "d",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ],
+    );
     let status = vm.wait_exit(Duration::from_secs(120));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(vm.seen.contains("CD PASS"), "serial:\n{}", vm.seen);
@@ -119,20 +128,17 @@ fn eject_and_change_medium_behave_as_qemus() {
     }
     let sock = dir.join("qmp.sock");
     let qmp_arg = format!("unix:{},server=on,wait=off", sock.display());
-    let (disk_s, cd_s) = (disk.display().to_string(), cd.display().to_string());
-    let _vm = common::Vm::start(&[
-        "-S",
-        "-m",
-        "64",
-        "-hda",
-        &disk_s,
-        "-cdrom",
-        &cd_s,
-        "-drive",
-        "if=ide,media=cdrom,index=3",
-        "-qmp",
-        &qmp_arg,
-    ]);
+    let _vm = start_vm(
+        &disk,
+        &cd,
+        &[
+            "-S",
+            "-drive",
+            "if=ide,media=cdrom,index=3",
+            "-qmp",
+            &qmp_arg,
+        ],
+    );
     let mut q = Qmp::connect(&sock);
 
     let hd = q.block("ide0-hd0");
@@ -234,5 +240,67 @@ fn eject_and_change_medium_behave_as_qemus() {
         ok
     );
     assert_eq!(q.trays(), [("ide1-cd0".to_owned(), true)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The guest locks the tray (`tests/bootsector/locktest.S` sends PREVENT ALLOW MEDIUM
+/// REMOVAL to the CD drive): `query-block` says `locked`, `eject` and
+/// `blockdev-change-medium` are refused in QEMU's words and change nothing, `eject`
+/// with `force` opens the tray (the same steps under QEMU 10 give the same replies).
+#[test]
+fn a_tray_the_guest_locked_refuses_eject_without_force() {
+    if !common::seabios_vm_or_skip("ide_cdrom_locked") {
+        return;
+    }
+    let dir = scratch("locked");
+    let Some(boot) = common::assemble_boot_sector(&dir, "locktest", skip) else {
+        return;
+    };
+    let (disk, cd, cd2) = (dir.join("d.img"), dir.join("cd.iso"), dir.join("cd2.iso"));
+    boot_disk(&disk, boot);
+    for path in [&cd, &cd2] {
+        std::fs::File::create(path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+    }
+    let sock = dir.join("qmp.sock");
+    let qmp_arg = format!("unix:{},server=on,wait=off", sock.display());
+    let mut vm = start_vm(&disk, &cd, &["-qmp", &qmp_arg]);
+    assert!(
+        vm.wait_for("LOCKED", Duration::from_secs(120)),
+        "serial:\n{}",
+        vm.seen
+    );
+    let mut q = Qmp::connect(&sock);
+    assert_eq!(q.block("ide1-cd0")["locked"], true);
+    let locked = generic(
+        "Device 'ide1-cd0' is locked and force was not specified, wait for tray to open \
+         and try again",
+    );
+    assert_eq!(
+        error(&q.run("eject", json!({"device": "ide1-cd0"}))),
+        locked
+    );
+    let change = json!({"device": "ide1-cd0", "filename": cd2.display().to_string()});
+    assert_eq!(error(&q.run("blockdev-change-medium", change)), locked);
+    let cd0 = q.block("ide1-cd0");
+    assert_eq!(
+        (&cd0["locked"], &cd0["tray_open"]),
+        (&json!(true), &json!(false))
+    );
+    assert_eq!(cd0["inserted"]["file"], cd.display().to_string());
+    assert_eq!(q.trays(), []);
+    assert_eq!(
+        q.run("eject", json!({"device": "ide1-cd0", "force": true})),
+        json!({"return": {}})
+    );
+    assert_eq!(q.trays(), [("ide1-cd0".to_owned(), true)]);
+    let cd0 = q.block("ide1-cd0");
+    assert_eq!(
+        (&cd0["locked"], &cd0["tray_open"]),
+        (&json!(false), &json!(true))
+    );
+    assert!(cd0.get("inserted").is_none(), "{cd0}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,19 +9,8 @@
         .code16
         .text
         .globl _start
-_start:
-        /* El Torito leaves CS:IP at 07c0:0000 or 0000:7c00: make it the latter. */
-        ljmpw   $0, $entry
-entry:
-        cli
-        xorw    %ax, %ax
-        movw    %ax, %ss
-        movw    $0x7c00, %sp
-        movw    %ax, %ds
-        movw    %ax, %es
-        sti
-        movb    %dl, drive
-
+        .include "entry.S"
+        /* DL = the CD drive, as SeaBIOS left it */
         movw    $dap, %si
         movb    $0x42, %ah
         int     $0x13
@@ -52,7 +41,6 @@ report:
 msg_pass: .asciz "CD PASS\r\n"
 msg_fail: .asciz "CD FAIL\r\n"
 ident:  .ascii "CD001"
-drive:  .byte 0
         .balign 4
 dap:    .byte 16, 0
         .word 1                 /* one 2048-byte sector */
