@@ -214,7 +214,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             }
             // if=ide (the default): an ide-hd/ide-cd on the PIIX3 IDE controller.
             _ => {
-                crate::ide::check_place(d)?;
+                crate::ide::check_drive(d)?;
                 let id = d.id.clone().unwrap_or_else(|| crate::ide::drive_name(d));
                 drives.push((d, id));
             }

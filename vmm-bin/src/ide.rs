@@ -184,18 +184,21 @@ pub fn attach_drive(
     attach_ide_device(machine, nodes, vm, ide, spec, order)
 }
 
-/// Refuses an `if=ide` placement the `pc` machine does not have (two channels), in
-/// QEMU 10's words.
+/// Refuses an `if=ide` drive the `pc` machine cannot take, in QEMU 10's words: a
+/// place past its two channels, a disk without an image (only a CD drive may be empty).
 ///
 /// # Errors
 ///
-/// The message for a bus past 1.
-pub fn check_place(drive: &DriveOptions) -> Result<(), String> {
+/// The message for a bus past 1 or an empty disk.
+pub fn check_drive(drive: &DriveOptions) -> Result<(), String> {
     if drive.bus > 1 {
         return Err(format!(
             "-drive if=ide: machine type does not support if=ide,bus={},unit={}",
             drive.bus, drive.unit
         ));
+    }
+    if !drive.cdrom && drive.file.is_none() {
+        return Err("-drive if=ide: Device needs media, but drive is empty".into());
     }
     Ok(())
 }

@@ -79,6 +79,10 @@ fn scsi_drives_and_ide_places_the_pc_lacks_are_refused_clearly() {
         ),
         (drive(",if=ide,bus=0,unit=2"), "unit 2 too big (max is 1)"),
         (
+            "if=ide,media=disk".to_owned(),
+            "Device needs media, but drive is empty",
+        ),
+        (
             drive(",if=scsi"),
             "machine type does not support if=scsi,bus=0,unit=0",
         ),
