@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use block_dma::{BlockIoError, Drive};
 use block_node::drive::DriveOptions;
-use block_node::{AttachOptions, Claim, NodeRegistry};
+use block_node::{AttachOptions, BlockdevOptions, Cache, Claim, Driver, NodeRegistry};
 use kvm_machine::Machine;
 use kvm_machine::ide::{IdeMedia, ide_boot_path};
 use pc_platform::fw_cfg::bootorder::BootOrder;
@@ -358,10 +358,7 @@ pub fn register_qmp(
             )));
         }
         // Open the new medium first, as QEMU: a bad file changes nothing.
-        std::fs::File::open(&filename).map_err(|e| {
-            let reason = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc();
-            QmpError::generic(format!("Could not open '{filename}': {reason}"))
-        })?;
+        probe_medium(&n, &filename)?;
         // A locked tray refuses without `force` (and asks the guest), medium kept.
         if !force && c.is_locked(&d.ctl_id) == Some(true) {
             return Err(ide_error(
@@ -372,24 +369,18 @@ pub fn register_qmp(
         }
         let was_open = c.is_tray_open(&d.ctl_id) == Some(true);
         d.claim = None;
-        let mut options = d.options.clone();
-        options.file = Some(PathBuf::from(&filename));
-        options.format = Some("raw".into());
-        options.readonly = true;
-        n.add_drive(&options, &d.name)
-            .map_err(|e| QmpError::generic(e.to_string()))?;
-        let how = AttachOptions {
-            qdev: Some(d.qdev.clone()),
-            vm: Some(vm.clone()),
-            read_only: true,
-            ..AttachOptions::default()
+        let claim = match open_medium(&n, &vm, hook, d, &filename) {
+            Ok(claim) => claim,
+            Err(e) => {
+                // The old disc is gone from the registry: take it out of the drive too,
+                // so what the guest sees matches query-block (an open, empty tray).
+                let _ = c.eject(&d.ctl_id, true);
+                if !was_open {
+                    tray_moved(&events, d, true);
+                }
+                return Err(e);
+            }
         };
-        let claim = n
-            .attach(&d.name, how)
-            .map_err(|e| QmpError::generic(e.to_string()))?;
-        if let Some(hook) = hook {
-            claim.drive().set_event_hook(move |e| hook(e));
-        }
         c.change_medium(&d.ctl_id, claim.drive().clone(), true)
             .map_err(ide_error)?;
         d.claim = Some(claim);
@@ -400,6 +391,60 @@ pub fn register_qmp(
         Ok(json!({}))
     })?;
     Ok(())
+}
+
+/// Whether `filename` opens as an image (the registry's own checks: a regular file or
+/// block device that can be read), through a node made and deleted at once.
+fn probe_medium(nodes: &NodeRegistry, filename: &str) -> Result<(), QmpError> {
+    const PROBE: &str = "#ide-medium-probe";
+    let options = BlockdevOptions {
+        node_name: Some(PROBE.into()),
+        read_only: true,
+        discard: false,
+        cache: Cache::default(),
+        driver: Driver::File {
+            filename: PathBuf::from(filename),
+        },
+    };
+    nodes
+        .add(&options)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    nodes
+        .del(PROBE)
+        .map_err(|e| QmpError::generic(e.to_string()))
+}
+
+/// Opens `filename` as `d`'s new disc: a drive under `d`'s name with its `-drive`'s
+/// options, read-only, with the BLOCK_IO_ERROR `hook`.
+fn open_medium(
+    nodes: &NodeRegistry,
+    vm: &RunStateMachine,
+    hook: Option<EventHook>,
+    d: &IdeDrive,
+    filename: &str,
+) -> Result<Claim, QmpError> {
+    let mut options = d.options.clone();
+    options.file = Some(PathBuf::from(filename));
+    options.format = Some("raw".into());
+    options.readonly = true;
+    // The registry words its errors for the command line: drop the `-drive` prefix.
+    let prefix = format!("-drive id={}: ", d.name);
+    let qmp_error = |e: block_node::Error| {
+        let text = e.to_string();
+        QmpError::generic(text.strip_prefix(&prefix).unwrap_or(&text))
+    };
+    nodes.add_drive(&options, &d.name).map_err(qmp_error)?;
+    let how = AttachOptions {
+        qdev: Some(d.qdev.clone()),
+        vm: Some(vm.clone()),
+        read_only: true,
+        ..AttachOptions::default()
+    };
+    let claim = nodes.attach(&d.name, how).map_err(qmp_error)?;
+    if let Some(hook) = hook {
+        claim.drive().set_event_hook(move |e| hook(e));
+    }
+    Ok(claim)
 }
 
 /// `query-block`: the IDE devices first (with their tray state), then the other

@@ -217,6 +217,12 @@ fn eject_and_change_medium_behave_as_qemus() {
             missing.display()
         ))
     );
+    // A file that opens but is no image (a directory): refused, the disc stays in.
+    let (_, desc) = error(&change(&mut q, "ide1-cd0", &dir, Some("raw")));
+    assert!(desc.starts_with("Could not open"), "{desc}");
+    assert_eq!(q.trays(), []);
+    let cd0 = q.block("ide1-cd0");
+    assert_eq!(cd0["inserted"]["file"], cd2.display().to_string(), "{cd0}");
     // A closed tray opens and closes again; the empty drive takes a disc.
     assert_eq!(change(&mut q, "ide1-cd0", &cd2, None), ok);
     assert_eq!(
