@@ -261,6 +261,64 @@ impl IdeController {
         Ok(ctl)
     }
 
+    /// Attaches `device` at `unit` (0 master, 1 slave) of channel `ch` before the guest
+    /// runs (cold plug: QEMU's `-device ide-hd|ide-cd,bus=ide.CH,unit=UNIT`), so that
+    /// the machine can own a controller from power-on and the command line fill it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoUnit`] for a channel or unit past 1, [`Error::UnitInUse`] for a
+    /// taken one, [`Error::DuplicateId`] for an id another device has.
+    pub fn attach(&self, ch: usize, unit: usize, device: IdeDevice) -> Result<()> {
+        if ch > 1 || unit > 1 {
+            return Err(Error::NoUnit(ch, unit));
+        }
+        for c in 0..2 {
+            let g = self.inner.lock(c);
+            if g.devs.iter().flatten().any(|d| d.id == device.id) {
+                return Err(Error::DuplicateId(device.id));
+            }
+        }
+        let mut g = self.inner.lock(ch);
+        if g.devs[unit].is_some() {
+            return Err(Error::UnitInUse(unit));
+        }
+        g.devs[unit] = Some(device.build(2 * ch + unit));
+        g.bm.status = dma_capable(&g);
+        drop(g);
+        Ok(())
+    }
+
+    /// The ids of the attached devices, as `(channel, unit, id, kind)`.
+    pub fn devices(&self) -> Vec<(usize, usize, String, DeviceKind)> {
+        let mut list = Vec::new();
+        for ch in 0..2 {
+            let g = self.inner.lock(ch);
+            for (unit, d) in g.devs.iter().enumerate() {
+                if let Some(d) = d {
+                    let kind = if d.is_cd() {
+                        DeviceKind::Cdrom
+                    } else {
+                        DeviceKind::Disk
+                    };
+                    list.push((ch, unit, d.id.clone(), kind));
+                }
+            }
+        }
+        list
+    }
+
+    /// Whether device `id` has a medium (a disk always; a CD drive with a disc).
+    pub fn has_medium(&self, id: &str) -> Option<bool> {
+        for ch in 0..2 {
+            let g = self.inner.lock(ch);
+            if let Some(d) = g.devs.iter().flatten().find(|d| d.id == id) {
+                return Some(d.drive.is_some());
+            }
+        }
+        None
+    }
+
     /// The command block (8 ports: data .. status/command) of channel `ch` (0 or 1).
     pub fn command_block(&self, ch: usize) -> Arc<dyn BusDevice> {
         Arc::new(Port {

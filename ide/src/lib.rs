@@ -88,6 +88,12 @@ pub enum Error {
     /// Two devices with one id.
     #[error("Duplicate ID '{0}' for device")]
     DuplicateId(String),
+    /// A channel or unit that the controller does not have (QEMU's words for a unit).
+    #[error("Can't create IDE unit {1}, bus supports only 2 units")]
+    NoUnit(usize, usize),
+    /// The unit already has a device (QEMU's words).
+    #[error("IDE unit {0} is in use")]
+    UnitInUse(usize),
     /// The PIO buffers could not be allocated.
     #[error("ide: cannot allocate the PIO buffer: {0}")]
     Ram(String),

@@ -114,6 +114,16 @@ fn signature_and_identify_packet_device() {
 
 /// SeaBIOS's ata_detect: select a device, read the device register back, and check
 /// that the sector count and number registers hold what was written.
+/// SeaBIOS's presence check: the device select sticks and the count registers hold
+/// what was written.
+fn detects(r: &Rig, dh: u8) -> bool {
+    r.outb(CH, 6, dh);
+    let got = r.inb(CH, 6);
+    r.outb(CH, 2, 0x55);
+    r.outb(CH, 3, 0xaa);
+    got == dh && r.inb(CH, 2) == 0x55 && r.inb(CH, 3) == 0xaa
+}
+
 #[test]
 fn firmware_detection_sees_device_1_and_not_an_absent_one() {
     let ctx = AioContext::new().unwrap();
@@ -122,13 +132,7 @@ fn firmware_detection_sees_device_1_and_not_an_absent_one() {
         DmaMemory::new(ram()),
         [[None, None], [None, Some(IdeDevice::cdrom("cd", None))]],
     );
-    let detect = |dh: u8| {
-        r.outb(CH, 6, dh);
-        let got = r.inb(CH, 6);
-        r.outb(CH, 2, 0x55);
-        r.outb(CH, 3, 0xaa);
-        got == dh && r.inb(CH, 2) == 0x55 && r.inb(CH, 3) == 0xaa
-    };
+    let detect = |dh: u8| detects(&r, dh);
     assert!(detect(0xb0), "device 1 present");
     assert!(!detect(0xa0), "device 0 absent");
 }
@@ -329,5 +333,36 @@ fn a_disk_is_not_removable() {
     assert_eq!(
         r.ide.eject("disk0", false).unwrap_err().to_string(),
         "Device 'disk0' is not removable"
+    );
+}
+
+/// A device attached after the controller was built (the machine owns the controller
+/// from power-on; the command line fills it) is found as one given at construction;
+/// a taken unit, a unit past 1 and a duplicate id are refused with QEMU's words.
+#[test]
+fn cold_plugged_devices_are_detected_and_places_checked() {
+    let ctx = AioContext::new().unwrap();
+    let r = Rig::new(ctx, DmaMemory::new(ram()), [[None, None], [None, None]]);
+    r.ide.attach(CH, 1, IdeDevice::cdrom("cd", None)).unwrap();
+    let detect = |dh: u8| detects(&r, dh);
+    assert!(detect(0xb0), "device 1 present");
+    assert!(!detect(0xa0), "device 0 absent");
+    assert_eq!(r.ide.has_medium("cd"), Some(false));
+    assert_eq!(r.ide.is_tray_open("cd"), Some(false));
+    let err = |ch, unit, id: &str| {
+        r.ide
+            .attach(ch, unit, IdeDevice::cdrom(id, None))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(err(CH, 1, "cd2"), "IDE unit 1 is in use");
+    assert_eq!(err(0, 0, "cd"), "Duplicate ID 'cd' for device");
+    assert_eq!(
+        err(0, 2, "cd3"),
+        "Can't create IDE unit 2, bus supports only 2 units"
+    );
+    assert_eq!(
+        r.ide.devices(),
+        vec![(CH, 1, "cd".to_string(), ide::DeviceKind::Cdrom)]
     );
 }

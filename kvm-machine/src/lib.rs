@@ -30,6 +30,7 @@ mod config;
 pub mod cpuid;
 mod error;
 mod events;
+pub mod ide;
 pub mod irq_routing;
 pub mod layout;
 mod linux;
@@ -93,6 +94,7 @@ pub struct Machine {
     platform: Platform,
     control: MachineControl,
     config: MachineConfig,
+    ide: ::ide::IdeController,
 }
 
 /// A handle to the machine's vCPUs and reset path, for the main loop and the monitor.
@@ -207,12 +209,17 @@ impl ::pci::IrqLine for KvmIrqLine {
 
 impl Machine {
     /// Builds the VM `config` describes; devices report to `events` (which must hand
-    /// them to the main loop, not act in the vCPU thread).
+    /// them to the main loop, not act in the vCPU thread); `aio` is the main loop, where
+    /// the IDE controller's I/O runs.
     ///
     /// # Errors
     ///
     /// Any [`Error`]: no KVM, RAM that cannot be mapped, a missing BIOS or kernel.
-    pub fn new(config: &MachineConfig, events: EventSink) -> Result<Machine> {
+    pub fn new(
+        config: &MachineConfig,
+        events: EventSink,
+        aio: aio_context::AioHandle,
+    ) -> Result<Machine> {
         let kvm = Kvm::new().map_err(Error::NoKvm)?;
         for (cap, name) in [
             (Cap::Irqchip, "an in-kernel irqchip"),
@@ -277,6 +284,7 @@ impl Machine {
                 boot: boot_entry,
             }),
         };
+        let ide = ide::plug(&vm, &ram, &platform, aio)?;
         let machine = Machine {
             vm,
             routing,
@@ -285,6 +293,7 @@ impl Machine {
             platform,
             control,
             config: config.clone(),
+            ide,
         };
         machine.load_kernel()?;
         machine.install_reset_hook();
@@ -437,6 +446,11 @@ impl Machine {
     /// The PCI host (plug functions here).
     pub fn pci(&self) -> &Arc<PciHost> {
         &self.platform.pci
+    }
+
+    /// The PIIX3 IDE controller at 00:01.1 (attach drives with [`ide::attach`]).
+    pub fn ide(&self) -> &::ide::IdeController {
+        &self.ide
     }
 
     /// PCI INTx routing.

@@ -46,7 +46,7 @@ impl Runner {
             .map_err(|e| super::Error::Thread(std::io::Error::other(e.to_string())))?;
         let handle = ctx.handle();
         let (sink, events) = event_channel(move || handle.notify());
-        let machine = Machine::new(config, sink)?;
+        let machine = Machine::new(config, sink, ctx.handle())?;
         if let Some(console) = &machine.platform().console {
             let writer = pc_platform::serial::ConsoleWriter::stdout()
                 .map_err(|e| super::Error::io("-serial stdio", e))?;

@@ -250,7 +250,7 @@ fn invalid(option: &str, reason: impl Into<String>) -> Error {
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "bios", "serial", "display", "device", "drive",
     "object", "qmp", "boot", "machine", "M", "cpu", "accel", "name", "vga", "monitor", "blockdev",
-    "d", "D",
+    "hda", "hdb", "hdc", "hdd", "cdrom", "d", "D",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "S", "nodefaults"];
 
@@ -404,6 +404,10 @@ fn apply(
             let drive = drive::parse(option, arg, &config.drives)?;
             config.drives.push(drive);
         }
+        "hda" | "hdb" | "hdc" | "hdd" | "cdrom" => {
+            let drive = drive::parse(option, &drive::legacy(name, arg), &config.drives)?;
+            config.drives.push(drive);
+        }
         "blockdev" => config.blockdevs.push(
             block_node::BlockdevOptions::parse(option, arg).map_err(|e| match e {
                 block_node::Error::Syntax(e) => Error::from(e),
@@ -496,9 +500,10 @@ usage: vmm-bin [options]
   -blockdev driver=file|raw,node-name=..,...   (or libvirt's JSON form {\"driver\":..})
   -device virtio-blk-pci,drive=ID|NODE[,id=..][,iothread=..][,bootindex=N][,addr=SLOT]
         [,num-queues=N][,queue-size=N][,serial=..]
-  -drive file=PATH,format=raw,if=virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
+  -drive file=PATH,format=raw,if=ide|virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
         [,readonly=on][,media=disk|cdrom][,index=N|bus=N,unit=N][,discard=ignore|unmap]
-        (if=ide, the default, and if=scsi are refused: no IDE yet, no SCSI on pc)
+        (if=ide is the default: the PIIX3 IDE at 00:01.1; if=scsi is refused on pc)
+  -hda|-hdb|-hdc|-hdd FILE   IDE disk at index 0..3;  -cdrom FILE   IDE CD-ROM at index 2
   -object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]
   -qmp unix:PATH,server=on,wait=off
   -d ITEM[,...]      log more: debug, TARGET=LEVEL, trace:PATTERN (-d help; also $VMM_LOG)
@@ -591,6 +596,24 @@ mod tests {
         assert_eq!(c.devices[0].driver, "virtio-blk-pci");
         assert_eq!(c.devices[0].props.get("drive"), Some("d0"));
         assert_eq!(c.devices[0].id(), Some("vblk0"));
+    }
+
+    /// `-hda`..`-hdd` and `-cdrom` are the `-drive`s QEMU makes of them: the default
+    /// interface (IDE) at index 0..3, `-cdrom` at index 2 and read-only; a comma stays
+    /// in the file name; a taken index is refused.
+    #[test]
+    fn legacy_disk_options_are_ide_drives() {
+        let c = parse_ok(&["-hda", "/a,b.img", "-cdrom", "/c.iso", "-hdb", "/b.img"]);
+        let place = |i: usize| (c.drives[i].bus, c.drives[i].unit);
+        assert_eq!(c.drives[0].file, Some(PathBuf::from("/a,b.img")));
+        assert_eq!(c.drives[0].interface, "ide");
+        assert_eq!(place(0), (0, 0));
+        assert!(!c.drives[0].cdrom && !c.drives[0].readonly);
+        assert_eq!(place(1), (1, 0));
+        assert!(c.drives[1].cdrom && c.drives[1].readonly);
+        assert_eq!(place(2), (0, 1));
+        let taken = parse(["-cdrom", "/c.iso", "-hdc", "/d.img"]);
+        assert!(taken.is_err(), "-hdc takes -cdrom's index 2");
     }
 
     #[test]

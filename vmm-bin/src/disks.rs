@@ -63,6 +63,8 @@ pub struct Disks {
     pub iothreads: Vec<(String, Arc<IoThread>)>,
     /// Every block node and drive (for the monitor's block commands).
     pub nodes: NodeRegistry,
+    /// The IDE devices (`-hda`, `-cdrom`, `-drive if=ide`), for the monitor.
+    pub ide: crate::ide::IdeDisks,
 }
 
 impl Disks {
@@ -82,6 +84,7 @@ impl Disks {
                 eprintln!("vmm-bin: flushing drive {}: {e}", d.drive_id);
             }
         }
+        self.ide.flush_at_exit(deadline);
     }
 
     /// Sends every drive's BLOCK_IO_ERROR to `hook`.
@@ -89,6 +92,7 @@ impl Disks {
         for d in &self.disks {
             d.drive.set_event_hook(hook.clone());
         }
+        self.ide.set_event_hook(hook);
     }
 }
 
@@ -208,18 +212,24 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
                     d.bus, d.unit
                 ));
             }
-            other => {
-                return Err(format!(
-                    "-drive if={other}: IDE disks are not supported yet (a later issue adds \
-                     them; if=ide is the default); use if=virtio, or if=none with \
-                     -device virtio-blk-pci"
-                ));
+            // if=ide (the default): an ide-hd/ide-cd on the PIIX3 IDE controller.
+            _ => {
+                crate::ide::check_drive(d)?;
+                let id = d.id.clone().unwrap_or_else(|| crate::ide::drive_name(d));
+                drives.push((d, id));
             }
         }
     }
     // if=virtio drives get their device now, before the -device ones.
     let mut devices: Vec<DeviceConfig> = Vec::new();
+    let mut ide_drives = Vec::new();
     for (d, id) in drives {
+        if d.interface == "ide" {
+            ide_drives.push((d, id.clone()));
+            if crate::ide::is_empty_cdrom(d) {
+                continue; // an empty CD drive has no node
+            }
+        }
         nodes.add_drive(d, &id).map_err(|e| match e {
             block_node::Error::Drive(m) => m,
             e => format!("-drive id={id}: {e}"),
@@ -356,6 +366,11 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
             iothread,
         });
     }
+    let ide = crate::ide::IdeDisks::default();
+    for (d, id) in ide_drives {
+        let vm = runner.runstate();
+        crate::ide::attach_drive(machine, &nodes, vm, &ide, d, &id, &mut boot_order)?;
+    }
     for id in nodes.unused_drives() {
         eprintln!("vmm-bin: warning: -drive id={id} is not used by any device");
     }
@@ -364,6 +379,7 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Disks, String> {
         disks,
         iothreads: order,
         nodes,
+        ide,
     })
 }
 

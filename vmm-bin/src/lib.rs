@@ -6,6 +6,7 @@
 //! the disks and the monitor. The product is the `vmm-bin` binary.
 
 pub mod disks;
+pub mod ide;
 pub mod logging;
 pub mod monitor;
 pub mod signals;

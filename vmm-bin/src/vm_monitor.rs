@@ -66,6 +66,7 @@ pub fn attach(
                 format!("/machine/peripheral/{}/virtio-backend", d.id),
             )
         })
+        .chain(disks.ide.qom_paths())
         .collect();
     disks.set_event_hook(move |e: &block_dma::BlockIoError| {
         let qom_path = qom
@@ -95,6 +96,15 @@ pub fn attach(
     // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
     // crate's, on the disks' node registry.
     block_node::qmp::register(monitor.commands(), &disks.nodes)?;
+    // eject, blockdev-change-medium and the IDE side of query-block.
+    crate::ide::register_qmp(
+        monitor.commands(),
+        monitor.events(),
+        runner.machine(),
+        &disks.nodes,
+        runner.runstate(),
+        &disks.ide,
+    )?;
     let threads = disks.iothreads.clone();
     monitor
         .commands()

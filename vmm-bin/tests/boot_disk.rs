@@ -1,6 +1,6 @@
 //! SeaBIOS boots our own boot sector (`tests/bootsector/disktest.S`) from a virtio-blk
 //! disk, attached both ways QEMU offers (`-drive if=virtio`, and `-drive if=none` +
-//! `-device virtio-blk-pci`): the program reads 1 MiB through INT 13h extended reads,
+//! `-device virtio-blk-pci`), and from an IDE disk (`-hda`, `-drive if=ide`): the program reads 1 MiB through INT 13h extended reads,
 //! checks the pattern, writes a sector and reads it back, prints PASS on COM1 and exits
 //! through isa-debug-exit (status 33 for PASS); the host checks the written sector.
 //!
@@ -137,6 +137,34 @@ fn seabios_boots_our_boot_sector_from_a_json_blockdev() {
             r#"{"driver":"raw","node-name":"disk0","file":{"driver":"file","filename":"{}"}}"#,
             "-device",
             "virtio-blk-pci,drive=disk0,bootindex=1",
+        ],
+    );
+}
+
+/// IDE (issue 18): SeaBIOS finds the disk on the PIIX3 IDE function at 00:01.1 and
+/// drives it by PIO (`-hda`: the default interface, index 0).
+#[test]
+fn seabios_boots_our_boot_sector_from_hda() {
+    boot_disk_test("hda", &["-hda", "{}"]);
+}
+
+/// A plain `-drive file=..` is an IDE disk, as in QEMU (if=ide is the default).
+#[test]
+fn seabios_boots_our_boot_sector_from_a_plain_drive() {
+    boot_disk_test("plain-drive", &["-drive", "file={},format=raw"]);
+}
+
+/// `-drive if=ide` on the secondary channel's slave (index 3), booted through `-boot
+/// order=c` (the first hard disk, whatever its place).
+#[test]
+fn seabios_boots_our_boot_sector_from_drive_if_ide() {
+    boot_disk_test(
+        "if-ide",
+        &[
+            "-drive",
+            "file={},format=raw,if=ide,index=3,media=disk",
+            "-boot",
+            "order=c",
         ],
     );
 }

@@ -10,3 +10,18 @@ pub(super) fn parse(option: &str, arg: &str, earlier: &[DriveConfig]) -> Result<
         e => invalid(option, e.to_string()),
     })
 }
+
+/// `-hda FILE`..`-hdd FILE` and `-cdrom FILE` as the `-drive` QEMU makes of them: the
+/// default interface (IDE) at index 0..3 (`-cdrom`: index 2, `media=cdrom`).
+pub(super) fn legacy(name: &str, file: &str) -> String {
+    let (index, media) = match name {
+        "hdb" => (1, "disk"),
+        "hdc" => (2, "disk"),
+        "hdd" => (3, "disk"),
+        "cdrom" => (2, "cdrom"),
+        _ => (0, "disk"),
+    };
+    // The file name is one value: its commas are doubled to stay in it.
+    let file = file.replace(',', ",,");
+    format!("file={file},index={index},media={media}")
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod mock_virtio;
+pub(crate) mod qmp;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -164,13 +165,23 @@ pub(crate) fn file_or_skip(test: &str, path: &Path, hint: &str) -> bool {
     ok
 }
 
+/// Whether a SeaBIOS guest can run here (/dev/kvm and Debian's SeaBIOS); prints a
+/// SKIPPED line for `test` when not.
+pub(crate) fn seabios_vm_or_skip(test: &str) -> bool {
+    kvm_or_skip(test)
+        && file_or_skip(
+            test,
+            Path::new("/usr/share/seabios/bios-256k.bin"),
+            "apt-get install seabios",
+        )
+}
+
 /// Boots SeaBIOS with no disk under `-no-reboot -boot reboot-timeout=0` (and `extra`):
 /// it reports "No bootable device", reboots at once, and the reboot ends the VMM with
 /// status 0. Returns the ended VM (its serial output and stderr), or `None` after a
 /// `SKIPPED` line without KVM or SeaBIOS.
 pub(crate) fn seabios_until_reset(test: &str, extra: &[&str]) -> Option<Vm> {
-    let bios = Path::new("/usr/share/seabios/bios-256k.bin");
-    if !kvm_or_skip(test) || !file_or_skip(test, bios, "apt-get install seabios") {
+    if !seabios_vm_or_skip(test) {
         return None;
     }
     let mut args = vec![

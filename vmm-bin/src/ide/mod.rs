@@ -1,0 +1,276 @@
+//! IDE on the command line and the monitor: `-hda`..`-hdd`, `-cdrom` and
+//! `-drive if=ide` become `ide-hd`/`ide-cd` devices on the machine's PIIX3 IDE
+//! controller (kvm-machine's `ide` module: 00:01.1, always present), and the QMP
+//! commands `eject`, `blockdev-change-medium` and the IDE side of `query-block`.
+//!
+//! A device sits on a block-node drive ([`Claim`]); ejecting drops the claim (the
+//! `-drive`'s nodes go with it, as QEMU deletes an ejected medium's nodes), a new medium
+//! is a new drive under the same name with the old one's options (error policy,
+//! cache). `-device ide-hd|ide-cd` calls [`attach_ide_device`] the same way.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use block_dma::{BlockIoError, Drive};
+use block_node::drive::DriveOptions;
+use block_node::{AttachOptions, Claim, NodeRegistry};
+use kvm_machine::Machine;
+use kvm_machine::ide::{IdeMedia, ide_boot_path};
+use pc_platform::fw_cfg::bootorder::BootOrder;
+use runstate::RunStateMachine;
+use tracing::warn;
+
+mod qmp;
+
+pub use qmp::register_qmp;
+
+/// The BLOCK_IO_ERROR hook every IDE drive gets (also those inserted later).
+pub(crate) type EventHook = Arc<dyn Fn(&BlockIoError) + Send + Sync>;
+
+/// One IDE device and what it holds.
+pub(crate) struct IdeDrive {
+    /// The name `query-block` and `eject`'s `device` use: the drive id.
+    pub(crate) name: String,
+    /// The controller's id for it.
+    pub(crate) ctl_id: String,
+    /// `-device`'s `id=` (QMP `id` names it), if any.
+    pub(crate) qdev_id: Option<String>,
+    /// Its QOM path (`query-block`'s `qdev`).
+    pub(crate) qdev: String,
+    pub(crate) media: IdeMedia,
+    /// What a new medium is opened with (the `-drive`'s options).
+    pub(crate) options: DriveOptions,
+    /// The medium's drive (none: an empty CD drive).
+    pub(crate) claim: Option<Claim>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) drives: Vec<IdeDrive>,
+    pub(crate) hook: Option<EventHook>,
+}
+
+/// The machine's IDE devices (cheap to clone; main thread only).
+#[derive(Clone, Default)]
+pub struct IdeDisks {
+    pub(crate) state: Rc<RefCell<State>>,
+}
+
+/// One IDE device to attach ([`attach_ide_device`]).
+pub struct IdeDeviceSpec<'a> {
+    /// 0 (primary, `ide.0`) or 1 (secondary, `ide.1`).
+    pub bus: usize,
+    /// 0 (master) or 1 (slave).
+    pub unit: usize,
+    /// `ide-hd` or `ide-cd`.
+    pub media: IdeMedia,
+    /// A `-drive` id or a `-blockdev` node name; `None`: an empty CD drive.
+    pub drive: Option<&'a str>,
+    /// The name of an empty drive (`query-block`'s `device`) when `drive` is `None`.
+    pub empty_name: &'a str,
+    /// `-device`'s `id=`.
+    pub qdev_id: Option<&'a str>,
+    /// The options a new medium is opened with (`blockdev-change-medium`).
+    pub options: DriveOptions,
+    /// Firmware boot priority (negative: none).
+    pub bootindex: i32,
+}
+
+/// Attaches an `ide-hd`/`ide-cd` to `machine`'s IDE controller on its drive from
+/// `nodes`, adds its `bootindex` to `order`, and records it in `ide` for the monitor.
+/// The entry point for `-drive if=ide` and for a `-device ide-hd|ide-cd` factory.
+///
+/// # Errors
+///
+/// A drive that does not exist or is in use, a place taken, a bootindex used twice.
+pub fn attach_ide_device(
+    machine: &Machine,
+    nodes: &NodeRegistry,
+    vm: &RunStateMachine,
+    ide: &IdeDisks,
+    spec: IdeDeviceSpec<'_>,
+    order: &mut BootOrder,
+) -> Result<(), String> {
+    let driver = match spec.media {
+        IdeMedia::Disk => "ide-hd",
+        IdeMedia::Cdrom => "ide-cd",
+    };
+    let mut state = ide.state.borrow_mut();
+    // QEMU's QOM paths: `/machine/peripheral/ID` for a -device with an id, else an
+    // unattached device (QEMU 10's pc numbers its first IDE device 4).
+    let qdev = match spec.qdev_id {
+        Some(id) => format!("/machine/peripheral/{id}"),
+        None => format!("/machine/unattached/device[{}]", 4 + state.drives.len()),
+    };
+    let claim = match spec.drive {
+        Some(reference) => {
+            let how = AttachOptions {
+                qdev: Some(qdev.clone()),
+                vm: Some(vm.clone()),
+                read_only: spec.media == IdeMedia::Cdrom,
+                ..AttachOptions::default()
+            };
+            Some(nodes.attach(reference, how).map_err(|e| match e {
+                block_node::Error::NotFound(r) => {
+                    format!("-device {driver}: Property '{driver}.drive' can't find value '{r}'")
+                }
+                e => format!("-device {driver},drive={reference}: {e}"),
+            })?)
+        }
+        None => None,
+    };
+    let name = claim
+        .as_ref()
+        .map_or(spec.empty_name, |c| c.device())
+        .to_owned();
+    let ctl_id = spec
+        .qdev_id
+        .map_or_else(|| name.clone(), str::to_owned)
+        .to_owned();
+    let drive = claim.as_ref().map(|c| c.drive().clone());
+    if let (Some(drive), Some(hook)) = (&drive, &state.hook) {
+        let hook = hook.clone();
+        drive.set_event_hook(move |e| hook(e));
+    }
+    kvm_machine::ide::attach(machine, spec.bus, spec.unit, &ctl_id, spec.media, drive)
+        .map_err(|e| format!("-device {driver}: {e}"))?;
+    order
+        .add(spec.bootindex, ide_boot_path(spec.bus, spec.unit))
+        .map_err(|e| format!("-device {driver}: {e}"))?;
+    state.drives.push(IdeDrive {
+        name,
+        ctl_id,
+        qdev_id: spec.qdev_id.map(str::to_owned),
+        qdev,
+        media: spec.media,
+        options: spec.options,
+        claim,
+    });
+    Ok(())
+}
+
+/// `-drive if=ide` (and `-hda`..`-hdd`, `-cdrom`): the device QEMU makes for it, named
+/// `id` (`ide<bus>-hd<unit>`/`ide<bus>-cd<unit>` by default, see [`drive_name`]).
+///
+/// # Errors
+///
+/// A bus past 1 (QEMU's words), or [`attach_ide_device`]'s.
+pub fn attach_drive(
+    machine: &Machine,
+    nodes: &NodeRegistry,
+    vm: &RunStateMachine,
+    ide: &IdeDisks,
+    drive: &DriveOptions,
+    id: &str,
+    order: &mut BootOrder,
+) -> Result<(), String> {
+    let media = if drive.cdrom {
+        IdeMedia::Cdrom
+    } else {
+        IdeMedia::Disk
+    };
+    let empty = drive.cdrom && drive.file.is_none();
+    let spec = IdeDeviceSpec {
+        bus: drive.bus as usize,
+        unit: drive.unit as usize,
+        media,
+        drive: (!empty).then_some(id),
+        empty_name: id,
+        qdev_id: None,
+        options: drive.clone(),
+        bootindex: -1,
+    };
+    attach_ide_device(machine, nodes, vm, ide, spec, order)
+}
+
+/// Refuses an `if=ide` drive the `pc` machine cannot take, in QEMU 10's words: a
+/// place past its two channels, a disk without an image (only a CD drive may be empty).
+///
+/// # Errors
+///
+/// The message for a bus past 1 or an empty disk.
+pub fn check_drive(drive: &DriveOptions) -> Result<(), String> {
+    if drive.bus > 1 {
+        return Err(format!(
+            "-drive if=ide: machine type does not support if=ide,bus={},unit={}",
+            drive.bus, drive.unit
+        ));
+    }
+    if !drive.cdrom && drive.file.is_none() {
+        return Err("-drive if=ide: Device needs media, but drive is empty".into());
+    }
+    Ok(())
+}
+
+/// QEMU's name for an `if=ide` drive without `id=`: `ide<bus>-hd<unit>` or
+/// `ide<bus>-cd<unit>`.
+pub fn drive_name(drive: &DriveOptions) -> String {
+    let kind = if drive.cdrom { "cd" } else { "hd" };
+    format!("ide{}-{kind}{}", drive.bus, drive.unit)
+}
+
+/// Whether `drive` is an empty CD drive (`-drive if=ide,media=cdrom` without `file=`):
+/// it has no node.
+pub fn is_empty_cdrom(drive: &DriveOptions) -> bool {
+    drive.cdrom && drive.file.is_none()
+}
+
+impl IdeDisks {
+    /// Sends every IDE drive's BLOCK_IO_ERROR (also of media inserted later) to `hook`.
+    pub fn set_event_hook(&self, hook: impl Fn(&BlockIoError) + Send + Sync + 'static) {
+        let hook: EventHook = Arc::new(hook);
+        let mut state = self.state.borrow_mut();
+        for d in &state.drives {
+            if let Some(c) = &d.claim {
+                let hook = hook.clone();
+                c.drive().set_event_hook(move |e| hook(e));
+            }
+        }
+        state.hook = Some(hook);
+    }
+
+    /// `(node name, QOM path)` of each device with a medium now, for the events.
+    pub fn qom_paths(&self) -> Vec<(String, String)> {
+        let state = self.state.borrow();
+        state
+            .drives
+            .iter()
+            .filter_map(|d| Some((d.claim.as_ref()?.node_name().to_owned(), d.qdev.clone())))
+            .collect()
+    }
+
+    /// The writable drives (for the flush at exit).
+    pub fn writable_drives(&self) -> Vec<(String, Drive)> {
+        let state = self.state.borrow();
+        state
+            .drives
+            .iter()
+            .filter_map(|d| d.claim.as_ref().map(|c| (d.name.clone(), c)))
+            .filter(|(_, c)| !c.read_only())
+            .map(|(n, c)| (n, c.drive().clone()))
+            .collect()
+    }
+
+    /// QEMU's exit for the IDE drives: flush every writable image (their I/O ran on the
+    /// main loop, which has stopped). Problems are reported; the process exits anyway.
+    pub fn flush_at_exit(&self, deadline: Instant) {
+        let drives = self.writable_drives();
+        if drives.is_empty() {
+            return;
+        }
+        let thread = match aio_context::IoThread::spawn("ide-exit-flush") {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("cannot flush the IDE drives at exit: {e}");
+                return;
+            }
+        };
+        for (name, drive) in drives {
+            if let Err(e) = crate::disks::flush(&thread, drive.backend().clone(), deadline) {
+                warn!("flushing drive {name}: {e}");
+            }
+        }
+    }
+}
