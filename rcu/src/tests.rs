@@ -171,7 +171,10 @@ fn list_removal_queues_the_free_only_after_the_unlink() {
     let (dropped, poisoned) = {
         let guard = crate::read();
         // Only the first node is touched: a freed node's `next` may hold allocator data.
-        let first = list.iter(&guard).next().expect("the element is still linked");
+        let first = list
+            .iter(&guard)
+            .next()
+            .expect("the element is still linked");
         let poisoned = first
             .words
             .iter()
@@ -188,5 +191,9 @@ fn list_removal_queues_the_free_only_after_the_unlink() {
          that found it read {poisoned} poisoned words: call_rcu was issued before the unlink"
     );
     crate::barrier();
-    assert_eq!(drops.load(Ordering::SeqCst), 1, "the removed element was not reclaimed");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the removed element was not reclaimed"
+    );
 }
