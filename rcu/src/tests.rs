@@ -20,13 +20,18 @@ const MUST_STILL_WAIT: Duration = Duration::from_millis(500);
 /// wait for, and fails if it returns before `leave` ends that section.
 fn assert_synchronize_waits(domain: &Arc<Domain>, leave: mpsc::Sender<()>, what: &str) {
     let done = Arc::new(AtomicBool::new(false));
+    let (started_tx, started) = mpsc::channel();
     let updater = {
         let (domain, done) = (domain.clone(), done.clone());
         thread::spawn(move || {
+            started_tx.send(()).unwrap();
             domain.synchronize();
             done.store(true, Ordering::SeqCst);
         })
     };
+    // Counted from when the updater runs, not from the spawn (a loaded machine may take
+    // long to schedule a new thread).
+    started.recv().unwrap();
     let deadline = Instant::now() + MUST_STILL_WAIT;
     while Instant::now() < deadline && !done.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(5));
