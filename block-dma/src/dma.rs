@@ -22,6 +22,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aio_context::{AioContext, Bh};
 use map_client::{Direction, MapError, Mapping, Waiter};
@@ -321,11 +322,26 @@ fn step(req: &Shared) {
     }
 }
 
+/// See [`stray_waiter_runs`].
+static STRAY_WAITER_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, in this process, a bounce-buffer waiter's BH ran after its request
+/// had let go of it (a cancelled request). Always 0: a cancel unregisters the waiter and
+/// deletes its BH before it drops the request, so a release notifying at the same moment
+/// never runs it (design invariant 2, QEMU commit acc60586). Such a run would find no
+/// request and do nothing else, so this diagnostic is the only trace of the bug; the
+/// seed-000 tests assert it stays 0. Counted only on that (otherwise unreachable) path.
+pub fn stray_waiter_runs() -> u64 {
+    STRAY_WAITER_RUNS.load(Ordering::Relaxed)
+}
+
 /// Registers as a map client; the BH resumes `step` when budget is released.
 fn wait_for_bounce(req: &Shared, mut r: std::cell::RefMut<'_, State>) {
     let token = local::insert(req.clone());
     let bh = req.ctx.new_bh(move || {
         let Some(req) = local::get::<Req>(token) else {
+            // The request let go of this BH (cancel deletes it first): it must not run.
+            STRAY_WAITER_RUNS.fetch_add(1, Ordering::Relaxed);
             return;
         };
         local::remove(token);

@@ -52,7 +52,7 @@ mod sglist;
 
 pub use backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op};
 pub use buffers::{AlignedBuf, IoBuffers};
-pub use dma::{DmaDirection, DmaDone, DmaRequest, SECTOR_SIZE, dma_rw};
+pub use dma::{DmaDirection, DmaDone, DmaRequest, SECTOR_SIZE, dma_rw, stray_waiter_runs};
 pub use error::{Errno, OpenError};
 pub use fault::{FaultInjector, FaultRule};
 pub use file::{FileBackend, FileOptions};

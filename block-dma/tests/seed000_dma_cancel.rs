@@ -5,7 +5,9 @@
 //! waiter's callback on the releasing thread after the cancel freed the request: a
 //! use-after-free. Here notification only schedules the request's BH in its own
 //! context, and cancel unregisters the waiter and deletes the BH first: the request
-//! completes exactly once, with ECANCELED, and never maps or submits again.
+//! completes exactly once, with ECANCELED, never maps or submits again, and its waiter
+//! BH never runs (`block_dma::stray_waiter_runs`: the BH's own token check would make
+//! such a run invisible otherwise).
 
 mod common;
 
@@ -75,6 +77,13 @@ fn cancel_races_release_of_a_one_page_bounce_buffer() {
         }
         assert_eq!(bounce.waiting(), 0);
         assert_eq!(bounce.in_use(), 0);
+        // Nothing the cancelled request registered may run: the token lookup in the
+        // waiter's BH would hide such a run, so it is counted.
+        assert_eq!(
+            block_dma::stray_waiter_runs(),
+            0,
+            "iteration {i}: the cancelled request's waiter BH ran (cancel did not delete it)"
+        );
     }
     assert_eq!(
         ran_after_cancel, 0,

@@ -346,6 +346,8 @@ impl Domain {
             // sees the new phase sees everything unpublished before the grace period,
             // which is why the updater needs no barrier after its last scan.
             let gp = self.shared.gp_ctr.load(Ordering::Acquire);
+            #[cfg(test)]
+            crate::test_hooks::reached(crate::test_hooks::Point::ReaderSnapshot);
             // Release (a plain store on x86): the previous section's accesses happen
             // before this store too, so a scan that reads this (later) value still
             // synchronizes with the previous unlock (a release sequence no longer

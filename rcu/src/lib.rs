@@ -50,6 +50,10 @@
 mod barrier;
 mod domain;
 mod sync;
+#[cfg(test)]
+mod test_hooks;
+#[cfg(test)]
+mod tests;
 
 #[cfg(not(loom))]
 mod call_rcu;

@@ -177,6 +177,8 @@ impl<T: Send + 'static> ListWriter<'_, T> {
         // Readers that already loaded `node` keep walking through its unchanged `next`.
         // Release is not needed for `next`'s contents (already published), but keeps
         // the rule simple: every store of a link is Release.
+        #[cfg(test)]
+        crate::test_hooks::reached(crate::test_hooks::Point::BeforeUnlink);
         link.store(next, Ordering::Release);
         let node = Unlinked(node);
         crate::call_rcu(move || {
