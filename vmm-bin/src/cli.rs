@@ -511,9 +511,13 @@ usage: vmm-bin [options]
   -blockdev driver=file|raw,node-name=..,...   (or libvirt's JSON form {\"driver\":..})
   -device virtio-blk-pci,drive=ID|NODE[,id=..][,iothread=..][,bootindex=N][,addr=SLOT]
         [,num-queues=N][,queue-size=N][,serial=..]
+  -device virtio-scsi-pci,id=ID[,iothread=..][,num_queues=N][,virtqueue_size=N][,addr=SLOT]
+  -device scsi-hd,drive=ID|NODE,bus=ID.0[,id=..][,scsi-id=N][,lun=N][,bootindex=N][,serial=..]
+  -device help       list the device models
   -drive file=PATH,format=raw,if=virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
         [,readonly=on][,media=disk|cdrom][,index=N|bus=N,unit=N][,discard=ignore|unmap]
-        (if=ide, the default, and if=scsi are refused: no IDE yet, no SCSI on pc)
+        (if=ide, the default, and if=scsi are refused: no IDE yet; SCSI disks are
+        -device scsi-hd on a virtio-scsi-pci, as QEMU's pc machine wants)
   -object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]
   -qmp unix:PATH,server=on,wait=off
 ";

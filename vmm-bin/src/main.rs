@@ -29,6 +29,10 @@ fn main() {
         return;
     }
     let config = cli::parse(args).unwrap_or_else(|e| fail(e));
+    if config.devices.iter().any(|d| d.driver == "help") {
+        print!("{}", vmm_bin::devices::registry().help());
+        return;
+    }
     if !kvm_available() {
         fail("/dev/kvm is not available");
     }
@@ -37,14 +41,15 @@ fn main() {
     let signals = TerminationSignals::block()
         .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
     let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
-    let disks = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
+    let devices = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
     let terminated = watch_signals(&runner, signals);
-    let monitor = vmm_bin::vm_monitor::attach(&runner, &config, &disks).unwrap_or_else(|e| fail(e));
+    let monitor =
+        vmm_bin::vm_monitor::attach(&runner, &config, &devices).unwrap_or_else(|e| fail(e));
     // A signal during `-qmp ...,wait=on` ends the process without starting the guest.
     let status = runner.run(config.start_paused || terminated.get());
     // QEMU's exit: the vCPUs have stopped; drain and flush the disks, then the monitor
     // delivers what it owes (the SHUTDOWN event) and removes its socket file.
-    disks.drain_and_flush();
+    devices.drain_and_flush();
     drop(monitor);
     std::process::exit(status);
 }

@@ -1,13 +1,14 @@
 //! The VMM's QMP monitor: the generic [`Monitor`] wired to this machine (reset, quit,
 //! vCPU pause through the runstate handler), its disks (`BLOCK_IO_ERROR`; the block
-//! commands are the block-node crate's) and its iothreads (`query-iothreads`).
+//! commands are the block-node crate's), its devices (`device_add`, `device_del`,
+//! `DEVICE_DELETED`, through [`Devices`]) and its iothreads (`query-iothreads`).
 
 use std::rc::Rc;
 
 use serde_json::{Value, json};
 
 use crate::cli::Config;
-use crate::disks::Disks;
+use crate::devices::Devices;
 use crate::monitor::{
     BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, QmpOption, VmEvents,
 };
@@ -20,7 +21,11 @@ use qmp::no_arguments;
 /// # Errors
 ///
 /// A socket that cannot be created, a bad `-qmp` option.
-pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<Monitor>, String> {
+pub fn attach(
+    runner: &Runner,
+    config: &Config,
+    devices: &Rc<Devices>,
+) -> Result<Option<Monitor>, String> {
     let Some(qmp) = config.qmp.first() else {
         return Ok(None);
     };
@@ -43,51 +48,42 @@ pub fn attach(runner: &Runner, config: &Config, disks: &Disks) -> Result<Option<
     // BLOCK_IO_ERROR: block-dma calls this inside runstate's stop request for the
     // `stop` action, so the event precedes the STOP.
     let events = monitor.events();
-    let qom: Vec<(String, String)> = disks
-        .disks
-        .iter()
-        .map(|d| {
-            (
-                d.node_name.clone(),
-                format!("/machine/peripheral/{}/virtio-backend", d.id),
-            )
-        })
-        .collect();
-    disks.set_event_hook(move |e: &block_dma::BlockIoError| {
-        let qom_path = qom
-            .iter()
-            .find(|(node, _)| *node == e.node_name)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default();
-        events.block_io_error(&BlockIoError {
-            qom_path,
-            device: e.device.clone(),
-            node_name: Some(e.node_name.clone()),
-            operation: if e.operation == "read" {
-                IoOperation::Read
-            } else {
-                IoOperation::Write
-            },
-            action: match e.action {
-                block_dma::TakenAction::Report => BlockErrorAction::Report,
-                block_dma::TakenAction::Ignore => BlockErrorAction::Ignore,
-                block_dma::TakenAction::Stop => BlockErrorAction::Stop,
-            },
-            nospace: Some(e.nospace),
-            reason: e.reason.clone(),
-        });
-    });
+    devices.set_io_error_hook(std::sync::Arc::new(
+        move |qom_path: &str, e: &block_dma::BlockIoError| {
+            events.block_io_error(&BlockIoError {
+                qom_path: qom_path.to_owned(),
+                device: e.device.clone(),
+                node_name: Some(e.node_name.clone()),
+                operation: if e.operation == "read" {
+                    IoOperation::Read
+                } else {
+                    IoOperation::Write
+                },
+                action: match e.action {
+                    block_dma::TakenAction::Report => BlockErrorAction::Report,
+                    block_dma::TakenAction::Ignore => BlockErrorAction::Ignore,
+                    block_dma::TakenAction::Stop => BlockErrorAction::Stop,
+                },
+                nospace: Some(e.nospace),
+                reason: e.reason.clone(),
+            });
+        },
+    ));
+    let events = monitor.events();
+    devices.on_deleted(move |id, path| events.device_deleted(Some(id), path));
+    crate::devices::qmp::register(monitor.commands(), devices).map_err(|e| e.to_string())?;
 
     // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
     // crate's, on the disks' node registry.
-    block_node::qmp::register(monitor.commands(), &disks.nodes).map_err(|e| e.to_string())?;
-    let threads = disks.iothreads.clone();
+    block_node::qmp::register(monitor.commands(), &devices.nodes).map_err(|e| e.to_string())?;
+    let threads = devices.clone();
     monitor
         .commands()
         .register("query-iothreads", move |args| {
             no_arguments(args)?;
             Ok(Value::Array(
                 threads
+                    .iothreads()
                     .iter()
                     .map(|(id, thread)| {
                         // What the iothread's loop runs with (`-object iothread`'s

@@ -80,6 +80,8 @@ fn ide_and_scsi_drives_are_refused_clearly() {
             drive(",if=scsi"),
             "machine type does not support if=scsi,bus=0,unit=0",
         ),
+        // ... naming the form that works.
+        (drive(",if=scsi"), "-device scsi-hd,drive=ID,bus=scsi0.0"),
     ];
     for (arg, want) in cases {
         let (status, stderr) = vmm(&["-drive", &arg]);

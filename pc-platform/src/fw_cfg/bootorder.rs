@@ -63,12 +63,26 @@ impl BootOrder {
 /// the PCI node named by its class (mass storage, SCSI: `scsi`) at `slot[,function]`,
 /// then the disk (`/disk@0,0`, virtio-blk's bootindex suffix).
 pub fn virtio_blk_pci_path(slot: u8, function: u8) -> String {
-    let unit = if function == 0 {
-        format!("{slot:x}")
+    format!("{}/disk@0,0", storage_pci_path(slot, function))
+}
+
+/// The device path QEMU gives a scsi-hd at `target`/`lun` on a virtio-scsi-pci
+/// controller on the root bus: the controller's node, the SCSI bus's channel 0, then
+/// the disk (`/pci@i0cf8/scsi@4/channel@0/disk@0,0`).
+pub fn virtio_scsi_disk_path(slot: u8, function: u8, target: u16, lun: u16) -> String {
+    format!(
+        "{}/channel@0/disk@{target:x},{lun:x}",
+        storage_pci_path(slot, function)
+    )
+}
+
+/// A mass-storage (SCSI class) PCI function's node on the root bus.
+fn storage_pci_path(slot: u8, function: u8) -> String {
+    if function == 0 {
+        format!("/pci@i0cf8/scsi@{slot:x}")
     } else {
-        format!("{slot:x},{function:x}")
-    };
-    format!("/pci@i0cf8/scsi@{unit}/disk@0,0")
+        format!("/pci@i0cf8/scsi@{slot:x},{function:x}")
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,10 @@ chk_dword:
 
         movw    $msg_pass, %si
         call    puts
+.ifdef LOOP
+        movl    $1, %ebx                /* disk_loop.S: again, forever */
+        jmp     read_loop
+.endif
         movb    $0x10, %al
         outb    %al, $0xf4
         jmp     halt
