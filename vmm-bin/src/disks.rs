@@ -136,7 +136,8 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Rc<Devices>, String> {
         }
     }
     // if=virtio drives get their device first, then the -device ones, in order.
-    let mut devices: Vec<Opts> = Vec::new();
+    // Each with the option as the user wrote it, for errors (`-device scsi-hd,...: `).
+    let mut devices: Vec<(String, Opts)> = Vec::new();
     for (d, id) in drives {
         nodes.add_drive(d, &id).map_err(|e| match e {
             block_node::Error::Drive(m) => m,
@@ -145,21 +146,24 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Rc<Devices>, String> {
         if d.interface == "virtio" {
             let pairs = [("driver", "virtio-blk-pci"), ("drive", &id), ("id", &id)];
             let pairs = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-            devices.push(Opts::from_pairs("-drive", pairs.collect()));
+            let drive = format!("-drive if=virtio,id={id}");
+            devices.push((drive, Opts::from_pairs("-drive", pairs.collect())));
         }
     }
     for dev in &config.devices {
         let mut pairs = vec![("driver".to_owned(), dev.driver.clone())];
         pairs.extend(dev.props.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
-        devices.push(Opts::from_pairs("-device", pairs));
+        let text = match dev.props.is_empty() {
+            true => format!("-device {}", dev.driver),
+            false => format!("-device {},{}", dev.driver, dev.props),
+        };
+        devices.push((text, Opts::from_pairs("-device", pairs)));
     }
     let machine = Devices::new(runner, nodes, threads);
-    for opts in devices {
-        let text = opts.to_string();
-        let option = opts.option().to_owned();
+    for (text, opts) in devices {
         machine
             .add(opts, Phase::ColdPlug)
-            .map_err(|e| format!("{option} {text}: {e}"))?;
+            .map_err(|e| format!("{text}: {e}"))?;
     }
     for id in machine.nodes.unused_drives() {
         warn!("-drive id={id} is not used by any device");
