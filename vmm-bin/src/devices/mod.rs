@@ -79,6 +79,28 @@ pub(crate) struct ScsiController {
     pub(crate) slot: u8,
 }
 
+/// What a bus below `pci.0` is, for the factories of the devices that go on it (an
+/// IDE channel adds its variant beside SCSI's).
+pub(crate) enum ChildBusKind {
+    /// A virtio-scsi controller's bus.
+    Scsi(ScsiController),
+}
+
+/// A bus a controller on `pci.0` owns: what the registry sees, and the bus itself.
+pub(crate) struct ChildBusEntry {
+    pub(crate) info: BusInfo,
+    pub(crate) kind: ChildBusKind,
+}
+
+impl ChildBusEntry {
+    /// The qdev bus.
+    fn qdev(&self) -> &dyn qdev_bus::AnyBus {
+        match &self.kind {
+            ChildBusKind::Scsi(c) => c.bus.bus(),
+        }
+    }
+}
+
 /// The machine's devices: the [`DeviceHost`] the registry plugs through, the disks and
 /// their iothreads. Lives on the main thread.
 pub struct Devices {
@@ -95,7 +117,8 @@ pub struct Devices {
     next_slot: Cell<u8>,
     boot_order: RefCell<BootOrder>,
     disks: RefCell<Vec<Disk>>,
-    scsi: RefCell<Vec<(String, ScsiController)>>,
+    /// The buses below `pci.0`, in the order their controllers were plugged.
+    buses: RefCell<Vec<ChildBusEntry>>,
     io_error_hook: RefCell<Option<IoErrorHook>>,
     deleted_hook: RefCell<Option<DeletedHook>>,
     registry: DeviceRegistry<Devices>,
@@ -139,7 +162,7 @@ impl Devices {
             next_slot: Cell::new(3),
             boot_order: RefCell::new(BootOrder::new()),
             disks: RefCell::new(Vec::new()),
-            scsi: RefCell::new(Vec::new()),
+            buses: RefCell::new(Vec::new()),
             io_error_hook: RefCell::new(None),
             deleted_hook: RefCell::new(None),
             registry: registry(),
@@ -336,23 +359,36 @@ impl Devices {
         &self.main
     }
 
-    /// Records a virtio-scsi controller's bus.
-    pub(crate) fn add_scsi_bus(&self, name: String, controller: ScsiController) {
-        self.scsi.borrow_mut().push((name, controller));
+    /// Records a bus a controller owns (plugged with it).
+    pub(crate) fn add_child_bus(&self, entry: ChildBusEntry) {
+        self.buses.borrow_mut().push(entry);
     }
 
-    /// How many virtio-scsi controllers there are.
-    pub(crate) fn scsi_bus_count(&self) -> usize {
-        self.scsi.borrow().len()
+    /// How many buses of `kind` there are.
+    pub(crate) fn bus_count(&self, kind: BusKind) -> usize {
+        let buses = self.buses.borrow();
+        buses.iter().filter(|b| b.info.kind == kind).count()
     }
 
     /// The SCSI bus called `name`.
     pub(crate) fn scsi_bus(&self, name: &str) -> Option<(Arc<::scsi::ScsiBus>, Arc<IoThread>, u8)> {
-        self.scsi
-            .borrow()
+        let buses = self.buses.borrow();
+        buses.iter().find_map(|b| match &b.kind {
+            ChildBusKind::Scsi(c) if b.info.name == name => {
+                Some((c.bus.clone(), c.iothread.clone(), c.slot))
+            }
+            _ => None,
+        })
+    }
+
+    /// The entry of the child bus that holds `id`, mapped through `f`.
+    fn child_bus_of<T>(&self, id: &str, f: impl FnOnce(&ChildBusEntry) -> T) -> Option<T> {
+        let guard = rcu::read();
+        let buses = self.buses.borrow();
+        let entry = buses
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| (c.bus.clone(), c.iothread.clone(), c.slot))
+            .find(|b| b.qdev().find_by_id(&guard, id).is_some());
+        entry.map(f)
     }
 }
 
@@ -370,52 +406,37 @@ fn pci_bus() -> BusInfo {
     }
 }
 
-fn scsi_bus_info(name: &str) -> BusInfo {
-    BusInfo {
-        name: name.into(),
-        kind: BusKind::Scsi,
-        hotpluggable: true,
-    }
-}
-
 impl DeviceHost for Devices {
     fn bus(&self, name: &str) -> Option<BusInfo> {
         if name == PCI_BUS {
             return Some(pci_bus());
         }
-        let scsi = self.scsi.borrow();
-        scsi.iter()
-            .find(|(n, _)| n == name)
-            .map(|(n, _)| scsi_bus_info(n))
+        let buses = self.buses.borrow();
+        let entry = buses.iter().find(|b| b.info.name == name);
+        entry.map(|b| b.info.clone())
     }
 
     fn default_bus(&self, kind: BusKind) -> Option<BusInfo> {
-        match kind {
-            BusKind::Pci => Some(pci_bus()),
-            BusKind::Scsi => self.scsi.borrow().first().map(|(n, _)| scsi_bus_info(n)),
-            _ => None,
+        if kind == BusKind::Pci {
+            return Some(pci_bus());
         }
+        let buses = self.buses.borrow();
+        let entry = buses.iter().find(|b| b.info.kind == kind);
+        entry.map(|b| b.info.clone())
     }
 
     fn bus_of(&self, id: &str) -> Option<BusInfo> {
-        let guard = rcu::read();
-        if self.pci.bus().find(&guard, id).is_some() {
+        if self.pci.bus().find(&rcu::read(), id).is_some() {
             return Some(pci_bus());
         }
-        let scsi = self.scsi.borrow();
-        scsi.iter()
-            .find(|(_, c)| c.bus.bus().find(&guard, id).is_some())
-            .map(|(n, _)| scsi_bus_info(n))
+        self.child_bus_of(id, |b| b.info.clone())
     }
 
     fn unplug(&self, id: &str) -> Result<UnplugStatus, DeviceError> {
-        let bus = {
-            let guard = rcu::read();
-            let scsi = self.scsi.borrow();
-            scsi.iter()
-                .find(|(_, c)| c.bus.bus().find(&guard, id).is_some())
-                .map(|(_, c)| c.bus.clone())
-        };
+        // The request runs outside the read section (it takes the tree's writer lock).
+        let bus = self.child_bus_of(id, |b| match &b.kind {
+            ChildBusKind::Scsi(c) => c.bus.clone(),
+        });
         match bus {
             Some(bus) => Ok(qdev_bus::HotplugHandler::unplug_request(bus.bus(), id)?),
             None => Err(DeviceError::DeviceNotFound(id.to_owned())),

@@ -17,14 +17,14 @@ use std::sync::{Arc, OnceLock, Weak};
 use ::scsi::{HdOptions, MAX_LUN, MAX_TARGET, ScsiBus, ScsiHd};
 use pc_platform::fw_cfg::bootorder::virtio_scsi_disk_path;
 use qdev_bus::registry::{
-    BusKind, Category, DeviceError, DeviceRegistry, DeviceRequest, DeviceType, Phase,
+    BusInfo, BusKind, Category, DeviceError, DeviceRegistry, DeviceRequest, DeviceType, Phase,
 };
 use qdev_bus::{AnyBus, HotplugHandler, ScsiAddress};
 use tracing::warn;
 use virtio_pci::ChildBus;
 use virtio_scsi::{ScsiOptions, VirtioScsi};
 
-use super::{Devices, ScsiController, take_bootindex};
+use super::{ChildBusEntry, ChildBusKind, Devices, ScsiController, take_bootindex};
 
 /// Registers `virtio-scsi-pci` and `scsi-hd`.
 pub fn register(registry: &mut DeviceRegistry<Devices>) {
@@ -70,7 +70,7 @@ fn plug_controller(devices: &Devices, mut r: DeviceRequest) -> Result<(), Device
     let iothread = r.opts.string("iothread");
     let addr = r.opts.string("addr");
     r.finish()?;
-    let n = devices.scsi_bus_count();
+    let n = devices.bus_count(BusKind::Scsi);
     let (id, bus_name) = match &r.id {
         Some(id) => (id.clone(), format!("{id}.0")),
         // QEMU names an anonymous controller's bus after the bus type.
@@ -100,14 +100,19 @@ fn plug_controller(devices: &Devices, mut r: DeviceRequest) -> Result<(), Device
     let _ = weak.set(Arc::downgrade(&bus));
     let child = Arc::new(ScsiChild(bus.clone()));
     devices.plug_virtio_pci(&id, Box::new(scsi), iothread.clone(), slot, Some(child))?;
-    devices.add_scsi_bus(
-        bus_name,
-        ScsiController {
+    devices.add_child_bus(ChildBusEntry {
+        info: BusInfo {
+            name: bus_name,
+            kind: BusKind::Scsi,
+            // The guest hears of LUNs coming and going through the event queue.
+            hotpluggable: true,
+        },
+        kind: ChildBusKind::Scsi(ScsiController {
             bus,
             iothread,
             slot,
-        },
-    );
+        }),
+    });
     Ok(())
 }
 
