@@ -15,6 +15,9 @@
 //!   not grow and its RSS grows by less than 4 MiB, the sector the guest wrote is on
 //!   the image.
 //!
+//! - `device_del` of the LUN the guest boots and reads from: DEVICE_DELETED, the
+//!   guest's next read fails (it reports FAIL), the VMM stays up until the guest exits.
+//!
 //! Skips loudly without /dev/kvm, SeaBIOS or binutils.
 
 mod common;
@@ -264,6 +267,58 @@ fn passes(serial: &Path) -> usize {
     progress(serial).1
 }
 
+/// The VM of the load tests: SeaBIOS boots `disk_loop.S` from scsi-hd `boot0` (drive
+/// `d0`, target 0) on `scsi0` (served by iothread `io0`); a `-blockdev` node `hot` is
+/// there for hotplug. Started once the guest passed its first round.
+struct LoopGuest {
+    vm: Vm,
+    qmp: Qmp,
+    serial: std::path::PathBuf,
+    image: std::path::PathBuf,
+    boot: Vec<u8>,
+}
+
+impl LoopGuest {
+    fn start(dir: &Path) -> Option<LoopGuest> {
+        let boot = common::assemble_boot_sector(dir, "disk_loop", skip)?;
+        let image = dir.join("boot.img");
+        std::fs::write(&image, common::disk_image(&boot)).unwrap();
+        let hot = blank(dir, "hot.img");
+        let serial = dir.join("serial.log");
+        let vm_args = args(&[
+            "-object",
+            "iothread,id=io0",
+            "-drive",
+            &format!("file={},format=raw,if=none,id=d0", image.display()),
+            "-blockdev",
+            &format!("driver=file,node-name=hot,filename={hot}"),
+            "-device",
+            "virtio-scsi-pci,id=scsi0,iothread=io0",
+            "-device",
+            "scsi-hd,drive=d0,id=boot0,bus=scsi0.0,scsi-id=0,bootindex=1",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ]);
+        let (mut vm, qmp) = start_vm(dir, &vm_args, &serial);
+        let start = Instant::now();
+        while passes(&serial) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the guest never passed a round"
+            );
+            assert!(vm.0.try_wait().unwrap().is_none(), "the VM exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(LoopGuest {
+            vm,
+            qmp,
+            serial,
+            image,
+            boot,
+        })
+    }
+}
+
 #[test]
 fn scsi_hd_hotplug_under_guest_io_leaks_nothing() {
     if !kvm_and_seabios() {
@@ -274,39 +329,11 @@ fn scsi_hd_hotplug_under_guest_io_leaks_nothing() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let tmp = scratch();
-    let dir = tmp.path();
-    let Some(boot) = common::assemble_boot_sector(dir, "disk_loop", skip) else {
+    let Some(mut guest) = LoopGuest::start(tmp.path()) else {
         return;
     };
-    let image = dir.join("boot.img");
-    std::fs::write(&image, common::disk_image(&boot)).unwrap();
-    let hot = blank(dir, "hot.img");
-    let serial = dir.join("serial.log");
-    let vm_args = args(&[
-        "-object",
-        "iothread,id=io0",
-        "-drive",
-        &format!("file={},format=raw,if=none,id=d0", image.display()),
-        "-blockdev",
-        &format!("driver=file,node-name=hot,filename={hot}"),
-        "-device",
-        "virtio-scsi-pci,id=scsi0,iothread=io0",
-        "-device",
-        "scsi-hd,drive=d0,bus=scsi0.0,scsi-id=0,bootindex=1",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]);
-    let (mut vm, mut q) = start_vm(dir, &vm_args, &serial);
-    let pid = vm.0.id();
-    let start = Instant::now();
-    while passes(&serial) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the guest never passed a round"
-        );
-        assert!(vm.0.try_wait().unwrap().is_none(), "the VM exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (serial, pid) = (guest.serial.clone(), guest.vm.0.id());
+    let q = &mut guest.qmp;
     let cycle = |q: &mut Qmp| {
         q.ok("device_add", scsi_hd("hot", "hot0", 1));
         q.ok("device_del", json!({"id": "hot0"}));
@@ -314,7 +341,7 @@ fn scsi_hd_hotplug_under_guest_io_leaks_nothing() {
     };
     // Warm up (allocator arenas, the reclaim thread), then measure.
     for _ in 0..20 {
-        cycle(&mut q);
+        cycle(q);
     }
     let (fds_before, rss_before) = fds_and_rss(pid);
     let (batches_before, passes_before) = progress(&serial);
@@ -322,7 +349,7 @@ fn scsi_hd_hotplug_under_guest_io_leaks_nothing() {
     // I/O overlaps the cycles however the machine schedules the two).
     let (mut done, start) = (0, Instant::now());
     while done < cycles || progress(&serial).0 < batches_before + 2 {
-        cycle(&mut q);
+        cycle(q);
         done += 1;
         assert!(
             start.elapsed() < Duration::from_secs(300),
@@ -338,13 +365,13 @@ fn scsi_hd_hotplug_under_guest_io_leaks_nothing() {
             start.elapsed() < Duration::from_secs(120),
             "the guest stopped passing rounds"
         );
-        assert!(vm.0.try_wait().unwrap().is_none(), "the VM exited");
+        assert!(guest.vm.0.try_wait().unwrap().is_none(), "the VM exited");
         std::thread::sleep(Duration::from_millis(50));
     }
     let stray = q.events.iter().filter(|e| e["event"] == "DEVICE_DELETED");
     assert_eq!(stray.count(), 0, "one DEVICE_DELETED per removal, no more");
     q.ok("quit", json!({}));
-    let status = common::wait_or_kill(&mut vm.0, Duration::from_secs(60));
+    let status = common::wait_or_kill(&mut guest.vm.0, Duration::from_secs(60));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     eprintln!(
         "scsi_hotplug: {done} cycles; guest batches {batches_before} -> \
@@ -359,9 +386,38 @@ fn scsi_hd_hotplug_under_guest_io_leaks_nothing() {
         rss_after < rss_before + (4 << 20),
         "RSS grew: {rss_before} -> {rss_after}"
     );
-    let written = std::fs::read(&image).unwrap();
+    let written = std::fs::read(&guest.image).unwrap();
+    let original = common::disk_image(&guest.boot);
+    assert!(
+        written[..4096 * 512] == original[..4096 * 512],
+        "the image's data is intact"
+    );
     common::disktest_sector_written(&written).unwrap();
-    assert_eq!(&written[512..1024], &common::disk_image(&boot)[512..1024]);
+}
+
+/// `device_del` of the LUN the guest is reading from: the device goes (its commands in
+/// flight finish first, then DEVICE_DELETED), the guest's next INT 13h fails and it
+/// reports FAIL through isa-debug-exit (status 35): the VMM neither hangs nor dies,
+/// and the `-drive if=none` behind the disk is gone from `query-block`.
+#[test]
+fn unplugging_the_lun_the_guest_reads() {
+    if !kvm_and_seabios() {
+        return;
+    }
+    let tmp = scratch();
+    let Some(mut guest) = LoopGuest::start(tmp.path()) else {
+        return;
+    };
+    let q = &mut guest.qmp;
+    q.ok("device_del", json!({"id": "boot0"}));
+    let event = q.wait_deleted("boot0");
+    assert_eq!(event["data"]["path"], "/machine/peripheral/boot0");
+    let blocks = q.ok("query-block", json!({}));
+    assert_eq!(blocks, json!([]), "the -drive went with its device");
+    let status = common::wait_or_kill(&mut guest.vm.0, Duration::from_secs(120));
+    let serial = std::fs::read_to_string(&guest.serial).unwrap();
+    assert!(serial.ends_with("FAIL\r\n"), "{serial}");
+    assert_eq!(status.and_then(|s| s.code()), Some(35), "{serial}");
 }
 
 /// `-device` refusals for the SCSI drivers: byte for byte what qemu-system-x86_64 10
