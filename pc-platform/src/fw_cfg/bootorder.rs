@@ -90,6 +90,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scsi_disk_paths_as_qemu() {
+        // QEMU 10's bootorder line for scsi-hd,scsi-id=1 on virtio-scsi-pci,addr=0x4.
+        assert_eq!(
+            virtio_scsi_disk_path(4, 0, 1, 0),
+            "/pci@i0cf8/scsi@4/channel@0/disk@1,0"
+        );
+        assert_eq!(
+            virtio_scsi_disk_path(0x1f, 2, 0x10, 3),
+            "/pci@i0cf8/scsi@1f,2/channel@0/disk@10,3"
+        );
+    }
+
+    #[test]
     fn lowest_index_first_nul_terminated_as_qemu() {
         let mut order = BootOrder::new();
         assert_eq!(order.file(true), b"", "nothing listed: empty, even strict");
