@@ -4,7 +4,9 @@
 //!   DEVICE_DELETED event after it, `query-block` listing the SCSI disk, the refusals
 //!   in QEMU's words (pci.0 cannot hotplug, unknown driver, duplicate id, and
 //!   `device_del` of an absent id with class `DeviceNotFound`); a `-drive if=none`
-//!   goes with its device, a `-blockdev` node survives and is plugged again.
+//!   goes with its device, a `-blockdev` node survives and is plugged again. The same
+//!   QMP sequence against qemu-system-x86_64 10 (`-M pc,acpi=off -S`, same drives)
+//!   gives the same replies, classes and event data.
 //! - Hotplug under load: a scsi-hd is added and removed N times (`SCSI_HOTPLUG_CYCLES`,
 //!   default 200, more until the guest has checked two batches meanwhile; the issue's
 //!   run is 1000) on target 1 while the guest
