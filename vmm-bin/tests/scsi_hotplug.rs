@@ -177,6 +177,14 @@ fn device_add_and_del_of_scsi_hd_through_qmp() {
     ]);
     let (_vm, mut q) = start_vm(dir, &vm_args, &dir.join("serial.log"));
 
+    // A refused device leaves its drive alone.
+    assert_eq!(
+        q.error("device_add", scsi_hd("d0", "0bad", 1)),
+        (
+            "GenericError".to_owned(),
+            "Parameter 'id' expects an identifier".to_owned()
+        )
+    );
     q.ok("device_add", scsi_hd("d0", "hd1", 1));
     let blocks = q.ok("query-block", json!({}));
     let listed = blocks
@@ -431,7 +439,11 @@ fn cold_plug_refusals_match_qemu() {
     }
     let tmp = scratch();
     let img = blank(tmp.path(), "d.img");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["virtio-scsi-pci,id=s0", "scsi-hd,drive=d,id=0bad"],
+            "-device scsi-hd,drive=d,id=0bad: Parameter 'id' expects an identifier",
+        ),
         (
             &["scsi-hd,drive=x"],
             "-device scsi-hd,drive=x: No 'SCSI' bus found for device 'scsi-hd'",
