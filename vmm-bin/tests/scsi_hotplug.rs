@@ -78,16 +78,27 @@ impl Qmp {
     }
 
     fn execute(&mut self, command: &str, arguments: Value) -> Value {
-        let request = json!({"execute": command, "arguments": arguments});
+        self.pipelined(&[(command, arguments)]).remove(0)
+    }
+
+    /// Sends the commands in one write, then reads their replies.
+    fn pipelined(&mut self, commands: &[(&str, Value)]) -> Vec<Value> {
+        let mut text = String::new();
+        for (command, arguments) in commands {
+            text += &json!({"execute": command, "arguments": arguments}).to_string();
+        }
         let stream = self.reader.get_mut();
-        stream.write_all(request.to_string().as_bytes()).unwrap();
-        loop {
+        stream.write_all(text.as_bytes()).unwrap();
+        let mut replies = Vec::new();
+        while replies.len() < commands.len() {
             let v = self.line();
             if v.get("event").is_none() {
-                return v;
+                replies.push(v);
+            } else {
+                self.events.push(v);
             }
-            self.events.push(v);
         }
+        replies
     }
 
     fn ok(&mut self, command: &str, arguments: Value) -> Value {
@@ -165,13 +176,19 @@ fn device_add_and_del_of_scsi_hd_through_qmp() {
     }
     let tmp = scratch();
     let dir = tmp.path();
-    let (a, b) = (blank(dir, "a.img"), blank(dir, "b.img"));
+    let (a, b, c) = (
+        blank(dir, "a.img"),
+        blank(dir, "b.img"),
+        blank(dir, "c.img"),
+    );
     let vm_args = args(&[
         "-S",
         "-drive",
         &format!("file={a},format=raw,if=none,id=d0"),
         "-blockdev",
         &format!("driver=file,node-name=n1,filename={b}"),
+        "-drive",
+        &format!("file={c},format=raw,if=none,id=d2"),
         "-device",
         "virtio-scsi-pci,id=scsi0",
     ]);
@@ -246,6 +263,20 @@ fn device_add_and_del_of_scsi_hd_through_qmp() {
         q.ok("device_del", json!({"id": "hd2"}));
         q.wait_deleted("hd2");
     }
+    // The id of a device on its way out stays taken until DEVICE_DELETED, and a
+    // device_add refused for it does not cost its drive (d2 is plugged afterwards).
+    q.ok("device_add", scsi_hd("n1", "hd3", 3));
+    let replies = q.pipelined(&[
+        ("device_del", json!({"id": "hd3"})),
+        ("device_add", scsi_hd("d2", "hd3", 4)),
+    ]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(
+        replies[1]["error"]["desc"], "Duplicate device ID 'hd3'",
+        "{replies:?}"
+    );
+    q.wait_deleted("hd3");
+    q.ok("device_add", scsi_hd("d2", "hd3", 4));
     let nodes = q.ok("query-named-block-nodes", json!({}));
     assert!(nodes.to_string().contains("\"n1\""), "{nodes}");
     let deleted = q.events.iter().filter(|e| e["event"] == "DEVICE_DELETED");

@@ -182,6 +182,14 @@ impl Devices {
     ///
     /// The registry's or the factory's refusal, in QEMU's words.
     pub fn add(&self, opts: Opts, phase: Phase) -> Result<Option<String>, DeviceError> {
+        // An id whose device is unplugged but not yet reclaimed is still taken (QEMU
+        // keeps the object until then): refused before a factory takes a drive for it.
+        if let Some(id) = opts.get("id")
+            && self.bus_of(id).is_none()
+            && self.pci.bus().id_taken(id)
+        {
+            return Err(DeviceError::DuplicateId(id.to_owned()));
+        }
         self.registry.add(self, opts, phase)
     }
 
