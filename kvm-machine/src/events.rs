@@ -26,6 +26,13 @@ pub enum SystemEvent {
     /// The VMM itself failed (a vCPU thread panicked): the process ends with status 1
     /// after printing the message, monitor or not.
     Fatal(String),
+    /// An unplugged device of the PCI tree (a SCSI LUN under a virtio-scsi controller)
+    /// was unrealized and dropped after its grace period: QMP's `DEVICE_DELETED`. Posted
+    /// from the `call_rcu` thread, handed to [`Runner::on_device_deleted`]'s hook on
+    /// the main thread.
+    ///
+    /// [`Runner::on_device_deleted`]: crate::Runner::on_device_deleted
+    DeviceDeleted(qdev_bus::DeviceDeleted),
 }
 
 impl From<PlatformEvent> for SystemEvent {

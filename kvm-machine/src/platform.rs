@@ -80,12 +80,13 @@ impl Platform {
         let pm = PmState::new(platform_events.clone());
         map(&pio, 0xb2, 2, Arc::new(ApmControl::new(pm.clone())))?;
 
-        let reset = events.clone();
+        let (reset, deleted) = (events.clone(), events.clone());
         let pci = Arc::new(PciHost::new(
             pio.clone(),
             mmio.clone(),
             Arc::new(move |HostEvent::Reset| reset(SystemEvent::Reset)),
-            |_| {},
+            // The tree's DEVICE_DELETED (after the grace period) goes to the main loop.
+            move |e| deleted(SystemEvent::DeviceDeleted(e)),
         ));
         map(&pio, u64::from(PCI_CONFIG_PORT), 8, pci.clone())?;
         let at = PciAddress::new;

@@ -7,7 +7,7 @@
 //! (`system_reset`) and [`Runner::request_quit`] (`quit`), and sets the run state
 //! machine's event hook to send STOP/RESUME/SHUTDOWN/RESET events.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::mpsc::Receiver;
 
@@ -18,6 +18,9 @@ use runstate::{Event, RunState, RunStateMachine};
 use super::{Machine, MachineControl, Result, event_channel};
 use crate::config::MachineConfig;
 use crate::events::SystemEvent;
+
+/// What [`Runner::on_device_deleted`] installs.
+type DeletedHook = Box<dyn Fn(qdev_bus::DeviceDeleted)>;
 
 /// The main thread's loop around one [`Machine`].
 pub struct Runner {
@@ -31,6 +34,8 @@ pub struct Runner {
     /// Whether a monitor is attached: a vCPU failure then stops the VM (for the user
     /// to inspect) instead of ending the process.
     monitor_attached: bool,
+    /// Where [`SystemEvent::DeviceDeleted`] goes (the VMM's device layer, then QMP).
+    device_deleted: RefCell<Option<DeletedHook>>,
 }
 
 impl Runner {
@@ -76,6 +81,7 @@ impl Runner {
             exit: Rc::new(Cell::new(None)),
             no_reboot: config.no_reboot,
             monitor_attached: config.stop_on_internal_error,
+            device_deleted: RefCell::new(None),
         })
     }
 
@@ -104,6 +110,13 @@ impl Runner {
     pub fn quit_handle(&self) -> impl Fn(i32) + 'static {
         let exit = self.exit.clone();
         move |status| exit.set(Some(status))
+    }
+
+    /// Sets where the PCI tree's `DEVICE_DELETED` events go: `hook` runs on the main
+    /// thread, in the loop of [`run`](Self::run), once per unplugged device after its
+    /// grace period (replacing an earlier hook; without one they are dropped).
+    pub fn on_device_deleted(&self, hook: impl Fn(qdev_bus::DeviceDeleted) + 'static) {
+        *self.device_deleted.borrow_mut() = Some(Box::new(hook));
     }
 
     /// Ends [`run`](Self::run) with `status` after the current iteration.
@@ -143,6 +156,11 @@ impl Runner {
             return;
         }
         match event {
+            SystemEvent::DeviceDeleted(deleted) => {
+                if let Some(hook) = &*self.device_deleted.borrow() {
+                    hook(deleted);
+                }
+            }
             SystemEvent::Exit(status) => self.exit.set(Some(status)),
             SystemEvent::Shutdown => {
                 self.runstate.emit_event(Event::Shutdown {

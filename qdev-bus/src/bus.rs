@@ -137,6 +137,12 @@ impl<A: Address, D: ?Sized + Device> Bus<A, D> {
         self
     }
 
+    /// Whether a device of this bus's tree has `id`: plugged, or unplugged and not yet
+    /// reclaimed (its DEVICE_DELETED still to come). False for a detached bus.
+    pub fn id_taken(&self, id: &str) -> bool {
+        self.tree.get().is_some_and(|tree| tree.id_taken(id))
+    }
+
     /// The bus's name.
     pub fn name(&self) -> &str {
         &self.name

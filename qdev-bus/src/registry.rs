@@ -234,6 +234,9 @@ pub enum DeviceError {
     /// The driver cannot be hotplugged.
     #[error("Device '{0}' does not support hotplugging")]
     DeviceNotHotpluggable(String),
+    /// The id breaks QEMU's rule (a letter, then letters, digits, `-`, `.`, `_`).
+    #[error("Parameter 'id' expects an identifier")]
+    InvalidId(String),
     /// Another device has this id.
     #[error("Duplicate device ID '{0}'")]
     DuplicateId(String),
@@ -274,6 +277,7 @@ impl From<crate::Error> for DeviceError {
     fn from(e: crate::Error) -> Self {
         match e {
             crate::Error::DuplicateId { id } => DeviceError::DuplicateId(id),
+            crate::Error::InvalidId { id } => DeviceError::InvalidId(id),
             crate::Error::NoSuchDevice { id, .. } => DeviceError::DeviceNotFound(id),
             other => DeviceError::Bus(other),
         }
@@ -384,10 +388,14 @@ impl<C: ?Sized + DeviceHost> DeviceRegistry<C> {
             }
         }
         let id = opts.string("id");
-        if let Some(id) = &id
-            && host.bus_of(id).is_some()
-        {
-            return Err(DeviceError::DuplicateId(id.clone()));
+        if let Some(id) = &id {
+            // Before the factory takes anything (a drive) for a device that cannot be.
+            if crate::device::check_id(id).is_err() {
+                return Err(DeviceError::InvalidId(id.clone()));
+            }
+            if host.bus_of(id).is_some() {
+                return Err(DeviceError::DuplicateId(id.clone()));
+            }
         }
         let factory = device_type.factory.clone();
         factory(
@@ -550,6 +558,14 @@ mod tests {
                 hot
             ),
             "Property 'scsi-hd.foo' not found"
+        );
+        assert_eq!(
+            add_err(
+                &host,
+                &[("driver", "scsi-hd"), ("drive", "d"), ("id", "0bad")],
+                hot
+            ),
+            "Parameter 'id' expects an identifier"
         );
     }
 

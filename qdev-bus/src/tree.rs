@@ -103,6 +103,11 @@ impl Tree {
         }
     }
 
+    /// Whether `id` is plugged or still being deleted.
+    pub(crate) fn id_taken(&self, id: &str) -> bool {
+        lock(&self.ids).contains_key(id)
+    }
+
     /// Takes `id` for a plugged device. Writer lock held.
     pub(crate) fn insert_id(&self, id: String) {
         lock(&self.ids).insert(id, IdState::Plugged);

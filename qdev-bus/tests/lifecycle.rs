@@ -70,6 +70,7 @@ fn the_id_stays_taken_until_the_deleted_event() {
     bus.plug(lun(0), Disk::new("disk0", &log)).unwrap();
     let guard = rcu::read(); // holds reclaim back
     bus.unplug("disk0").unwrap();
+    assert!(bus.find(&guard, "disk0").is_none() && bus.id_taken("disk0"));
     assert_eq!(
         bus.plug(lun(1), Disk::new("disk0", &log)),
         Err(Error::IdBeingDeleted { id: "disk0".into() })
@@ -78,6 +79,7 @@ fn the_id_stays_taken_until_the_deleted_event() {
     bus.plug(lun(0), Disk::new("disk9", &log)).unwrap();
     drop(guard);
     rcu::barrier();
+    assert!(!bus.id_taken("disk0"), "free once deleted");
     bus.plug(lun(1), Disk::new("disk0", &log)).unwrap();
 }
 

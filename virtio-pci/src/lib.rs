@@ -245,6 +245,16 @@ pub struct VirtioPci {
     shared: Arc<Shared>,
     bars: Vec<Option<Arc<dyn BusDevice>>>,
     ioevents: Mutex<IoEvents>,
+    child_bus: Option<Arc<dyn ChildBus>>,
+}
+
+/// A bus the wrapped device model owns (a virtio-scsi controller's SCSI bus). Given to
+/// [`VirtioPci::with_child_bus`], it becomes the function's child bus in the qdev tree:
+/// it joins the PCI bus's tree when the function is plugged, so its devices share the
+/// tree's ids and DEVICE_DELETED events.
+pub trait ChildBus: Send + Sync {
+    /// The qdev bus.
+    fn bus(&self) -> &dyn qdev_bus::AnyBus;
 }
 
 /// Registers an eventfd to be set by the hypervisor on a guest write to an MMIO address
@@ -368,7 +378,16 @@ impl VirtioPci {
                 base: None,
                 unsupported: false,
             }),
+            child_bus: None,
         })
+    }
+
+    /// Makes `bus` (owned by the wrapped device) this function's child bus in the qdev
+    /// tree; see [`ChildBus`].
+    #[must_use]
+    pub fn with_child_bus(mut self, bus: Arc<dyn ChildBus>) -> VirtioPci {
+        self.child_bus = Some(bus);
+        self
     }
 
     /// Registers the queues' kick eventfds as ioeventfds on the notify region wherever
@@ -783,6 +802,12 @@ impl qdev_bus::Device for VirtioPci {
 
     fn reset(&self) {
         self.pci_reset();
+    }
+
+    fn for_each_child_bus<'a>(&'a self, visit: &mut dyn FnMut(&'a dyn qdev_bus::AnyBus)) {
+        if let Some(bus) = &self.child_bus {
+            visit(bus.bus());
+        }
     }
 }
 

@@ -500,6 +500,9 @@ usage: vmm-bin [options]
   -blockdev driver=file|raw,node-name=..,...   (or libvirt's JSON form {\"driver\":..})
   -device virtio-blk-pci,drive=ID|NODE[,id=..][,iothread=..][,bootindex=N][,addr=SLOT]
         [,num-queues=N][,queue-size=N][,serial=..]
+  -device virtio-scsi-pci,id=ID[,iothread=..][,num_queues=N][,virtqueue_size=N][,addr=SLOT]
+  -device scsi-hd,drive=ID|NODE,bus=ID.0[,id=..][,scsi-id=N][,lun=N][,bootindex=N][,serial=..]
+  -device help       list the device models
   -drive file=PATH,format=raw,if=ide|virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
         [,readonly=on][,media=disk|cdrom][,index=N|bus=N,unit=N][,discard=ignore|unmap]
         (if=ide is the default: the PIIX3 IDE at 00:01.1; if=scsi is refused on pc)

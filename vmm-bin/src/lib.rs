@@ -5,6 +5,7 @@
 //! own; the library target exists so that integration tests can reach the command line,
 //! the disks and the monitor. The product is the `vmm-bin` binary.
 
+pub mod devices;
 pub mod disks;
 pub mod ide;
 pub mod logging;

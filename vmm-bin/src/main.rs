@@ -60,6 +60,10 @@ fn main() {
         devices = config.devices.len(),
         "command line parsed"
     );
+    if config.devices.iter().any(|d| d.driver == "help") {
+        print!("{}", vmm_bin::devices::registry().help());
+        return;
+    }
     if !kvm_available() {
         fail("/dev/kvm is not available");
     }
@@ -68,16 +72,17 @@ fn main() {
     let signals = TerminationSignals::block()
         .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
     let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
-    let disks = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
+    let devices = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
     let terminated = watch_signals(&runner, signals);
-    let monitor = vmm_bin::vm_monitor::attach(&runner, &config, &disks).unwrap_or_else(|e| fail(e));
+    let monitor =
+        vmm_bin::vm_monitor::attach(&runner, &config, &devices).unwrap_or_else(|e| fail(e));
     // A signal during `-qmp ...,wait=on` ends the process without starting the guest.
     tracing::debug!(paused = config.start_paused, "machine built; running");
     let status = runner.run(config.start_paused || terminated.get());
     tracing::debug!(status, "the machine stopped; draining the disks");
     // QEMU's exit: the vCPUs have stopped; drain and flush the disks, then the monitor
     // delivers what it owes (the SHUTDOWN event) and removes its socket file.
-    disks.drain_and_flush();
+    devices.drain_and_flush();
     drop(monitor);
     std::process::exit(status);
 }

@@ -1,13 +1,14 @@
 //! The VMM's QMP monitor: the generic [`Monitor`] wired to this machine (reset, quit,
 //! vCPU pause through the runstate handler), its disks (`BLOCK_IO_ERROR`; the block
-//! commands are the block-node crate's) and its iothreads (`query-iothreads`).
+//! commands are the block-node crate's), its devices (`device_add`, `device_del`,
+//! `DEVICE_DELETED`, through [`Devices`]) and its iothreads (`query-iothreads`).
 
 use std::rc::Rc;
 
 use serde_json::{Value, json};
 
 use crate::cli::Config;
-use crate::disks::Disks;
+use crate::devices::Devices;
 use crate::monitor::{
     BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, VmEvents,
 };
@@ -34,7 +35,7 @@ pub enum AttachError {
 pub fn attach(
     runner: &Runner,
     config: &Config,
-    disks: &Disks,
+    devices: &Rc<Devices>,
 ) -> Result<Option<Monitor>, AttachError> {
     let Some(qmp) = config.qmp.first() else {
         return Ok(None);
@@ -57,61 +58,51 @@ pub fn attach(
     // BLOCK_IO_ERROR: block-dma calls this inside runstate's stop request for the
     // `stop` action, so the event precedes the STOP.
     let events = monitor.events();
-    let qom: Vec<(String, String)> = disks
-        .disks
-        .iter()
-        .map(|d| {
-            (
-                d.node_name.clone(),
-                format!("/machine/peripheral/{}/virtio-backend", d.id),
-            )
-        })
-        .chain(disks.ide.qom_paths())
-        .collect();
-    disks.set_event_hook(move |e: &block_dma::BlockIoError| {
-        let qom_path = qom
-            .iter()
-            .find(|(node, _)| *node == e.node_name)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default();
-        events.block_io_error(&BlockIoError {
-            qom_path,
-            device: e.device.clone(),
-            node_name: Some(e.node_name.clone()),
-            operation: if e.operation == "read" {
-                IoOperation::Read
-            } else {
-                IoOperation::Write
-            },
-            action: match e.action {
-                block_dma::TakenAction::Report => BlockErrorAction::Report,
-                block_dma::TakenAction::Ignore => BlockErrorAction::Ignore,
-                block_dma::TakenAction::Stop => BlockErrorAction::Stop,
-            },
-            nospace: Some(e.nospace),
-            reason: e.reason.clone(),
-        });
-    });
+    devices.set_io_error_hook(std::sync::Arc::new(
+        move |qom_path: &str, e: &block_dma::BlockIoError| {
+            events.block_io_error(&BlockIoError {
+                qom_path: qom_path.to_owned(),
+                device: e.device.clone(),
+                node_name: Some(e.node_name.clone()),
+                operation: if e.operation == "read" {
+                    IoOperation::Read
+                } else {
+                    IoOperation::Write
+                },
+                action: match e.action {
+                    block_dma::TakenAction::Report => BlockErrorAction::Report,
+                    block_dma::TakenAction::Ignore => BlockErrorAction::Ignore,
+                    block_dma::TakenAction::Stop => BlockErrorAction::Stop,
+                },
+                nospace: Some(e.nospace),
+                reason: e.reason.clone(),
+            });
+        },
+    ));
+    let events = monitor.events();
+    devices.on_deleted(move |id, path| events.device_deleted(Some(id), path));
+    crate::devices::qmp::register(monitor.commands(), devices)?;
 
     // query-block, query-named-block-nodes, blockdev-add, blockdev-del: the block-node
     // crate's, on the disks' node registry.
-    block_node::qmp::register(monitor.commands(), &disks.nodes)?;
+    block_node::qmp::register(monitor.commands(), &devices.nodes)?;
     // eject, blockdev-change-medium and the IDE side of query-block.
     crate::ide::register_qmp(
         monitor.commands(),
         monitor.events(),
         runner.machine(),
-        &disks.nodes,
+        &devices.nodes,
         runner.runstate(),
-        &disks.ide,
+        &devices.ide,
     )?;
-    let threads = disks.iothreads.clone();
+    let threads = devices.clone();
     monitor
         .commands()
         .register("query-iothreads", move |args| {
             no_arguments(args)?;
             Ok(Value::Array(
                 threads
+                    .iothreads()
                     .iter()
                     .map(|(id, thread)| {
                         // What the iothread's loop runs with (`-object iothread`'s

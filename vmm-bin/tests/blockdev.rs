@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -126,22 +126,7 @@ struct Qmp(BufReader<UnixStream>);
 
 impl Qmp {
     fn connect(path: &Path) -> Qmp {
-        let start = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) => {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(20),
-                        "no QMP socket: {e}"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let stream = common::connect_unix(path, Duration::from_secs(20));
         let mut q = Qmp(BufReader::new(stream));
         q.line(); // the greeting
         assert_eq!(

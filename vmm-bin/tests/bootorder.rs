@@ -1,6 +1,7 @@
 //! SeaBIOS boots the disk with the lowest `bootindex`, because the VMM passes the boot
 //! order to the firmware as QEMU does: the fw_cfg file `bootorder` (QEMU's device paths,
-//! `/pci@i0cf8/scsi@SLOT/disk@0,0` for virtio-blk-pci, lowest index first, `HALT` with
+//! `/pci@i0cf8/scsi@SLOT/disk@0,0` for virtio-blk-pci,
+//! `/pci@i0cf8/scsi@SLOT/channel@0/disk@TARGET,LUN` for scsi-hd, lowest index first, `HALT` with
 //! `-boot strict=on`), `-boot order=`/`once=` in the CMOS boot registers, `-boot
 //! menu=on` in fw_cfg's `BOOT_MENU`.
 //!
@@ -214,7 +215,16 @@ fn the_firmware_is_told_what_qemu_tells_it() {
         return;
     }
     // Explicit slots: QEMU's and ours number the others differently.
-    let cases: [&[&str]; 3] = [
+    let cases: [&[&str]; 4] = [
+        // scsi-hd on virtio-scsi-pci: QEMU's device path for a SCSI disk.
+        &[
+            "-device",
+            "virtio-scsi-pci,id=s0,addr=0x4",
+            "-device",
+            "scsi-hd,drive=a,bus=s0.0,scsi-id=1,bootindex=1",
+            "-device",
+            "virtio-blk-pci,drive=b,bootindex=2,addr=0x6",
+        ],
         &[
             "-device",
             "virtio-blk-pci,drive=a,bootindex=5,addr=0x5",

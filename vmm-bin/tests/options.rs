@@ -86,6 +86,8 @@ fn scsi_drives_and_ide_places_the_pc_lacks_are_refused_clearly() {
             drive(",if=scsi"),
             "machine type does not support if=scsi,bus=0,unit=0",
         ),
+        // ... naming the form that works.
+        (drive(",if=scsi"), "-device scsi-hd,drive=ID,bus=scsi0.0"),
     ];
     for (arg, want) in cases {
         let (status, stderr) = vmm(&["-drive", &arg]);

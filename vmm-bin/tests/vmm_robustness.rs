@@ -56,17 +56,7 @@ enum Reply {
 impl Qmp {
     /// Connects (waiting for the socket to appear) and negotiates capabilities.
     fn connect(path: &Path) -> Qmp {
-        let start = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) => {
-                    assert!(start.elapsed() < DEADLINE, "no QMP socket: {e}");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let stream = common::connect_unix(path, DEADLINE);
         let mut qmp = Qmp {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,

@@ -63,17 +63,44 @@ impl BootOrder {
 /// the PCI node named by its class (mass storage, SCSI: `scsi`) at `slot[,function]`,
 /// then the disk (`/disk@0,0`, virtio-blk's bootindex suffix).
 pub fn virtio_blk_pci_path(slot: u8, function: u8) -> String {
-    let unit = if function == 0 {
-        format!("{slot:x}")
+    format!("{}/disk@0,0", storage_pci_path(slot, function))
+}
+
+/// The device path QEMU gives a scsi-hd at `target`/`lun` on a virtio-scsi-pci
+/// controller on the root bus: the controller's node, the SCSI bus's channel 0, then
+/// the disk (`/pci@i0cf8/scsi@4/channel@0/disk@0,0`).
+pub fn virtio_scsi_disk_path(slot: u8, function: u8, target: u16, lun: u16) -> String {
+    format!(
+        "{}/channel@0/disk@{target:x},{lun:x}",
+        storage_pci_path(slot, function)
+    )
+}
+
+/// A mass-storage (SCSI class) PCI function's node on the root bus.
+fn storage_pci_path(slot: u8, function: u8) -> String {
+    if function == 0 {
+        format!("/pci@i0cf8/scsi@{slot:x}")
     } else {
-        format!("{slot:x},{function:x}")
-    };
-    format!("/pci@i0cf8/scsi@{unit}/disk@0,0")
+        format!("/pci@i0cf8/scsi@{slot:x},{function:x}")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scsi_disk_paths_as_qemu() {
+        // QEMU 10's bootorder line for scsi-hd,scsi-id=1 on virtio-scsi-pci,addr=0x4.
+        assert_eq!(
+            virtio_scsi_disk_path(4, 0, 1, 0),
+            "/pci@i0cf8/scsi@4/channel@0/disk@1,0"
+        );
+        assert_eq!(
+            virtio_scsi_disk_path(0x1f, 2, 0x10, 3),
+            "/pci@i0cf8/scsi@1f,2/channel@0/disk@10,3"
+        );
+    }
 
     #[test]
     fn lowest_index_first_nul_terminated_as_qemu() {

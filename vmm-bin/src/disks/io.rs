@@ -7,7 +7,7 @@ use aio_context::IoThread;
 use block_dma::{BlockBackend, BlockOp};
 
 /// How long an exit waits for in-flight I/O and flushes before giving up on them.
-pub(super) const SHUTDOWN_IO_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const SHUTDOWN_IO_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Waits until `thread`'s context has no io_uring operation in flight, seen twice in a
 /// row (a kick that was pending at the first look has been handled by the second: each

@@ -53,6 +53,10 @@ chk_dword:
         incl    %edx
         loop    chk_sector
         popw    %ds
+.ifdef LOOP
+        movw    $msg_dot, %si           /* disk_loop.S: a dot per checked batch */
+        call    puts
+.endif
         addl    $64, %ebx
         cmpl    $2049, %ebx
         jb      read_loop
@@ -90,6 +94,10 @@ chk_dword:
 
         movw    $msg_pass, %si
         call    puts
+.ifdef LOOP
+        movl    $1, %ebx                /* disk_loop.S: again, forever */
+        jmp     read_loop
+.endif
         movb    $0x10, %al
         outb    %al, $0xf4
         jmp     halt
@@ -108,6 +116,9 @@ halt:
 
 msg_pass: .asciz "PASS\r\n"
 msg_fail: .asciz "FAIL\r\n"
+.ifdef LOOP
+msg_dot: .asciz "."
+.endif
 drive:  .byte 0
         .balign 4
 dap:    .byte 16, 0

@@ -354,3 +354,54 @@ impl Drop for Vm {
 }
 
 pub(crate) mod vhost_frontend;
+
+/// The image `tests/bootsector/disktest.S` checks: the boot sector, then sectors
+/// 1..=2048 with dword i of sector N = N << 16 | i, then zeros up to and including LBA
+/// 4096 (which the program writes).
+pub(crate) fn disk_image(boot: &[u8]) -> Vec<u8> {
+    let mut disk = boot.to_vec();
+    for n in 1u32..=2048 {
+        for i in 0u32..128 {
+            disk.extend_from_slice(&(n << 16 | i).to_le_bytes());
+        }
+    }
+    disk.resize(4097 * 512, 0);
+    disk
+}
+
+/// Whether LBA 4096 of `image` holds what disktest.S writes there: a copy of sector
+/// 1985 (the first sector of the last 64-sector batch it read).
+pub(crate) fn disktest_sector_written(image: &[u8]) -> Result<(), String> {
+    let lba = 4096 * 512;
+    if image.len() < lba + 512 {
+        return Err("the image did not grow to the written sector".into());
+    }
+    for i in 0..128usize {
+        let dword = u32::from_le_bytes(image[lba + 4 * i..lba + 4 * i + 4].try_into().unwrap());
+        if dword != (1985 << 16) | i as u32 {
+            return Err(format!("dword {i} of the written sector is {dword:#x}"));
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the unix socket at `path`, waiting up to `deadline` for it to appear;
+/// reads then time out after `deadline`.
+pub(crate) fn connect_unix(path: &Path, deadline: Duration) -> std::os::unix::net::UnixStream {
+    let start = Instant::now();
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < deadline,
+                    "no socket at {}: {e}",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(deadline)).unwrap();
+    stream
+}
