@@ -105,7 +105,7 @@ impl ScsiExport {
             luns,
         };
         scsi.plug(&format!("{}-lun0", spec.id), claim, 0, 0, &spec.serial)?;
-        Ok((Box::new(device), scsi))
+        Ok((Box::new(ChangeFeature(device)), scsi))
     }
 
     /// The writable backends of the LUNs added later (flushed at exit).
@@ -216,4 +216,61 @@ pub(crate) fn device_del(daemon: &Daemon, id: &str) -> Result<(), QmpError> {
         }
     }
     Err(QmpError::device_not_found(id))
+}
+
+/// `VIRTIO_SCSI_F_CHANGE`.
+const F_CHANGE: u64 = 1 << virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_CHANGE;
+
+/// The controller as a vhost-user frontend sees it: QEMU's vhost-user-scsi-pci acks
+/// VIRTIO_SCSI_F_CHANGE whatever the backend offers (it is not among the bits QEMU
+/// negotiates with the backend), so it is offered here. It promises PARAM_CHANGE
+/// events; the device sends none, and Linux learns of capacity changes from the unit
+/// attention (CAPACITY DATA HAS CHANGED) that scsi-hd raises instead.
+struct ChangeFeature(VirtioScsi);
+
+impl VirtioDevice for ChangeFeature {
+    fn device_type(&self) -> u32 {
+        self.0.device_type()
+    }
+    fn num_queues(&self) -> u16 {
+        self.0.num_queues()
+    }
+    fn queue_max_size(&self) -> u16 {
+        self.0.queue_max_size()
+    }
+    fn features(&self) -> u64 {
+        self.0.features() | F_CHANGE
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.0.ack_features(features & !F_CHANGE);
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.0.read_config(offset, data);
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.0.write_config(offset, data);
+    }
+    fn start_queue(
+        &mut self,
+        index: u16,
+        setup: virtio_core::QueueSetup,
+    ) -> Result<(), virtio_core::QueueError> {
+        self.0.start_queue(index, setup)
+    }
+    fn stop_queue(&mut self, index: u16) -> Option<virtio_queue::Queue> {
+        self.0.stop_queue(index)
+    }
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+    fn start_queue_async(
+        &mut self,
+        index: u16,
+        setup: virtio_core::QueueSetup,
+    ) -> Result<(), virtio_core::QueueError> {
+        self.0.start_queue_async(index, setup)
+    }
+    fn reset_async(&mut self, done: Box<dyn FnOnce() + Send>) {
+        self.0.reset_async(done);
+    }
 }
