@@ -77,6 +77,23 @@ async def main(sock, image, export_sock):
     frontend.close()
     assert await qmp.execute("query-block-exports") == []
     assert await error_of(qmp, "block-export-del", {"id": "e0"}) == "Export 'e0' is not found"
+    # LUN commands naming what is not there.
+    assert await error_of(qmp, "device_add", {"driver": "scsi-hd", "bus": "nope.0", "drive": "d0"}) == \
+        "Bus 'nope.0' not found"
+    desc = await error_of(qmp, "device_add", {"driver": "virtio-blk-pci"})
+    assert desc.startswith("Parameter 'driver' expects a pluggable device type"), desc
+    assert await error_of(qmp, "device_del", {"id": "nope"}) == "Device 'nope' not found"
+    await qmp.execute("block-export-add", dict(blk, type="vhost-user-scsi", id="s0"))
+    assert await error_of(qmp, "device_add", {"driver": "scsi-hd", "bus": "s0.0", "drive": "nope", "lun": 1}) == \
+        "Property 'scsi-hd.drive' can't find value 'nope'"
+    assert await error_of(qmp, "device_add", {"driver": "scsi-hd", "bus": "s0.0", "drive": "d0", "lun": 1,
+                                              "colour": "red"}) == "Parameter 'colour' is unexpected"
+    # LUN 0 is the export's own.
+    desc = await error_of(qmp, "device_add", {"driver": "scsi-hd", "bus": "s0.0", "drive": "d0", "lun": 0})
+    assert "0" in desc, desc
+    deleted = asyncio.ensure_future(wait_event(qmp, "BLOCK_EXPORT_DELETED"))
+    await qmp.execute("block-export-del", {"id": "s0"})
+    assert (await deleted)["data"] == {"id": "s0"}
     await qmp.execute("blockdev-del", {"node-name": "d0"})
     await qmp.execute("blockdev-del", {"node-name": "f0"})
     assert await error_of(qmp, "blockdev-del", {"node-name": "d0"}) == \
