@@ -1,0 +1,144 @@
+//! The vhost-user-scsi export against a frontend that sends what a guest controls:
+//! a task management function for an absent target, commands for an absent target,
+//! an invalid opcode, a request too short for its header; and a frontend that runs
+//! only the request ring (control and event rings stopped). Each gets its answer,
+//! the daemon stays up, and the export keeps serving.
+
+mod common;
+
+use common::vhost_frontend::*;
+
+/// Request header: lun[8], tag u64, task_attr, prio, crn, cdb[32].
+const CMD_HDR: usize = 8 + 8 + 3 + 32;
+/// Response: sense_len u32, resid u32, status_qualifier u16, status, response,
+/// sense[96].
+const CMD_RESP: u32 = 4 + 4 + 2 + 1 + 1 + 96;
+const S_OK: u8 = 0;
+const S_BAD_TARGET: u8 = 3;
+const CHECK_CONDITION: u8 = 2;
+
+fn lun(target: u8, lun: u16) -> [u8; 8] {
+    // As Linux sends it: flat space addressing.
+    [1, target, 0x40 | (lun >> 8) as u8, lun as u8, 0, 0, 0, 0]
+}
+
+/// Runs one command on request queue `q` with `cdb`; returns (response, status,
+/// sense key, asc).
+fn command(f: &mut Frontend, q: u16, target: u8, cdb: &[u8]) -> (u8, u8, u8, u8) {
+    let base = f.scratch();
+    let mut req = vec![0u8; CMD_HDR];
+    req[..8].copy_from_slice(&lun(target, 0));
+    req[19..19 + cdb.len()].copy_from_slice(cdb);
+    f.mem().write(base, &req);
+    let resp = base + 4096;
+    f.mem().write(resp, &[0xffu8; CMD_RESP as usize]);
+    f.post_chain(
+        q,
+        &[
+            RawDesc {
+                addr: base,
+                len: CMD_HDR as u32,
+                write: false,
+            },
+            RawDesc {
+                addr: resp,
+                len: CMD_RESP,
+                write: true,
+            },
+        ],
+    );
+    f.kick(q);
+    f.wait(q, 1, TIMEOUT).expect("the command completes");
+    let r = f.mem().read(resp, CMD_RESP as usize);
+    // Fixed-format sense: key at 2, ASC at 12.
+    (r[11], r[10], r[12 + 2] & 0xf, r[12 + 12])
+}
+
+/// A LOGICAL UNIT RESET for `target` on the control queue; the response byte.
+fn lun_reset(f: &mut Frontend, target: u8) -> u8 {
+    let base = f.scratch() + 8192;
+    let mut req = Vec::new();
+    req.extend_from_slice(&0u32.to_le_bytes()); // VIRTIO_SCSI_T_TMF
+    req.extend_from_slice(&5u32.to_le_bytes()); // LOGICAL_UNIT_RESET
+    req.extend_from_slice(&lun(target, 0));
+    req.extend_from_slice(&0u64.to_le_bytes());
+    f.mem().write(base, &req);
+    f.mem().write(base + 64, &[0xff]);
+    f.post_chain(
+        0,
+        &[
+            RawDesc {
+                addr: base,
+                len: req.len() as u32,
+                write: false,
+            },
+            RawDesc {
+                addr: base + 64,
+                len: 1,
+                write: true,
+            },
+        ],
+    );
+    f.kick(0);
+    f.wait(0, 1, TIMEOUT).expect("the TMF completes");
+    f.mem().read(base + 64, 1)[0]
+}
+
+#[test]
+fn hostile_scsi_requests_get_answers_and_the_export_keeps_serving() {
+    if io_uring::IoUring::new(2).is_err() {
+        eprintln!("SKIPPED hostile_scsi_requests: io_uring is not available");
+        return;
+    }
+    let img = image("scsi-hostile.img", 16);
+    let sock = socket_path("scsi-hostile.sock");
+    let blockdev = format!("driver=file,node-name=f0,filename={}", img.display());
+    let export = format!(
+        "type=vhost-user-scsi,id=s0,node-name=f0,addr.type=unix,addr.path={},writable=on",
+        sock.display()
+    );
+    let mut export = Export::start_args(&["--blockdev", &blockdev, "--export", &export], &sock);
+    let opts = Options {
+        num_queues: 3,
+        ..Options::default()
+    };
+    let mut f = Frontend::start(&sock, &opts).expect("a frontend starts all three rings");
+    // A TMF for a target that is not there.
+    assert_eq!(lun_reset(&mut f, 5), S_BAD_TARGET);
+    // Only the request ring from here on: control and event rings stopped.
+    f.get_vring_base(0).unwrap();
+    f.get_vring_base(1).unwrap();
+    // A command for an absent target.
+    assert_eq!(command(&mut f, 2, 7, &[0, 0, 0, 0, 0, 0]).0, S_BAD_TARGET);
+    // The first command to the LUN reports the power-on unit attention (29/00).
+    let (resp, status, key, asc) = command(&mut f, 2, 0, &[0, 0, 0, 0, 0, 0]);
+    assert_eq!((resp, status, key, asc), (S_OK, CHECK_CONDITION, 6, 0x29));
+    // An invalid opcode: ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE (20/00).
+    let (resp, status, key, asc) = command(&mut f, 2, 0, &[0xff, 0, 0, 0, 0, 0]);
+    assert_eq!((resp, status, key, asc), (S_OK, CHECK_CONDITION, 5, 0x20));
+    // A READ(10) past the end: LBA OUT OF RANGE (21/00), no data moved.
+    let read10 = [0x28, 0, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0];
+    let (resp, status, key, asc) = command(&mut f, 2, 0, &read10);
+    assert_eq!((resp, status, key, asc), (S_OK, CHECK_CONDITION, 5, 0x21));
+    // A request shorter than its header: completed, not served.
+    let base = f.scratch();
+    f.post_chain(
+        2,
+        &[RawDesc {
+            addr: base,
+            len: 10,
+            write: false,
+        }],
+    );
+    f.kick(2);
+    f.wait(2, 1, TIMEOUT)
+        .expect("a truncated request is completed");
+    // The ring still serves: TEST UNIT READY is GOOD now.
+    assert_eq!(command(&mut f, 2, 0, &[0; 6]), (S_OK, 0, 0, 0));
+    drop(f);
+    assert!(export.alive(), "the daemon survives");
+    // A fresh frontend is served.
+    let mut g = Frontend::start(&sock, &opts).expect("a fresh frontend connects");
+    assert_eq!(command(&mut g, 2, 0, &[0; 6]).0, S_OK);
+    assert!(export.alive());
+}
