@@ -414,6 +414,12 @@ fn check_unique(config: &DaemonConfig) -> Result<()> {
             return Err(Error::DuplicateExport(e.id.clone()));
         }
         let Some(path) = exports::socket_path(&e.addr) else {
+            if earlier.iter().any(|o| o.addr == e.addr) {
+                return Err(Error::Export {
+                    id: e.id.clone(),
+                    message: "its addr.str fd is another export's".into(),
+                });
+            }
             continue;
         };
         let same = |o: &&ExportSpec| {
@@ -458,6 +464,17 @@ pub fn run(config: &DaemonConfig) -> Result<()> {
         true => Some(process::daemonize().map_err(Error::Setup)?),
         false => None,
     };
+    // Sockets passed by fd: taken before this process opens any fd of its own.
+    let mut passed = std::collections::HashMap::new();
+    for export in &config.exports {
+        if let ExportAddr::Fd(name) = &export.addr {
+            let listener = exports::listener_fd(name).map_err(|message| Error::Export {
+                id: export.id.clone(),
+                message,
+            })?;
+            passed.insert(name.clone(), listener);
+        }
+    }
     // Opening images starts no thread: the nodes come first, so a bad one is refused
     // before anything else is set up.
     let nodes = NodeRegistry::new();
@@ -475,7 +492,7 @@ pub fn run(config: &DaemonConfig) -> Result<()> {
                 .map_err(Error::Setup)?;
         iothreads.insert(t.id.clone(), thread);
     }
-    let daemon = Daemon::new(nodes, iothreads, ctx.handle().clone());
+    let daemon = Daemon::new(nodes, iothreads, ctx.handle().clone(), passed);
     let mut monitors = Vec::new();
     for m in &config.monitors {
         let chardev = config.chardevs.iter().find(|c| c.id == *m).cloned();
@@ -706,6 +723,23 @@ mod tests {
                 "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=/tmp/p \
                  --export type=vhost-user-blk,id=f,node-name=n,addr.type=unix,addr.path=/tmp/../tmp/p",
                 "is already the socket of export 'e'",
+            ),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=fd,addr.str=7 \
+                 --export type=vhost-user-scsi,id=f,node-name=n,addr.type=fd,addr.str=7",
+                "--export f: its addr.str fd is another export's",
+            ),
+            (
+                "--export type=vhost-user-scsi,id=e,node-name=n,addr.type=unix,addr.path=p,serial=1234567890123456789012345678901234567",
+                "scsi-hd's serial holds at most 36",
+            ),
+            (
+                "--monitor chardev=nope",
+                "--monitor: chardev 'nope' not found",
+            ),
+            (
+                "--chardev socket,id=m,path=p,server=off",
+                "only server=on is supported",
             ),
             (
                 "--blockdev driver",

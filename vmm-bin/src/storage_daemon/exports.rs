@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -73,6 +74,9 @@ pub(crate) struct Daemon {
     pub(crate) events: Arc<Mutex<Vec<QmpEvents>>>,
     /// The main loop (a LUN's unplug finishes there).
     pub(crate) main: AioHandle,
+    /// Listening sockets passed by fd number on the command line (`addr.type=fd`),
+    /// taken before the daemon opened anything of its own; each serves one export.
+    passed: Arc<Mutex<HashMap<String, UnixListener>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,6 +89,7 @@ impl Daemon {
         nodes: NodeRegistry,
         iothreads: HashMap<String, Arc<IoThread>>,
         main: AioHandle,
+        passed: HashMap<String, UnixListener>,
     ) -> Daemon {
         Daemon {
             nodes,
@@ -92,6 +97,7 @@ impl Daemon {
             exports: Arc::default(),
             events: Arc::default(),
             main,
+            passed: Arc::new(Mutex::new(passed)),
         }
     }
 
@@ -173,7 +179,14 @@ impl Daemon {
         let server = match &spec.addr {
             ExportAddr::Unix(path) => ExportServer::bind(path, vhost)
                 .map_err(|e| format!("Failed to bind socket to {}: {e}", path.display()))?,
-            ExportAddr::Fd(fd) => ExportServer::from_listener(listener_fd(fd)?, vhost),
+            ExportAddr::Fd(name) => {
+                // Over QMP (no fd was passed under this name at startup),
+                // qemu-storage-daemon 10's words: it takes no fds over QMP either.
+                let listener = lock(&self.passed)
+                    .remove(name)
+                    .ok_or_else(|| "only QEMU supports file descriptor passing".to_owned())?;
+                ExportServer::from_listener(listener, vhost)
+            }
         };
         let server = Arc::new(server);
         let export = Arc::new(Export {
@@ -239,8 +252,10 @@ fn emit(events: &Mutex<Vec<QmpEvents>>, name: &str, data: serde_json::Value) {
     }
 }
 
-/// `addr.type=fd,addr.str=N`: a listening unix socket the caller passed.
-fn listener_fd(text: &str) -> Result<std::os::unix::net::UnixListener, String> {
+/// `addr.type=fd,addr.str=N` on the command line: takes the listening socket the
+/// caller passed as fd N. Call it before the process opens fds of its own, so that N
+/// cannot be one of them.
+pub(crate) fn listener_fd(text: &str) -> Result<UnixListener, String> {
     let fd: i32 = text
         .parse()
         .map_err(|_| format!("File descriptor named '{text}' has not been found"))?;
@@ -257,7 +272,7 @@ fn listener_fd(text: &str) -> Result<std::os::unix::net::UnixListener, String> {
     // SAFETY: the caller handed this process the fd for this export (checked above to
     // be an open, listening socket); the export owns it from here on.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(std::os::unix::net::UnixListener::from(fd))
+    Ok(UnixListener::from(fd))
 }
 
 /// Where a socket path would be served, for the same-path check.

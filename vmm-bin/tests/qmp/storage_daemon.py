@@ -51,6 +51,10 @@ async def main(sock, image, export_sock):
         "num-queues must be greater than 0"
     assert await error_of(qmp, "block-export-add", dict(blk, addr={"type": "inet", "host": "x", "port": "1"})) == \
         "Only socket address types 'unix' and 'fd' are supported"
+    # No fds over QMP (qemu-storage-daemon 10's words): a number there could name the
+    # monitor's own socket.
+    assert await error_of(qmp, "block-export-add", dict(blk, addr={"type": "fd", "str": "3"})) == \
+        "only QEMU supports file descriptor passing"
     await qmp.execute("block-export-add", blk)
     assert os.path.exists(export_sock)
     assert await error_of(qmp, "block-export-add", dict(blk, addr={"type": "unix", "path": export_sock + "2"})) == \
