@@ -17,8 +17,14 @@ use super::VhostUserDevice;
 /// A listening export.
 pub struct ExportServer {
     listener: UnixListener,
+    /// The socket file (empty for a listener passed by fd: nothing to remove).
     path: PathBuf,
     device: Arc<Mutex<VhostUserDevice>>,
+    /// Set by [`ExportServer::shut_down`]: [`ExportServer::run`] returns.
+    shutting_down: AtomicBool,
+    /// A duplicate of the connected frontend's socket, to end its session from
+    /// another thread.
+    connection: Mutex<Option<OwnedFd>>,
 }
 
 impl ExportServer {
@@ -46,16 +52,45 @@ impl ExportServer {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
-        Ok(ExportServer {
-            listener,
-            path: path.to_owned(),
-            device: Arc::new(Mutex::new(device)),
-        })
+        let mut server = ExportServer::from_listener(listener, device);
+        server.path = path.to_owned();
+        Ok(server)
     }
 
-    /// The socket path.
+    /// Serves on a socket that already listens (qemu-storage-daemon's `addr.type=fd`:
+    /// the caller passed it); no socket file is removed when the server goes.
+    pub fn from_listener(listener: UnixListener, device: VhostUserDevice) -> ExportServer {
+        ExportServer {
+            listener,
+            path: PathBuf::new(),
+            device: Arc::new(Mutex::new(device)),
+            shutting_down: AtomicBool::new(false),
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// The socket path (empty for a listener passed by fd).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a frontend is connected now.
+    pub fn connected(&self) -> bool {
+        lock(&self.connection).is_some()
+    }
+
+    /// Makes [`ExportServer::run`] return, from any thread: no new frontend is
+    /// accepted, and the connected one (if any) is disconnected (its rings are
+    /// stopped after their requests in flight complete, as on any disconnect).
+    pub fn shut_down(&self) {
+        use nix::sys::socket::{Shutdown, shutdown};
+        self.shutting_down.store(true, Ordering::SeqCst);
+        // shutdown(2) on a listening unix socket makes a blocked accept(2) fail with
+        // EINVAL; on a connection it makes the session's next read see end of file.
+        let _ = shutdown(self.listener.as_raw_fd(), Shutdown::Both);
+        if let Some(fd) = lock(&self.connection).as_ref() {
+            let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
+        }
     }
 
     /// Stops the current frontend's queues, draining the requests in flight (the
@@ -81,10 +116,11 @@ impl ExportServer {
     /// Serves frontends one after another until `stop` is set (checked between
     /// connections).
     pub fn run(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !self.shutting_down.load(Ordering::SeqCst) {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if self.shutting_down.load(Ordering::SeqCst) => break,
                 Err(e) => {
                     tracing::error!("vhost-user: accept on {}: {e}", self.path.display());
                     continue;
@@ -105,6 +141,21 @@ impl ExportServer {
                     continue;
                 }
             };
+            match stream.try_clone() {
+                Ok(dup) => *lock(&self.connection) = Some(OwnedFd::from(dup)),
+                Err(e) => {
+                    tracing::error!(
+                        "vhost-user: {}: cannot serve a frontend: {e}",
+                        self.path.display()
+                    );
+                    continue;
+                }
+            }
+            // A shut_down between accept and the line above found no connection.
+            if self.shutting_down.load(Ordering::SeqCst) {
+                *lock(&self.connection) = None;
+                break;
+            }
             tracing::debug!(socket = %self.path.display(), "vhost-user: frontend connected");
             let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
             loop {
@@ -135,14 +186,21 @@ impl ExportServer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .disconnect();
+            *lock(&self.connection) = None;
             tracing::debug!(socket = %self.path.display(), "vhost-user: frontend disconnected");
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Drop for ExportServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

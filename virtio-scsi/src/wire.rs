@@ -219,11 +219,19 @@ pub struct Event {
 }
 
 impl Event {
-    /// A transport reset event: `reason` RESCAN (a LUN appeared) or REMOVED.
+    /// A transport reset event: `reason` RESCAN (a LUN appeared) or REMOVED. The LUN
+    /// is in REPORT LUNS' encoding (flat space only from 256 on), as QEMU sends it:
+    /// Linux takes bytes 2-3 as the LUN number, so a flat-space flag on a small LUN
+    /// would name LUN 1 as 16385, a second device beside the one REPORT LUNS lists.
     pub fn transport_reset(target: u16, lun: u16, reason: u32) -> Event {
+        let l = if lun < 256 {
+            lun
+        } else {
+            0x4000 | (lun & 0x3fff)
+        };
         Event {
             event: VIRTIO_SCSI_T_TRANSPORT_RESET,
-            lun: encode_lun(target, lun),
+            lun: [1, target as u8, (l >> 8) as u8, l as u8, 0, 0, 0, 0],
             reason,
         }
     }
@@ -250,6 +258,15 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_name_luns_as_report_luns_does() {
+        let e = Event::transport_reset(0, 1, VIRTIO_SCSI_EVT_RESET_RESCAN);
+        assert_eq!(e.lun, [1, 0, 0, 1, 0, 0, 0, 0]);
+        let e = Event::transport_reset(2, 300, VIRTIO_SCSI_EVT_RESET_REMOVED);
+        assert_eq!(e.lun, [1, 2, 0x41, 0x2c, 0, 0, 0, 0]);
+        assert_eq!(decode_lun(&e.lun), Some((2, 300)));
+    }
 
     #[test]
     fn luns_decode_like_qemu() {

@@ -493,7 +493,11 @@ fn hotplug_events_and_events_missed() {
     // With a buffer waiting, a hot-unplug request is reported as REMOVED at once.
     // (Each wait also lets the iothread take the buffer first: an event posted while
     // no buffer is there is dropped, as in QEMU.)
-    let reset = |lun, reason| (VIRTIO_SCSI_T_TRANSPORT_RESET, encode_lun(0, lun), reason);
+    // The LUN as REPORT LUNS and QEMU's events give it (no flat-space flag below 256).
+    let reset = |lun: u16, reason| {
+        let lun = [1, 0, 0, lun as u8, 0, 0, 0, 0];
+        (VIRTIO_SCSI_T_TRANSPORT_RESET, lun, reason)
+    };
     f.post_event_buffer(1);
     f.no_event();
     f.bus.bus().device_del("disk1").unwrap();

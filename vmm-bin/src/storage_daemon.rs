@@ -16,16 +16,22 @@
 //! devices do, and a QMP monitor (issue 17) registers `block_node::qmp` on the same one.
 //! Unknown options, unknown keys and bad values fail with a message naming them.
 
+mod args;
+mod exports;
+mod monitor;
+mod process;
+mod scsi;
+
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use aio_context::IoThread;
+use aio_context::AioContext;
 use block_dma::BlockBackend;
-use block_node::{AttachOptions, BlockdevOptions, NodeRegistry};
+use block_node::{BlockdevOptions, NodeRegistry};
 use qemu_opts::{Grammar, Opts};
 
-use vhost_user_export::{ExportServer, VhostUserDevice};
-use virtio_blk::{BlkOptions, VirtioBlk};
+use exports::Daemon;
 
 /// The longest `serial`: virtio-blk's device ID (`VIRTIO_BLK_ID_BYTES`).
 const ID_BYTES: usize = 20;
@@ -89,6 +95,49 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// An export's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportKind {
+    /// `vhost-user-blk`.
+    Blk,
+    /// `vhost-user-scsi`: a virtio-scsi controller, the node as LUN 0.
+    Scsi,
+}
+
+impl ExportKind {
+    /// The `type` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportKind::Blk => "vhost-user-blk",
+            ExportKind::Scsi => "vhost-user-scsi",
+        }
+    }
+
+    fn serial_len(self) -> usize {
+        match self {
+            ExportKind::Blk => ID_BYTES,
+            ExportKind::Scsi => 36,
+        }
+    }
+
+    fn serial_holder(self) -> &'static str {
+        match self {
+            ExportKind::Blk => "virtio-blk's device ID",
+            ExportKind::Scsi => "scsi-hd's serial",
+        }
+    }
+}
+
+/// Where an export listens (QEMU's `SocketAddress`, the kinds it takes for
+/// vhost-user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportAddr {
+    /// `addr.type=unix,addr.path=PATH`.
+    Unix(PathBuf),
+    /// `addr.type=fd,addr.str=N`: a listening socket the caller passed as fd N.
+    Fd(String),
+}
+
 /// An `--export`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
@@ -96,15 +145,18 @@ pub struct ExportSpec {
     pub id: String,
     /// `node-name`.
     pub node: String,
-    /// `addr.path`.
-    pub path: PathBuf,
+    /// `type`.
+    pub kind: ExportKind,
+    /// `addr`.
+    pub addr: ExportAddr,
     /// `writable`.
     pub writable: bool,
     /// `num-queues`.
     pub num_queues: u16,
     /// `logical-block-size`.
     pub logical_block_size: u32,
-    /// `serial` (ours; at most 20 bytes; the default is the node name, cut to fit).
+    /// `serial` (ours; vhost-user-blk: at most 20 bytes, the default is the node name,
+    /// cut to fit; vhost-user-scsi: at most 36, none by default).
     pub serial: String,
     /// `iothread`: the `--object iothread` that serves it (default: one of its own).
     pub iothread: Option<String>,
@@ -119,6 +171,17 @@ pub struct IothreadSpec {
     pub props: Opts,
 }
 
+/// A `--chardev socket,id=..,path=..,server=on[,wait=on|off]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChardevSpec {
+    /// `id`.
+    pub id: String,
+    /// `path`.
+    pub path: PathBuf,
+    /// `wait`: startup waits for the first client (QEMU's default: on).
+    pub wait: bool,
+}
+
 /// The whole command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -128,6 +191,14 @@ pub struct DaemonConfig {
     pub exports: Vec<ExportSpec>,
     /// Iothreads exports can name.
     pub iothreads: Vec<IothreadSpec>,
+    /// Character devices monitors can use.
+    pub chardevs: Vec<ChardevSpec>,
+    /// `--monitor chardev=ID`: QMP monitors, by chardev.
+    pub monitors: Vec<String>,
+    /// `--pidfile PATH`.
+    pub pidfile: Option<PathBuf>,
+    /// `--daemonize`.
+    pub daemonize: bool,
 }
 
 fn parse_object(text: &str) -> qemu_opts::Result<IothreadSpec> {
@@ -155,61 +226,113 @@ fn parse_object(text: &str) -> qemu_opts::Result<IothreadSpec> {
 }
 
 fn parse_export(text: &str) -> qemu_opts::Result<ExportSpec> {
-    let mut kv = Opts::parse("--export", text, Grammar::keyval())?;
-    let kind = kv.required("type")?;
-    if kind != "vhost-user-blk" {
-        return Err(kv.invalid(format!(
-            "type '{kind}' is not supported (supported: vhost-user-blk)"
-        )));
+    let kv = Opts::parse("--export", text, Grammar::keyval())?;
+    let option = kv.option().to_owned();
+    export_spec(&mut args::Keyval(kv))
+        .map_err(|message| qemu_opts::Error::Invalid { option, message })
+}
+
+/// Reads an export's options, from the command line or from `block-export-add`
+/// (QEMU's `BlockExportOptions` for vhost-user-blk, and ours for vhost-user-scsi).
+pub(crate) fn export_spec(a: &mut impl args::Args) -> std::result::Result<ExportSpec, String> {
+    let kind = match a.required("type")?.as_str() {
+        "vhost-user-blk" => ExportKind::Blk,
+        "vhost-user-scsi" => ExportKind::Scsi,
+        other => {
+            return Err(format!(
+                "type '{other}' is not supported (supported: vhost-user-blk, vhost-user-scsi)"
+            ));
+        }
+    };
+    let id = a.required("id")?;
+    let node = a.required("node-name")?;
+    let addr = match a.required("addr.type")?.as_str() {
+        "unix" => {
+            let path = PathBuf::from(a.required("addr.path")?);
+            if path.as_os_str().is_empty() {
+                // An empty sun_path makes Linux autobind an abstract socket: no file,
+                // so no permissions, and any local user could connect to a writable
+                // export.
+                return Err("addr.path must not be empty (it would bind an abstract socket, which file permissions do not protect)".into());
+            }
+            ExportAddr::Unix(path)
+        }
+        "fd" => ExportAddr::Fd(a.required("addr.str")?),
+        _ => return Err("Only socket address types 'unix' and 'fd' are supported".into()),
+    };
+    let writable = a.flag("writable", false)?;
+    let num_queues = a.number::<u16>("num-queues")?.unwrap_or(1);
+    if num_queues == 0 {
+        return Err("num-queues must be greater than 0".into());
     }
-    let id = kv.required("id")?;
-    let node = kv.required("node-name")?;
-    let addr_type = kv.required("addr.type")?;
-    if addr_type != "unix" {
-        return Err(kv.invalid(format!(
-            "addr.type '{addr_type}' is not supported (supported: unix)"
-        )));
-    }
-    let path = PathBuf::from(kv.required("addr.path")?);
-    if path.as_os_str().is_empty() {
-        // An empty sun_path makes Linux autobind an abstract socket: no file, so no
-        // permissions, and any local user could connect to a writable export.
-        return Err(kv.invalid(
-            "addr.path must not be empty (it would bind an abstract socket, which file permissions do not protect)",
-        ));
-    }
-    let writable = kv.flag("writable", false)?;
-    let num_queues = kv.number::<u16>("num-queues")?.unwrap_or(1);
-    let logical_block_size = kv.number::<u32>("logical-block-size")?.unwrap_or(512);
-    let serial = match kv.string("serial") {
-        Some(s) if s.len() > ID_BYTES => {
-            return Err(kv.invalid(format!(
-                "serial '{s}' is {} bytes long; virtio-blk's device ID holds at most {ID_BYTES}",
-                s.len()
-            )));
+    let logical_block_size = a.number::<u32>("logical-block-size")?.unwrap_or(512);
+    let max = kind.serial_len();
+    let serial = match a.string("serial")? {
+        Some(s) if s.len() > max => {
+            return Err(format!(
+                "serial '{s}' is {} bytes long; {} holds at most {max}",
+                s.len(),
+                kind.serial_holder()
+            ));
         }
         Some(s) => s,
-        // The default, the node name, is cut to fit (at a character boundary).
-        None => {
+        // virtio-blk's default, the node name, is cut to fit (at a character
+        // boundary); scsi-hd's is none (no VPD page 80h).
+        None if kind == ExportKind::Blk => {
             let mut s = node.clone();
             while s.len() > ID_BYTES {
                 s.pop();
             }
             s
         }
+        None => String::new(),
     };
-    let iothread = kv.string("iothread");
-    kv.finish()?;
+    let iothread = a.string("iothread")?;
+    a.finish()?;
     Ok(ExportSpec {
         id,
         node,
-        path,
+        kind,
+        addr,
         writable,
         num_queues,
         logical_block_size,
         serial,
         iothread,
     })
+}
+
+fn parse_chardev(text: &str) -> qemu_opts::Result<ChardevSpec> {
+    let mut kv = Opts::parse("--chardev", text, Grammar::opts().implied("backend"))?;
+    let backend = kv.required("backend")?;
+    if backend != "socket" {
+        return Err(kv.invalid(format!(
+            "backend '{backend}' is not supported (supported: socket)"
+        )));
+    }
+    let id = kv.required("id")?;
+    let path = PathBuf::from(kv.required("path")?);
+    if !kv.flag("server", false)? {
+        return Err(kv.invalid("only server=on is supported"));
+    }
+    let wait = kv.flag("wait", true)?;
+    kv.finish()?;
+    Ok(ChardevSpec { id, path, wait })
+}
+
+fn parse_monitor(text: &str) -> qemu_opts::Result<String> {
+    let mut kv = Opts::parse("--monitor", text, Grammar::opts().implied("chardev"))?;
+    let chardev = kv.required("chardev")?;
+    if let Some(mode) = kv.string("mode").filter(|m| m != "control") {
+        return Err(kv.invalid(format!(
+            "mode '{mode}' is not supported (supported: control)"
+        )));
+    }
+    if kv.flag("pretty", false)? {
+        return Err(kv.invalid("pretty=on is not supported"));
+    }
+    kv.finish()?;
+    Ok(chardev)
 }
 
 /// Parses the arguments after `storage-daemon`.
@@ -243,10 +366,23 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig> {
                 }
                 config.iothreads.push(object);
             }
+            "--chardev" => {
+                let chardev = parse_chardev(&value()?)?;
+                if config.chardevs.iter().any(|c| c.id == chardev.id) {
+                    return Err(Error::Setup(format!(
+                        "--chardev: attempt to add duplicate chardev id '{}'",
+                        chardev.id
+                    )));
+                }
+                config.chardevs.push(chardev);
+            }
+            "--monitor" => config.monitors.push(parse_monitor(&value()?)?),
+            "--pidfile" => config.pidfile = Some(PathBuf::from(value()?)),
+            "--daemonize" if inline.is_none() => config.daemonize = true,
             other => return Err(Error::UnknownOption(other.to_owned())),
         }
     }
-    if config.exports.is_empty() {
+    if config.exports.is_empty() && config.monitors.is_empty() {
         return Err(Error::NothingToDo);
     }
     check_unique(&config)?;
@@ -258,6 +394,11 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig> {
                     iothread: id.clone(),
                 });
             }
+        }
+    }
+    for m in &config.monitors {
+        if !config.chardevs.iter().any(|c| c.id == *m) {
+            return Err(Error::Setup(format!("--monitor: chardev '{m}' not found")));
         }
     }
     Ok(config)
@@ -272,10 +413,22 @@ fn check_unique(config: &DaemonConfig) -> Result<()> {
         if earlier.iter().any(|o| o.id == e.id) {
             return Err(Error::DuplicateExport(e.id.clone()));
         }
-        if let Some(o) = earlier.iter().find(|o| same_socket_path(&o.path, &e.path)) {
+        let Some(path) = exports::socket_path(&e.addr) else {
+            if earlier.iter().any(|o| o.addr == e.addr) {
+                return Err(Error::Export {
+                    id: e.id.clone(),
+                    message: "its addr.str fd is another export's".into(),
+                });
+            }
+            continue;
+        };
+        let same = |o: &&ExportSpec| {
+            exports::socket_path(&o.addr).is_some_and(|p| same_socket_path(&p, &path))
+        };
+        if let Some(o) = earlier.iter().find(same) {
             return Err(Error::SameSocket {
                 id: e.id.clone(),
-                path: e.path.display().to_string(),
+                path: path.display().to_string(),
                 other: o.id.clone(),
             });
         }
@@ -298,14 +451,30 @@ fn same_socket_path(a: &std::path::Path, b: &std::path::Path) -> bool {
     a == b || resolve(a) == resolve(b)
 }
 
-/// Opens everything and serves until SIGTERM, SIGINT or SIGHUP, then shuts down as
-/// qemu-storage-daemon does: the exports stop (requests in flight complete), the
-/// writable images are flushed, the sockets removed.
+/// Opens everything and serves until `quit`, SIGTERM, SIGINT or SIGHUP, then shuts
+/// down as qemu-storage-daemon does: the exports stop (requests in flight complete),
+/// the writable images are flushed, the sockets and the pid file removed.
 ///
 /// # Errors
 ///
 /// An image that cannot be opened, a socket that cannot be bound.
 pub fn run(config: &DaemonConfig) -> Result<()> {
+    // Forks while the process has one thread: before anything else starts.
+    let mut daemon_pipe = match config.daemonize {
+        true => Some(process::daemonize().map_err(Error::Setup)?),
+        false => None,
+    };
+    // Sockets passed by fd: taken before this process opens any fd of its own.
+    let mut passed = std::collections::HashMap::new();
+    for export in &config.exports {
+        if let ExportAddr::Fd(name) = &export.addr {
+            let listener = exports::listener_fd(name).map_err(|message| Error::Export {
+                id: export.id.clone(),
+                message,
+            })?;
+            passed.insert(name.clone(), listener);
+        }
+    }
     // Opening images starts no thread: the nodes come first, so a bad one is refused
     // before anything else is set up.
     let nodes = NodeRegistry::new();
@@ -315,6 +484,7 @@ pub fn run(config: &DaemonConfig) -> Result<()> {
     // Before the iothreads and serving threads exist: they inherit the blocked mask.
     let signals = crate::signals::TerminationSignals::block()
         .map_err(|e| Error::Setup(format!("cannot set up signal handling: {e}")))?;
+    let ctx = AioContext::new().map_err(|e| Error::Setup(e.to_string()))?;
     let mut iothreads = std::collections::HashMap::new();
     for t in &config.iothreads {
         let thread =
@@ -322,113 +492,101 @@ pub fn run(config: &DaemonConfig) -> Result<()> {
                 .map_err(Error::Setup)?;
         iothreads.insert(t.id.clone(), thread);
     }
-    let mut exports = Vec::new();
+    let daemon = Daemon::new(nodes, iothreads, ctx.handle().clone(), passed);
+    let mut monitors = Vec::new();
+    for m in &config.monitors {
+        let chardev = config.chardevs.iter().find(|c| c.id == *m).cloned();
+        let chardev = chardev.ok_or_else(|| Error::Setup(format!("chardev '{m}' not found")))?;
+        let quit = monitor::Quit::default();
+        let server = monitor::start(&ctx, &daemon, &chardev.path, quit.clone())
+            .map_err(|e| Error::Setup(format!("--chardev {}: {e}", chardev.id)))?;
+        monitors.push((server, quit, chardev));
+    }
     for export in &config.exports {
-        let iothread = match &export.iothread {
-            Some(id) => iothreads[id].clone(), // checked by parse_args
-            None => Arc::new(
-                IoThread::spawn(&format!("export-{}", export.id))
-                    .map_err(|e| Error::Setup(e.to_string()))?,
-            ),
-        };
-        exports.push(start_export(&nodes, export, iothread)?);
+        daemon.start(export).map_err(|message| Error::Export {
+            id: export.id.clone(),
+            message,
+        })?;
     }
-    let servers: Vec<Arc<ExportServer>> = exports.iter().map(|e| e.server.clone()).collect();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for server in &servers {
-        let (server, stop) = (server.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("vhost-user".into())
-            .spawn(move || server.run(&stop))
-            .map_err(|e| Error::Setup(e.to_string()))?;
+    let _pidfile = match &config.pidfile {
+        Some(p) => Some(process::PidFile::write(p).map_err(Error::Setup)?),
+        None => None,
+    };
+    let stop = Rc::new(std::cell::Cell::new(None::<String>));
+    let s = stop.clone();
+    let fd = signals.fd();
+    ctx.set_fd_handler(
+        fd,
+        aio_context::FdHandler::new().on_read(move || {
+            if let Ok(Some(signal)) = signals.try_read() {
+                s.set(Some(signal.to_string()));
+            }
+        }),
+    )
+    .map_err(|e| Error::Setup(format!("cannot watch signals: {e}")))?;
+    for (server, _, chardev) in &monitors {
+        if chardev.wait {
+            server.wait_for_client(crate::signals::terminating);
+        }
     }
-    let signal = signals
-        .wait()
-        .map_err(|e| Error::Setup(format!("waiting for signals: {e}")))?;
-    eprintln!("{}", signal.message("vmm-bin storage-daemon"));
-    let flushes: Vec<_> = exports
-        .iter()
-        .filter(|e| !e.claim.read_only())
-        .map(|e| {
-            (
-                e.id.clone(),
-                e.iothread.clone(),
-                e.claim.drive().backend().clone(),
-            )
-        })
-        .collect();
-    shut_down(&servers, &flushes);
+    if let Some(d) = daemon_pipe.as_mut() {
+        d.ready();
+    }
+    loop {
+        ctx.poll(true);
+        if let Some(message) = stop.take() {
+            tracing::error!("{message}");
+            break;
+        }
+        if monitors.iter().any(|(_, quit, _)| quit.requested()) {
+            break;
+        }
+    }
+    ctx.remove_fd_handler(fd);
+    shut_down(&daemon);
+    // The events of the exit reach the clients before the sockets close.
+    while ctx.poll(false) {}
+    drop(monitors);
     Ok(())
-}
-
-/// A running export: its socket's server and its hold on the node.
-struct Export {
-    id: String,
-    server: Arc<ExportServer>,
-    iothread: Arc<IoThread>,
-    /// Keeps the node in use (`blockdev-del` refuses it) while the export lives.
-    claim: block_node::Claim,
-}
-
-/// Attaches `export` to its node and binds its socket.
-fn start_export(
-    nodes: &NodeRegistry,
-    export: &ExportSpec,
-    iothread: Arc<IoThread>,
-) -> Result<Export> {
-    let fail = |message: String| Error::Export {
-        id: export.id.clone(),
-        message,
-    };
-    let how = AttachOptions {
-        device: Some(export.id.clone()),
-        read_only: !export.writable,
-        ..AttachOptions::default()
-    };
-    let claim = nodes
-        .attach(&export.node, how)
-        .map_err(|e| fail(e.to_string()))?;
-    let options = BlkOptions {
-        num_queues: export.num_queues,
-        logical_block_size: export.logical_block_size,
-        serial: export.serial.clone(),
-        ..BlkOptions::default()
-    };
-    let device = VirtioBlk::new(claim.drive().clone(), options).map_err(|e| fail(e.to_string()))?;
-    let vhost = VhostUserDevice::new(Box::new(device), iothread.clone());
-    let server = ExportServer::bind(&export.path, vhost)
-        .map_err(|e| fail(format!("{}: {e}", export.path.display())))?;
-    Ok(Export {
-        id: export.id.clone(),
-        server: Arc::new(server),
-        iothread,
-        claim,
-    })
 }
 
 /// qemu-storage-daemon's exit: every export stops serving its queues (the requests in
 /// flight complete first), every writable image is flushed, the sockets are removed;
 /// the exit status is 0. The serving threads end with the process.
-fn shut_down(
-    servers: &[Arc<ExportServer>],
-    flushes: &[(String, Arc<IoThread>, Arc<dyn BlockBackend>)],
-) {
+fn shut_down(daemon: &Daemon) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for server in servers {
+    let exports = daemon.exports();
+    for export in &exports {
+        let Some(server) = export.server() else {
+            continue;
+        };
         if !server.stop_queues(deadline) {
-            eprintln!(
-                "vmm-bin storage-daemon: {}: the export is busy; its requests in flight are abandoned",
-                server.path().display()
+            tracing::warn!(
+                "{}: the export is busy; its requests in flight are abandoned",
+                export.id
             );
         }
-    }
-    for (id, iothread, backend) in flushes {
-        if let Err(e) = crate::disks::flush(iothread, backend.clone(), deadline) {
-            eprintln!("vmm-bin storage-daemon: --export {id}: flush: {e}");
+        if !server.path().as_os_str().is_empty() {
+            let _ = std::fs::remove_file(server.path());
         }
+        // qemu-storage-daemon reports every export's end as it exits.
+        daemon.emit("BLOCK_EXPORT_DELETED", serde_json::json!({"id": export.id}));
     }
-    for server in servers {
-        let _ = std::fs::remove_file(server.path());
+    for export in &exports {
+        let mut backends: Vec<Arc<dyn BlockBackend>> = export
+            .claims()
+            .iter()
+            .filter(|c| !c.read_only())
+            .map(|c| c.drive().backend().clone())
+            .collect();
+        if let Some(scsi) = &export.scsi {
+            backends.extend(scsi.claims());
+        }
+        for backend in backends {
+            if let Err(e) = crate::disks::flush(&export.iothread, backend, deadline) {
+                tracing::error!("--export {}: flush: {e}", export.id);
+            }
+        }
     }
 }
 
@@ -444,14 +602,14 @@ pub fn main(args: &[String]) -> i32 {
     let config = match parse_args(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vmm-bin storage-daemon: {e}");
+            tracing::error!("{e}");
             return 1;
         }
     };
     match run(&config) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("vmm-bin storage-daemon: {e}");
+            tracing::error!("{e}");
             1
         }
     }
@@ -461,10 +619,15 @@ const USAGE: &str = "\
   --blockdev driver=file,node-name=NAME,filename=PATH[,cache.direct=on|off][,aio=io_uring][,read-only=on|off]
   --blockdev driver=raw,node-name=NAME,file=NODE[,read-only=on|off]
   --blockdev {\"driver\":\"raw\",\"node-name\":NAME,\"file\":{\"driver\":\"file\",\"filename\":PATH}}
-  --export type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=SOCKET
+  --export type=vhost-user-blk|vhost-user-scsi,id=ID,node-name=NODE,
+           addr.type=unix,addr.path=SOCKET | addr.type=fd,addr.str=FD
            [,writable=on|off][,num-queues=N][,logical-block-size=512|4096][,serial=STR]
            [,iothread=ID]
-  --object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]";
+  --object iothread,id=ID[,poll-max-ns=NS][,poll-grow=N][,poll-shrink=N]
+  --chardev socket,id=ID,path=SOCKET,server=on[,wait=on|off]
+  --monitor [chardev=]ID[,mode=control]
+  --pidfile PATH
+  --daemonize";
 
 #[cfg(test)]
 mod tests {
@@ -536,7 +699,7 @@ mod tests {
             ("--export type=nbd,id=e", "type 'nbd'"),
             (
                 "--export type=vhost-user-blk,id=e,node-name=n,addr.type=inet,addr.path=p",
-                "addr.type 'inet'",
+                "Only socket address types 'unix' and 'fd' are supported",
             ),
             (
                 "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=p,num-queues=x",
@@ -560,6 +723,23 @@ mod tests {
                 "--export type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=/tmp/p \
                  --export type=vhost-user-blk,id=f,node-name=n,addr.type=unix,addr.path=/tmp/../tmp/p",
                 "is already the socket of export 'e'",
+            ),
+            (
+                "--export type=vhost-user-blk,id=e,node-name=n,addr.type=fd,addr.str=7 \
+                 --export type=vhost-user-scsi,id=f,node-name=n,addr.type=fd,addr.str=7",
+                "--export f: its addr.str fd is another export's",
+            ),
+            (
+                "--export type=vhost-user-scsi,id=e,node-name=n,addr.type=unix,addr.path=p,serial=1234567890123456789012345678901234567",
+                "scsi-hd's serial holds at most 36",
+            ),
+            (
+                "--monitor chardev=nope",
+                "--monitor: chardev 'nope' not found",
+            ),
+            (
+                "--chardev socket,id=m,path=p,server=off",
+                "only server=on is supported",
             ),
             (
                 "--blockdev driver",
