@@ -95,6 +95,15 @@ pub(crate) fn assemble_pvh(dir: &Path, name: &str, skip: impl Fn(&str)) -> Optio
     Some(elf)
 }
 
+/// Starts the PVH program `elf` (from [`assemble_pvh`]) with 128 MiB, isa-debug-exit
+/// at 0xf4 (how the programs end) and `extra` options.
+pub(crate) fn start_pvh(elf: &Path, extra: &[&str]) -> Vm {
+    let mut args = vec!["-nographic", "-m", "128", "-kernel", elf.to_str().unwrap()];
+    args.extend_from_slice(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    args.extend_from_slice(extra);
+    Vm::start(&args)
+}
+
 /// Guest RAM for device-level tests: one memfd block of `bytes` at guest address 0.
 pub(crate) fn guest_ram(bytes: u64) -> ram_block::RamList {
     let ram = ram_block::RamList::new();

@@ -63,16 +63,29 @@ hex32:
         mov $8, %ecx
 1:      rol $4, %ebx
         mov %ebx, %eax
-        and $0xf, %eax
-        cmp $10, %al
-        jb 2f
-        add $('a' - '0' - 10), %al
-2:      add $'0', %al
-        call putc
+        call hexdigit
         loop 1b
         pop %ebx
         pop %eax
         pop %ecx
+        ret
+
+/* hex8: %al as 2 hex digits. */
+hex8:
+        push %eax
+        shr $4, %al
+        call hexdigit
+        pop %eax
+/* hexdigit: the low 4 bits of %al as a hex digit. */
+hexdigit:
+        push %eax
+        and $0xf, %al
+        cmp $10, %al
+        jb 1f
+        add $('a' - '0' - 10), %al
+1:      add $'0', %al
+        call putc
+        pop %eax
         ret
 
 /* hex64: the quadword at (%esi) as 16 hex digits. */
