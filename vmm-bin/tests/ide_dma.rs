@@ -7,6 +7,12 @@
 //! checks what it read against the image's pattern; this test checks every line and,
 //! afterwards, every byte of the image.
 //!
+//! QEMU 10 (`qemu-system-x86_64 -accel kvm -kernel ide_dma.elf -drive
+//! file=..,if=ide,index=0`) prints the same lines and leaves the same image, except
+//! for the two faults: it completes them without Error (a transfer to unassigned
+//! memory is discarded, a table there reads as all-ones), where issue 18 asks for the
+//! Error bit and an aborted command.
+//!
 //! Skips loudly without `/dev/kvm` or binutils.
 
 mod common;
@@ -90,7 +96,7 @@ fn guest_drives_bus_master_dma_through_prd_tables() {
         format!("read-cross {ok} data=ok"),
         // The table ends first: Active clears, no interrupt, no error (QEMU's
         // ide_dma_cb: "The PRDs were too short").
-        "read-short irq=00000000 bm=00 ata=50 err=00 after=00 clr=00".to_string(),
+        "read-short irq=00000000 bm=00 ata=50 err=00 after=00 clr=00 data=untouched".to_string(),
         // Outside RAM: the command aborts (DRDY|ERR, ABRT: QEMU's ide_abort_command),
         // Error and Interrupt set.
         "bad-region irq=00000001 bm=06 ata=41 err=04 after=06 clr=00".to_string(),

@@ -13,7 +13,8 @@
  * One line per case on COM1:
  *   <case> irq=<count> bm=<BM status in the handler> ata=<status> err=<error>
  *          after=<BM status once stopped> clr=<BM status once INT/ERR are cleared>
- *          data=<ok | bad@offset | - (not checked)>
+ *          data=<ok | bad@offset | - (not checked) | untouched | written (the short
+ *          table's region)>
  * then PASS (exit 0x10: status 33), or FAIL <what> (exit 0x11: status 35).
  */
         .include "lib.S"
@@ -129,13 +130,21 @@
         call read_case
 
         /* 5. A table of 1 KiB for 4 sectors: the transfer cannot start; Active clears,
-              no interrupt. */
+              no interrupt, the region keeps its poison. */
         mov $s_read_short, %esi
         mov $40, %eax
         mov $4, %ecx
         mov $t_short, %ebx
         mov $READ_DMA_EXT, %dl
         call dma_case
+        mov $BUF + 0x6000, %edi         /* still the poison read-cross left there? */
+        mov $(0x400 / 4), %ecx
+        mov $0xcccccccc, %eax
+        repe scasl
+        mov $s_data_untouched, %esi
+        je 1f
+        mov $s_data_written, %esi
+1:      call puts
         call newline
 
         /* 6. A region outside RAM; 7. a table outside RAM: Error and the interrupt. */
@@ -567,6 +576,8 @@ s_clr:          .asciz " clr="
 s_data_ok:      .asciz " data=ok"
 s_data_bad:     .asciz " data=bad@"
 s_data_none:    .asciz " data=-"
+s_data_untouched: .asciz " data=untouched"
+s_data_written: .asciz " data=written"
 s_pass:         .asciz "PASS"
 f_nodev:        .asciz "FAIL no PIIX3 IDE function at 00:01.1"
 f_bar:          .asciz "FAIL BAR4 not placed"
