@@ -301,7 +301,7 @@ fn report_luns_races_hotplug_and_unplug() {
 
 /// The same race on the REPORT LUNS inventory and the dispatch lookup, without I/O or
 /// event loops, so that miri can check it for use after free and data races:
-/// `MIRIFLAGS=-Zmiri-ignore-leaks cargo +nightly miri test -p scsi --test
+/// `MIRIFLAGS=-Zmiri-ignore-leaks cargo +nightly miri test -p scsi-bus --test
 /// report_luns_hotplug inventory` (the leak is rcu's call_rcu thread).
 #[test]
 fn report_luns_inventory_races_unplug() {
