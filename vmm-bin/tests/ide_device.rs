@@ -135,9 +135,10 @@ fn device_add_and_del_are_refused_as_in_qemu() {
     );
     refused(q.run("device_add", json!({"driver": "ide-cd"})), "ide.1");
     refused(q.run("device_del", json!({"id": "x"})), "ide.1");
-    // The -device's disk is there, on the secondary master, under its QOM path.
+    // The -device's disk is there; query-block names it by its id, as QEMU does.
     let x = q.block("d1");
-    assert_eq!(x["qdev"], "/machine/peripheral/x", "{x}");
+    assert_eq!(x["qdev"], "x", "{x}");
+    assert_eq!(x["removable"], false, "{x}");
     // d0 is still free for a device.
     assert!(q.run("query-block", json!({}))["return"].is_array());
 }

@@ -547,6 +547,8 @@ mod tests {
     fn help_lists_the_drivers_as_qemu_does() {
         let help = registry().help();
         assert!(help.contains("name \"scsi-hd\", bus SCSI, desc \"virtual SCSI disk\""));
+        assert!(help.contains("name \"ide-hd\", bus IDE, desc \"virtual IDE disk\""));
+        assert!(help.contains("name \"ide-cd\", bus IDE, desc \"virtual IDE CD-ROM\""));
         assert!(help.contains("name \"virtio-scsi-pci\", bus PCI"));
         assert!(help.contains("name \"virtio-blk-pci\", bus PCI"));
     }

@@ -47,6 +47,14 @@ pub(crate) struct IdeDrive {
     pub(crate) claim: Option<Claim>,
 }
 
+impl IdeDrive {
+    /// What QEMU's monitor calls the device (`query-block`'s `qdev`, DEVICE_TRAY_MOVED's
+    /// `id`): its `id=` if it has one, else its QOM path.
+    pub(crate) fn attached_id(&self) -> &str {
+        self.qdev_id.as_deref().unwrap_or(&self.qdev)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) drives: Vec<IdeDrive>,
