@@ -14,7 +14,7 @@ use qdev_bus::PciAddress;
 
 use kvm_ioctls::VmFd;
 
-use crate::{Error, GuestRam, KvmIrqLine, Machine, Platform, Result};
+use crate::{Error, GuestRam, KvmIrqLine, Platform, Result};
 
 /// Where the function sits on the `pc` machine (slot 1, function 1).
 pub const IDE_SLOT: u8 = 1;
@@ -66,8 +66,19 @@ pub enum IdeMedia {
     Cdrom,
 }
 
+impl IdeMedia {
+    /// QEMU's driver name: `ide-hd` or `ide-cd`.
+    pub fn driver(self) -> &'static str {
+        match self {
+            IdeMedia::Disk => "ide-hd",
+            IdeMedia::Cdrom => "ide-cd",
+        }
+    }
+}
+
 /// Attaches an `ide-hd`/`ide-cd` named `id` on `drive` at `bus` (0: primary, 1:
-/// secondary) and `unit` (0: master, 1: slave) of the machine's IDE controller. Call
+/// secondary) and `unit` (0: master, 1: slave) of the machine's IDE controller
+/// ([`crate::Machine::ide`]), with IDENTIFY's `serial` (`None`: `QM000NN`). Call
 /// before the guest runs.
 ///
 /// # Errors
@@ -75,25 +86,26 @@ pub enum IdeMedia {
 /// A disk without a drive, a bus/unit past 1 or taken, an id in use: the message is
 /// QEMU's where it has one.
 pub fn attach(
-    machine: &Machine,
+    ctl: &IdeController,
     bus: usize,
     unit: usize,
     id: &str,
     media: IdeMedia,
     drive: Option<Drive>,
+    serial: Option<&str>,
 ) -> std::result::Result<(), String> {
-    let device = match (media, drive) {
+    let mut device = match (media, drive) {
         (IdeMedia::Disk, Some(drive)) => IdeDevice::disk(id, drive),
         (IdeMedia::Disk, None) => return Err("Device needs media, but drive is empty".into()),
         (IdeMedia::Cdrom, disc) => IdeDevice::cdrom(id, disc),
     };
+    if let Some(serial) = serial {
+        device = device.serial(serial);
+    }
     if bus > 1 {
         return Err(format!("Bus 'ide.{bus}' not found"));
     }
-    machine
-        .ide()
-        .attach(bus, unit, device)
-        .map_err(|e| e.to_string())
+    ctl.attach(bus, unit, device).map_err(|e| e.to_string())
 }
 
 /// The firmware device path of the IDE device at `bus`/`unit` (fw_cfg `bootorder`), as

@@ -502,6 +502,8 @@ usage: vmm-bin [options]
         [,num-queues=N][,queue-size=N][,serial=..]
   -device virtio-scsi-pci,id=ID[,iothread=..][,num_queues=N][,virtqueue_size=N][,addr=SLOT]
   -device scsi-hd,drive=ID|NODE,bus=ID.0[,id=..][,scsi-id=N][,lun=N][,bootindex=N][,serial=..]
+  -device ide-hd|ide-cd[,drive=ID|NODE][,bus=ide.0|ide.1][,unit=0|1][,id=..][,bootindex=N]
+        [,serial=..]   (ide-cd without drive: an empty CD drive; not hotpluggable)
   -device help       list the device models
   -drive file=PATH,format=raw,if=ide|virtio|none,id=..,werror=..,rerror=..,cache=..,aio=..
         [,readonly=on][,media=disk|cdrom][,index=N|bus=N,unit=N][,discard=ignore|unmap]

@@ -166,12 +166,8 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Rc<Devices>, String> {
         devices.push((text, Opts::from_pairs("-device", pairs)));
     }
     let machine = Devices::new(runner, nodes, threads);
-    for (text, opts) in devices {
-        machine
-            .add(opts, Phase::ColdPlug)
-            .map_err(|e| format!("{text}: {e}"))?;
-    }
-    // The IDE drives on the PIIX3 IDE function the machine always has.
+    // The IDE drives on the PIIX3 IDE function the machine always has: before the
+    // -device lines, as QEMU's machine init makes them.
     for (d, id) in ide_drives {
         let vm = runner.runstate();
         let mut boot_order = machine.boot_order_mut();
@@ -184,6 +180,11 @@ pub fn attach(runner: &Runner, config: &Config) -> Result<Rc<Devices>, String> {
             &id,
             &mut boot_order,
         )?;
+    }
+    for (text, opts) in devices {
+        machine
+            .add(opts, Phase::ColdPlug)
+            .map_err(|e| format!("{text}: {e}"))?;
     }
     for id in machine.nodes.unused_drives() {
         warn!("-drive id={id} is not used by any device");

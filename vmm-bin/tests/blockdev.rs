@@ -82,22 +82,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn image(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    path.display().to_string()
-}
-
 #[test]
 fn nodes_the_vm_cannot_have_are_refused() {
     if !kvm_and_seabios() {
         return;
     }
     let dir = scratch("refused");
-    let img = image(&dir, "a.img");
+    let img = common::blank_image(&dir, "a.img");
     let file0 = format!("driver=file,node-name=f0,filename={img}");
     let cases: [(Vec<&str>, &str); 3] = [
         (
@@ -197,7 +188,10 @@ fn blockdev_add_and_del_through_qmp_while_a_device_uses_a_node() {
         return;
     }
     let dir = scratch("qmp");
-    let (a, b) = (image(&dir, "a.img"), image(&dir, "b.img"));
+    let (a, b) = (
+        common::blank_image(&dir, "a.img"),
+        common::blank_image(&dir, "b.img"),
+    );
     let sock = dir.join("qmp.sock");
     let vm = Command::new(env!("CARGO_BIN_EXE_vmm-bin"))
         .args(["-nographic", "-m", "64", "-S"])

@@ -145,6 +145,20 @@ fn seabios_boots_our_boot_sector_from_drive_if_ide() {
     );
 }
 
+/// `-drive if=none` + `-device ide-hd` on the secondary master, through the registry.
+#[test]
+fn seabios_boots_our_boot_sector_from_device_ide_hd() {
+    boot_disk_test(
+        "device-ide-hd",
+        &[
+            "-drive",
+            "file={},format=raw,if=none,id=d0",
+            "-device",
+            "ide-hd,drive=d0,bus=ide.1,unit=0",
+        ],
+    );
+}
+
 #[test]
 fn the_disk_pattern_is_what_the_boot_sector_checks() {
     let disk = common::disk_image(&[0u8; 512]);

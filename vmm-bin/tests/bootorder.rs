@@ -180,6 +180,44 @@ fn seabios_boots_the_disk_with_the_lowest_bootindex() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bootindex` on `-device ide-hd` puts the IDE device path in `bootorder`
+/// (`/pci@i0cf8/ide@1,1/drive@CHANNEL/disk@UNIT`, QEMU's) and SeaBIOS honours it against
+/// a virtio-blk disk, either way round.
+#[test]
+fn seabios_honours_the_bootindex_of_an_ide_disk() {
+    let Some((dir, images)) = disks("ide_bootindex") else {
+        return;
+    };
+    let cases: [(&[&str], char, &str); 2] = [
+        (
+            &[
+                "-device",
+                "virtio-blk-pci,drive=b,bootindex=2",
+                "-device",
+                "ide-hd,drive=a,bus=ide.1,unit=1,bootindex=1",
+            ],
+            'A',
+            "/pci@i0cf8/ide@1,1/drive@1/disk@1\n/pci@i0cf8/scsi@3/disk@0,0\0",
+        ),
+        (
+            &[
+                "-device",
+                "virtio-blk-pci,drive=b,bootindex=1",
+                "-device",
+                "ide-hd,drive=a,bootindex=2",
+            ],
+            'B',
+            "/pci@i0cf8/scsi@3/disk@0,0\n/pci@i0cf8/ide@1,1/drive@1/disk@0\0",
+        ),
+    ];
+    for (devices, want, order) in cases {
+        let (report, _) = run(&format!("{devices:?}"), vmm(&args(&images, devices)));
+        assert_eq!(report.booted, want, "{devices:?}: {report:?}");
+        assert_eq!(report.bootorder, order, "{devices:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn boot_menu_is_offered_only_with_menu_on() {
     let Some((dir, images)) = disks("boot_menu") else {
@@ -215,7 +253,14 @@ fn the_firmware_is_told_what_qemu_tells_it() {
         return;
     }
     // Explicit slots: QEMU's and ours number the others differently.
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
+        // ide-hd on the secondary slave: QEMU's device path for an IDE disk.
+        &[
+            "-device",
+            "ide-hd,drive=a,bus=ide.1,unit=1,bootindex=1",
+            "-device",
+            "virtio-blk-pci,drive=b,bootindex=2,addr=0x6",
+        ],
         // scsi-hd on virtio-scsi-pci: QEMU's device path for a SCSI disk.
         &[
             "-device",

@@ -70,35 +70,49 @@ fn start_vm(disk: &Path, cd: &Path, extra: &[&str]) -> common::Vm {
     common::Vm::start(&args)
 }
 
-/// `-boot d` boots the CD although the first hard disk is bootable too: its boot
-/// sector is the same program, which finds no volume descriptor on the disk and
-/// fails, so PASS proves both the order and the ATAPI reads.
-#[test]
-fn seabios_boots_an_el_torito_iso_from_ide_cd() {
-    if !common::seabios_vm_or_skip("ide_cdrom") {
+/// Boots with `-boot d` from the ISO attached by `cd_args` (`{iso}`: its path), the
+/// first hard disk holding the same program: it finds no volume descriptor on the disk
+/// and fails, so PASS proves both the order and the ATAPI reads.
+fn cd_boot_test(name: &str, cd_args: &[&str]) {
+    if !common::seabios_vm_or_skip(name) {
         return;
     }
-    let dir = scratch("boot");
+    let dir = scratch(name);
     let Some((iso, boot)) = boot_iso(&dir) else {
         return;
     };
     let disk = dir.join("disk.img");
     boot_disk(&disk, boot);
-    let mut vm = start_vm(
-        &disk,
-        &iso,
-        &[
-            "-no-reboot",
-            "-boot",
-            "d",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        ],
-    );
+    let (disk, iso) = (disk.display().to_string(), iso.display().to_string());
+    let cd: Vec<String> = cd_args.iter().map(|a| a.replace("{iso}", &iso)).collect();
+    let mut args = vec!["-nographic", "-m", "64", "-no-reboot", "-hda", &disk];
+    args.extend(cd.iter().map(String::as_str));
+    args.extend(["-boot", "d"]);
+    args.extend(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    let mut vm = common::Vm::start(&args);
     let status = vm.wait_exit(Duration::from_secs(120));
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(vm.seen.contains("CD PASS"), "serial:\n{}", vm.seen);
+    assert!(vm.seen.contains("CD PASS"), "{name}: serial:\n{}", vm.seen);
     assert_eq!(status.and_then(|s| s.code()), Some(33), "{}", vm.stderr());
+}
+
+#[test]
+fn seabios_boots_an_el_torito_iso_from_ide_cd() {
+    cd_boot_test("ide_cdrom", &["-cdrom", "{iso}"]);
+}
+
+/// `-drive if=none` + `-device ide-cd` (the registry's path) boots as `-cdrom` does.
+#[test]
+fn seabios_boots_an_el_torito_iso_from_device_ide_cd() {
+    cd_boot_test(
+        "ide_cdrom_device",
+        &[
+            "-drive",
+            "file={iso},format=raw,if=none,id=cd0,readonly=on",
+            "-device",
+            "ide-cd,drive=cd0,bus=ide.0,unit=1,id=cd",
+        ],
+    );
 }
 
 fn error(reply: &Value) -> (String, String) {

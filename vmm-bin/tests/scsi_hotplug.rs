@@ -507,12 +507,6 @@ fn cold_plug_refusals_match_qemu() {
         for d in devices {
             cmd.args(["-device", d]);
         }
-        let out = cmd.stdin(Stdio::null()).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{devices:?}: {stderr}");
-        assert!(
-            stderr.contains(&format!("vmm-bin: {want}\n")),
-            "{devices:?}: {stderr}"
-        );
+        common::assert_refused(cmd, want, &format!("{devices:?}"));
     }
 }

@@ -4,16 +4,18 @@
 //! Every device the user names goes through the registry: `-device` (cold plug, in
 //! command-line order, `-drive if=virtio` first) and QMP `device_add`/`device_del`
 //! (hotplug). Each driver's factory lives in a module of its own ([`virtio_blk`],
-//! [`scsi`]); a new disk family adds a module and a line in [`registry`].
+//! [`scsi`], [`ide`]); a new disk family adds a module and a line in [`registry`].
 //!
 //! Buses: `pci.0` is a PCI bus that cannot hotplug (the i440FX machine has no ACPI
 //! hotplug controller; QEMU with `acpi=off` says the same), the SCSI bus of each
-//! virtio-scsi controller (`<id>.0`) can. `DEVICE_DELETED` comes from the tree after
+//! virtio-scsi controller (`<id>.0`) can, the IDE channels `ide.0` and `ide.1` (the
+//! PIIX3 IDE function the machine always has) cannot. `DEVICE_DELETED` comes from the tree after
 //! the grace period (a SCSI LUN's drain first) through kvm-machine's event sink to
 //! [`Devices::device_deleted`] on the main thread, which releases the device's block
 //! backend (a `-drive if=none` goes with it, a `-blockdev` node stays) and then tells
 //! the monitor.
 
+pub mod ide;
 pub mod qmp;
 pub mod scsi;
 pub mod virtio_blk;
@@ -113,8 +115,10 @@ pub struct Devices {
     main: AioHandle,
     /// Every block node and drive (for the monitor's block commands).
     pub nodes: NodeRegistry,
-    /// The IDE devices (`-hda`, `-cdrom`, `-drive if=ide`), for the monitor.
+    /// The IDE devices (`-hda`, `-cdrom`, `-drive if=ide`, `-device ide-hd|ide-cd`),
+    /// for the monitor.
     pub ide: crate::ide::IdeDisks,
+    ide_controller: ::ide::IdeController,
     iothreads: RefCell<Vec<(String, Arc<IoThread>)>>,
     next_slot: Cell<u8>,
     boot_order: RefCell<BootOrder>,
@@ -131,6 +135,7 @@ pub fn registry() -> DeviceRegistry<Devices> {
     let mut r = DeviceRegistry::new();
     virtio_blk::register(&mut r);
     scsi::register(&mut r);
+    ide::register(&mut r);
     r
 }
 
@@ -161,6 +166,7 @@ impl Devices {
             main: runner.context().handle(),
             nodes,
             ide: crate::ide::IdeDisks::default(),
+            ide_controller: machine.ide().clone(),
             iothreads: RefCell::new(iothreads),
             next_slot: Cell::new(3),
             boot_order: RefCell::new(BootOrder::new()),
@@ -378,6 +384,16 @@ impl Devices {
         Ok(self.pci.plug(address, Box::new(pci))?)
     }
 
+    /// The machine's PIIX3 IDE controller.
+    pub(crate) fn ide_controller(&self) -> ::ide::IdeController {
+        self.ide_controller.clone()
+    }
+
+    /// The machine's run state (for the drives' error policy).
+    pub(crate) fn runstate(&self) -> &RunStateMachine {
+        &self.runstate
+    }
+
     /// The main loop's handle (to finish an unplug there).
     pub(crate) fn main_loop(&self) -> &AioHandle {
         &self.main
@@ -435,14 +451,19 @@ impl DeviceHost for Devices {
         if name == PCI_BUS {
             return Some(pci_bus());
         }
+        if let Some(bus) = ide::bus(name) {
+            return Some(bus);
+        }
         let buses = self.buses.borrow();
         let entry = buses.iter().find(|b| b.info.name == name);
         entry.map(|b| b.info.clone())
     }
 
     fn default_bus(&self, kind: BusKind) -> Option<BusInfo> {
-        if kind == BusKind::Pci {
-            return Some(pci_bus());
+        match kind {
+            BusKind::Pci => return Some(pci_bus()),
+            BusKind::Ide => return Some(ide::default_bus()),
+            _ => {}
         }
         let buses = self.buses.borrow();
         let entry = buses.iter().find(|b| b.info.kind == kind);
@@ -452,6 +473,9 @@ impl DeviceHost for Devices {
     fn bus_of(&self, id: &str) -> Option<BusInfo> {
         if self.pci.bus().find(&rcu::read(), id).is_some() {
             return Some(pci_bus());
+        }
+        if let Some(bus) = ide::bus_of(self, id) {
+            return Some(bus);
         }
         self.child_bus_of(id, |b| b.info.clone())
     }
@@ -523,6 +547,8 @@ mod tests {
     fn help_lists_the_drivers_as_qemu_does() {
         let help = registry().help();
         assert!(help.contains("name \"scsi-hd\", bus SCSI, desc \"virtual SCSI disk\""));
+        assert!(help.contains("name \"ide-hd\", bus IDE, desc \"virtual IDE disk\""));
+        assert!(help.contains("name \"ide-cd\", bus IDE, desc \"virtual IDE CD-ROM\""));
         assert!(help.contains("name \"virtio-scsi-pci\", bus PCI"));
         assert!(help.contains("name \"virtio-blk-pci\", bus PCI"));
     }

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ::ide::IdeController;
 use block_dma::{BlockIoError, Drive};
 use block_node::drive::DriveOptions;
 use block_node::{AttachOptions, Claim, NodeRegistry};
@@ -46,6 +47,14 @@ pub(crate) struct IdeDrive {
     pub(crate) claim: Option<Claim>,
 }
 
+impl IdeDrive {
+    /// What QEMU's monitor calls the device (`query-block`'s `qdev`, DEVICE_TRAY_MOVED's
+    /// `id`): its `id=` if it has one, else its QOM path.
+    pub(crate) fn attached_id(&self) -> &str {
+        self.qdev_id.as_deref().unwrap_or(&self.qdev)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) drives: Vec<IdeDrive>,
@@ -76,27 +85,28 @@ pub struct IdeDeviceSpec<'a> {
     pub options: DriveOptions,
     /// Firmware boot priority (negative: none).
     pub bootindex: i32,
+    /// IDENTIFY's serial number (`None`: QEMU's `QM000NN`).
+    pub serial: Option<&'a str>,
 }
 
-/// Attaches an `ide-hd`/`ide-cd` to `machine`'s IDE controller on its drive from
-/// `nodes`, adds its `bootindex` to `order`, and records it in `ide` for the monitor.
-/// The entry point for `-drive if=ide` and for a `-device ide-hd|ide-cd` factory.
+/// Attaches an `ide-hd`/`ide-cd` to the machine's IDE controller `ctl` on its drive
+/// from `nodes`, adds its `bootindex` to `order`, and records it in `ide` for the
+/// monitor. The entry point for `-drive if=ide` and for the `-device ide-hd|ide-cd`
+/// factories (`crate::devices::ide`).
 ///
 /// # Errors
 ///
-/// A drive that does not exist or is in use, a place taken, a bootindex used twice.
+/// A drive that does not exist or is in use, a place taken, a bootindex used twice:
+/// QEMU's words, without the option's text (the caller puts it in front).
 pub fn attach_ide_device(
-    machine: &Machine,
+    ctl: &IdeController,
     nodes: &NodeRegistry,
     vm: &RunStateMachine,
     ide: &IdeDisks,
     spec: IdeDeviceSpec<'_>,
     order: &mut BootOrder,
 ) -> Result<(), String> {
-    let driver = match spec.media {
-        IdeMedia::Disk => "ide-hd",
-        IdeMedia::Cdrom => "ide-cd",
-    };
+    let driver = spec.media.driver();
     let mut state = ide.state.borrow_mut();
     // QEMU's QOM paths: `/machine/peripheral/ID` for a -device with an id, else an
     // unattached device (QEMU 10's pc numbers its first IDE device 4).
@@ -114,9 +124,9 @@ pub fn attach_ide_device(
             };
             Some(nodes.attach(reference, how).map_err(|e| match e {
                 block_node::Error::NotFound(r) => {
-                    format!("-device {driver}: Property '{driver}.drive' can't find value '{r}'")
+                    format!("Property '{driver}.drive' can't find value '{r}'")
                 }
-                e => format!("-device {driver},drive={reference}: {e}"),
+                e => e.to_string(),
             })?)
         }
         None => None,
@@ -134,11 +144,11 @@ pub fn attach_ide_device(
         let hook = hook.clone();
         drive.set_event_hook(move |e| hook(e));
     }
-    kvm_machine::ide::attach(machine, spec.bus, spec.unit, &ctl_id, spec.media, drive)
-        .map_err(|e| format!("-device {driver}: {e}"))?;
+    let (bus, unit, media) = (spec.bus, spec.unit, spec.media);
+    kvm_machine::ide::attach(ctl, bus, unit, &ctl_id, media, drive, spec.serial)?;
     order
         .add(spec.bootindex, ide_boot_path(spec.bus, spec.unit))
-        .map_err(|e| format!("-device {driver}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     state.drives.push(IdeDrive {
         name,
         ctl_id,
@@ -181,8 +191,10 @@ pub fn attach_drive(
         qdev_id: None,
         options: drive.clone(),
         bootindex: -1,
+        serial: None,
     };
-    attach_ide_device(machine, nodes, vm, ide, spec, order)
+    attach_ide_device(machine.ide(), nodes, vm, ide, spec, order)
+        .map_err(|e| format!("-device {}: {e}", media.driver()))
 }
 
 /// Refuses an `if=ide` drive the `pc` machine cannot take, in QEMU 10's words: a

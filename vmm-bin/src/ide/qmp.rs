@@ -203,7 +203,7 @@ fn query_block(ctl: &ide::IdeController, state: &State, base: Value) -> Value {
             None => json!({"io-status": "ok", "device": d.name, "type": "unknown"}),
         };
         let cd = d.media == IdeMedia::Cdrom;
-        entry["qdev"] = json!(d.qdev);
+        entry["qdev"] = json!(d.attached_id());
         entry["removable"] = json!(cd);
         entry["locked"] = json!(ctl.is_locked(&d.ctl_id).unwrap_or(false));
         if cd {
@@ -218,7 +218,7 @@ fn query_block(ctl: &ide::IdeController, state: &State, base: Value) -> Value {
 fn tray_moved(events: &QmpEvents, d: &IdeDrive, open: bool) {
     events.emit(
         "DEVICE_TRAY_MOVED",
-        Some(json!({"device": d.name, "tray-open": open, "id": d.qdev})),
+        Some(json!({"device": d.name, "tray-open": open, "id": d.attached_id()})),
     );
 }
 

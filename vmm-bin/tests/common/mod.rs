@@ -10,6 +10,28 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Creates `dir/name`, a sparse 1 MiB image of zeros; its path.
+pub(crate) fn blank_image(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    path.display().to_string()
+}
+
+/// Runs `cmd` (the VMM with a command line it must refuse) and checks that it exits
+/// with status 1 after printing `vmm-bin: WANT` on stderr; `what` names the case.
+pub(crate) fn assert_refused(mut cmd: Command, want: &str, what: &str) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+    assert!(
+        stderr.contains(&format!("vmm-bin: {want}\n")),
+        "{what}: {stderr}"
+    );
+}
+
 /// Assembles `tests/bootsector/NAME.S` (GNU as, 16-bit) into a 512-byte boot sector
 /// linked at 0x7c00, working in `dir`. `None` after `skip` says why, without binutils.
 pub(crate) fn assemble_boot_sector(dir: &Path, name: &str, skip: impl Fn(&str)) -> Option<Vec<u8>> {
