@@ -6,7 +6,7 @@
 //! - `msix_signal`: one interrupt through an [`MsixTable`] (unmasked: the message out;
 //!   masked: the pending bit), the per-interrupt cost a transport adds.
 //!
-//! `cargo bench -p pci --bench config_cycle -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench -p pci-bus --bench config_cycle -- --warm-up-time 1 --measurement-time 2`
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
