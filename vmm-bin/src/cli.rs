@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use qemu_opts::{Grammar, Opts, SizeUnit};
 
-use crate::logging::LogConfig;
 use crate::monitor::{MonitorError, QmpOption};
+use qemu_log::LogConfig;
 
 mod drive;
 mod smp;

@@ -8,7 +8,6 @@
 pub mod devices;
 pub mod disks;
 pub mod ide;
-pub mod logging;
 pub mod monitor;
 pub mod signals;
 pub mod storage_daemon;

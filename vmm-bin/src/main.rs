@@ -5,9 +5,9 @@ use std::rc::Rc;
 
 use aio_context::FdHandler;
 use kvm_machine::{Runner, kvm_available};
+use qemu_log::LogConfig;
 use runstate::Event;
 use vmm_bin::cli;
-use vmm_bin::logging::{self, LogConfig};
 use vmm_bin::machine::machine_config;
 use vmm_bin::signals::TerminationSignals;
 
@@ -26,7 +26,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("storage-daemon") {
         // qemu-storage-daemon has no -d/-D: its log is configured by VMM_LOG alone.
-        if let Err(e) = logging::init(STORAGE_DAEMON, &LogConfig::default()) {
+        if let Err(e) = qemu_log::init(STORAGE_DAEMON, &LogConfig::default()) {
             fail(e);
         }
         std::process::exit(vmm_bin::storage_daemon::main(&args[1..]));
@@ -40,14 +40,14 @@ fn main() {
     }
     let config = cli::parse(args).unwrap_or_else(|e| {
         // The command line configures the log; this one is not usable: the defaults.
-        let _ = logging::init(PROGRAM, &LogConfig::default());
+        let _ = qemu_log::init(PROGRAM, &LogConfig::default());
         fail(e)
     });
     if config.log.help {
-        print!("{}", logging::HELP);
+        print!("{}", qemu_log::HELP);
         return;
     }
-    if let Err(e) = logging::init(PROGRAM, &config.log) {
+    if let Err(e) = qemu_log::init(PROGRAM, &config.log) {
         fail(e);
     }
     for warning in &config.warnings {

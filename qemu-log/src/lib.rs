@@ -1,10 +1,10 @@
-//! Diagnostics: the `tracing` subscriber of the `vmm-bin` process, configured in the
-//! spirit of QEMU's `-d` (what to log) and `-D` (where), and from `VMM_LOG`.
+//! Diagnostics for a QEMU-style program: a `tracing` subscriber configured in the spirit
+//! of QEMU's `-d` (what to log) and `-D` (where), and from `VMM_LOG`.
 //!
-//! Every library crate reports through the `tracing` macros; only the binary installs a
-//! subscriber, here. Its lines go to **stderr** (or the `-D` file), never to stdout:
-//! stdout is the guest's serial console and the QMP socket is the monitor's, and neither
-//! may carry a log line.
+//! Library crates report through the `tracing` macros; only a binary installs a
+//! subscriber, with [`init`]. Its lines go to **stderr** (or the `-D` file), never to
+//! stdout: in a VMM stdout is the guest's serial console and the QMP socket is the
+//! monitor's, and neither may carry a log line.
 //!
 //! A line reads like QEMU's `error_report`/`warn_report`/`info_report`:
 //!
@@ -26,6 +26,21 @@
 //! `-d debug`, `-d qmp=debug,vhost_user_export=trace`, `-d trace:virtio_core`. With
 //! `-D FILE` the filtered log goes to FILE (created or truncated, as QEMU's `-D`) and
 //! stderr keeps only warnings and errors.
+//!
+//! ```
+//! use qemu_log::LogConfig;
+//!
+//! // -d qmp=debug,trace:virtio_core -D /tmp/vmm.log
+//! let mut config = LogConfig::default();
+//! config.add_items("qmp=debug,trace:virtio_core")?;
+//! config.file = Some("/tmp/vmm.log".into());
+//! assert_eq!(config.directives, ["qmp=debug", "virtio_core=trace"]);
+//! assert!(config.add_items("loud").is_err());
+//! // A binary then calls `qemu_log::init("my-vmm", &config)` once, before its threads.
+//! # Ok::<(), qemu_log::LogError>(())
+//! ```
+
+#![deny(missing_docs)]
 
 use std::fmt;
 use std::fs::File;
@@ -428,3 +443,7 @@ mod tests {
         assert_eq!(bad.len(), 1);
     }
 }
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
