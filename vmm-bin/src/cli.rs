@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use qemu_opts::{Grammar, Opts, SizeUnit};
 
-use crate::monitor::{MonitorError, QmpOption};
+use kvm_machine::MachineConfig;
+use pc_devices::monitor::{MonitorError, QmpOption};
 use qemu_log::LogConfig;
 
 mod drive;
@@ -60,42 +61,15 @@ impl From<qemu_opts::Error> for Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Where the guest's COM1 goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SerialBackend {
-    /// The process's stdin/stdout (`-serial stdio`, implied by `-nographic`).
-    Stdio,
-    /// Nowhere (`-serial none`, or the default without `-nographic`).
-    None,
-}
-
-/// `-device isa-debug-exit,iobase=..,iosize=..`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DebugExit {
-    /// First port.
-    pub iobase: u16,
-    /// Number of ports (1, 2 or 4).
-    pub iosize: u16,
-}
+/// `-device isa-debug-exit,iobase=..,iosize=..`: the machine's own ports.
+pub use kvm_machine::DebugExitPorts as DebugExit;
 
 /// One `-drive` option: the block-node crate owns its grammar.
 pub use block_node::DriveOptions as DriveConfig;
 
-/// One `-device` option other than `isa-debug-exit` (which the machine builds in).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceConfig {
-    /// The device type (`virtio-blk-pci`, `scsi-hd`, ...).
-    pub driver: String,
-    /// Its properties (`drive=`, `id=`, `bootindex=`, ...).
-    pub props: Opts,
-}
-
-impl DeviceConfig {
-    /// The `id=` property.
-    pub fn id(&self) -> Option<&str> {
-        self.props.get("id")
-    }
-}
+/// One `-device` option other than `isa-debug-exit` (which the machine builds in): the
+/// pc-devices crate owns it.
+pub use pc_devices::DeviceOption as DeviceConfig;
 
 /// One `-object` option.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,30 +83,15 @@ pub struct ObjectConfig {
 }
 
 /// The VM the command line describes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Guest RAM in bytes (`-m`; QEMU's default is 128 MiB).
-    pub ram_bytes: u64,
-    /// Number of vCPUs (`-smp N` or `-smp cpus=N`).
-    pub cpus: u32,
-    /// `-kernel`: direct Linux boot.
-    pub kernel: Option<PathBuf>,
-    /// `-initrd`.
-    pub initrd: Option<PathBuf>,
-    /// `-append`.
-    pub append: Option<String>,
-    /// `-bios`.
-    pub bios: PathBuf,
-    /// `-nographic`.
-    pub nographic: bool,
-    /// `-serial`.
-    pub serial: SerialBackend,
-    /// `-no-reboot`: a guest reset ends the VM instead.
-    pub no_reboot: bool,
+    /// What kvm-machine builds: `-m`, `-smp`, `-kernel`, `-initrd`, `-append`, `-bios`,
+    /// `-nographic`, `-serial` (COM1 on stdio or nowhere), `-no-reboot`,
+    /// `-device isa-debug-exit`, `-boot reboot-timeout=`, `-cpu host,...`. Its
+    /// `stop_on_internal_error` follows `-qmp` ([`crate::machine::machine_config`]).
+    pub machine: MachineConfig,
     /// `-S`: start with the vCPUs stopped (prelaunch) until the monitor says `cont`.
     pub start_paused: bool,
-    /// `-device isa-debug-exit,...`.
-    pub debug_exit: Option<DebugExit>,
     /// `-qmp ...`, for the monitor (parsed by the monitor's own [`QmpOption`] parser).
     pub qmp: Vec<QmpOption>,
     /// `-drive ...`.
@@ -143,15 +102,8 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     /// `-object ...`.
     pub objects: Vec<ObjectConfig>,
-    /// `-boot reboot-timeout=MS`: how long SeaBIOS waits before rebooting after a boot
-    /// failure (`None`: forever, QEMU's default); the same as
-    /// `boot.reboot_timeout_ms`, kept for the machine's firmware configuration.
-    pub reboot_timeout_ms: Option<u32>,
     /// `-boot`: order, once, menu, splash-time, strict, reboot-timeout.
     pub boot: BootOptions,
-    /// `-cpu host,FEATURE=on|off,+FEATURE,-FEATURE`: CPUID flags to keep or clear, by
-    /// QEMU's names (see [`kvm_machine::cpuid::FEATURES`]), in command-line order.
-    pub cpu_features: Vec<(String, bool)>,
     /// `-d ITEMS` and `-D FILE`: what is logged, and where.
     pub log: LogConfig,
     /// Warnings found while parsing (an ignored `-cpu` property): the caller logs them
@@ -159,36 +111,8 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// The default firmware: Debian's SeaBIOS (package `seabios`).
-pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            ram_bytes: 128 << 20,
-            cpus: 1,
-            kernel: None,
-            initrd: None,
-            append: None,
-            bios: PathBuf::from(DEFAULT_BIOS),
-            nographic: false,
-            serial: SerialBackend::None,
-            no_reboot: false,
-            start_paused: false,
-            debug_exit: None,
-            qmp: Vec::new(),
-            drives: Vec::new(),
-            blockdevs: Vec::new(),
-            devices: Vec::new(),
-            objects: Vec::new(),
-            reboot_timeout_ms: None,
-            boot: BootOptions::default(),
-            cpu_features: Vec::new(),
-            log: LogConfig::default(),
-            warnings: Vec::new(),
-        }
-    }
-}
+/// The default firmware: Debian's SeaBIOS (package `seabios`), the machine's.
+pub use kvm_machine::DEFAULT_BIOS;
 
 /// `-cpu host[,FEATURE=on|off|+FEATURE|-FEATURE...]`: the feature toggles, checked
 /// against the names we know.
@@ -279,8 +203,8 @@ where
         let name = name.to_owned();
         if FLAGS.contains(&name.as_str()) {
             match name.as_str() {
-                "nographic" => config.nographic = true,
-                "no-reboot" => config.no_reboot = true,
+                "nographic" => config.machine.nographic = true,
+                "no-reboot" => config.machine.no_reboot = true,
                 "S" => config.start_paused = true,
                 _ => {} // -enable-kvm, -nodefaults: what we do anyway
             }
@@ -294,17 +218,17 @@ where
         };
         apply(&mut config, &word, &name, &arg, &mut serial_given)?;
     }
-    if config.nographic && !serial_given {
-        config.serial = SerialBackend::Stdio;
+    if config.machine.nographic && !serial_given {
+        config.machine.serial_stdio = true;
     }
-    if config.kernel.is_none() {
+    if config.machine.kernel.is_none() {
         // QEMU's checks, in its order.
-        if config.append.is_some() {
+        if config.machine.append.is_some() {
             return Err(Error::Conflict(
                 "-append only allowed with -kernel option".into(),
             ));
         }
-        if config.initrd.is_some() {
+        if config.machine.initrd.is_some() {
             return Err(Error::Conflict(
                 "-initrd only allowed with -kernel option".into(),
             ));
@@ -335,18 +259,18 @@ fn apply(
             if bytes > (1 << 40) {
                 return Err(invalid(option, "guest RAM is limited to 1 TiB"));
             }
-            config.ram_bytes = bytes;
+            config.machine.ram_bytes = bytes;
         }
-        "smp" => config.cpus = smp::parse(option, arg)?,
-        "kernel" => config.kernel = Some(PathBuf::from(arg)),
-        "initrd" => config.initrd = Some(PathBuf::from(arg)),
-        "append" => config.append = Some(arg.to_owned()),
-        "bios" => config.bios = PathBuf::from(arg),
+        "smp" => config.machine.cpus = smp::parse(option, arg)?,
+        "kernel" => config.machine.kernel = Some(PathBuf::from(arg)),
+        "initrd" => config.machine.initrd = Some(PathBuf::from(arg)),
+        "append" => config.machine.append = Some(arg.to_owned()),
+        "bios" => config.machine.bios = PathBuf::from(arg),
         "serial" => {
             *serial_given = true;
-            config.serial = match arg {
-                "stdio" | "mon:stdio" => SerialBackend::Stdio,
-                "none" | "null" => SerialBackend::None,
+            config.machine.serial_stdio = match arg {
+                "stdio" | "mon:stdio" => true,
+                "none" | "null" => false,
                 _ => return Err(invalid(option, format!("'{arg}': only stdio and none"))),
             };
         }
@@ -383,7 +307,7 @@ fn apply(
         "accel" if arg == "kvm" || arg.starts_with("kvm,") => {}
         "accel" => return Err(invalid(option, "only KVM acceleration")),
         "cpu" if arg == "host" || arg.starts_with("host,") => {
-            config.cpu_features = parse_cpu_features(option, arg, &mut config.warnings)?;
+            config.machine.cpu_features = parse_cpu_features(option, arg, &mut config.warnings)?;
         }
         "cpu" => return Err(invalid(option, "only '-cpu host' (the host's KVM CPUID)")),
         "name" => {}
@@ -394,7 +318,7 @@ fn apply(
         "D" => config.log.file = Some(PathBuf::from(arg)),
         "boot" => {
             config.boot.apply(option, arg)?;
-            config.reboot_timeout_ms = config.boot.reboot_timeout_ms;
+            config.machine.reboot_timeout_ms = config.boot.reboot_timeout_ms;
         }
         "qmp" => config.qmp.push(arg.parse().map_err(|e| match e {
             MonitorError::Option(reason) => invalid(option, reason),
@@ -422,7 +346,7 @@ fn apply(
                 return Err(invalid(option, "missing device type"));
             }
             if driver == "isa-debug-exit" {
-                config.debug_exit = Some(parse_debug_exit(option, &props)?);
+                config.machine.debug_exit = Some(parse_debug_exit(option, &props)?);
             } else {
                 props.remove("driver");
                 config.devices.push(DeviceConfig { driver, props });
@@ -525,7 +449,7 @@ mod tests {
 
     #[test]
     fn ram_sizes_default_to_mib() {
-        let ram = |arg: &str| parse(["-m", arg]).map(|c| c.ram_bytes);
+        let ram = |arg: &str| parse(["-m", arg]).map(|c| c.machine.ram_bytes);
         assert_eq!(ram("512"), Ok(512 << 20));
         assert_eq!(ram("size=1.5G"), Ok(3 << 29));
         assert_eq!(
@@ -558,13 +482,13 @@ mod tests {
             "-display",
             "none",
         ]);
-        assert_eq!(c.ram_bytes, 2 << 30);
-        assert_eq!(c.cpus, 2);
-        assert!(c.nographic && c.no_reboot);
-        assert_eq!(c.serial, SerialBackend::Stdio);
-        assert_eq!(c.append.as_deref(), Some("console=ttyS0 a=b,c"));
+        assert_eq!(c.machine.ram_bytes, 2 << 30);
+        assert_eq!(c.machine.cpus, 2);
+        assert!(c.machine.nographic && c.machine.no_reboot);
+        assert!(c.machine.serial_stdio);
+        assert_eq!(c.machine.append.as_deref(), Some("console=ttyS0 a=b,c"));
         assert_eq!(
-            c.debug_exit,
+            c.machine.debug_exit,
             Some(DebugExit {
                 iobase: 0xf4,
                 iosize: 4
@@ -579,7 +503,7 @@ mod tests {
             "invalid argument for '-qmp': server=off is not supported in \
              'unix:/x,server=off': the monitor listens on a socket"
         );
-        assert_eq!(c.bios, PathBuf::from(DEFAULT_BIOS));
+        assert_eq!(c.machine.bios, PathBuf::from(DEFAULT_BIOS));
     }
 
     #[test]
@@ -674,11 +598,12 @@ mod tests {
 
     #[test]
     fn serial_defaults_follow_nographic() {
-        assert_eq!(parse_ok(&[]).serial, SerialBackend::None);
-        assert_eq!(parse_ok(&["-serial", "stdio"]).serial, SerialBackend::Stdio);
-        assert_eq!(
-            parse_ok(&["-nographic", "-serial", "none"]).serial,
-            SerialBackend::None
+        assert!(!parse_ok(&[]).machine.serial_stdio);
+        assert!(parse_ok(&["-serial", "stdio"]).machine.serial_stdio);
+        assert!(
+            !parse_ok(&["-nographic", "-serial", "none"])
+                .machine
+                .serial_stdio
         );
     }
 
@@ -721,7 +646,7 @@ mod tests {
             "-append only allowed with -kernel option"
         );
         let c = parse(["-kernel", "/k", "-initrd", "/i", "-append", "x"]).unwrap();
-        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(c.machine.initrd, Some(PathBuf::from("/i")));
     }
 
     /// `-boot`'s grammar and QEMU's checks are qemu-opts' (its tests cover them); the
@@ -764,9 +689,9 @@ mod tests {
     #[test]
     fn reboot_timeout() {
         let c = parse_ok(&["-boot", "reboot-timeout=0"]);
-        assert_eq!(c.reboot_timeout_ms, Some(0));
+        assert_eq!(c.machine.reboot_timeout_ms, Some(0));
         let c = parse_ok(&["-boot", "reboot-timeout=-1"]);
-        assert_eq!(c.reboot_timeout_ms, None);
+        assert_eq!(c.machine.reboot_timeout_ms, None);
     }
 
     #[test]
@@ -777,7 +702,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.cpu_features,
+            c.machine.cpu_features,
             vec![
                 ("arch-capabilities".to_string(), false),
                 ("cx16".to_string(), false),
@@ -785,7 +710,13 @@ mod tests {
                 ("tsc_deadline".to_string(), true),
             ]
         );
-        assert!(parse(["-cpu", "host"]).unwrap().cpu_features.is_empty());
+        assert!(
+            parse(["-cpu", "host"])
+                .unwrap()
+                .machine
+                .cpu_features
+                .is_empty()
+        );
         assert!(c.warnings.is_empty());
         // QEMU properties that are not CPUID flags are accepted (and ignored).
         let c = parse([
@@ -793,7 +724,7 @@ mod tests {
             "host,migratable=on,kvm=off,phys-bits=40,hv_relaxed,sse4_1=off",
         ])
         .unwrap();
-        assert_eq!(c.cpu_features, vec![("sse4_1".to_string(), false)]);
+        assert_eq!(c.machine.cpu_features, vec![("sse4_1".to_string(), false)]);
         assert_eq!(c.warnings[0], "-cpu property 'migratable' ignored");
         assert_eq!(c.warnings.len(), 4);
     }

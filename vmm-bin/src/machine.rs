@@ -1,37 +1,24 @@
-//! The command line's machine options as `kvm-machine`'s [`MachineConfig`]: the only
-//! place where the binary's [`Config`] and the machine's configuration meet.
+//! The machine the command line describes, as `kvm-machine` builds it: the parsed
+//! [`MachineConfig`] with what other options imply (a `-qmp` monitor keeps a failed VM).
 
-use kvm_machine::{DebugExitPorts, MachineConfig};
+use kvm_machine::MachineConfig;
 
-use crate::cli::{Config, SerialBackend};
+use crate::cli::Config;
 
 /// The machine `config` describes (RAM, vCPUs, firmware or kernel, COM1, debug exit,
 /// CPUID toggles); with a `-qmp` monitor a vCPU failure stops the VM for the user to
 /// inspect instead of ending the process.
 pub fn machine_config(config: &Config) -> MachineConfig {
     MachineConfig {
-        ram_bytes: config.ram_bytes,
-        cpus: config.cpus,
-        kernel: config.kernel.clone(),
-        initrd: config.initrd.clone(),
-        append: config.append.clone(),
-        bios: config.bios.clone(),
-        nographic: config.nographic,
-        serial_stdio: config.serial == SerialBackend::Stdio,
-        no_reboot: config.no_reboot,
         stop_on_internal_error: !config.qmp.is_empty(),
-        debug_exit: config.debug_exit.map(|d| DebugExitPorts {
-            iobase: d.iobase,
-            iosize: d.iosize,
-        }),
-        reboot_timeout_ms: config.reboot_timeout_ms,
-        cpu_features: config.cpu_features.clone(),
+        ..config.machine.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvm_machine::DebugExitPorts;
 
     fn args(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_owned).collect()
@@ -60,7 +47,7 @@ mod tests {
         );
         assert_eq!(machine.reboot_timeout_ms, Some(100));
         assert_eq!(machine.cpu_features, vec![("pdpe1gb".to_owned(), false)]);
-        assert_eq!(machine.bios, config.bios);
+        assert_eq!(machine.bios, config.machine.bios);
 
         let monitored = crate::cli::parse(args("-qmp unix:/tmp/q.sock,server=on,wait=off"));
         let machine = machine_config(&monitored.unwrap());

@@ -54,14 +54,14 @@ fn main() {
         tracing::warn!("{warning}");
     }
     tracing::debug!(
-        vcpus = config.cpus,
-        ram_mib = config.ram_bytes >> 20,
+        vcpus = config.machine.cpus,
+        ram_mib = config.machine.ram_bytes >> 20,
         disks = config.drives.len(),
         devices = config.devices.len(),
         "command line parsed"
     );
     if config.devices.iter().any(|d| d.driver == "help") {
-        print!("{}", vmm_bin::devices::registry().help());
+        print!("{}", pc_devices::registry().help());
         return;
     }
     if !kvm_available() {
@@ -74,17 +74,30 @@ fn main() {
     let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
     let devices = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
     let terminated = watch_signals(&runner, signals);
-    let monitor =
-        vmm_bin::vm_monitor::attach(&runner, &config, &devices).unwrap_or_else(|e| fail(e));
+    let monitor = pc_devices::vm_monitor::attach(&runner, &monitor_config(&config), &devices)
+        .unwrap_or_else(|e| fail(e));
     // A signal during `-qmp ...,wait=on` ends the process without starting the guest.
     tracing::debug!(paused = config.start_paused, "machine built; running");
     let status = runner.run(config.start_paused || terminated.get());
     tracing::debug!(status, "the machine stopped; draining the disks");
     // QEMU's exit: the vCPUs have stopped; drain and flush the disks, then the monitor
     // delivers what it owes (the SHUTDOWN event) and removes its socket file.
-    devices.drain_and_flush();
+    vmm_bin::disks::drain_and_flush(&devices);
     drop(monitor);
     std::process::exit(status);
+}
+
+/// The monitor of `config`'s `-qmp` (the first one), reporting this program's version;
+/// a termination signal ends its `wait=on` wait.
+fn monitor_config(config: &cli::Config) -> pc_devices::vm_monitor::MonitorConfig {
+    pc_devices::vm_monitor::MonitorConfig {
+        qmp: config.qmp.clone(),
+        version: qmp::Version {
+            package: format!("{PROGRAM} {}", env!("CARGO_PKG_VERSION")),
+            ..qmp::Version::default()
+        },
+        give_up: vmm_bin::signals::terminating,
+    }
 }
 
 /// Ends the main loop on SIGTERM, SIGINT or SIGHUP as QEMU does: a message naming the

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aio_context::AioContext;
+use pc_devices::monitor::{MachineHooks, Monitor, QmpOption};
 use runstate::RunStateMachine;
 use serde_json::Value;
-use vmm_bin::monitor::{MachineHooks, Monitor, QmpOption};
 
 /// The commands: negotiation, then replies with and without ids, an error, and a
 /// stop/cont pair whose events must come before their replies.

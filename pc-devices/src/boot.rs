@@ -1,9 +1,9 @@
 //! The firmware's boot configuration, as QEMU's `pc` machine gives it to SeaBIOS.
 
-use crate::cli::BootOptions;
 use kvm_machine::Runner;
 use pc_platform::fw_cfg::bootorder::BootOrder;
 use pc_platform::fw_cfg::keys;
+use qemu_opts::BootOptions;
 
 /// QEMU's `-boot` drive letters as the CMOS boot registers 0x3d/0x38 (`set_boot_dev`,
 /// with the floppy signature check on, QEMU's default).
@@ -24,7 +24,7 @@ fn cmos_boot_registers(devices: &str) -> [u8; 2] {
 /// Tells the firmware how to boot, as QEMU's `pc` machine does: `bootorder` from the
 /// devices' `bootindex` (and `HALT` with `strict=on`), `-boot menu=`/`splash-time=`
 /// through fw_cfg, `-boot order=`/`once=` through the CMOS boot registers.
-pub(super) fn configure(
+pub(crate) fn configure(
     runner: &Runner,
     boot: &BootOptions,
     order: &BootOrder,

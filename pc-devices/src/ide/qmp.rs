@@ -20,7 +20,7 @@ use super::{EventHook, IdeDisks, IdeDrive, State};
 /// # Errors
 ///
 /// A command name already taken.
-pub fn register_qmp(
+pub(crate) fn register_qmp(
     commands: &Commands,
     events: QmpEvents,
     machine: &Machine,

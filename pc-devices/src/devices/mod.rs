@@ -15,15 +15,14 @@
 //! backend (a `-drive if=none` goes with it, a `-blockdev` node stays) and then tells
 //! the monitor.
 
-pub mod ide;
-pub mod qmp;
-pub mod scsi;
-pub mod virtio_blk;
+pub(crate) mod ide;
+pub(crate) mod qmp;
+pub(crate) mod scsi;
+pub(crate) mod virtio_blk;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use aio_context::{AioHandle, IoThread};
 use block_dma::{BlockIoError, Drive};
@@ -34,11 +33,8 @@ use qdev_bus::registry::{BusInfo, BusKind, DeviceError, DeviceHost, DeviceRegist
 use qdev_bus::{PciAddress, UnplugStatus};
 use qemu_opts::Opts;
 use runstate::RunStateMachine;
-use tracing::warn;
 use virtio_core::VirtioDevice;
 use virtio_pci::{ChildBus, IoEventRegistrar, MsiSender, VirtioPci};
-
-use crate::disks::{SHUTDOWN_IO_DEADLINE, drain, flush};
 
 /// The name of the machine's PCI bus.
 pub const PCI_BUS: &str = "pci.0";
@@ -261,22 +257,24 @@ impl Devices {
         }
     }
 
-    /// What QEMU's exit does to the disks (`vm_shutdown`: drain, then flush): waits
-    /// until no request is in flight on any iothread, then flushes every writable
-    /// image. Call it after the vCPUs have stopped.
-    pub fn drain_and_flush(&self) {
-        let deadline = Instant::now() + SHUTDOWN_IO_DEADLINE;
-        for (name, thread) in self.iothreads.borrow().iter() {
-            if !drain(thread, deadline) {
-                warn!("iothread {name}: I/O still in flight at exit");
-            }
-        }
-        for d in self.disks.borrow().iter().filter(|d| !d.read_only) {
-            if let Err(e) = flush(&d.iothread, d.drive.backend().clone(), deadline) {
-                warn!("flushing drive {}: {e}", d.drive_id);
-            }
-        }
-        self.ide.flush_at_exit(deadline);
+    /// The writable drives, for QEMU's exit (`vm_shutdown`: drain the iothreads, then
+    /// flush these): `(drive id, the iothread serving it, the drive)`, the disks in plug
+    /// order, then the IDE drives (no iothread: their I/O ran on the main loop).
+    pub fn writable_drives(&self) -> Vec<(String, Option<Arc<IoThread>>, Drive)> {
+        let disks = self.disks.borrow();
+        let disks = disks.iter().filter(|d| !d.read_only);
+        let mut drives: Vec<_> = disks
+            .map(|d| {
+                (
+                    d.drive_id.clone(),
+                    Some(d.iothread.clone()),
+                    d.drive.clone(),
+                )
+            })
+            .collect();
+        let ide = self.ide.writable_drives().into_iter();
+        drives.extend(ide.map(|(name, drive)| (name, None, drive)));
+        drives
     }
 
     // --- for the factories ---

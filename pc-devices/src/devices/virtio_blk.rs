@@ -11,7 +11,7 @@ use virtio_blk::{BlkOptions, VirtioBlk};
 use super::{Devices, take_bootindex};
 
 /// Registers `virtio-blk-pci`.
-pub fn register(registry: &mut DeviceRegistry<Devices>) {
+pub(crate) fn register(registry: &mut DeviceRegistry<Devices>) {
     registry.register(DeviceType::new(
         "virtio-blk-pci",
         BusKind::Pci,

@@ -27,7 +27,7 @@ use virtio_scsi::{ScsiOptions, VirtioScsi};
 use super::{ChildBusEntry, ChildBusKind, Devices, ScsiController, take_bootindex};
 
 /// Registers `virtio-scsi-pci` and `scsi-hd`.
-pub fn register(registry: &mut DeviceRegistry<Devices>) {
+pub(crate) fn register(registry: &mut DeviceRegistry<Devices>) {
     registry.register(DeviceType::new(
         "virtio-scsi-pci",
         BusKind::Pci,

@@ -7,10 +7,10 @@ use std::rc::Rc;
 
 use serde_json::{Value, json};
 
-use crate::cli::Config;
 use crate::devices::Devices;
 use crate::monitor::{
-    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, VmEvents,
+    BlockErrorAction, BlockIoError, IoOperation, MachineHooks, Monitor, MonitorError, QmpOption,
+    VmEvents,
 };
 use kvm_machine::Runner;
 use qmp::no_arguments;
@@ -26,6 +26,17 @@ pub enum AttachError {
     Register(#[from] qmp::Error),
 }
 
+/// What the VMM's monitor is started with.
+#[derive(Clone, Debug)]
+pub struct MonitorConfig {
+    /// The `-qmp` options: the first one is served (none: no monitor).
+    pub qmp: Vec<QmpOption>,
+    /// The greeting's and `query-version`'s version (its `package` names the VMM).
+    pub version: qmp::Version,
+    /// Ends a `wait=on` wait for the first client early (a termination signal).
+    pub give_up: fn() -> bool,
+}
+
 /// Starts the monitor of `-qmp` (the first one) on the main context, or `None` without
 /// `-qmp`.
 ///
@@ -34,7 +45,7 @@ pub enum AttachError {
 /// A socket that cannot be created, a bad `-qmp` option: see [`AttachError`].
 pub fn attach(
     runner: &Runner,
-    config: &Config,
+    config: &MonitorConfig,
     devices: &Rc<Devices>,
 ) -> Result<Option<Monitor>, AttachError> {
     let Some(qmp) = config.qmp.first() else {
@@ -54,6 +65,7 @@ pub fn attach(
         move || quit(0),
     );
     let monitor = Monitor::new(runner.context(), runner.runstate(), Rc::new(hooks))?;
+    monitor.set_version(config.version.clone());
 
     // BLOCK_IO_ERROR: block-dma calls this inside runstate's stop request for the
     // `stop` action, so the event precedes the STOP.
@@ -118,7 +130,7 @@ pub fn attach(
         })?;
 
     // Parsed by the command line (server=off refused there).
-    monitor.listen(qmp)?;
+    monitor.listen_until(qmp, config.give_up)?;
     tracing::debug!(path = %qmp.path.display(), wait = qmp.wait, "qmp: listening");
     Ok(Some(monitor))
 }

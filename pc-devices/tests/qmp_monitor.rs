@@ -14,9 +14,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use aio_context::{AioContext, AioHandle};
+use pc_devices::monitor::{MachineHooks, Monitor, QmpOption};
 use runstate::RunStateMachine;
 use serde_json::{Value, json};
-use vmm_bin::monitor::{MachineHooks, Monitor, QmpOption};
 
 /// A VM on its own "main" thread: the monitor, runstate, and a counting vCPU.
 struct TestVm {
@@ -82,6 +82,11 @@ impl TestVm {
                 .register("query-iothreads", |_| Ok(json!([])))
                 .unwrap();
             monitor.set_max_message_len(1 << 20);
+            // What vmm-bin reports (the monitor's default is the qmp crate's).
+            monitor.set_version(qmp::Version {
+                package: format!("vmm-bin {}", env!("CARGO_PKG_VERSION")),
+                ..qmp::Version::default()
+            });
             let option: QmpOption = format!("unix:{},server=on,wait=off", p.display())
                 .parse()
                 .unwrap();

@@ -11,21 +11,16 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
-use ::ide::IdeController;
 use block_dma::{BlockIoError, Drive};
 use block_node::drive::DriveOptions;
-use block_node::{AttachOptions, Claim, NodeRegistry};
-use kvm_machine::Machine;
+use block_node::{AttachOptions, Claim};
 use kvm_machine::ide::{IdeMedia, ide_boot_path};
 use pc_platform::fw_cfg::bootorder::BootOrder;
-use runstate::RunStateMachine;
-use tracing::warn;
 
 mod qmp;
 
-pub use qmp::register_qmp;
+pub(crate) use qmp::register_qmp;
 
 /// The BLOCK_IO_ERROR hook every IDE drive gets (also those inserted later).
 pub(crate) type EventHook = Arc<dyn Fn(&BlockIoError) + Send + Sync>;
@@ -68,44 +63,47 @@ pub struct IdeDisks {
 }
 
 /// One IDE device to attach ([`attach_ide_device`]).
-pub struct IdeDeviceSpec<'a> {
+pub(crate) struct IdeDeviceSpec<'a> {
     /// 0 (primary, `ide.0`) or 1 (secondary, `ide.1`).
-    pub bus: usize,
+    pub(crate) bus: usize,
     /// 0 (master) or 1 (slave).
-    pub unit: usize,
+    pub(crate) unit: usize,
     /// `ide-hd` or `ide-cd`.
-    pub media: IdeMedia,
+    pub(crate) media: IdeMedia,
     /// A `-drive` id or a `-blockdev` node name; `None`: an empty CD drive.
-    pub drive: Option<&'a str>,
+    pub(crate) drive: Option<&'a str>,
     /// The name of an empty drive (`query-block`'s `device`) when `drive` is `None`.
-    pub empty_name: &'a str,
+    pub(crate) empty_name: &'a str,
     /// `-device`'s `id=`.
-    pub qdev_id: Option<&'a str>,
+    pub(crate) qdev_id: Option<&'a str>,
     /// The options a new medium is opened with (`blockdev-change-medium`).
-    pub options: DriveOptions,
+    pub(crate) options: DriveOptions,
     /// Firmware boot priority (negative: none).
-    pub bootindex: i32,
+    pub(crate) bootindex: i32,
     /// IDENTIFY's serial number (`None`: QEMU's `QM000NN`).
-    pub serial: Option<&'a str>,
+    pub(crate) serial: Option<&'a str>,
 }
 
-/// Attaches an `ide-hd`/`ide-cd` to the machine's IDE controller `ctl` on its drive
-/// from `nodes`, adds its `bootindex` to `order`, and records it in `ide` for the
-/// monitor. The entry point for `-drive if=ide` and for the `-device ide-hd|ide-cd`
+/// Attaches an `ide-hd`/`ide-cd` to the machine's IDE controller on its drive from
+/// the devices' block nodes, adds its `bootindex` to `order`, and records it in
+/// [`Devices::ide`](crate::Devices::ide) for the monitor. The entry point for `-drive if=ide` and for the `-device ide-hd|ide-cd`
 /// factories (`crate::devices::ide`).
 ///
 /// # Errors
 ///
 /// A drive that does not exist or is in use, a place taken, a bootindex used twice:
 /// QEMU's words, without the option's text (the caller puts it in front).
-pub fn attach_ide_device(
-    ctl: &IdeController,
-    nodes: &NodeRegistry,
-    vm: &RunStateMachine,
-    ide: &IdeDisks,
+pub(crate) fn attach_ide_device(
+    devices: &crate::Devices,
     spec: IdeDeviceSpec<'_>,
     order: &mut BootOrder,
 ) -> Result<(), String> {
+    let (ctl, nodes, vm, ide) = (
+        &devices.ide_controller(),
+        &devices.nodes,
+        devices.runstate(),
+        &devices.ide,
+    );
     let driver = spec.media.driver();
     let mut state = ide.state.borrow_mut();
     // QEMU's QOM paths: `/machine/peripheral/ID` for a -device with an id, else an
@@ -167,11 +165,8 @@ pub fn attach_ide_device(
 /// # Errors
 ///
 /// A bus past 1 (QEMU's words), or [`attach_ide_device`]'s.
-pub fn attach_drive(
-    machine: &Machine,
-    nodes: &NodeRegistry,
-    vm: &RunStateMachine,
-    ide: &IdeDisks,
+pub(crate) fn attach_drive(
+    devices: &crate::Devices,
     drive: &DriveOptions,
     id: &str,
     order: &mut BootOrder,
@@ -193,8 +188,7 @@ pub fn attach_drive(
         bootindex: -1,
         serial: None,
     };
-    attach_ide_device(machine.ide(), nodes, vm, ide, spec, order)
-        .map_err(|e| format!("-device {}: {e}", media.driver()))
+    attach_ide_device(devices, spec, order).map_err(|e| format!("-device {}: {e}", media.driver()))
 }
 
 /// Refuses an `if=ide` drive the `pc` machine cannot take, in QEMU 10's words: a
@@ -203,7 +197,7 @@ pub fn attach_drive(
 /// # Errors
 ///
 /// The message for a bus past 1 or an empty disk.
-pub fn check_drive(drive: &DriveOptions) -> Result<(), String> {
+pub(crate) fn check_drive(drive: &DriveOptions) -> Result<(), String> {
     if drive.bus > 1 {
         return Err(format!(
             "-drive if=ide: machine type does not support if=ide,bus={},unit={}",
@@ -218,14 +212,14 @@ pub fn check_drive(drive: &DriveOptions) -> Result<(), String> {
 
 /// QEMU's name for an `if=ide` drive without `id=`: `ide<bus>-hd<unit>` or
 /// `ide<bus>-cd<unit>`.
-pub fn drive_name(drive: &DriveOptions) -> String {
+pub(crate) fn drive_name(drive: &DriveOptions) -> String {
     let kind = if drive.cdrom { "cd" } else { "hd" };
     format!("ide{}-{kind}{}", drive.bus, drive.unit)
 }
 
 /// Whether `drive` is an empty CD drive (`-drive if=ide,media=cdrom` without `file=`):
 /// it has no node.
-pub fn is_empty_cdrom(drive: &DriveOptions) -> bool {
+pub(crate) fn is_empty_cdrom(drive: &DriveOptions) -> bool {
     drive.cdrom && drive.file.is_none()
 }
 
@@ -263,26 +257,5 @@ impl IdeDisks {
             .filter(|(_, c)| !c.read_only())
             .map(|(n, c)| (n, c.drive().clone()))
             .collect()
-    }
-
-    /// QEMU's exit for the IDE drives: flush every writable image (their I/O ran on the
-    /// main loop, which has stopped). Problems are reported; the process exits anyway.
-    pub fn flush_at_exit(&self, deadline: Instant) {
-        let drives = self.writable_drives();
-        if drives.is_empty() {
-            return;
-        }
-        let thread = match aio_context::IoThread::spawn("ide-exit-flush") {
-            Ok(t) => t,
-            Err(e) => {
-                warn!("cannot flush the IDE drives at exit: {e}");
-                return;
-            }
-        };
-        for (name, drive) in drives {
-            if let Err(e) = crate::disks::flush(&thread, drive.backend().clone(), deadline) {
-                warn!("flushing drive {name}: {e}");
-            }
-        }
     }
 }

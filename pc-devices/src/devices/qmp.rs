@@ -20,8 +20,13 @@ fn qmp_error(e: &DeviceError) -> QmpError {
 }
 
 /// `device_add`'s arguments as `-device` properties: strings as they are, numbers and
-/// booleans in their text form (QEMU's keyval visitor accepts both).
-fn device_opts(args: &Map<String, Value>) -> Result<Opts, QmpError> {
+/// booleans in their text form (QEMU's keyval visitor accepts both); what the registry
+/// hands to a factory.
+///
+/// # Errors
+///
+/// An argument that is not a scalar (QEMU's words).
+pub fn device_opts(args: &Map<String, Value>) -> Result<Opts, QmpError> {
     let mut pairs = Vec::with_capacity(args.len());
     for (key, value) in args {
         let text = match value {
@@ -44,7 +49,7 @@ fn device_opts(args: &Map<String, Value>) -> Result<Opts, QmpError> {
 /// # Errors
 ///
 /// A command of the same name is already registered.
-pub fn register(commands: &Commands, devices: &Rc<Devices>) -> qmp::Result<()> {
+pub(crate) fn register(commands: &Commands, devices: &Rc<Devices>) -> qmp::Result<()> {
     let d = devices.clone();
     commands.register("device_add", move |args| {
         let opts = device_opts(args)?;

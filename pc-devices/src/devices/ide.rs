@@ -20,7 +20,7 @@ use crate::ide::{IdeDeviceSpec, attach_ide_device};
 const BUSES: [&str; 2] = ["ide.0", "ide.1"];
 
 /// Registers `ide-hd` and `ide-cd`.
-pub fn register(registry: &mut DeviceRegistry<Devices>) {
+pub(crate) fn register(registry: &mut DeviceRegistry<Devices>) {
     registry.register(
         DeviceType::new("ide-hd", BusKind::Ide, Category::Storage, |d, r| {
             plug(d, r, IdeMedia::Disk)
@@ -106,13 +106,5 @@ fn plug(devices: &Devices, mut r: DeviceRequest, media: IdeMedia) -> Result<(), 
         serial: serial.as_deref(),
     };
     let mut order = devices.boot_order_mut();
-    attach_ide_device(
-        &ctl,
-        &devices.nodes,
-        devices.runstate(),
-        &devices.ide,
-        spec,
-        &mut order,
-    )
-    .map_err(DeviceError::Device)
+    attach_ide_device(devices, spec, &mut order).map_err(DeviceError::Device)
 }

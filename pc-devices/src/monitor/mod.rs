@@ -7,7 +7,7 @@
 //! - Run state: `stop`, `cont`, `system_reset`, `quit` act on the
 //!   [`RunStateMachine`]; the monitor installs runstate's event hook, so STOP, RESUME,
 //!   SHUTDOWN and RESET reach clients in the order runstate emits them.
-//! - Other parts of vmm-bin add commands through [`Monitor::commands`] and emit events
+//! - The machine's devices add commands through [`Monitor::commands`] and emit events
 //!   (BLOCK_IO_ERROR, DEVICE_DELETED, see [`VmEvents`]) from any thread through
 //!   [`Monitor::events`].
 //!
@@ -17,7 +17,7 @@
 //! use std::rc::Rc;
 //! use aio_context::AioContext;
 //! use runstate::RunStateMachine;
-//! use vmm_bin::monitor::{MachineHooks, Monitor, QmpOption};
+//! use pc_devices::monitor::{MachineHooks, Monitor, QmpOption};
 //!
 //! let ctx = AioContext::new()?;
 //! let vm = RunStateMachine::new(ctx.handle().bh_scheduler());
@@ -135,10 +135,6 @@ impl Monitor {
         machine: Rc<dyn MachineControl>,
     ) -> Result<Monitor> {
         let server = qmp::Server::new(ctx)?;
-        server.set_version(qmp::Version {
-            package: format!("vmm-bin {}", env!("CARGO_PKG_VERSION")),
-            ..qmp::Version::default()
-        });
         builtins::register_builtins(server.commands(), vm, &machine, &server.after_reply())?;
         let hook = server.events();
         vm.set_event_hook(move |event| hook.runstate_event(&event));
@@ -166,18 +162,28 @@ impl Monitor {
     }
 
     /// Listens on the option's socket. With `wait=on`, runs the context until the first
-    /// client connects (QEMU's startup behaviour) and serves it from then on; a
-    /// termination signal read meanwhile ([`crate::signals`]) ends the wait early.
+    /// client connects (QEMU's startup behaviour) and serves it from then on.
     ///
     /// # Errors
     ///
     /// [`MonitorError::Qmp`]: the path is unusable (too long, not a socket, in use by a
     /// live server, no permission), or the monitor already listens.
     pub fn listen(&self, option: &QmpOption) -> Result<()> {
+        self.listen_until(option, || false)
+    }
+
+    /// [`Monitor::listen`], where a `wait=on` wait also ends when `give_up` says so
+    /// (checked after each round of the context: the VMM passes "a termination signal
+    /// was read", so SIGTERM during the wait ends the process).
+    ///
+    /// # Errors
+    ///
+    /// As [`Monitor::listen`].
+    pub fn listen_until(&self, option: &QmpOption, give_up: impl Fn() -> bool) -> Result<()> {
         self.server.listen(&option.path)?;
         if option.wait {
             // The main loop runs meanwhile, so its signal handler can end the wait.
-            self.server.wait_for_client(crate::signals::terminating);
+            self.server.wait_for_client(give_up);
         }
         Ok(())
     }
