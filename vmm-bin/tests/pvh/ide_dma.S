@@ -1,25 +1,28 @@
 /*
- * A bus-master DMA driver for the PIIX3 IDE function (8086:7010 at 00:01.1), entered
- * through PVH in 32-bit flat protected mode (no firmware runs: the program enables I/O
- * decoding and bus mastering itself, and places BAR4 when nobody did). It drives the
- * primary channel's disk (ide-hd, unit 0) with READ DMA EXT / WRITE DMA EXT through
- * the PRD tables in `.data` and waits for IRQ 14 through the IOAPIC (pin 14, edge,
- * vector 0x4e; both 8259s masked). The handler samples the bus-master status, then the
- * ATA status (the read lowers the line), counts and sends the EOI.
+ * A bus-master DMA driver for the PIIX3 IDE function (8086:7010 at 00:01.1), a 64-bit
+ * program: long_mode.S takes the PVH entry (32-bit flat protected mode) into long mode
+ * with the low 4 GiB identity-mapped, and everything below runs in 64-bit code. No
+ * firmware runs: the program enables I/O decoding and bus mastering itself, and places
+ * BAR4 when nobody did. It drives the primary channel's disk (ide-hd, unit 0) with
+ * READ DMA EXT / WRITE DMA EXT through the PRD tables in `.data` and waits for IRQ 14
+ * through the IOAPIC (pin 14, edge, vector 0x4e; both 8259s masked) and a 64-bit IDT.
+ * The handler samples the bus-master status, then the ATA status (the read lowers the
+ * line), counts, sends the EOI and returns with iretq. PRD addresses are guest-physical
+ * (the device does not see paging); with the identity map they equal the program's own.
  *
  * The disk holds pattern K1: the dword at byte offset 4i of the image is (i+1) * K1.
  * Writes store pattern K2 for their own offsets; the host checks the image afterwards.
  *
- * One line per case on COM1:
+ * On COM1: "long-mode efer=<EFER>" (LMA, bit 10, says the CPU is in long mode), the
+ * "ide bar4=<BAR4> cmd=<command register>" line, then one line per case:
  *   <case> irq=<count> bm=<BM status in the handler> ata=<status> err=<error>
  *          after=<BM status once stopped> clr=<BM status once INT/ERR are cleared>
  *          data=<ok | bad@offset | - (not checked) | untouched | written (the short
  *          table's region)>
  * then PASS (exit 0x10: status 33), or FAIL <what> (exit 0x11: status 35).
  */
-        .include "lib.S"
+        .include "long_mode.S"
 
-        .set IDT,      0x210000
         .set BUF,      0x400000         /* the PRD regions live in BUF..BUF+0x40000 */
         .set BUF_END,  0x440000
         .set SCRATCH,  0x500000         /* gathered / to-be-scattered bytes */
@@ -37,30 +40,41 @@
         .set WAIT_LONG,  400000         /* polls (each a VM exit) for an interrupt */
         .set WAIT_SHORT, 20000
 
-        pvh_entry
+        .text
+        .code64
+long_mode_entry:
+        mov $s_long_mode, %esi
+        call puts
+        mov $0xc0000080, %ecx
+        rdmsr
+        call hex32
+        call newline
+
         /* Both 8259s masked: IRQ 14 must come through the IOAPIC. */
         mov $0xff, %al
         out %al, $0x21
         out %al, $0xa1
 
         /* IDT: every vector to `unexpected`, VECTOR to `irq_handler`. */
-        mov $IDT, %edi
+        mov $idt, %edi
         xor %ecx, %ecx
 1:      mov $unexpected, %eax
         cmp $VECTOR, %ecx
         jne 2f
         mov $irq_handler, %eax
-2:      call idt_gate
+2:      call idt_gate64
         inc %ecx
         cmp $256, %ecx
         jb 1b
         lidt idt_descriptor
-        movl $0x1ff, LAPIC + 0xf0       /* LAPIC on, spurious vector 0xff */
-        movl $0, LAPIC + 0x80           /* accept every priority */
-        movl $(0x10 + 2 * 14), IOAPIC   /* pin 14: VECTOR, fixed, edge, high, unmasked */
-        movl $VECTOR, IOAPIC + 0x10
-        movl $(0x11 + 2 * 14), IOAPIC
-        movl $0, IOAPIC + 0x10          /* to APIC 0 */
+        mov $LAPIC, %edi
+        movl $0x1ff, 0xf0(%rdi)         /* LAPIC on, spurious vector 0xff */
+        movl $0, 0x80(%rdi)             /* accept every priority */
+        mov $IOAPIC, %edi
+        movl $(0x10 + 2 * 14), (%rdi)   /* pin 14: VECTOR, fixed, edge, high, unmasked */
+        movl $VECTOR, 0x10(%rdi)
+        movl $(0x11 + 2 * 14), (%rdi)
+        movl $0, 0x10(%rdi)             /* to APIC 0 */
 
         /* The IDE function: identity, BAR4, I/O decoding and bus mastering. */
         xor %ecx, %ecx
@@ -84,12 +98,12 @@
         call pci_read
         mov $s_ide, %esi
         call puts
-        push %eax
+        push %rax
         mov bmbase, %eax
         call hex32
         mov $s_cmd, %esi
         call puts
-        pop %eax
+        pop %rax
         call hex8
         call newline
         mov $f_bar, %esi
@@ -189,65 +203,62 @@
         mov $0x10, %al
         jmp debug_exit
 
-/* read_case: READ DMA EXT of %ecx sectors at LBA %eax through table %ebx into poisoned
-   regions; prints the line (name %esi) and checks the gathered bytes against K1. */
+/* read_case: READ DMA EXT of %ecx sectors at LBA %eax through table %rbx into poisoned
+   regions; prints the line (name %rsi) and checks the gathered bytes against K1. */
 read_case:
         mov $K1, %ebp
 /* read_case_k: the same against pattern %ebp. */
 read_case_k:
-        push %edi
-        push %eax
-        push %ecx
+        push %rdi
+        push %rax
+        push %rcx
         mov $BUF, %edi
         mov $((BUF_END - BUF) / 4), %ecx
         mov $0xcccccccc, %eax
         rep stosl
-        pop %ecx
-        pop %eax
+        pop %rcx
+        pop %rax
         mov $READ_DMA_EXT, %dl
         call dma_case
-        push %esi
-        push %ebp
+        push %rcx
+        push %rbp
         shl $9, %ecx                    /* bytes */
         xor %ebp, %ebp
         call sg_copy                    /* gather into SCRATCH */
-        pop %ebp
+        pop %rbp
         call pattern_check
-        pop %esi
-        pop %edi
+        pop %rcx
+        pop %rdi
         ret
 
 /* write_case: WRITE DMA EXT of %ecx sectors at LBA %eax of pattern K2, scattered over
-   the regions of table %ebx; prints the line (name %esi). */
+   the regions of table %rbx; prints the line (name %rsi). */
 write_case:
-        push %esi
-        push %ecx
-        push %eax
+        push %rcx
         mov $K2, %ebp
         shl $9, %ecx
         call pattern_fill
         mov $1, %ebp
         call sg_copy                    /* scatter SCRATCH into the regions */
-        pop %eax
-        pop %ecx
-        pop %esi
+        pop %rcx
         mov $WRITE_DMA_EXT, %dl
         call dma_case
-        push %esi
+        push %rsi
         mov $s_data_none, %esi
         call puts
         call newline
-        pop %esi
+        pop %rsi
         ret
 
 /* dma_case: issues DMA command %dl for %ecx sectors at LBA %eax with the PRD table at
-   %ebx, waits for the interrupt, stops the bus master and clears its INT/ERR bits;
-   prints "<%esi> irq= bm= ata= err= after= clr=" (no newline). Preserves all but
+   %rbx, waits for the interrupt, stops the bus master and clears its INT/ERR bits;
+   prints "<%rsi> irq= bm= ata= err= after= clr=" (no newline). Preserves all but
    flags. */
 dma_case:
-        pusha
+        pushall
         mov %eax, lba
         mov %ecx, count
+        mov %dl, command
         call puts
         movl $0, irq_count
         movb $0, irq_bm
@@ -287,7 +298,7 @@ dma_case:
         out %al, %dx
         mov lba + 2, %al
         out %al, %dx
-        mov 20(%esp), %eax              /* the saved %edx: the command in %dl */
+        mov command, %al
         mov $0x1f7, %edx
         out %al, %dx
         mov $0x09, %cl                  /* start, to memory */
@@ -299,7 +310,7 @@ dma_case:
         out %al, %dx
 
         mov $WAIT_LONG, %ecx
-        cmp $t_short, %ebx
+        cmp $t_short, %rbx
         jne 1f
         mov $WAIT_SHORT, %ecx           /* no interrupt expected: a shorter window */
 1:      call wait_irq
@@ -345,43 +356,44 @@ dma_case:
         call puts
         in %dx, %al
         call hex8
-        popa
+        popall
         ret
 
 /* wait_not_busy: until BSY clears (bounded). */
 wait_not_busy:
-        push %ecx
-        push %edx
-        push %eax
+        push %rcx
+        push %rdx
+        push %rax
         mov $WAIT_SHORT, %ecx
         mov $0x3f6, %edx                /* alternate status: no side effects */
 1:      in %dx, %al
         test $0x80, %al
         jz 2f
         loop 1b
-2:      pop %eax
-        pop %edx
-        pop %ecx
+2:      pop %rax
+        pop %rdx
+        pop %rcx
         ret
 
-/* wait_irq: polls irq_count %ecx times at most, each poll an exit with interrupts on.
-   As in virtio_irq.S, the handler ends by jumping to resume_eip (here `wait_check`)
-   on resume_esp, interrupts off, instead of an iret. */
+/* wait_irq: polls irq_count %ecx times at most, each poll an exit with interrupts on
+   (KVM injects what is pending there; the handler returns with iretq). Returns with
+   interrupts off. */
 wait_irq:
-        mov %esp, resume_esp
-        movl $wait_check, resume_eip
-wait_check:
-        cli
+        push %rcx
+1:      cli
         cmpl $0, irq_count
-        jne 1f
+        jne 2f
         dec %ecx
-        js 1f
+        js 2f
         sti
-        in $0x80, %al                   /* an exit: KVM injects what is pending */
-        jmp wait_check
-1:      ret
+        in $0x80, %al                   /* an exit: the interrupt window */
+        jmp 1b
+2:      pop %rcx
+        ret
 
 irq_handler:
+        push %rax
+        push %rdx
         mov bmbase, %edx
         add $2, %edx
         in %dx, %al
@@ -390,20 +402,22 @@ irq_handler:
         in %dx, %al
         mov %al, irq_ata
         incl irq_count
-        movl $0, LAPIC + 0xb0           /* EOI */
-        mov resume_esp, %esp
-        jmp *resume_eip
+        mov $LAPIC, %eax
+        movl $0, 0xb0(%rax)             /* EOI */
+        pop %rdx
+        pop %rax
+        iretq
 
-/* sg_copy: copies %ecx bytes between SCRATCH and the regions of the PRD table at %ebx
+/* sg_copy: copies %ecx bytes between SCRATCH and the regions of the PRD table at %rbx
    (a zero count is 64 KiB, bit 0 ignored, the table ends at EOT): into SCRATCH when
    %ebp is 0, out of it otherwise. */
 sg_copy:
-        pusha
+        pushall
         mov $SCRATCH, %edx              /* SCRATCH cursor */
         mov %ecx, %eax                  /* bytes left */
 1:      test %eax, %eax
         jz 9f
-        movzwl 4(%ebx), %ecx
+        movzwl 4(%rbx), %ecx
         and $0xfffe, %ecx
         jnz 2f
         mov $0x10000, %ecx
@@ -411,37 +425,37 @@ sg_copy:
         jbe 3f
         mov %eax, %ecx
 3:      sub %ecx, %eax
-        mov (%ebx), %esi
+        mov (%rbx), %esi
         mov %edx, %edi
         add %ecx, %edx
         test %ebp, %ebp
         jz 4f
-        xchg %esi, %edi
+        xchg %rsi, %rdi
 4:      rep movsb
-        testb $0x80, 7(%ebx)
+        testb $0x80, 7(%rbx)
         jnz 9f
-        add $8, %ebx
+        add $8, %rbx
         jmp 1b
-9:      popa
+9:      popall
         ret
 
 /* pattern_fill: SCRATCH = %ecx bytes of pattern %ebp for the disk from LBA %eax. */
 pattern_fill:
-        pusha
+        pushall
         call pattern_start
-1:      mov %eax, (%edi)
+1:      mov %eax, (%rdi)
         add %ebp, %eax
         add $4, %edi
         loop 1b
-        popa
+        popall
         ret
 
 /* pattern_check: compares SCRATCH (%ecx bytes) with pattern %ebp from LBA %eax; prints
    " data=ok" or " data=bad@<offset>" and a newline. */
 pattern_check:
-        pusha
+        pushall
         call pattern_start
-1:      cmp %eax, (%edi)
+1:      cmp %eax, (%rdi)
         jne 2f
         add %ebp, %eax
         add $4, %edi
@@ -451,10 +465,10 @@ pattern_check:
         jmp 3f
 2:      mov $s_data_bad, %esi
         call puts
-        lea -SCRATCH(%edi), %eax
+        lea -SCRATCH(%rdi), %eax
         call hex32
 3:      call newline
-        popa
+        popall
         ret
 
 /* pattern_start: %edi = SCRATCH, %ecx = dwords in %ecx bytes, %eax = the pattern's
@@ -467,47 +481,30 @@ pattern_start:
         imul %ebp, %eax
         ret
 
-/* idt_gate: IDT entry %ecx (at %edi) = a 32-bit interrupt gate to %eax. */
-idt_gate:
-        push %ebx
-        push %edx
-        mov %eax, %edx
-        and $0xffff, %eax
-        mov %cs, %bx
-        shl $16, %ebx
-        or %ebx, %eax
-        mov %eax, (%edi,%ecx,8)
-        and $0xffff0000, %edx
-        or $0x8e00, %edx
-        mov %edx, 4(%edi,%ecx,8)
-        pop %edx
-        pop %ebx
-        ret
-
 /* pci_read / pci_write: 00:01.1 config dword at %ecx; data %eax. */
 pci_select:
-        push %eax
+        push %rax
         mov %ecx, %eax
         or $PCI_1_1, %eax
         mov $0xcf8, %dx
         out %eax, %dx
-        pop %eax
+        pop %rax
         mov $0xcfc, %dx
         ret
 pci_read:
-        push %edx
+        push %rdx
         call pci_select
         in %dx, %eax
-        pop %edx
+        pop %rdx
         ret
 pci_write:
-        push %edx
+        push %rdx
         call pci_select
         out %eax, %dx
-        pop %edx
+        pop %rdx
         ret
 
-/* fail: prints the line at %esi, exits with 0x11. */
+/* fail: prints the line at %rsi, exits with 0x11. */
 fail:
         call puts
         call newline
@@ -543,18 +540,17 @@ t_cross:                                /* two entries in each page */
         .long BUF + 0x5800, 0x300 | EOT
 
 idt_descriptor:
-        .word 256 * 8 - 1
-        .long IDT
+        .word 256 * 16 - 1
+        .quad idt
         .balign 4
 bmbase:         .long 0
 lba:            .long 0
 count:          .long 0
+command:        .byte 0
 irq_count:      .long 0
 irq_bm:         .byte 0
 irq_ata:        .byte 0
-        .balign 4
-resume_esp:     .long 0
-resume_eip:     .long 0
+s_long_mode:    .asciz "long-mode efer="
 s_ide:          .asciz "ide bar4="
 s_cmd:          .asciz " cmd="
 s_read_multi:   .asciz "read-multi"
@@ -585,3 +581,7 @@ f_unexpected:   .asciz "FAIL unexpected interrupt or exception"
         .balign 16
         .space 4096
 stack_top:
+
+        .bss
+        .balign 4096
+idt:    .skip 256 * 16

@@ -6,14 +6,7 @@
  */
         .code32
 
-        .section .note.Xen, "a", @note
-        .balign 4
-        .long 4                 /* namesz: "Xen\0" */
-        .long 4                 /* descsz */
-        .long 18                /* XEN_ELFNOTE_PHYS32_ENTRY */
-        .asciz "Xen"
-        .balign 4
-        .long pvh_start
+        .include "pvh_common.S"
 
         .text
 
@@ -79,11 +72,7 @@ hex8:
 /* hexdigit: the low 4 bits of %al as a hex digit. */
 hexdigit:
         push %eax
-        and $0xf, %al
-        cmp $10, %al
-        jb 1f
-        add $('a' - '0' - 10), %al
-1:      add $'0', %al
+        nibble_to_ascii
         call putc
         pop %eax
         ret
@@ -112,8 +101,3 @@ newline:
         pop %eax
         ret
 
-/* debug_exit: writes %al to isa-debug-exit at 0xf4 (QEMU's status: (al << 1) | 1). */
-debug_exit:
-        out %al, $0xf4
-1:      hlt
-        jmp 1b
