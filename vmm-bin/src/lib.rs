@@ -10,9 +10,10 @@ pub mod disks;
 pub mod ide;
 pub mod logging;
 pub mod monitor;
-pub mod signals;
-pub mod storage_daemon;
 pub mod vm_monitor;
+
+// `crate::signals::terminating` (the monitor's startup wait) now lives in aio-context.
+pub(crate) use aio_context::signals;
 
 pub mod cli;
 pub mod machine;
