@@ -52,6 +52,7 @@ pub(crate) use config::export_spec;
 pub use config::{
     ChardevSpec, DaemonConfig, ExportAddr, ExportKind, ExportSpec, IothreadSpec, parse_args,
 };
+pub use process::ProcessError;
 pub use serve::run;
 
 /// What was wrong with the command line or with starting the exports.
@@ -108,6 +109,9 @@ pub enum Error {
     /// An `--object iothread` that cannot start.
     #[error("{0}")]
     Iothread(#[from] IothreadObjectError),
+    /// `--pidfile` or `--daemonize` failed.
+    #[error("{0}")]
+    Process(#[from] ProcessError),
     /// Process setup (signals, threads).
     #[error("{0}")]
     Setup(String),

@@ -8,7 +8,40 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+
+/// Why `--pidfile` or `--daemonize` failed (QEMU's words where it has them).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The pid file cannot be created or opened.
+    #[error("cannot create PID file: Cannot open pid file: {0}")]
+    PidFileOpen(#[source] std::io::Error),
+    /// Another process holds the pid file's lock.
+    #[error("cannot create PID file: Cannot lock pid file: {0}")]
+    PidFileLock(#[source] std::io::Error),
+    /// The pid cannot be written.
+    #[error("cannot create PID file: Failed to write pid file: {0}")]
+    PidFileWrite(#[source] std::io::Error),
+    /// `--daemonize` in a process that already has threads.
+    #[error("--daemonize: the process has {0} threads; it must fork with one")]
+    Threads(usize),
+    /// A system call of `--daemonize` failed.
+    #[error("--daemonize: {call}: {errno}")]
+    Daemonize {
+        /// `pipe`, `fork` or `setsid`.
+        call: &'static str,
+        /// Its error.
+        #[source]
+        errno: Errno,
+    },
+}
+
+/// The error of `--daemonize`'s system call `call`.
+fn failed(call: &'static str) -> impl FnOnce(Errno) -> ProcessError {
+    move |errno| ProcessError::Daemonize { call, errno }
+}
 
 /// A written, locked pid file; removed when dropped.
 #[derive(Debug)]
@@ -23,22 +56,18 @@ impl PidFile {
     /// # Errors
     ///
     /// QEMU's words: the file cannot be opened, or another process holds its lock.
-    pub(crate) fn write(path: &Path) -> Result<PidFile, String> {
+    pub(crate) fn write(path: &Path) -> Result<PidFile, ProcessError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| format!("cannot create PID file: Cannot open pid file: {e}"))?;
-        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            format!(
-                "cannot create PID file: Cannot lock pid file: {}",
-                std::io::Error::from(e)
-            )
-        })?;
+            .map_err(ProcessError::PidFileOpen)?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| ProcessError::PidFileLock(e.into()))?;
         lock.set_len(0)
             .and_then(|()| writeln!(lock, "{}", std::process::id()))
-            .map_err(|e| format!("cannot create PID file: Failed to write pid file: {e}"))?;
+            .map_err(ProcessError::PidFileWrite)?;
         // Kept absolute: a daemon changes its directory to /.
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         Ok(PidFile { path, _lock: lock })
@@ -68,11 +97,9 @@ impl Daemonized {
                 .write(true)
                 .open("/dev/null")
             {
-                for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-                    // SAFETY: dup2 onto the standard descriptors, which this process
-                    // owns; `null` stays open for the call.
-                    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-                }
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
             }
             let _ = pipe.write_all(&[0]);
         }
@@ -86,18 +113,15 @@ impl Daemonized {
 /// # Errors
 ///
 /// More than one thread, or `fork`/`pipe`/`setsid` failed.
-pub(crate) fn daemonize() -> Result<Daemonized, String> {
+pub(crate) fn daemonize() -> Result<Daemonized, ProcessError> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count);
     if threads != 1 {
-        return Err(format!(
-            "--daemonize: the process has {threads} threads; it must fork with one"
-        ));
+        return Err(ProcessError::Threads(threads));
     }
-    let (r, w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe().map_err(|e| format!("--daemonize: pipe: {e}"))?;
+    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(failed("pipe"))?;
     // SAFETY: the process has exactly one thread (checked above), so the child
     // inherits no lock held by another thread and may run any code.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("--daemonize: fork: {e}"))? {
+    match unsafe { nix::unistd::fork() }.map_err(failed("fork"))? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(w);
             let mut byte = [1u8; 1];
@@ -106,10 +130,41 @@ pub(crate) fn daemonize() -> Result<Daemonized, String> {
         }
         nix::unistd::ForkResult::Child => {
             drop(r);
-            nix::unistd::setsid().map_err(|e| format!("--daemonize: setsid: {e}"))?;
+            nix::unistd::setsid().map_err(failed("setsid"))?;
             Ok(Daemonized {
                 ready: Some(File::from(w)),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_file_is_locked_written_and_removed_in_qemus_words() {
+        let dir = std::env::temp_dir().join(format!("sd-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("daemon.pid");
+        let held = PidFile::write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n", std::process::id()));
+        // flock conflicts between two opens, even in one process.
+        let err = PidFile::write(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot create PID file: Cannot lock pid file: "),
+            "{err}"
+        );
+        drop(held);
+        assert!(!path.exists(), "the pid file is removed");
+        let err = PidFile::write(&dir.join("missing/daemon.pid"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot create PID file: Cannot open pid file: "),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

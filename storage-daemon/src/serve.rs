@@ -24,7 +24,7 @@ use crate::{DaemonConfig, Error, ExportAddr, Result, monitor, process};
 pub fn run(config: &DaemonConfig) -> Result<()> {
     // Forks while the process has one thread: before anything else starts.
     let mut daemon_pipe = match config.daemonize {
-        true => Some(process::daemonize().map_err(Error::Setup)?),
+        true => Some(process::daemonize()?),
         false => None,
     };
     // Sockets passed by fd: taken before this process opens any fd of its own.
@@ -72,7 +72,7 @@ pub fn run(config: &DaemonConfig) -> Result<()> {
         })?;
     }
     let _pidfile = match &config.pidfile {
-        Some(p) => Some(process::PidFile::write(p).map_err(Error::Setup)?),
+        Some(p) => Some(process::PidFile::write(p)?),
         None => None,
     };
     let stop = Rc::new(std::cell::Cell::new(None::<String>));
