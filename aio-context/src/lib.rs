@@ -12,8 +12,10 @@
 //!   at run time; io_uring operations ([`AioContext::submit`]) complete as callbacks in
 //!   the submitting context, and the ring is never closed with operations in flight.
 //! - The owning thread is a QSBR reader of the `rcu` crate ([`AioContext::rcu_read`]).
-//! - [`IoThread`] runs a context on a named thread; [`AioContext::spawn`] runs futures
-//!   whose wakers schedule them back into their context from any thread.
+//! - [`IoThread`] runs a context on a named thread (built from QEMU's `-object
+//!   iothread` properties by [`IoThread::spawn_with_properties`]); [`AioContext::spawn`]
+//!   runs futures whose wakers schedule them back into their context from any thread.
+//! - [`signals`]: SIGTERM, SIGINT and SIGHUP on a `signalfd`, for a loop to watch.
 //!
 //! ```
 //! use aio_context::AioContext;
@@ -46,6 +48,10 @@ mod handlers;
 #[cfg(not(loom))]
 mod iothread;
 #[cfg(not(loom))]
+mod iothread_object;
+#[cfg(not(loom))]
+pub mod signals;
+#[cfg(not(loom))]
 mod task;
 #[cfg(not(loom))]
 mod timer;
@@ -61,6 +67,8 @@ pub use event_notifier::EventNotifier;
 pub use fdmon::Backend;
 #[cfg(not(loom))]
 pub use iothread::IoThread;
+#[cfg(not(loom))]
+pub use iothread_object::IothreadObjectError;
 #[cfg(not(loom))]
 pub use task::JoinHandle;
 #[cfg(not(loom))]

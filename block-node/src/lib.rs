@@ -12,7 +12,9 @@
 //! - [`drive::parse`] and [`DriveOptions`]: `-drive` with QEMU's legacy placement;
 //! - [`NodeRegistry`]: nodes by name, drives by id, reference counts; [`Claim`]s;
 //! - [`qmp::register`]: `query-block`, `query-named-block-nodes`, `blockdev-add`,
-//!   `blockdev-del` on a [`::qmp::Commands`] table.
+//!   `blockdev-del` on a [`::qmp::Commands`] table;
+//! - [`shutdown`]: QEMU's exit for drives on iothreads (drain, then flush, with a
+//!   deadline).
 //!
 //! The invariant: a node in use (by a device, an export, a drive, or a parent node)
 //! cannot be deleted, and every refusal uses QEMU's words. Parsers take hostile text
@@ -44,6 +46,7 @@ mod fuzz;
 mod options;
 pub mod qmp;
 mod registry;
+pub mod shutdown;
 mod view;
 
 pub use drive::{DriveOptions, DriveSettings};

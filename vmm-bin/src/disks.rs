@@ -7,48 +7,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aio_context::{IoThread, PollParams};
+use aio_context::IoThread;
 use kvm_machine::Runner;
 use pc_devices::{Devices, DevicesConfig};
 use tracing::warn;
 
 use crate::cli::Config;
 
-mod io;
-
-pub(crate) use io::SHUTDOWN_IO_DEADLINE;
-pub use io::{drain, flush};
-
-/// Starts the iothread of `-object iothread,id=ID` (qemu-storage-daemon's `--object`
-/// too) with QEMU's polling properties read through `prop`: `poll-max-ns`,
-/// `poll-grow`, `poll-shrink` (absent ones keep [`PollParams::IOTHREAD`]'s).
-///
-/// # Errors
-///
-/// A property that is not a number; a thread that cannot start.
-pub fn spawn_iothread(
-    option: &str,
-    id: &str,
-    prop: impl Fn(&str) -> Option<String>,
-) -> Result<Arc<IoThread>, String> {
-    let mut poll = PollParams::IOTHREAD;
-    for (key, field) in [
-        ("poll-max-ns", &mut poll.max_ns),
-        ("poll-grow", &mut poll.grow),
-        ("poll-shrink", &mut poll.shrink),
-    ] {
-        if let Some(v) = prop(key) {
-            *field = v.parse().map_err(|_| {
-                format!("{option} iothread,id={id}: Parameter '{key}' expects uint64")
-            })?;
-        }
-    }
-    let thread = IoThread::spawn(id).map_err(|e| format!("{option} iothread,id={id}: {e}"))?;
-    if poll != PollParams::IOTHREAD {
-        thread.set_poll_params(poll);
-    }
-    Ok(Arc::new(thread))
-}
+pub(crate) use block_node::shutdown::SHUTDOWN_IO_DEADLINE;
+pub use block_node::shutdown::{drain, flush};
 
 /// The `-object iothread`s of `config`, started, in order.
 fn iothreads(config: &Config) -> Result<Vec<(String, Arc<IoThread>)>, String> {
@@ -72,8 +39,11 @@ fn iothreads(config: &Config) -> Result<Vec<(String, Arc<IoThread>)>, String> {
         if threads.iter().any(|(id, _)| *id == o.id) {
             return Err(format!("-object iothread,id={}: duplicate id", o.id));
         }
-        let t = spawn_iothread("-object", &o.id, |k| o.props.get(k).map(str::to_owned))?;
-        threads.push((o.id.clone(), t));
+        let t = IoThread::spawn_with_properties("-object", &o.id, |k| {
+            o.props.get(k).map(str::to_owned)
+        })
+        .map_err(|e| e.to_string())?;
+        threads.push((o.id.clone(), Arc::new(t)));
     }
     Ok(threads)
 }

@@ -4,12 +4,12 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use aio_context::FdHandler;
+use aio_context::signals::TerminationSignals;
 use kvm_machine::{Runner, kvm_available};
 use qemu_log::LogConfig;
 use runstate::Event;
 use vmm_bin::cli;
 use vmm_bin::machine::machine_config;
-use vmm_bin::signals::TerminationSignals;
 
 /// The name that starts every line of the log.
 const PROGRAM: &str = "vmm-bin";
@@ -29,7 +29,7 @@ fn main() {
         if let Err(e) = qemu_log::init(STORAGE_DAEMON, &LogConfig::default()) {
             fail(e);
         }
-        std::process::exit(vmm_bin::storage_daemon::main(&args[1..]));
+        std::process::exit(storage_daemon::main(&args[1..]));
     }
     if args
         .iter()
@@ -96,7 +96,7 @@ fn monitor_config(config: &cli::Config) -> pc_devices::vm_monitor::MonitorConfig
             package: format!("{PROGRAM} {}", env!("CARGO_PKG_VERSION")),
             ..qmp::Version::default()
         },
-        give_up: vmm_bin::signals::terminating,
+        give_up: aio_context::signals::terminating,
     }
 }
 

@@ -1,6 +1,6 @@
-//! Termination signals (SIGTERM, SIGINT, SIGHUP) as QEMU handles them: the process shuts
-//! down cleanly (disks drained and flushed, socket files removed, exit status 0) and says
-//! why on stderr, in QEMU's words:
+//! Termination signals (SIGTERM, SIGINT, SIGHUP) read from a `signalfd`, so that a
+//! process can shut down as QEMU does: cleanly (disks drained and flushed, socket files
+//! removed, exit status 0), saying why on stderr in QEMU's words:
 //!
 //! ```text
 //! vmm-bin: terminating on signal 15 from pid 4242 (bash)
@@ -9,9 +9,19 @@
 //!
 //! No work is done in a signal handler: [`TerminationSignals::block`] blocks the three
 //! signals in the calling thread, which every thread spawned afterwards inherits, and
-//! reads them from a `signalfd` — in the VMM from the main loop (register
-//! [`TerminationSignals::fd`] on the main `AioContext`), in the storage daemon with a
-//! blocking [`TerminationSignals::wait`] on the main thread.
+//! reads them from a `signalfd`: from an event loop (register
+//! [`TerminationSignals::fd`] on an [`AioContext`](crate::AioContext) with an
+//! [`FdHandler`](crate::FdHandler)), or with a blocking [`TerminationSignals::wait`].
+//!
+//! ```no_run
+//! use aio_context::signals::TerminationSignals;
+//!
+//! // First, while the process has one thread: every later thread inherits the mask.
+//! let signals = TerminationSignals::block()?;
+//! let why = signals.wait()?; // e.g. `kill -TERM <pid>`
+//! eprintln!("{}", why.message("demo"));
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
