@@ -36,7 +36,7 @@ use qemu_opts::Opts;
 use runstate::RunStateMachine;
 use tracing::warn;
 use virtio_core::VirtioDevice;
-use virtio_pci::{ChildBus, IoEventRegistrar, MsiSender, VirtioPci};
+use virtio_pci::{ChildBus, ConfigNotifier, IoEventRegistrar, MsiSender, VirtioPci};
 
 use crate::disks::{SHUTDOWN_IO_DEADLINE, drain, flush};
 
@@ -361,7 +361,7 @@ impl Devices {
         iothread: Arc<IoThread>,
         slot: u8,
         child_bus: Option<Arc<dyn ChildBus>>,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<ConfigNotifier, DeviceError> {
         let address = PciAddress::new(slot, 0)?;
         // One MSI-X vector per queue plus the config vector.
         let vectors = usize::from(device.num_queues()) + 1;
@@ -381,7 +381,9 @@ impl Devices {
         if let Some(r) = &self.ioevents {
             pci.set_ioevent_registrar(r.clone());
         }
-        Ok(self.pci.plug(address, Box::new(pci))?)
+        let config = pci.config_notifier();
+        self.pci.plug(address, Box::new(pci))?;
+        Ok(config)
     }
 
     /// The machine's PIIX3 IDE controller.
