@@ -79,6 +79,8 @@ pub(crate) struct ScsiController {
     pub(crate) bus: Arc<::scsi::ScsiBus>,
     pub(crate) iothread: Arc<IoThread>,
     pub(crate) slot: u8,
+    /// PARAM_CHANGE events (a LUN's node resized).
+    pub(crate) change: virtio_scsi::ChangeNotifier,
 }
 
 /// What a bus below `pci.0` is, for the factories of the devices that go on it (an
@@ -413,12 +415,15 @@ impl Devices {
     }
 
     /// The SCSI bus called `name`.
-    pub(crate) fn scsi_bus(&self, name: &str) -> Option<(Arc<::scsi::ScsiBus>, Arc<IoThread>, u8)> {
+    pub(crate) fn scsi_bus(&self, name: &str) -> Option<ScsiController> {
         let buses = self.buses.borrow();
         buses.iter().find_map(|b| match &b.kind {
-            ChildBusKind::Scsi(c) if b.info.name == name => {
-                Some((c.bus.clone(), c.iothread.clone(), c.slot))
-            }
+            ChildBusKind::Scsi(c) if b.info.name == name => Some(ScsiController {
+                bus: c.bus.clone(),
+                iothread: c.iothread.clone(),
+                slot: c.slot,
+                change: c.change.clone(),
+            }),
             _ => None,
         })
     }
