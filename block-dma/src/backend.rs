@@ -107,7 +107,9 @@ pub type Done = Box<dyn FnOnce(Result<u64, Errno>, Option<IoBuffers>)>;
 /// Static facts about an opened image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendInfo {
-    /// Size in bytes.
+    /// Size in bytes when the image was opened. A backend that can be resized reports
+    /// its current size through [`BlockBackend::size`]; readers of the size after a
+    /// `block_resize` use that.
     pub size: u64,
     /// Whether writes are refused.
     pub read_only: bool,
@@ -152,6 +154,26 @@ pub trait BlockBackend: Send + Sync {
     /// `ECANCELED` (or its real result, if it finished first). A ticket of a completed
     /// operation is ignored.
     fn cancel(&self, ctx: &AioContext, ticket: Ticket);
+
+    /// The image's size in bytes now: [`BackendInfo::size`] for a backend that cannot
+    /// be resized. Operations are checked against this value when they are submitted,
+    /// so a device that reads it sees the same size its requests are judged by.
+    fn size(&self) -> u64 {
+        self.info().size
+    }
+
+    /// Changes the image's size to `size` bytes (QEMU's `bdrv_co_truncate`, called by
+    /// `block_resize`). A shrink refuses operations beyond the new end before the
+    /// image is cut; a growth takes effect once the image is long enough.
+    ///
+    /// # Errors
+    ///
+    /// `EROFS` for a read-only image, `EOPNOTSUPP` for a backend without resize (the
+    /// default), or the operating system's error.
+    fn resize(&self, size: u64) -> Result<(), Errno> {
+        let _ = size;
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 /// Checks `op` against `info`: a write to a read-only image, a range outside the image,
@@ -161,6 +183,16 @@ pub trait BlockBackend: Send + Sync {
 ///
 /// `EROFS`, `EINVAL` (range), `EOPNOTSUPP`.
 pub fn check_op(info: &BackendInfo, op: &BlockOp) -> Result<(), Errno> {
+    check_op_sized(info, info.size, op)
+}
+
+/// [`check_op`] against `size` (a resizable backend's [`BlockBackend::size`]) instead
+/// of the size the image was opened with.
+///
+/// # Errors
+///
+/// As [`check_op`].
+pub fn check_op_sized(info: &BackendInfo, size: u64, op: &BlockOp) -> Result<(), Errno> {
     if op.kind().writes() && info.read_only {
         return Err(Errno::EROFS);
     }
@@ -170,7 +202,7 @@ pub fn check_op(info: &BackendInfo, op: &BlockOp) -> Result<(), Errno> {
         _ => {}
     }
     if let Some((offset, len)) = op.range() {
-        if offset.checked_add(len).is_none_or(|end| end > info.size) {
+        if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Errno::EINVAL);
         }
     }
@@ -188,5 +220,11 @@ impl<B: BlockBackend + ?Sized> BlockBackend for std::sync::Arc<B> {
     }
     fn cancel(&self, ctx: &AioContext, ticket: Ticket) {
         (**self).cancel(ctx, ticket)
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn resize(&self, size: u64) -> Result<(), Errno> {
+        (**self).resize(size)
     }
 }

@@ -160,4 +160,12 @@ impl<B: BlockBackend> BlockBackend for FaultInjector<B> {
     fn cancel(&self, ctx: &AioContext, ticket: Ticket) {
         self.inner.cancel(ctx, ticket);
     }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn resize(&self, size: u64) -> Result<(), Errno> {
+        self.inner.resize(size)
+    }
 }

@@ -18,12 +18,13 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aio_context::AioContext;
 use io_uring::{opcode, types};
 
-use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op};
+use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op_sized};
 use crate::{AlignedBuf, Errno, IoBuffers, OpenError};
 
 /// `IOV_MAX`: the most iovecs one `readv`/`writev` takes.
@@ -80,6 +81,12 @@ struct Files {
     /// With O_DIRECT: a buffered descriptor for unaligned requests.
     buffered: Option<File>,
     info: BackendInfo,
+    /// The size now (`block_resize` changes it; see [`FileBackend::resize`]).
+    size: AtomicU64,
+    /// Serializes resizes (each one's truncate and publish go together).
+    resizing: Mutex<()>,
+    /// A block device: its size is the device's, not ours to change.
+    block_device: bool,
 }
 
 /// A raw image on io_uring. Cheap to clone; in-flight operations keep the descriptors
@@ -220,7 +227,10 @@ impl FileBackend {
             files: Arc::new(Files {
                 main,
                 buffered,
+                size: AtomicU64::new(info.size),
                 info,
+                resizing: Mutex::new(()),
+                block_device,
             }),
         })
     }
@@ -305,7 +315,10 @@ impl BlockBackend for FileBackend {
     }
 
     fn submit(&self, ctx: &AioContext, op: BlockOp, done: Done) -> Result<Ticket, Errno> {
-        check_op(&self.files.info, &op)?;
+        // Acquire: pairs with the Release store in `resize`, so a request checked
+        // against a grown size runs on a file already truncated to that size.
+        let size = self.files.size.load(Ordering::Acquire);
+        check_op_sized(&self.files.info, size, &op)?;
         let kind = op.kind();
         let (offset, len) = op.range().unwrap_or((0, 0));
         let unmap = matches!(op, BlockOp::WriteZeroes { unmap: true, .. });
@@ -351,6 +364,43 @@ impl BlockBackend for FileBackend {
         submit(ctx, op)
             .map(Ticket::Uring)
             .map_err(|(_, errno)| errno)
+    }
+
+    fn size(&self) -> u64 {
+        self.files.size.load(Ordering::Acquire)
+    }
+
+    /// Truncates the file (`ftruncate`). The order makes the size every new request
+    /// is checked against safe at each instant: a shrink publishes the smaller size
+    /// first (requests beyond it fail with `EINVAL` from then on) and cuts the file
+    /// after; a growth extends the file first and publishes after. A request checked
+    /// before a shrink and still in flight when the file is cut completes with what
+    /// the kernel gives it past the new end of file (a read: `EIO`, from the short
+    /// read). A block device keeps its size: only a resize to that size succeeds.
+    fn resize(&self, size: u64) -> Result<(), Errno> {
+        let files = &*self.files;
+        let _one_at_a_time = files.resizing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = files.size.load(Ordering::Acquire);
+        if files.info.read_only {
+            return Err(Errno::EROFS);
+        }
+        if size == old {
+            return Ok(());
+        }
+        if files.block_device {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let len = i64::try_from(size).map_err(|_| Errno(libc::EFBIG))?;
+        let truncate = || nix::unistd::ftruncate(&files.main, len).map_err(|e| Errno(e as i32));
+        if size < old {
+            // Release: pairs with the Acquire load in `submit`.
+            files.size.store(size, Ordering::Release);
+            truncate().inspect_err(|_| files.size.store(old, Ordering::Release))
+        } else {
+            truncate()?;
+            files.size.store(size, Ordering::Release);
+            Ok(())
+        }
     }
 
     fn cancel(&self, ctx: &AioContext, ticket: Ticket) {

@@ -50,7 +50,9 @@ mod memory;
 mod policy;
 mod sglist;
 
-pub use backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op};
+pub use backend::{
+    BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op, check_op_sized,
+};
 pub use buffers::{AlignedBuf, IoBuffers};
 pub use dma::{DmaDirection, DmaDone, DmaRequest, SECTOR_SIZE, dma_rw, stray_waiter_runs};
 pub use error::{Errno, OpenError};

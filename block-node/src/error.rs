@@ -66,6 +66,24 @@ pub enum Error {
     /// A reference (a child, a device's `drive=`) to nothing.
     #[error("Cannot find device='{0}' nor node-name='{0}'")]
     NotFound(String),
+    /// `block_resize` naming neither an existing drive nor an existing node (QEMU's
+    /// `bdrv_lookup_bs`; an argument not given is empty).
+    #[error("Cannot find device='{device}' nor node-name='{node_name}'")]
+    NotFoundEither {
+        /// The `device` argument.
+        device: String,
+        /// The `node-name` argument.
+        node_name: String,
+    },
+    /// `block_resize` to a negative size.
+    #[error("Parameter 'size' expects a >0 size")]
+    NegativeSize,
+    /// `block_resize` of a read-only node.
+    #[error("Image is read-only")]
+    ReadOnly,
+    /// `block_resize` the image refused.
+    #[error("{0}")]
+    Resize(String),
     /// `blockdev-del` of a node that does not exist.
     #[error("Failed to find node with node-name='{0}'")]
     NoSuchNode(String),

@@ -53,7 +53,7 @@ pub use drive::{DriveOptions, DriveSettings};
 pub use error::{Error, Result};
 pub use fuzz::fuzz_parse;
 pub use options::{BlockdevOptions, Cache, Child, Driver, valid_name};
-pub use registry::{AttachOptions, Claim, NodeRegistry};
+pub use registry::{AttachOptions, Claim, NodeRegistry, ResizeListener};
 pub use view::View;
 
 /// The README's example, run as a doctest.

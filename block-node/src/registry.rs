@@ -27,6 +27,9 @@ use crate::options::{BlockdevOptions, Child, Driver};
 use crate::view::View;
 use crate::{DriveOptions, Error, Result};
 
+mod resize;
+pub use resize::ResizeListener;
+
 /// One block node.
 struct Node {
     /// `file` or `raw`.
@@ -77,6 +80,8 @@ struct Inner {
     backends: BTreeMap<u64, Backend>,
     next_serial: u64,
     next_anonymous: u64,
+    /// [`Claim::on_resize`] listeners by backend (removed with it).
+    listeners: BTreeMap<u64, Vec<ResizeListener>>,
 }
 
 /// The registry (cheap to clone; clones share it). Used from the main thread (the
@@ -273,6 +278,7 @@ impl Inner {
             return;
         };
         backend.attached = None;
+        self.listeners.remove(&id);
         // Every backend ends with its user: an anonymous one always, a -drive's as
         // QEMU deletes a drive with its device.
         let Some(backend) = self.backends.remove(&id) else {
@@ -289,7 +295,7 @@ impl Inner {
     }
 
     fn node_json(&self, name: &str, n: &Node) -> Value {
-        let size = n.image.info().size;
+        let size = n.image.size();
         let mut image = json!({
             "virtual-size": size,
             "filename": n.filename.display().to_string(),
@@ -550,7 +556,7 @@ impl NodeRegistry {
                     "image": {
                         "filename": file,
                         "format": n.driver,
-                        "virtual-size": n.image.info().size,
+                        "virtual-size": n.image.size(),
                     },
                 });
                 Some(entry)

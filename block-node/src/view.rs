@@ -50,12 +50,24 @@ impl BlockBackend for View {
     }
 
     fn submit(&self, ctx: &AioContext, op: BlockOp, done: Done) -> Result<Ticket, Errno> {
-        block_dma::check_op(&self.info, &op)?;
+        block_dma::check_op_sized(&self.info, self.inner.size(), &op)?;
         self.inner.submit(ctx, op, done)
     }
 
     fn cancel(&self, ctx: &AioContext, ticket: Ticket) {
         self.inner.cancel(ctx, ticket)
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// Refused through a read-only view; the image's own resize otherwise.
+    fn resize(&self, size: u64) -> Result<(), Errno> {
+        if self.info.read_only {
+            return Err(Errno::EROFS);
+        }
+        self.inner.resize(size)
     }
 }
 

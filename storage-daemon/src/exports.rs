@@ -189,6 +189,15 @@ impl Daemon {
             }
         };
         let server = Arc::new(server);
+        if matches!(spec.kind, ExportKind::Blk) {
+            // block_resize: the frontend hears of the new capacity (CONFIG_CHANGE_MSG).
+            let weak = Arc::downgrade(&server);
+            claim.on_resize(move |_| {
+                if let Some(server) = weak.upgrade() {
+                    server.config_changed();
+                }
+            });
+        }
         let export = Arc::new(Export {
             id: spec.id.clone(),
             node: spec.node.clone(),

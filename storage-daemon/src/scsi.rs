@@ -51,6 +51,8 @@ pub(crate) struct ScsiExport {
     writable: bool,
     /// LUNs added by `device_add`.
     luns: Luns,
+    /// PARAM_CHANGE events (a LUN's node resized).
+    change: virtio_scsi::ChangeNotifier,
 }
 
 impl ScsiExport {
@@ -103,6 +105,7 @@ impl ScsiExport {
             block_size: spec.logical_block_size,
             writable: spec.writable,
             luns,
+            change: device.change_notifier(),
         };
         scsi.plug(&format!("{}-lun0", spec.id), claim, 0, 0, &spec.serial)?;
         Ok((Box::new(ChangeFeature(device)), scsi))
@@ -132,6 +135,12 @@ impl ScsiExport {
             ..HdOptions::default()
         };
         let hd = ScsiHd::new(id, claim.drive().clone(), options).map_err(|e| e.to_string())?;
+        // block_resize: new capacity + unit attention 2A/09, and PARAM_CHANGE.
+        let (control, change) = (hd.control(), self.change.clone());
+        claim.on_resize(move |size| {
+            control.set_capacity(size);
+            change.param_change(target, lun, ::scsi::Sense::CAPACITY_CHANGED);
+        });
         self.bus
             .plug(target, lun, Box::new(hd))
             .map_err(|e| e.to_string())
@@ -222,10 +231,12 @@ pub(crate) fn device_del(daemon: &Daemon, id: &str) -> Result<(), QmpError> {
 const F_CHANGE: u64 = 1 << virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_CHANGE;
 
 /// The controller as a vhost-user frontend sees it: QEMU's vhost-user-scsi-pci acks
-/// VIRTIO_SCSI_F_CHANGE whatever the backend offers (it is not among the bits QEMU
-/// negotiates with the backend), so it is offered here. It promises PARAM_CHANGE
-/// events; the device sends none, and Linux learns of capacity changes from the unit
-/// attention (CAPACITY DATA HAS CHANGED) that scsi-hd raises instead.
+/// VIRTIO_SCSI_F_CHANGE with the guest whatever the backend offers, and never forwards
+/// it (it is not among the bits QEMU negotiates with the backend). So it is offered
+/// here and taken as acked once the frontend acks its features: a `block_resize` of a
+/// LUN's node then sends PARAM_CHANGE (2A/09), on which Linux's virtio_scsi rescans the
+/// LUN; the unit attention (CAPACITY DATA HAS CHANGED) that scsi-hd raises reaches the
+/// driver too, at its next command.
 struct ChangeFeature(VirtioScsi);
 
 impl VirtioDevice for ChangeFeature {
@@ -242,7 +253,13 @@ impl VirtioDevice for ChangeFeature {
         self.0.features() | F_CHANGE
     }
     fn ack_features(&mut self, features: u64) {
-        self.0.ack_features(features & !F_CHANGE);
+        // QEMU keeps F_CHANGE to itself: a frontend that acked anything is taken to
+        // have it (Linux's virtio_scsi accepts it), so resizes send PARAM_CHANGE.
+        self.0.ack_features(if features == 0 {
+            0
+        } else {
+            features | F_CHANGE
+        });
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         self.0.read_config(offset, data);

@@ -23,8 +23,10 @@
 #![deny(missing_docs)]
 
 mod call;
+mod channel;
 mod server;
 
+pub use channel::ConfigNotice;
 pub use server::{ExportServer, serve};
 
 use std::fs::File;
@@ -44,6 +46,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use call::CallFds;
+use channel::BackendChannel;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_core::{QueueSetup, VirtioDevice, VirtioInterrupt};
 
@@ -100,6 +103,8 @@ pub struct VhostUserDevice {
     generation: u64,
     /// Where a fault in this frontend's memory is reported (one per connection).
     faults: Option<Arc<FaultReport>>,
+    /// The backend channel (config-change notices), shared with the server.
+    channel: Arc<BackendChannel>,
 }
 
 fn param(what: &'static str) -> Error {
@@ -123,6 +128,7 @@ impl VhostUserDevice {
             protocol_features: 0,
             generation: 0,
             faults: None,
+            channel: Arc::default(),
         }
     }
 
@@ -150,6 +156,8 @@ impl VhostUserDevice {
         self.regions.clear();
         self.acked_features = 0;
         self.protocol_features = 0;
+        self.channel.set_socket(None);
+        self.channel.set_protocol_features(0);
         self.device.ack_features(0);
     }
 
@@ -418,11 +426,13 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::RESET_DEVICE)
+            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::BACKEND_REQ)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
         self.protocol_features = features;
+        self.channel.set_protocol_features(features);
         Ok(())
     }
 
@@ -460,6 +470,8 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
         Ok(())
     }
 
+    /// The library's stub cannot send `CONFIG_CHANGE_MSG`; the server kept its own
+    /// copy of the channel's fd (see `channel.rs`), so this one is dropped.
     fn set_backend_req_fd(&mut self, _backend: Backend) {}
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> Result<()> {

@@ -13,6 +13,7 @@ use vhost::vhost_user::{BackendReqHandler, Error};
 use ram_block::FaultReport;
 
 use super::VhostUserDevice;
+use crate::channel::{BackendChannel, ConfigNotice, SET_BACKEND_REQ_FD};
 
 /// A listening export.
 pub struct ExportServer {
@@ -25,6 +26,8 @@ pub struct ExportServer {
     /// A duplicate of the connected frontend's socket, to end its session from
     /// another thread.
     connection: Mutex<Option<OwnedFd>>,
+    /// The device's backend channel (config-change notices).
+    channel: Arc<BackendChannel>,
 }
 
 impl ExportServer {
@@ -60,7 +63,9 @@ impl ExportServer {
     /// Serves on a socket that already listens (qemu-storage-daemon's `addr.type=fd`:
     /// the caller passed it); no socket file is removed when the server goes.
     pub fn from_listener(listener: UnixListener, device: VhostUserDevice) -> ExportServer {
+        let channel = device.channel.clone();
         ExportServer {
+            channel,
             listener,
             path: PathBuf::new(),
             device: Arc::new(Mutex::new(device)),
@@ -72,6 +77,14 @@ impl ExportServer {
     /// The socket path (empty for a listener passed by fd).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Tells the connected frontend that the device's config space changed (a
+    /// `block_resize` changed virtio-blk's capacity): `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`
+    /// on the backend channel, if the frontend negotiated `BACKEND_REQ` and `CONFIG`.
+    /// Callable from any thread; never blocks on the frontend.
+    pub fn config_changed(&self) -> ConfigNotice {
+        self.channel.config_changed()
     }
 
     /// Whether a frontend is connected now.
@@ -166,9 +179,13 @@ impl ExportServer {
                     );
                     break;
                 }
-                if let Err(e) = check_fds(handler.as_raw_fd()) {
-                    tracing::warn!("vhost-user: {e}; closing this connection");
-                    break;
+                match check_fds(handler.as_raw_fd()) {
+                    Err(e) => {
+                        tracing::warn!("vhost-user: {e}; closing this connection");
+                        break;
+                    }
+                    Ok(Some(channel)) => self.channel.set_socket(Some(channel)),
+                    Ok(None) => {}
                 }
                 match handler.handle_request() {
                     Ok(()) => {}
@@ -229,12 +246,16 @@ fn wait_for_message(sock: RawFd, faults: &FaultReport) -> bool {
 /// for bytes that never come (the connection hangs). Looks with `MSG_PEEK` (which
 /// receives copies of the fds: they are closed at once) and consumes nothing. A frontend
 /// that attaches fds to a later segment of a message is not seen here.
-fn check_fds(sock: RawFd) -> Result<(), RefusedMessage> {
+///
+/// The copy of the one fd of a `SET_BACKEND_REQ_FD` is kept and returned: it is the
+/// backend channel (`channel.rs`).
+fn check_fds(sock: RawFd) -> Result<Option<OwnedFd>, RefusedMessage> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     // Room for SCM_MAX_FD (253), the most one sendmsg can carry.
     let mut space = nix::cmsg_space!([RawFd; 253]);
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    // The header's request code (the first of its three u32s).
+    let mut code = [0u8; 4];
+    let mut iov = [std::io::IoSliceMut::new(&mut code)];
     let msg = loop {
         match recvmsg::<()>(
             sock,
@@ -244,25 +265,29 @@ fn check_fds(sock: RawFd) -> Result<(), RefusedMessage> {
         ) {
             Err(nix::errno::Errno::EINTR) => continue,
             // End of file and socket errors: the protocol library reports them.
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(None),
             Ok(msg) => break msg,
         }
     };
-    let mut count = 0;
+    let mut fds: Vec<OwnedFd> = Vec::new();
     for cmsg in msg.cmsgs().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            count += fds.len();
-            for fd in fds {
-                // SAFETY: recvmsg just installed `fd` in this process for us alone.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: recvmsg just installed each fd in this process for us alone;
+            // owning it closes it.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let (count, truncated) = (fds.len(), msg.flags.contains(MsgFlags::MSG_CTRUNC));
     if truncated || count > MAX_ATTACHED_FD_ENTRIES {
         return Err(RefusedMessage::TooManyFds { count, truncated });
     }
-    Ok(())
+    let backend_channel =
+        msg.bytes == code.len() && u32::from_le_bytes(code) == SET_BACKEND_REQ_FD && count == 1;
+    Ok(backend_channel.then(|| fds.remove(0)))
 }
 
 /// Why the server refuses a frontend's next message (and closes its connection).

@@ -160,6 +160,14 @@ impl VirtioBlk {
         &self.info.drive
     }
 
+    /// The capacity in 512-byte sectors the config space shows now: the drive's size
+    /// (whole sectors), which `block_resize` changes. The owner that resizes the drive
+    /// tells the driver through its transport (a config-change interrupt: virtio-pci's
+    /// `notify_config`, vhost-user's `CONFIG_CHANGE_MSG`); the driver then reads this.
+    pub fn capacity(&self) -> u64 {
+        self.info.drive.backend().size() / 512
+    }
+
     /// The features the driver accepted.
     pub fn acked_features(&self) -> u64 {
         self.acked
@@ -188,7 +196,11 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        virtio_core::read_config_bytes(&self.config.to_bytes(), offset, data);
+        let config = BlkConfig {
+            capacity: self.capacity(),
+            ..self.config.clone()
+        };
+        virtio_core::read_config_bytes(&config.to_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

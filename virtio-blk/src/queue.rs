@@ -53,7 +53,12 @@ impl QueueHandler for BlkQueue {
     type InFlight = BlkInFlight;
 
     fn parse(&self, mem: &RamBlocks, descs: &[Desc]) -> Request {
-        parse(mem, descs, &self.device.limits)
+        // The size now: a `block_resize` moves the end requests are checked against.
+        let limits = DiskLimits {
+            size: self.device.drive.backend().size() & !511,
+            ..self.device.limits
+        };
+        parse(mem, descs, &limits)
     }
 
     fn start(&self, ctx: &AioContext, req: Request, done: Completion) -> Option<BlkInFlight> {

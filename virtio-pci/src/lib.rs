@@ -20,6 +20,10 @@
 //! never a panic.
 #![deny(missing_docs)]
 
+mod config_notify;
+
+pub use config_notify::ConfigNotifier;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use aio_context::{EventNotifier, IoThread};

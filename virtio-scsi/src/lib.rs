@@ -4,7 +4,8 @@
 //! Queues: 0 control (task management: ABORT TASK, ABORT TASK SET, CLEAR TASK SET,
 //! LOGICAL UNIT RESET, I_T NEXUS RESET, QUERY TASK (SET); asynchronous notification
 //! query/subscribe, answered with no events), 1 event (TRANSPORT_RESET RESCAN/REMOVED
-//! on hotplug, EVENTS_MISSED when the driver posted no buffer), 2.. `num_queues`
+//! on hotplug, PARAM_CHANGE on a resize ([`ChangeNotifier`]), EVENTS_MISSED when the
+//! driver posted no buffer), 2.. `num_queues`
 //! request queues. All run on virtio-core's generic runner ([`QueueSet`]); commands go
 //! to a [`scsi::ScsiBus`] owned by the device, whose LUNs (scsi-hd) are hot-plugged on
 //! the main thread.
@@ -20,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod chain;
+mod change;
 mod events;
 mod queues;
 pub mod wire;
@@ -36,6 +38,7 @@ use virtio_bindings::virtio_scsi::*;
 use virtio_core::{QueueError, QueueSet, QueueSetup, VirtioDevice};
 use virtio_queue::Queue;
 
+pub use self::change::ChangeNotifier;
 use self::events::Events;
 use self::queues::{CmdQueue, CtrlQueue, EventQueue, Shared};
 use self::wire::{EVENT_SIZE, Event};
@@ -181,6 +184,8 @@ pub struct VirtioScsi {
     queues: QueueSet,
     shared: Arc<Shared>,
     hotplug: Arc<AtomicBool>,
+    /// Set while VIRTIO_SCSI_F_CHANGE is acked ([`ChangeNotifier`]).
+    change: Arc<AtomicBool>,
     options: ScsiOptions,
     features: u64,
     acked: u64,
@@ -221,9 +226,11 @@ impl VirtioScsi {
             let _ = controller.bus.set(weak.clone());
             ScsiBus::new(bus_name).with_controller(controller)
         });
+        // VIRTIO_SCSI_F_CHANGE: offered, as QEMU's `param_change` property does.
         let mut features = 1u64 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_EVENT_IDX
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_SCSI_F_CHANGE;
         if options.hotplug {
             features |= 1 << VIRTIO_SCSI_F_HOTPLUG;
         }
@@ -249,6 +256,7 @@ impl VirtioScsi {
                 sense_size: VIRTIO_SCSI_SENSE_DEFAULT_SIZE as usize,
             }),
             hotplug,
+            change: Arc::default(),
             options,
             features,
             acked: 0,
@@ -264,6 +272,14 @@ impl VirtioScsi {
     /// The features the driver accepted.
     pub fn acked_features(&self) -> u64 {
         self.acked
+    }
+
+    /// The notifier that tells the driver of a LUN's parameter change (a resize).
+    pub fn change_notifier(&self) -> ChangeNotifier {
+        ChangeNotifier {
+            events: self.shared.events.clone(),
+            acked: self.change.clone(),
+        }
     }
 
     /// The config space.
@@ -324,6 +340,11 @@ impl VirtioDevice for VirtioScsi {
         self.acked = features & self.features;
         self.hotplug.store(
             self.acked & (1 << VIRTIO_SCSI_F_HOTPLUG) != 0,
+            Ordering::Release,
+        );
+        // Release: pairs with the Acquire load in `ChangeNotifier::param_change`.
+        self.change.store(
+            self.acked & (1 << VIRTIO_SCSI_F_CHANGE) != 0,
             Ordering::Release,
         );
     }

@@ -206,6 +206,16 @@ pub fn parse_ctrl(bytes: &[u8]) -> Result<CtrlRequest, WireError> {
     }
 }
 
+/// The LUN field of an event: REPORT LUNS' encoding (flat space only from 256 on).
+fn event_lun(target: u16, lun: u16) -> [u8; 8] {
+    let l = if lun < 256 {
+        lun
+    } else {
+        0x4000 | (lun & 0x3fff)
+    };
+    [1, target as u8, (l >> 8) as u8, l as u8, 0, 0, 0, 0]
+}
+
 /// An event for the event queue.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -224,15 +234,22 @@ impl Event {
     /// Linux takes bytes 2-3 as the LUN number, so a flat-space flag on a small LUN
     /// would name LUN 1 as 16385, a second device beside the one REPORT LUNS lists.
     pub fn transport_reset(target: u16, lun: u16, reason: u32) -> Event {
-        let l = if lun < 256 {
-            lun
-        } else {
-            0x4000 | (lun & 0x3fff)
-        };
         Event {
             event: VIRTIO_SCSI_T_TRANSPORT_RESET,
-            lun: [1, target as u8, (l >> 8) as u8, l as u8, 0, 0, 0, 0],
+            lun: event_lun(target, lun),
             reason,
+        }
+    }
+
+    /// A parameter change of a LUN (`VIRTIO_SCSI_T_PARAM_CHANGE`, with
+    /// `VIRTIO_SCSI_F_CHANGE`): `reason` carries the unit attention's ASC in its low
+    /// byte and ASCQ in the next (QEMU's `virtio_scsi_change`); Linux's virtio_scsi
+    /// rescans the LUN on 2A/09 CAPACITY DATA HAS CHANGED.
+    pub fn param_change(target: u16, lun: u16, asc: u8, ascq: u8) -> Event {
+        Event {
+            event: VIRTIO_SCSI_T_PARAM_CHANGE,
+            lun: event_lun(target, lun),
+            reason: u32::from(asc) | u32::from(ascq) << 8,
         }
     }
 

@@ -9,15 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aio_context::{EventNotifier, IoThread};
+use block_dma::Drive;
 use common::{Hba, drive};
 use qdev_bus::{Bus, HotplugHandler, PciAddress};
 use ram_block::RamList;
-use scsi::{HdOptions, ScsiHd, Sense};
+use scsi::{HdControl, HdOptions, ScsiHd, Sense};
 use virtio_bindings::virtio_scsi::*;
 use virtio_core::{QueueSetup, VirtioDevice, VirtioInterrupt};
 use virtio_queue::{Queue, QueueT};
 use virtio_scsi::wire::{self, encode_lun};
-use virtio_scsi::{ScsiOptions, VirtioScsi};
+use virtio_scsi::{ChangeNotifier, ScsiOptions, VirtioScsi};
 use vm_memory::{Bytes, GuestAddress};
 
 const QSIZE: u16 = 16;
@@ -137,6 +138,10 @@ impl Ring {
 struct Fixture {
     rings: Vec<Ring>,
     bus: Arc<scsi::ScsiBus>,
+    /// PARAM_CHANGE events of the controller.
+    change: ChangeNotifier,
+    /// disk0's capacity and unit attentions, and its drive.
+    disk0: (HdControl, Drive),
     _pci: Bus<PciAddress>,
     _img: tempfile::NamedTempFile,
     images: Vec<tempfile::NamedTempFile>,
@@ -192,21 +197,21 @@ fn fixture(features: u64) -> Option<Fixture> {
         });
     }
     let bus = dev.bus().clone();
+    let change = dev.change_notifier();
     let pci: Bus<PciAddress> = Bus::root("pci.0");
     pci.plug(
         PciAddress::new(4, 0).unwrap(),
         Box::new(Hba(Mutex::new(dev), bus.clone())),
     )
     .unwrap();
-    bus.plug(
-        0,
-        0,
-        Box::new(ScsiHd::new("disk0", drive, HdOptions::default()).unwrap()),
-    )
-    .unwrap();
+    let hd = ScsiHd::new("disk0", drive.clone(), HdOptions::default()).unwrap();
+    let disk0 = (hd.control(), drive);
+    bus.plug(0, 0, Box::new(hd)).unwrap();
     Some(Fixture {
         rings,
         bus,
+        change,
+        disk0,
         _pci: pci,
         _img: img,
         images: Vec::new(),
@@ -524,4 +529,94 @@ fn without_f_hotplug_no_events_are_sent() {
     f.post_event_buffer(0);
     f.plug(1, "disk1");
     assert!(f.rings[1].used_within(Duration::from_millis(200)).is_none());
+}
+
+/// What the owner of a scsi-hd does when its node is resized (`block_resize`): the image
+/// changes, the disk takes the new capacity (unit attention 2A/09), the controller
+/// tells the driver (PARAM_CHANGE with 2A/09, when F_CHANGE is acked).
+fn resize_disk0(f: &Fixture, bytes: u64) -> bool {
+    f.disk0.1.backend().resize(bytes).unwrap();
+    f.disk0.0.set_capacity(bytes);
+    f.change.param_change(0, 0, Sense::CAPACITY_CHANGED)
+}
+
+/// READ CAPACITY(10): (last LBA, block length).
+fn read_capacity(f: &mut Fixture) -> (Resp, u32, u32) {
+    let (r, data) = f.cmd(0, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    let word = |i: usize| u32::from_be_bytes(data[i..i + 4].try_into().unwrap());
+    let (last, len) = if data.len() >= 8 {
+        (word(0), word(4))
+    } else {
+        (0, 0)
+    };
+    (r, last, len)
+}
+
+/// Takes the attentions the fixture left (power-on, and the hot-plug of disk0's
+/// REPORTED LUNS DATA HAS CHANGED) and the event its plug dropped (EVENTS_MISSED, at
+/// event slot 0).
+fn settle(f: &mut Fixture) {
+    for want in [Sense::POWER_ON_RESET, Sense::REPORTED_LUNS_CHANGED] {
+        let (r, _) = f.cmd(0, 0, &[0; 6], &[], 0);
+        assert_eq!(Sense::decode(&r.sense), Some(want));
+    }
+    f.post_event_buffer(0);
+    let (event, _, _) = f.event(0).expect("the plug's EVENTS_MISSED");
+    assert_eq!(event, VIRTIO_SCSI_T_NO_EVENT | VIRTIO_SCSI_T_EVENTS_MISSED);
+}
+
+#[test]
+fn a_resize_sends_param_change_and_read_capacity_sees_it() {
+    let Some(mut f) = fixture(ALL) else { return };
+    settle(&mut f);
+    let (_, last, len) = read_capacity(&mut f);
+    assert_eq!((last, len), (((4 << 20) / 512) - 1, 512));
+
+    f.post_event_buffer(1);
+    f.no_event();
+    assert!(resize_disk0(&f, 8 << 20));
+    let got = f.event(1).expect("a PARAM_CHANGE event");
+    assert_eq!(
+        got,
+        (
+            VIRTIO_SCSI_T_PARAM_CHANGE,
+            [1, 0, 0, 0, 0, 0, 0, 0],
+            0x2a | 0x09 << 8
+        ),
+        "ASC in the low byte, ASCQ in the next (QEMU's virtio_scsi_change)"
+    );
+    // The next command gets CAPACITY DATA HAS CHANGED, then READ CAPACITY the size.
+    let (r, _) = f.cmd(0, 0, &[0; 6], &[], 0);
+    assert_eq!(Sense::decode(&r.sense), Some(Sense::CAPACITY_CHANGED));
+    let (r, last, _) = read_capacity(&mut f);
+    assert_eq!(r.status, 0);
+    assert_eq!(last, ((8 << 20) / 512) - 1);
+
+    // A shrink: a read beyond the new end is refused (LBA OUT OF RANGE).
+    f.post_event_buffer(2);
+    f.no_event();
+    assert!(resize_disk0(&f, 2 << 20));
+    assert_eq!(
+        f.event(2).expect("a second PARAM_CHANGE").0,
+        VIRTIO_SCSI_T_PARAM_CHANGE
+    );
+    let (r, _) = f.cmd(0, 0, &[0; 6], &[], 0);
+    assert_eq!(Sense::decode(&r.sense), Some(Sense::CAPACITY_CHANGED));
+    let lba = ((3u32 << 20) / 512).to_be_bytes();
+    let read10 = [0x28, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 1, 0];
+    let (r, _) = f.cmd(0, 0, &read10, &[], 512);
+    assert_eq!(Sense::decode(&r.sense), Some(Sense::LBA_OUT_OF_RANGE));
+}
+
+#[test]
+fn without_f_change_a_resize_sends_no_event_but_the_attention_stays() {
+    let Some(mut f) = fixture(ALL & !(1 << VIRTIO_SCSI_F_CHANGE)) else {
+        return;
+    };
+    settle(&mut f);
+    f.post_event_buffer(1);
+    assert!(!resize_disk0(&f, 8 << 20));
+    assert!(f.rings[1].used_within(Duration::from_millis(200)).is_none());
+    let (r, _) = f.cmd(0, 0, &[0; 6], &[], 0);
+    assert_eq!(Sense::decode(&r.sense), Some(Sense::CAPACITY_CHANGED));
 }

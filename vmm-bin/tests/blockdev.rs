@@ -221,6 +221,16 @@ fn blockdev_add_and_del_through_qmp_while_a_device_uses_a_node() {
     );
     assert_eq!(blocks[0]["inserted"]["node-name"], "disk0");
     assert_eq!(blocks[0]["inserted"]["image"]["virtual-size"], 1 << 20);
+    // block_resize reaches the VMM's nodes too (block-node registers it); the
+    // virtio-blk device's capacity follows (its config interrupt: virtio-pci's
+    // config_notify unit test).
+    q.ok(
+        "block_resize",
+        json!({"node-name": "disk0", "size": 2 << 20}),
+    );
+    let blocks = q.ok("query-block", json!({}));
+    assert_eq!(blocks[0]["inserted"]["image"]["virtual-size"], 2 << 20);
+    assert_eq!(std::fs::metadata(&a).unwrap().len(), 2 << 20);
 
     // Refused while in use, in qemu-storage-daemon's words.
     assert_eq!(

@@ -11,35 +11,11 @@
 mod sd_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use sd_common::{Daemon, has_qemu_qmp, scratch};
+use sd_common::{Daemon, scratch};
 
 fn prerequisites(test: &str) -> bool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let assets = std::env::var("GUEST_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/guest-assets"));
-    let why = if !assets.join("assets.env").exists() {
-        format!(
-            "no guest assets ({}); run scripts/guest-assets",
-            assets.display()
-        )
-    } else if !Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        "qemu-system-x86_64 is not installed".into()
-    } else if !has_qemu_qmp() {
-        "the qemu.qmp Python package is not installed".into()
-    } else if io_uring::IoUring::new(2).is_err() {
-        "io_uring is not available".into()
-    } else {
-        return true;
-    };
-    eprintln!("SKIPPED {test}: {why}");
-    false
+    sd_common::guest_prerequisites(test, None, true)
 }
 
 fn run_qemu() -> PathBuf {

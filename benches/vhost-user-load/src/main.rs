@@ -11,6 +11,12 @@
 //! vhost-user-load --driver io_uring --path FILE --job randread:4k:32 --seconds 10
 //! ```
 //! A job is `RW:BS:QD` with RW one of randread, randwrite, read, write.
+//!
+//! `--driver vu-blk` and `--driver vu-scsi` drive a vhost-user-blk or vhost-user-scsi
+//! socket through this program's own frontend (`vu.rs`: libblkio has no
+//! vhost-user-scsi driver), so the two exports are compared through the same client.
+
+mod vu;
 
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
@@ -103,10 +109,60 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_job(
-    q: &mut blkio::Blkioq,
+/// What a job drives: libblkio's queue or our own vhost-user frontend.
+trait Queue {
+    /// Queues a request of slot `slot` (each slot has one request in flight).
+    fn submit(&mut self, slot: usize, off: u64, job: &Job);
+    /// Waits for at least one completion; `done(slot, ok)` for each.
+    fn reap(&mut self, done: &mut dyn FnMut(usize, bool));
+}
+
+/// libblkio, with a buffer of `qd * bs` bytes.
+struct BlkioQueue<'a> {
+    q: &'a mut blkio::Blkioq,
     buf: *mut u8,
+    comps: Vec<MaybeUninit<Completion>>,
+}
+
+impl Queue for BlkioQueue<'_> {
+    fn submit(&mut self, slot: usize, off: u64, job: &Job) {
+        // SAFETY: slot < qd, and the buffer holds qd * bs bytes; each slot has one request in flight.
+        let p = unsafe { self.buf.add(slot * job.bs) };
+        if job.write {
+            self.q.write(off, p, job.bs, slot, ReqFlags::empty());
+        } else {
+            self.q.read(off, p, job.bs, slot, ReqFlags::empty());
+        }
+    }
+
+    fn reap(&mut self, done: &mut dyn FnMut(usize, bool)) {
+        if self.comps.is_empty() {
+            self.comps = (0..1024).map(|_| MaybeUninit::uninit()).collect();
+        }
+        let n = self
+            .q
+            .do_io(&mut self.comps, 1, None, None)
+            .unwrap_or_else(|e| die(&format!("do_io: {e}")));
+        for c in &self.comps[..n] {
+            // SAFETY: do_io initialized the first n completions.
+            let c = unsafe { c.assume_init_ref() };
+            done(c.user_data, c.ret == 0);
+        }
+    }
+}
+
+impl Queue for vu::VuQueue {
+    fn submit(&mut self, slot: usize, off: u64, job: &Job) {
+        vu::VuQueue::submit(self, slot, off, job.bs, job.write);
+    }
+
+    fn reap(&mut self, done: &mut dyn FnMut(usize, bool)) {
+        vu::VuQueue::reap(self, done);
+    }
+}
+
+fn run_job(
+    q: &mut dyn Queue,
     capacity: u64,
     span: u64,
     job: &Job,
@@ -129,41 +185,28 @@ fn run_job(
     };
     let mut started = vec![Instant::now(); job.qd];
     let mut lat = Vec::with_capacity(if record { 1 << 20 } else { 0 });
-    let submit = |q: &mut blkio::Blkioq, slot: usize, off: u64| {
-        // SAFETY: slot < qd, and the buffer holds qd * bs bytes; each slot has one request in flight.
-        let p = unsafe { buf.add(slot * job.bs) };
-        if job.write {
-            q.write(off, p, job.bs, slot, ReqFlags::empty());
-        } else {
-            q.read(off, p, job.bs, slot, ReqFlags::empty());
-        }
-    };
     let cpu0 = cpu_us("self").unwrap_or(0.0);
     let b0 = pid.and_then(cpu_us);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(secs);
     for (slot, start) in started.iter_mut().enumerate() {
         *start = Instant::now();
-        submit(q, slot, next_off(&mut rng));
+        q.submit(slot, next_off(&mut rng), job);
     }
     let mut inflight = job.qd;
     let mut ops = 0u64;
     let mut errors = 0u64;
-    let mut comps: Vec<MaybeUninit<Completion>> = (0..job.qd).map(|_| MaybeUninit::uninit()).collect();
     let mut stopping = false;
+    let mut done_slots = Vec::with_capacity(job.qd);
     while inflight > 0 {
-        let n = q
-            .do_io(&mut comps, 1, None, None)
-            .unwrap_or_else(|e| die(&format!("do_io: {e}")));
+        done_slots.clear();
+        q.reap(&mut |slot, ok| done_slots.push((slot, ok)));
         let now = Instant::now();
         if now >= deadline {
             stopping = true;
         }
-        for c in &comps[..n] {
-            // SAFETY: do_io initialized the first n completions.
-            let c = unsafe { c.assume_init_ref() };
-            let slot = c.user_data;
-            if c.ret != 0 {
+        for &(slot, ok) in &done_slots {
+            if !ok {
                 errors += 1;
             }
             ops += 1;
@@ -174,7 +217,7 @@ fn run_job(
                 inflight -= 1;
             } else {
                 started[slot] = Instant::now();
-                submit(q, slot, next_off(&mut rng));
+                q.submit(slot, next_off(&mut rng), job);
             }
         }
     }
@@ -245,6 +288,82 @@ fn verify(q: &mut blkio::Blkioq, buf: *mut u8, capacity: u64, len: u64) -> u64 {
     len
 }
 
+/// One run's settings.
+struct Run<'a> {
+    capacity: u64,
+    span: u64,
+    secs: f64,
+    warmup: f64,
+    pid: Option<&'a str>,
+    json: bool,
+}
+
+impl Run<'_> {
+    /// Runs every job on `q` and prints the table (or JSON).
+    fn report(&self, q: &mut dyn Queue, jobs: &[Job], driver: &str, path: &str) {
+        let (capacity, span, secs, warmup, pid, json) =
+            (self.capacity, self.span, self.secs, self.warmup, self.pid, self.json);
+        if !json {
+            println!(
+                "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}",
+                "job", "IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us", "backend us/IO", "client us/IO"
+            );
+        }
+        let mut out = Vec::new();
+        for job in jobs {
+            if warmup > 0.0 {
+                run_job(q, capacity, span, job, warmup, None, false);
+            }
+            let mut o = run_job(q, capacity, span, job, secs, pid, true);
+            o.lat_ns.sort_unstable();
+            let iops = o.ops as f64 / o.secs;
+            let mibs = iops * job.bs as f64 / (1 << 20) as f64;
+            let (p50, p99, p999) = (percentile(&o.lat_ns, 0.5), percentile(&o.lat_ns, 0.99), percentile(&o.lat_ns, 0.999));
+            let bcpu = o.backend_cpu_us.map(|c| c / o.ops.max(1) as f64);
+            let ccpu = o.self_cpu_us / o.ops.max(1) as f64;
+            if json {
+                out.push(format!(
+                    "{{\"job\":\"{}\",\"ops\":{},\"seconds\":{:.3},\"iops\":{:.1},\"mib_s\":{:.2},\"p50_us\":{:.1},\
+                     \"p99_us\":{:.1},\"p999_us\":{:.1},\"backend_cpu_us_per_io\":{},\"client_cpu_us_per_io\":{:.3},\"errors\":{}}}",
+                    job.name,
+                    o.ops,
+                    o.secs,
+                    iops,
+                    mibs,
+                    p50,
+                    p99,
+                    p999,
+                    bcpu.map_or("null".to_string(), |c| format!("{c:.3}")),
+                    ccpu,
+                    o.errors
+                ));
+            } else {
+                println!(
+                    "{:<16} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>12.2}{}",
+                    job.name,
+                    iops,
+                    mibs,
+                    p50,
+                    p99,
+                    p999,
+                    bcpu.map_or("-".to_string(), |c| format!("{c:.2}")),
+                    ccpu,
+                    if o.errors > 0 { format!("  ({} errors)", o.errors) } else { String::new() }
+                );
+            }
+            if o.errors > 0 {
+                eprintln!("vhost-user-load: {}: {} requests failed", job.name, o.errors);
+            }
+        }
+        if json {
+            println!(
+                "{{\"driver\":\"{driver}\",\"path\":\"{path}\",\"capacity\":{capacity},\"jobs\":[{}]}}",
+                out.join(",")
+            );
+        }
+    }
+}
+
 fn main() {
     let mut driver = String::from("virtio-blk-vhost-user");
     let mut path = None;
@@ -285,6 +404,24 @@ fn main() {
     if jobs.is_empty() {
         jobs = ["randread:4k:32", "randwrite:4k:32", "read:1m:8"].iter().map(|s| parse_job(s)).collect();
     }
+    if let Some(device) = match driver.as_str() {
+        "vu-blk" => Some(vu::Device::Blk),
+        "vu-scsi" => Some(vu::Device::Scsi),
+        _ => None,
+    } {
+        let qd = jobs.iter().map(|j| j.qd).max().unwrap();
+        let bs = jobs.iter().map(|j| j.bs).max().unwrap();
+        let mut q = vu::VuQueue::connect(&path, device, qd, bs);
+        let capacity = q.capacity;
+        for slot in 0..qd {
+            // SAFETY: `data` checked the slot's data area is inside the shared memory.
+            unsafe { std::ptr::write_bytes(q.data(slot, bs), 0xa5, bs) };
+        }
+        let span = if span_mb > 0 { span_mb << 20 } else { capacity };
+        let run = Run { capacity, span, secs, warmup, pid: pid.as_deref(), json };
+        run.report(&mut q, &jobs, &driver, &path);
+        return;
+    }
     let mut b = Blkio::new(&driver).unwrap_or_else(|e| die(&format!("driver {driver}: {e}")));
     b.set_str("path", &path).unwrap_or_else(|e| die(&format!("path: {e}")));
     if driver == "io_uring" {
@@ -312,64 +449,10 @@ fn main() {
         b.unmap_mem_region(&region);
         return;
     }
-    if !json {
-        println!(
-            "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}",
-            "job", "IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us", "backend us/IO", "client us/IO"
-        );
-    }
-    let mut out = Vec::new();
-    for job in &jobs {
-        if warmup > 0.0 {
-            run_job(&mut q, buf, capacity, span, job, warmup, None, false);
-        }
-        let mut o = run_job(&mut q, buf, capacity, span, job, secs, pid.as_deref(), true);
-        o.lat_ns.sort_unstable();
-        let iops = o.ops as f64 / o.secs;
-        let mibs = iops * job.bs as f64 / (1 << 20) as f64;
-        let (p50, p99, p999) = (percentile(&o.lat_ns, 0.5), percentile(&o.lat_ns, 0.99), percentile(&o.lat_ns, 0.999));
-        let bcpu = o.backend_cpu_us.map(|c| c / o.ops.max(1) as f64);
-        let ccpu = o.self_cpu_us / o.ops.max(1) as f64;
-        if json {
-            out.push(format!(
-                "{{\"job\":\"{}\",\"ops\":{},\"seconds\":{:.3},\"iops\":{:.1},\"mib_s\":{:.2},\"p50_us\":{:.1},\
-                 \"p99_us\":{:.1},\"p999_us\":{:.1},\"backend_cpu_us_per_io\":{},\"client_cpu_us_per_io\":{:.3},\"errors\":{}}}",
-                job.name,
-                o.ops,
-                o.secs,
-                iops,
-                mibs,
-                p50,
-                p99,
-                p999,
-                bcpu.map_or("null".to_string(), |c| format!("{c:.3}")),
-                ccpu,
-                o.errors
-            ));
-        } else {
-            println!(
-                "{:<16} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>12.2}{}",
-                job.name,
-                iops,
-                mibs,
-                p50,
-                p99,
-                p999,
-                bcpu.map_or("-".to_string(), |c| format!("{c:.2}")),
-                ccpu,
-                if o.errors > 0 { format!("  ({} errors)", o.errors) } else { String::new() }
-            );
-        }
-        if o.errors > 0 {
-            eprintln!("vhost-user-load: {}: {} requests failed", job.name, o.errors);
-        }
-    }
-    if json {
-        println!(
-            "{{\"driver\":\"{driver}\",\"path\":\"{path}\",\"capacity\":{capacity},\"jobs\":[{}]}}",
-            out.join(",")
-        );
-    }
+    let run = Run { capacity, span, secs, warmup, pid: pid.as_deref(), json };
+    let mut bq = BlkioQueue { q: &mut q, buf, comps: Vec::new() };
+    run.report(&mut bq, &jobs, &driver, &path);
+    drop(bq);
     drop(q);
     b.unmap_mem_region(&region);
 }

@@ -34,7 +34,7 @@ use qdev_bus::{PciAddress, UnplugStatus};
 use qemu_opts::Opts;
 use runstate::RunStateMachine;
 use virtio_core::VirtioDevice;
-use virtio_pci::{ChildBus, IoEventRegistrar, MsiSender, VirtioPci};
+use virtio_pci::{ChildBus, ConfigNotifier, IoEventRegistrar, MsiSender, VirtioPci};
 
 /// The name of the machine's PCI bus.
 pub const PCI_BUS: &str = "pci.0";
@@ -75,6 +75,8 @@ pub(crate) struct ScsiController {
     pub(crate) bus: Arc<::scsi::ScsiBus>,
     pub(crate) iothread: Arc<IoThread>,
     pub(crate) slot: u8,
+    /// PARAM_CHANGE events (a LUN's node resized).
+    pub(crate) change: virtio_scsi::ChangeNotifier,
 }
 
 /// What a bus below `pci.0` is, for the factories of the devices that go on it (an
@@ -359,7 +361,7 @@ impl Devices {
         iothread: Arc<IoThread>,
         slot: u8,
         child_bus: Option<Arc<dyn ChildBus>>,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<ConfigNotifier, DeviceError> {
         let address = PciAddress::new(slot, 0)?;
         // One MSI-X vector per queue plus the config vector.
         let vectors = usize::from(device.num_queues()) + 1;
@@ -379,7 +381,9 @@ impl Devices {
         if let Some(r) = &self.ioevents {
             pci.set_ioevent_registrar(r.clone());
         }
-        Ok(self.pci.plug(address, Box::new(pci))?)
+        let config = pci.config_notifier();
+        self.pci.plug(address, Box::new(pci))?;
+        Ok(config)
     }
 
     /// The machine's PIIX3 IDE controller.
@@ -409,12 +413,15 @@ impl Devices {
     }
 
     /// The SCSI bus called `name`.
-    pub(crate) fn scsi_bus(&self, name: &str) -> Option<(Arc<::scsi::ScsiBus>, Arc<IoThread>, u8)> {
+    pub(crate) fn scsi_bus(&self, name: &str) -> Option<ScsiController> {
         let buses = self.buses.borrow();
         buses.iter().find_map(|b| match &b.kind {
-            ChildBusKind::Scsi(c) if b.info.name == name => {
-                Some((c.bus.clone(), c.iothread.clone(), c.slot))
-            }
+            ChildBusKind::Scsi(c) if b.info.name == name => Some(ScsiController {
+                bus: c.bus.clone(),
+                iothread: c.iothread.clone(),
+                slot: c.slot,
+                change: c.change.clone(),
+            }),
             _ => None,
         })
     }

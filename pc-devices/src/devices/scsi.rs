@@ -99,6 +99,7 @@ fn plug_controller(devices: &Devices, mut r: DeviceRequest) -> Result<(), Device
     let bus = scsi.bus().clone();
     let _ = weak.set(Arc::downgrade(&bus));
     let child = Arc::new(ScsiChild(bus.clone()));
+    let change = scsi.change_notifier();
     devices.plug_virtio_pci(&id, Box::new(scsi), iothread.clone(), slot, Some(child))?;
     devices.add_child_bus(ChildBusEntry {
         info: BusInfo {
@@ -111,6 +112,7 @@ fn plug_controller(devices: &Devices, mut r: DeviceRequest) -> Result<(), Device
             bus,
             iothread,
             slot,
+            change,
         }),
     });
     Ok(())
@@ -148,7 +150,12 @@ fn plug_disk(devices: &Devices, mut r: DeviceRequest) -> Result<(), DeviceError>
     let bootindex = take_bootindex(&mut r.opts)?;
     let options = hd_options(&mut r)?;
     r.finish()?;
-    let (bus, iothread, slot) = devices
+    let ScsiController {
+        bus,
+        iothread,
+        slot,
+        change,
+    } = devices
         .scsi_bus(&r.bus.name)
         .ok_or_else(|| DeviceError::NoSuchBus(r.bus.name.clone()))?;
     // QEMU's checks and words (scsi_qdev_realize), before the drive is taken: a
@@ -189,6 +196,12 @@ fn plug_disk(devices: &Devices, mut r: DeviceRequest) -> Result<(), DeviceError>
     })?;
     let hd = ScsiHd::new(id.clone(), claim.drive().clone(), options)
         .map_err(|e| DeviceError::Device(e.to_string()))?;
+    // block_resize: new capacity + unit attention 2A/09, and PARAM_CHANGE.
+    let control = hd.control();
+    claim.on_resize(move |size| {
+        control.set_capacity(size);
+        change.param_change(target, lun, ::scsi::Sense::CAPACITY_CHANGED);
+    });
     bus.plug(target, lun, Box::new(hd)).map_err(|e| match e {
         ::scsi::Error::Bus(e) => DeviceError::from(e),
         e => DeviceError::Device(e.to_string()),

@@ -49,7 +49,11 @@ fn plug(devices: &Devices, mut r: DeviceRequest) -> Result<(), DeviceError> {
     })?;
     let blk = VirtioBlk::new(claim.drive().clone(), options)
         .map_err(|e| DeviceError::Device(e.to_string()))?;
-    devices.plug_virtio_pci(&id, Box::new(blk), iothread.clone(), slot, None)?;
+    let config = devices.plug_virtio_pci(&id, Box::new(blk), iothread.clone(), slot, None)?;
+    // block_resize: the driver reads the new capacity after the config interrupt.
+    claim.on_resize(move |_| {
+        config.notify();
+    });
     devices.add_disk(&id, claim, iothread, qom);
     Ok(())
 }

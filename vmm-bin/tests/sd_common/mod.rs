@@ -15,6 +15,61 @@ pub(crate) fn has_qemu_qmp() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The guest assets' directory (GUEST_ASSETS_DIR or target/guest-assets).
+pub(crate) fn guest_assets() -> PathBuf {
+    std::env::var("GUEST_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-assets"))
+}
+
+/// Whether a test that boots Linux under QEMU through the daemon can run: guest
+/// assets (and `workload`'s case in their `/init`, when named: assets built before it
+/// was added would fail the guest), `qemu-system-x86_64`, io_uring, and `qemu.qmp` if
+/// `qemu_qmp`. Prints a loud SKIPPED line naming what is missing.
+pub(crate) fn guest_prerequisites(test: &str, workload: Option<&str>, qemu_qmp: bool) -> bool {
+    let assets = guest_assets();
+    let why = if !assets.join("assets.env").exists() {
+        format!(
+            "no guest assets ({}); run scripts/guest-assets",
+            assets.display()
+        )
+    } else if let Some(w) = workload.filter(|w| !initramfs_knows(&assets, w)) {
+        format!(
+            "the guest assets in {} predate the {w} workload; run scripts/guest-assets",
+            assets.display()
+        )
+    } else if !Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        "qemu-system-x86_64 is not installed".into()
+    } else if qemu_qmp && !has_qemu_qmp() {
+        "the qemu.qmp Python package is not installed".into()
+    } else if io_uring::IoUring::new(2).is_err() {
+        "io_uring is not available".into()
+    } else {
+        return true;
+    };
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// Whether the initramfs's `/init` has a case for `workload`.
+fn initramfs_knows(assets: &Path, workload: &str) -> bool {
+    let Ok(out) = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc '{}' | cpio -i --to-stdout init 2>/dev/null",
+            assets.join("initramfs.cpio.gz").display()
+        ))
+        .output()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{workload})"))
+}
+
 /// `vmm-bin storage-daemon --chardev socket,id=m0,path=DIR/qmp.sock,server=on,wait=off
 /// --monitor chardev=m0 --pidfile DIR/sd.pid`, killed if the test ends before it
 /// quits.
