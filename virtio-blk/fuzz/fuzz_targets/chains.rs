@@ -52,15 +52,13 @@ fn in_ram<M: GuestMemory>(mem: &M, addr: u64, len: u64) -> bool {
     len == 0 || mem.check_range(GuestAddress(addr), len as usize, Permissions::ReadWrite)
 }
 
-/// Whether `[addr, addr + len)` lies inside one of `descs`.
+/// Whether `[addr, addr + len)` lies inside one of `descs` (u128: a descriptor may end
+/// exactly at 2^64).
 fn inside(descs: &[&Desc], addr: u64, len: u64) -> bool {
+    let (start, end) = (u128::from(addr), u128::from(addr) + u128::from(len));
     descs.iter().any(|d| {
-        addr >= d.addr
-            && addr.checked_add(len).is_some_and(|end| {
-                d.addr
-                    .checked_add(u64::from(d.len))
-                    .is_some_and(|e| end <= e)
-            })
+        let d_start = u128::from(d.addr);
+        start >= d_start && end <= d_start + u128::from(d.len)
     })
 }
 
