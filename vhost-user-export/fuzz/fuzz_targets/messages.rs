@@ -112,8 +112,22 @@ fn fds_for(spec: u8, memfd: &OwnedFd, kicks: &mut Vec<EventFd>) -> Vec<OwnedFd> 
         .collect()
 }
 
+/// The request codes in the byte stream sent, framed as the export reads it (a
+/// 12-byte header, then the size it gives), whatever the records' boundaries were.
+fn requests(mut sent: &[u8]) -> Vec<u32> {
+    let mut codes = Vec::new();
+    while sent.len() >= 12 {
+        let word = |at: usize| u32::from_le_bytes(sent[at..at + 4].try_into().unwrap());
+        codes.push(word(0));
+        let next = 12usize.saturating_add(word(8) as usize);
+        sent = sent.get(next..).unwrap_or_default();
+    }
+    codes
+}
+
 /// Checks the reply stream: whole, well-formed replies to requests that were sent.
-fn check_replies(replies: &[u8], sent: &[u32]) {
+fn check_replies(replies: &[u8], sent: &[u8]) {
+    let sent = requests(sent);
     let mut rest = replies;
     while !rest.is_empty() {
         assert!(rest.len() >= 12, "a partial reply header: {rest:02x?}");
@@ -187,11 +201,11 @@ fn run(data: &[u8]) {
                 let Some(bytes) = input.bytes(usize::from(len)) else {
                     break;
                 };
-                if bytes.len() >= 4 {
-                    sent.push(u32::from_le_bytes(bytes[..4].try_into().unwrap()));
-                }
                 let fds = fds_for(spec, &memfd, &mut kicks);
                 open = send(stream.as_raw_fd(), bytes, &fds);
+                if open {
+                    sent.extend_from_slice(bytes);
+                }
             }
             1 => {
                 use std::os::unix::fs::FileExt;
