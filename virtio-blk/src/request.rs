@@ -5,7 +5,9 @@
 //! before writable ones, the header may span descriptors, and each sector range is
 //! checked against the capacity with overflow checks. Every descriptor must lie in
 //! guest memory, or the request fails before any I/O. A chain with no writable byte
-//! cannot carry a status: it is returned to the driver with a used length of 0.
+//! cannot carry a status, and a chain with a readable descriptor after a writable one
+//! must not get one (its last buffer is the driver's, lent to be read): both are
+//! returned to the driver with a used length of 0.
 
 use block_dma::SgList;
 use virtio_core::Desc;
@@ -121,12 +123,23 @@ fn read_at<M: GuestMemory>(mem: &M, descs: &[Desc], from: u64, buf: &mut [u8]) -
 pub fn parse<M: GuestMemory>(mem: &M, descs: &[Desc], disk: &DiskLimits) -> Request {
     let first_writable = descs.iter().position(|d| d.write).unwrap_or(descs.len());
     let (readable, writable) = descs.split_at(first_writable);
+    // Readable after writable: a malformed chain (QEMU breaks the device). Its tail may
+    // end in a buffer the driver lent us only to read: no status byte is written there,
+    // and it is returned with a used length of 0.
+    if writable.iter().any(|d| !d.write) {
+        return Request {
+            action: Action::Status(S_IOERR),
+            status: None,
+            writable: 0,
+        };
+    }
     let writable_len: u64 = writable.iter().map(|d| u64::from(d.len)).sum();
     let readable_len: u64 = readable.iter().map(|d| u64::from(d.len)).sum();
     let status = (writable_len > 0)
         .then(|| writable.iter().rev().find(|d| d.len > 0))
         .flatten()
-        .map(|d| d.addr.wrapping_add(u64::from(d.len) - 1));
+        // A descriptor that wraps the address space has no last byte in it.
+        .and_then(|d| d.addr.checked_add(u64::from(d.len) - 1));
     let writable_u32 = u32::try_from(writable_len).unwrap_or(u32::MAX);
     let done = |action| Request {
         action,
@@ -144,10 +157,6 @@ pub fn parse<M: GuestMemory>(mem: &M, descs: &[Desc], disk: &DiskLimits) -> Requ
         .iter()
         .all(|d| mem.check_range(GuestAddress(d.addr), d.len as usize, Permissions::ReadWrite))
     {
-        return done(Action::Status(S_IOERR));
-    }
-    // Readable after writable: a malformed chain.
-    if writable.iter().any(|d| !d.write) {
         return done(Action::Status(S_IOERR));
     }
     let mut header = [0u8; 16];
@@ -301,6 +310,48 @@ mod tests {
         mem.write_obj(T_IN, GuestAddress(0x1000)).unwrap();
         let req = parse(&*mem, &read_chain((1 << 20) - 256), &DISK);
         assert_eq!(req.action, Action::Status(S_IOERR));
+    }
+
+    /// Found by the `chains` fuzz target: a device-readable descriptor after the
+    /// writable ones was taken for the status byte (the device wrote into a buffer the
+    /// driver only lent it to read) and counted in the used length.
+    #[test]
+    fn a_readable_descriptor_after_a_writable_one_is_never_written() {
+        let ram = ram();
+        let mem = ram.memory();
+        mem.write_obj(T_IN, GuestAddress(0x1000)).unwrap();
+        let mut chain = read_chain(0x2000).to_vec();
+        chain.push(Desc {
+            addr: 0x4000,
+            len: 16,
+            write: false,
+        });
+        let req = parse(&*mem, &chain, &DISK);
+        assert_eq!(req.action, Action::Status(S_IOERR));
+        assert_eq!(req.status, None, "no status byte in a malformed chain");
+        assert_eq!(req.writable, 0, "nothing written, nothing reported");
+    }
+
+    /// Found by the `chains` fuzz target: a last writable descriptor that wraps the
+    /// address space put the status byte at the bottom of guest memory, outside the
+    /// chain.
+    #[test]
+    fn a_status_descriptor_that_wraps_gets_no_status_byte() {
+        let ram = ram();
+        let mem = ram.memory();
+        mem.write_obj(T_IN, GuestAddress(0x1000)).unwrap();
+        let mut chain = read_chain(0x2000);
+        chain[2] = Desc {
+            addr: u64::MAX - 15,
+            len: 32,
+            write: true,
+        };
+        let req = parse(&*mem, &chain, &DISK);
+        assert_eq!(req.action, Action::Status(S_IOERR));
+        assert_eq!(
+            req.status, None,
+            "the status byte would land outside the chain"
+        );
     }
 
     #[test]

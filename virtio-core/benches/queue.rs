@@ -20,17 +20,19 @@
 //!
 //! `cargo bench -p virtio-core --bench queue -- --warm-up-time 1 --measurement-time 2`
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use aio_context::{AioContext, EventNotifier, IoThread};
+use common::NeverParked;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ram_block::{Backing, RamBlock, RamBlocks, RamList};
-use virtio_core::{
-    Completion, Desc, InFlight, QueueHandler, QueueSet, QueueSetup, VirtioInterrupt,
-};
+use virtio_core::{Completion, Desc, QueueHandler, QueueSet, QueueSetup, VirtioInterrupt};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -152,16 +154,6 @@ fn pop_push(c: &mut Criterion) {
 
 /// Completes every chain at once with its writable length.
 struct Echo;
-
-#[derive(Clone)]
-struct NeverParked;
-
-impl InFlight for NeverParked {
-    fn is_parked(&self) -> bool {
-        false
-    }
-    fn cancel(&self) {}
-}
 
 impl QueueHandler for Echo {
     type Request = u32;

@@ -178,6 +178,8 @@ pub(crate) fn stop(id: u64) -> Option<Queue> {
 
 /// Pops and starts every available request.
 fn process<H: QueueHandler>(worker: &Rc<Worker<H>>) {
+    // The avail index of the last round that popped nothing (see below).
+    let mut empty_round_at = None;
     loop {
         let mut st = worker.state.borrow_mut();
         if st.stopping || st.broken {
@@ -202,14 +204,22 @@ fn process<H: QueueHandler>(worker: &Rc<Worker<H>>) {
             // Nothing popped, yet the avail index moved: either the driver published a
             // chain after our last pop (a race: go round again), or it moved the index
             // by more than the queue size, which no pop can consume (QEMU's virtio_error
-            // "Guest moved avail index"): retrying would spin forever, so the queue is
-            // broken until the driver resets the device.
-            let avail = st.queue.avail_idx(&*mem, Ordering::Acquire).map(|a| a.0);
+            // "Guest moved avail index"), or virtio-queue cannot pop the entry at all
+            // (it refuses an avail ring at address 0, for one): nothing popped twice at
+            // the same index. Retrying those would spin forever, so the queue is broken
+            // until the driver resets the device.
+            let avail = st
+                .queue
+                .avail_idx(&*mem, Ordering::Acquire)
+                .map(|a| a.0)
+                .ok();
             let pending = avail.map(|a| a.wrapping_sub(st.queue.next_avail()));
-            if pending.is_err() || pending.is_ok_and(|p| p > st.queue.size()) {
+            let stuck = avail.is_some() && empty_round_at == avail;
+            empty_round_at = avail;
+            if stuck || pending.is_none_or(|p| p > st.queue.size()) {
                 st.broken = true;
                 tracing::warn!(
-                    "{}: queue {}: avail index out of range; queue stopped until reset",
+                    "{}: queue {}: avail index out of range or entry unreadable; queue stopped until reset",
                     worker.name,
                     worker.index
                 );
