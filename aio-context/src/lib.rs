@@ -45,6 +45,8 @@ mod fdmon;
 mod handlers;
 #[cfg(not(loom))]
 mod iothread;
+#[cfg(all(test, not(loom)))]
+mod refill_tests;
 #[cfg(not(loom))]
 mod task;
 #[cfg(not(loom))]
