@@ -47,6 +47,8 @@ mod fdmon;
 mod handlers;
 #[cfg(not(loom))]
 mod iothread;
+#[cfg(all(test, not(loom)))]
+mod refill_tests;
 #[cfg(not(loom))]
 mod iothread_object;
 #[cfg(not(loom))]

@@ -199,6 +199,21 @@ impl FdMonitor {
         unsafe { ring.submit_op(entry, state, on_complete) }
     }
 
+    /// Hands the operations queued so far to the kernel now, without waiting (one
+    /// `io_uring_enter`, none if nothing is queued). [`wait`](Self::wait) does this anyway;
+    /// this is for submissions that should not wait for the next one (refills from a
+    /// completion callback: see `AioContext::run_completions`).
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        let ring = match &mut self.imp {
+            Imp::Uring(m) => Some(m.ring_mut()),
+            Imp::Epoll(m) => m.ring_mut(),
+        };
+        match ring {
+            Some(ring) => ring.submit().map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// Cancels the op submitted as `user_data` if it is still in flight (see `Ring::cancel`).
     pub(crate) fn cancel(&mut self, user_data: u64) -> io::Result<bool> {
         match &mut self.imp {
