@@ -47,10 +47,10 @@ mod fdmon;
 mod handlers;
 #[cfg(not(loom))]
 mod iothread;
-#[cfg(all(test, not(loom)))]
-mod refill_tests;
 #[cfg(not(loom))]
 mod iothread_object;
+#[cfg(all(test, not(loom)))]
+mod refill_tests;
 #[cfg(not(loom))]
 pub mod signals;
 #[cfg(not(loom))]
