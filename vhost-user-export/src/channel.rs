@@ -28,7 +28,7 @@ pub(crate) struct BackendChannel {
     protocol: AtomicU64,
 }
 
-/// What [`BackendChannel::config_changed`] did.
+/// What [`ExportServer::config_changed`](crate::ExportServer::config_changed) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigNotice {
     /// `CONFIG_CHANGE_MSG` went to the frontend.
