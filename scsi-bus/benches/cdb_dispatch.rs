@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
                     0,
                     0,
                     req,
-                    Box::new(|r| {
+                    scsi::ScsiDone::new(|r| {
                         black_box(r);
                     }),
                 )

@@ -135,8 +135,9 @@ impl ScsiBus {
         target: u16,
         lun: u16,
         req: ScsiRequest,
-        done: ScsiDone,
+        done: impl Into<ScsiDone>,
     ) -> Option<ScsiInFlight> {
+        let done = done.into();
         let guard = rcu::read();
         let op = req.cdb.first().copied();
         let Some(dev) = self.bus.get(&guard, ScsiAddress::new(target, lun)) else {
@@ -146,7 +147,7 @@ impl ScsiBus {
         };
         // A LUN being removed answers nothing any more (its unplug is pending).
         if dev.in_flight().is_removing() {
-            done(ScsiResponse::host(HostStatus::BadTarget));
+            done.complete(ScsiResponse::host(HostStatus::BadTarget));
             return None;
         }
         match op {
@@ -160,7 +161,7 @@ impl ScsiBus {
                     // Not reached: the opcode is REPORT LUNS.
                     Ok(_) => ScsiResponse::check(Sense::INVALID_OPCODE, false),
                 };
-                done(resp);
+                done.complete(resp);
                 None
             }
             Some(opcode::INQUIRY) => dev.execute(ctx, req, done),
@@ -172,14 +173,14 @@ impl ScsiBus {
                         }
                         _ => ScsiResponse::check(Sense::INVALID_FIELD, dev.descriptor_sense()),
                     };
-                    done(resp);
+                    done.complete(resp);
                     None
                 }
                 None => dev.execute(ctx, req, done),
             },
             _ => match self.pending_ua(dev) {
                 Some(ua) => {
-                    done(ScsiResponse::check(ua, dev.descriptor_sense()));
+                    done.complete(ScsiResponse::check(ua, dev.descriptor_sense()));
                     None
                 }
                 None => dev.execute(ctx, req, done),
@@ -202,7 +203,7 @@ impl ScsiBus {
     /// A command for a LUN that does not exist.
     fn target_command(&self, target: u16, req: &ScsiRequest, done: ScsiDone) {
         if !self.has_target(target) {
-            return done(ScsiResponse::host(HostStatus::BadTarget));
+            return done.complete(ScsiResponse::host(HostStatus::BadTarget));
         }
         let resp = match cdb::parse(&req.cdb) {
             Ok(Command::ReportLuns { alloc, .. }) => {
@@ -226,6 +227,6 @@ impl ScsiBus {
             Ok(_) => ScsiResponse::check(Sense::LUN_NOT_SUPPORTED, false),
             Err(sense) => ScsiResponse::check(sense, false),
         };
-        done(resp)
+        done.complete(resp)
     }
 }

@@ -47,7 +47,7 @@
 //!     };
 //!     let out = std::rc::Rc::new(std::cell::RefCell::new(None));
 //!     let o = out.clone();
-//!     bus.execute(&ctx, 0, 0, req, Box::new(move |r| *o.borrow_mut() = Some(r)));
+//!     bus.execute(&ctx, 0, 0, req, scsi::ScsiDone::new(move |r| *o.borrow_mut() = Some(r)));
 //!     while out.borrow().is_none() { ctx.poll(true); }
 //!     out.take().unwrap()
 //! };
@@ -76,7 +76,7 @@ pub use disk::pages::{
 pub use disk::{HdControl, HdOptions, ScsiHd};
 pub use request::{
     DataBuffer, DataDirection, HostStatus, InFlightCounter, MAX_CDB, ScsiDone, ScsiInFlight,
-    ScsiRequest, ScsiResponse, read_sg, write_sg,
+    ScsiRequest, ScsiResponse, ScsiSink, read_sg, read_sg_into, write_sg,
 };
 pub use sense::{DESCRIPTOR_SENSE_LEN, FIXED_SENSE_LEN, Sense, key, status};
 

@@ -111,10 +111,18 @@ pub fn write_sg(mem: &RamBlocks, sg: &SgList, data: &[u8]) -> Option<u64> {
 /// The first `len` bytes of `sg` in guest memory; `None` if the list is shorter or
 /// part of it is not guest RAM.
 pub fn read_sg(mem: &RamBlocks, sg: &SgList, len: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    read_sg_into(mem, sg, &mut out)?;
+    Some(out)
+}
+
+/// Fills `out` from the start of `sg` in guest memory (no allocation); `None` if the
+/// list is shorter or part of it is not guest RAM.
+pub fn read_sg_into(mem: &RamBlocks, sg: &SgList, out: &mut [u8]) -> Option<()> {
+    let len = out.len();
     if sg.len() < len as u64 {
         return None;
     }
-    let mut out = vec![0u8; len];
     let mut done = 0usize;
     for e in sg.entries() {
         if done == len {
@@ -125,7 +133,7 @@ pub fn read_sg(mem: &RamBlocks, sg: &SgList, len: usize) -> Option<Vec<u8>> {
             .ok()?;
         done += n;
     }
-    Some(out)
+    Some(())
 }
 
 /// One SCSI command as a transport hands it over.
@@ -209,22 +217,126 @@ impl ScsiResponse {
     }
 }
 
+/// A transport's sink for many commands' responses: [`ScsiDone::sink`] names one command
+/// by a token, so a transport that keeps its per-command state in a table of its own
+/// (virtio-scsi: a slab per thread) completes commands with no allocation per command.
+pub trait ScsiSink {
+    /// Command `token` completed with `resp`.
+    fn complete(&self, token: usize, resp: ScsiResponse);
+    /// Command `token` was dropped without a response (its context went away): forget
+    /// its state. The default does nothing.
+    fn abandon(&self, _token: usize) {}
+}
+
 /// A command's completion; runs once, on the thread of the `AioContext` that submitted
 /// it, possibly inside the submitting call (emulated commands complete at once).
-pub type ScsiDone = Box<dyn FnOnce(ScsiResponse)>;
+///
+/// Either a boxed closure ([`ScsiDone::new`], or `From` any closure) or a token for a
+/// `'static` [`ScsiSink`] ([`ScsiDone::sink`]: the allocation-free fast path).
+pub struct ScsiDone(DoneKind);
+
+enum DoneKind {
+    Boxed(Box<dyn FnOnce(ScsiResponse)>),
+    Sink(&'static dyn ScsiSink, usize),
+    Taken,
+}
+
+impl ScsiDone {
+    /// A completion that runs `f`.
+    pub fn new(f: impl FnOnce(ScsiResponse) + 'static) -> ScsiDone {
+        ScsiDone(DoneKind::Boxed(Box::new(f)))
+    }
+
+    /// A completion that hands the response to `sink` with `token`.
+    pub fn sink(sink: &'static dyn ScsiSink, token: usize) -> ScsiDone {
+        ScsiDone(DoneKind::Sink(sink, token))
+    }
+
+    /// Delivers the response.
+    pub fn complete(mut self, resp: ScsiResponse) {
+        match std::mem::replace(&mut self.0, DoneKind::Taken) {
+            DoneKind::Boxed(f) => f(resp),
+            DoneKind::Sink(sink, token) => sink.complete(token, resp),
+            DoneKind::Taken => {}
+        }
+    }
+}
+
+impl Drop for ScsiDone {
+    fn drop(&mut self) {
+        if let DoneKind::Sink(sink, token) = std::mem::replace(&mut self.0, DoneKind::Taken) {
+            sink.abandon(token);
+        }
+    }
+}
+
+impl<F: FnOnce(ScsiResponse) + 'static> From<F> for ScsiDone {
+    fn from(f: F) -> ScsiDone {
+        ScsiDone::new(f)
+    }
+}
+
+impl std::fmt::Debug for ScsiDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            DoneKind::Boxed(_) => "ScsiDone(closure)",
+            DoneKind::Sink(..) => "ScsiDone(sink)",
+            DoneKind::Taken => "ScsiDone(taken)",
+        })
+    }
+}
 
 /// A command in flight, for task management: cancel it, or ask whether a `stop` error
 /// policy parked it. Lives in its submitting context (not `Send`).
-#[derive(Clone, Default)]
+///
+/// The handles are recycled through a small per-thread pool, so starting an I/O
+/// command allocates none in steady state.
+#[derive(Clone)]
 pub struct ScsiInFlight(Rc<RefCell<Flight>>);
 
 #[derive(Default)]
 struct Flight {
     current: Option<DriveRequest>,
     canceled: Option<HostStatus>,
+    finished: bool,
+}
+
+/// Handles kept for reuse per thread (at most this many).
+const FLIGHT_POOL: usize = 256;
+
+thread_local! {
+    static FLIGHTS: RefCell<Vec<Rc<RefCell<Flight>>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Default for ScsiInFlight {
+    fn default() -> Self {
+        let reused = FLIGHTS.try_with(|p| p.borrow_mut().pop()).ok().flatten();
+        ScsiInFlight(reused.unwrap_or_default())
+    }
 }
 
 impl ScsiInFlight {
+    /// Whether the command has completed (its response was delivered).
+    pub fn is_finished(&self) -> bool {
+        self.0.borrow().finished
+    }
+
+    /// The command completed: marks it, and returns the handle to the pool if no
+    /// other holder is left.
+    pub(crate) fn finish(self) {
+        self.0.borrow_mut().finished = true;
+        if Rc::strong_count(&self.0) == 1 {
+            *self.0.borrow_mut() = Flight::default();
+            let rc = self.0;
+            let _ = FLIGHTS.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < FLIGHT_POOL {
+                    p.push(rc);
+                }
+            });
+        }
+    }
+
     /// Cancels the command: the block operation running now is cancelled and no further
     /// step starts; the command completes with `host` (ABORTED or RESET).
     pub fn cancel(&self, host: HostStatus) {
@@ -254,9 +366,18 @@ impl ScsiInFlight {
         self.0.borrow().canceled
     }
 
-    /// Records the block operation running now.
-    pub(crate) fn set_current(&self, req: Option<DriveRequest>) {
-        self.0.borrow_mut().current = req;
+    /// Records the block operation just started, unless it has completed already
+    /// (inside the call that started it: then a later step, or nothing, runs now).
+    pub(crate) fn started(&self, req: DriveRequest) {
+        let mut f = self.0.borrow_mut();
+        if f.current.is_none() && !f.finished {
+            f.current = Some(req);
+        }
+    }
+
+    /// The block operation running now completed.
+    pub(crate) fn step_done(&self) {
+        self.0.borrow_mut().current = None;
     }
 }
 

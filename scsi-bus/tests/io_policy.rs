@@ -178,7 +178,7 @@ fn werror_stop_parks_the_command_and_cont_resubmits_it() {
             0,
             0,
             req,
-            Box::new(move |r| *o.borrow_mut() = Some(r)),
+            scsi::ScsiDone::new(move |r| *o.borrow_mut() = Some(r)),
         )
         .expect("a write is in flight");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

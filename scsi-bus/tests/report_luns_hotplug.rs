@@ -98,7 +98,7 @@ impl ScsiDevice for CanaryLun {
         // Take some time inside the read section, so unplugs overlap it.
         std::hint::black_box((0..200).fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b)));
         self.check();
-        done(ScsiResponse::good(0));
+        done.complete(ScsiResponse::good(0));
         None
     }
     fn take_unit_attention(&self) -> Option<scsi::Sense> {
@@ -183,7 +183,7 @@ fn run(
         0,
         lun,
         req,
-        Box::new(move |r| *o.borrow_mut() = Some(r)),
+        scsi::ScsiDone::new(move |r| *o.borrow_mut() = Some(r)),
     );
     let resp: ScsiResponse = out.take().expect("emulated commands complete at once");
     let mut data = vec![0u8; resp.transferred as usize];

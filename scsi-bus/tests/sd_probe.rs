@@ -310,8 +310,13 @@ fn hostile_cdbs_get_the_right_check_condition() {
     };
     let got = std::rc::Rc::new(std::cell::Cell::new(None));
     let g = got.clone();
-    h.bus
-        .execute(&h.ctx, 0, 0, req, Box::new(move |r| g.set(Some(r.host))));
+    h.bus.execute(
+        &h.ctx,
+        0,
+        0,
+        req,
+        scsi::ScsiDone::new(move |r| g.set(Some(r.host))),
+    );
     assert_eq!(got.get(), Some(HostStatus::Failure));
     // Random CDBs: never a panic, always a well-formed answer.
     let mut rng = fastrand::Rng::with_seed(16);

@@ -51,6 +51,12 @@ pub(crate) fn read(mem: &RamBlocks, sg: &SgList, n: usize) -> Option<Vec<u8>> {
     scsi::read_sg(mem, sg, n)
 }
 
+/// Fills `out` from the start of `sg` (no allocation); false if it is shorter or not
+/// guest RAM.
+pub(crate) fn read_into(mem: &RamBlocks, sg: &SgList, out: &mut [u8]) -> bool {
+    scsi::read_sg_into(mem, sg, out).is_some()
+}
+
 /// Writes `data` to the start of `sg`; false if it does not fit or is not guest RAM.
 pub(crate) fn write(mem: &RamBlocks, sg: &SgList, data: &[u8]) -> bool {
     sg.len() >= data.len() as u64 && scsi::write_sg(mem, sg, data).is_some()

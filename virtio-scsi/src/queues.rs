@@ -2,16 +2,17 @@
 //! the bus), the control queue (task management, asynchronous notification) and the
 //! event queue.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use aio_context::AioContext;
 use block_dma::{DmaMemory, SgList};
 use ram_block::{RamBlocks, RamList};
 use scsi::{
-    DataBuffer, DataDirection, HostStatus, ScsiBus, ScsiInFlight, ScsiRequest, ScsiResponse,
+    DataBuffer, DataDirection, HostStatus, ScsiBus, ScsiDone, ScsiInFlight, ScsiRequest,
+    ScsiResponse, ScsiSink,
 };
+use slab::Slab;
 use virtio_bindings::virtio_scsi::*;
 use virtio_core::{Completion, Desc, InFlight, QueueHandler};
 
@@ -19,12 +20,65 @@ use crate::chain;
 use crate::events::{EventBuffer, Events};
 use crate::wire::{self, CmdResponse, CtrlRequest, EVENT_SIZE};
 
-/// Commands in flight per device, in the iothread that serves its queues (task
-/// management finds them here): (device, target, lun) -> [(tag, handle)].
-type Tasks = HashMap<(u64, u16, u16), Vec<(u64, ScsiInFlight)>>;
+/// A command in flight on this thread: what its response needs, and what task
+/// management finds it by.
+struct Pending {
+    /// The chain to return.
+    done: Completion,
+    /// The response buffer.
+    resp: SgList,
+    /// The data buffer's length, and whether it is data-in.
+    data: (u64, bool),
+    sense_size: usize,
+    /// (device, target, lun).
+    key: (u64, u16, u16),
+    /// The driver's tag.
+    tag: u64,
+    /// Tells this command's slot from a later command's that reuses it.
+    seq: u64,
+    /// The handle, once the command is running (`None` while it starts).
+    flight: Option<ScsiInFlight>,
+}
 
 thread_local! {
-    static TASKS: RefCell<Tasks> = RefCell::new(HashMap::new());
+    /// Commands in flight in this iothread (every queue of a device is served by one
+    /// thread, so task management on the control queue finds them all here). A slab:
+    /// slots are reused, so a command allocates nothing here in steady state.
+    static TASKS: RefCell<Slab<Pending>> = const { RefCell::new(Slab::new()) };
+    static SEQ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Completes commands from [`TASKS`]: the bus gets a token, not a boxed closure.
+struct CmdSink;
+
+static CMD_SINK: CmdSink = CmdSink;
+
+/// Takes command `token` out of the table (the borrow ends before the caller goes on).
+fn take(token: usize) -> Option<Pending> {
+    TASKS.with(|t| t.borrow_mut().try_remove(token))
+}
+
+impl ScsiSink for CmdSink {
+    fn complete(&self, token: usize, r: ScsiResponse) {
+        if let Some(p) = take(token) {
+            finish(p.done, &p.resp, &r, p.data, None, p.sense_size);
+        }
+    }
+
+    fn abandon(&self, token: usize) {
+        drop(take(token));
+    }
+}
+
+/// The handles of the commands in flight for `key` whose tag `tag` accepts.
+fn tasks(key: (u64, u16, u16), tag: impl Fn(u64) -> bool) -> Vec<ScsiInFlight> {
+    TASKS.with(|t| {
+        t.borrow()
+            .iter()
+            .filter(|(_, p)| p.key == key && tag(p.tag))
+            .filter_map(|(_, p)| p.flight.clone())
+            .collect()
+    })
 }
 
 /// What every queue of a device shares.
@@ -102,9 +156,16 @@ impl QueueHandler for CmdQueue {
             return CmdReq::Bad;
         }
         let (resp, data_in) = chain::split_at(&c.inn, resp_len);
-        let Some(hdr) = chain::read(mem, &c.out, hdr_len)
-            .and_then(|b| wire::parse_cmd(&b, self.shared.cdb_size).ok())
-        else {
+        let mut buf = [0u8; wire::CMD_HDR + scsi::MAX_CDB];
+        let hdr = match buf.get_mut(..hdr_len) {
+            // The usual case: read onto the stack.
+            Some(b) => chain::read_into(mem, &c.out, b)
+                .then(|| wire::parse_cmd(b, self.shared.cdb_size).ok())
+                .flatten(),
+            None => chain::read(mem, &c.out, hdr_len)
+                .and_then(|b| wire::parse_cmd(&b, self.shared.cdb_size).ok()),
+        };
+        let Some(hdr) = hdr else {
             tracing::warn!("virtio-scsi: command request header too short");
             return CmdReq::Bad;
         };
@@ -151,44 +212,37 @@ impl QueueHandler for CmdQueue {
             finish(done, &resp, &r, (data.len(), false), None, sense_size);
             return None;
         };
-        let data_len = data.len();
-        let data_in = data.dir == DataDirection::FromDevice;
-        let key = (self.shared.device, target, lun);
-        let tag = hdr.tag;
+        let seq = SEQ.with(|s| {
+            s.set(s.get().wrapping_add(1));
+            s.get()
+        });
+        let pending = Pending {
+            done,
+            resp,
+            data: (data.len(), data.dir == DataDirection::FromDevice),
+            sense_size,
+            key: (self.shared.device, target, lun),
+            tag: hdr.tag,
+            seq,
+            flight: None,
+        };
+        let token = TASKS.with(|t| t.borrow_mut().insert(pending));
         let request = ScsiRequest { cdb: hdr.cdb, data };
-        let flight = self.shared.bus.execute(
-            ctx,
-            target,
-            lun,
-            request,
-            Box::new(move |r| {
-                forget(key, tag);
-                finish(done, &resp, &r, (data_len, data_in), None, sense_size);
-            }),
-        )?;
+        let flight =
+            self.shared
+                .bus
+                .execute(ctx, target, lun, request, ScsiDone::sink(&CMD_SINK, token))?;
+        if flight.is_finished() {
+            // Completed inside `execute`: the slot may hold another command by now.
+            return None;
+        }
         TASKS.with(|t| {
-            t.borrow_mut()
-                .entry(key)
-                .or_default()
-                .push((tag, flight.clone()))
+            if let Some(p) = t.borrow_mut().get_mut(token).filter(|p| p.seq == seq) {
+                p.flight = Some(flight.clone());
+            }
         });
         Some(CmdInFlight(flight))
     }
-}
-
-/// Drops the task `tag` of `key` from the table (its command completed).
-fn forget(key: (u64, u16, u16), tag: u64) {
-    TASKS.with(|t| {
-        let mut t = t.borrow_mut();
-        if let Some(v) = t.get_mut(&key) {
-            if let Some(at) = v.iter().position(|(g, _)| *g == tag) {
-                v.swap_remove(at);
-            }
-            if v.is_empty() {
-                t.remove(&key);
-            }
-        }
-    });
 }
 
 /// Writes a command's response and returns the chain. `data`: the data buffer's
@@ -302,41 +356,38 @@ impl CtrlQueue {
                 .is_some()
         };
         let dev = self.shared.device;
-        let tasks = |key| TASKS.with(|t| t.borrow().get(&key).cloned().unwrap_or_default());
+        let key = (dev, target, lun);
+        let any = |_| true;
         let code = match subtype {
             VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
-                let keys: Vec<_> = TASKS.with(|t| {
+                let flights: Vec<ScsiInFlight> = TASKS.with(|t| {
                     t.borrow()
-                        .keys()
-                        .filter(|k| k.0 == dev && k.1 == target)
-                        .copied()
+                        .iter()
+                        .filter(|(_, p)| p.key.0 == dev && p.key.1 == target)
+                        .filter_map(|(_, p)| p.flight.clone())
                         .collect()
                 });
-                for key in keys {
-                    for (_, f) in tasks(key) {
-                        f.cancel(HostStatus::Reset);
-                    }
+                for f in flights {
+                    f.cancel(HostStatus::Reset);
                 }
                 reset_target(bus, target);
                 VIRTIO_SCSI_S_OK
             }
             _ if !exists => VIRTIO_SCSI_S_INCORRECT_LUN,
             VIRTIO_SCSI_T_TMF_ABORT_TASK => {
-                for (g, f) in tasks((dev, target, lun)) {
-                    if g == tag {
-                        f.cancel(HostStatus::Aborted);
-                    }
+                for f in tasks(key, |g| g == tag) {
+                    f.cancel(HostStatus::Aborted);
                 }
                 VIRTIO_SCSI_S_OK
             }
             VIRTIO_SCSI_T_TMF_ABORT_TASK_SET | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => {
-                for (_, f) in tasks((dev, target, lun)) {
+                for f in tasks(key, any) {
                     f.cancel(HostStatus::Aborted);
                 }
                 VIRTIO_SCSI_S_OK
             }
             VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
-                for (_, f) in tasks((dev, target, lun)) {
+                for f in tasks(key, any) {
                     f.cancel(HostStatus::Reset);
                 }
                 let guard = rcu::read();
@@ -349,14 +400,14 @@ impl CtrlQueue {
                 VIRTIO_SCSI_S_OK
             }
             VIRTIO_SCSI_T_TMF_QUERY_TASK => {
-                if tasks((dev, target, lun)).iter().any(|(g, _)| *g == tag) {
+                if !tasks(key, |g| g == tag).is_empty() {
                     VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
                 } else {
                     VIRTIO_SCSI_S_OK
                 }
             }
             VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
-                if tasks((dev, target, lun)).is_empty() {
+                if tasks(key, any).is_empty() {
                     VIRTIO_SCSI_S_OK
                 } else {
                     VIRTIO_SCSI_S_FUNCTION_SUCCEEDED

@@ -122,8 +122,9 @@ pub struct CmdResponse {
 
 impl CmdResponse {
     /// The response's bytes with room for `sense_size` sense bytes (truncated to it).
-    pub fn encode(&self, sense_size: usize) -> Vec<u8> {
-        let mut v = vec![0u8; CMD_RESP_FIXED + sense_size];
+    /// Inline (no allocation) for a `sense_size` up to the default 96.
+    pub fn encode(&self, sense_size: usize) -> EncodedResponse {
+        let mut v = EncodedResponse::from_elem(0, CMD_RESP_FIXED + sense_size);
         let n = self.sense.len().min(sense_size);
         v[0..4].copy_from_slice(&(n as u32).to_le_bytes());
         v[4..8].copy_from_slice(&self.resid.to_le_bytes());
@@ -133,6 +134,12 @@ impl CmdResponse {
         v
     }
 }
+
+/// An encoded command response: inline up to the default sense size.
+pub type EncodedResponse = SmallVec<[u8; CMD_RESP_FIXED + SENSE_INLINE]>;
+
+/// Sense bytes an [`EncodedResponse`] holds inline (the spec's default `sense_size`).
+const SENSE_INLINE: usize = 96;
 
 /// A control queue request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -84,7 +84,7 @@ fn unplug_waits_for_in_flight_commands_then_device_deleted() {
             0,
             1,
             req,
-            Box::new(move |r| {
+            scsi::ScsiDone::new(move |r| {
                 c.fetch_add(1, Ordering::SeqCst);
                 *o.borrow_mut() = Some(r);
             }),

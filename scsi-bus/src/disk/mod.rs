@@ -6,7 +6,6 @@
 
 pub(crate) mod pages;
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use aio_context::AioContext;
 use block_dma::{AlignedBuf, BlockOp, DmaDirection, DmaMemory, Drive, Errno, IoBuffers, SgList};
 use qdev_bus::Device;
+use smallvec::SmallVec;
 
 use crate::cdb::{self, Command};
 use crate::request::{
@@ -194,6 +194,14 @@ impl HdControl {
 }
 
 impl HdState {
+    /// Delivers a counted command's response, then drops the count: the response is
+    /// delivered first, so a drain callback (hot-unplug) never runs ahead of the last
+    /// response.
+    fn respond(&self, done: ScsiDone, resp: ScsiResponse) {
+        done.complete(resp);
+        self.in_flight.leave();
+    }
+
     fn set_unit_attention(&self, sense: Sense) {
         *self
             .unit_attention
@@ -252,28 +260,19 @@ impl ScsiDevice for ScsiHd {
     fn execute(&self, ctx: &AioContext, req: ScsiRequest, done: ScsiDone) -> Option<ScsiInFlight> {
         let st = &self.state;
         if !st.in_flight.try_enter() {
-            done(ScsiResponse::host(HostStatus::BadTarget));
+            done.complete(ScsiResponse::host(HostStatus::BadTarget));
             return None;
         }
-        let done: ScsiDone = {
-            let st = st.clone();
-            // The response is delivered before the count drops: a drain callback
-            // (hot-unplug) never runs ahead of the last response.
-            Box::new(move |resp| {
-                done(resp);
-                st.in_flight.leave();
-            })
-        };
         let cmd = match cdb::parse(&req.cdb) {
             Ok(cmd) => cmd,
             Err(sense) => {
-                done(st.check(sense));
+                st.respond(done, st.check(sense));
                 return None;
             }
         };
         match emulate(st, &req, cmd) {
             Emulated::Done(resp) => {
-                done(resp);
+                st.respond(done, resp);
                 None
             }
             Emulated::Io(steps) => Some(Job::start(ctx, st.clone(), &req, steps, done)),
@@ -302,7 +301,17 @@ enum Emulated {
     /// Complete with this now.
     Done(ScsiResponse),
     /// Run these block operations in order, then GOOD.
-    Io(VecDeque<Step>),
+    Io(Steps),
+}
+
+/// A command's block operations, stored last first (the next one is popped off the
+/// end). Inline for READ/WRITE (one DMA, maybe a flush): no allocation.
+type Steps = SmallVec<[Step; 2]>;
+
+/// `steps` in order of execution, as [`Steps`] keeps them.
+fn in_order(mut steps: Steps) -> Emulated {
+    steps.reverse();
+    Emulated::Io(steps)
 }
 
 /// One block operation of a command.
@@ -312,11 +321,12 @@ enum Step {
         offset: u64,
         sg: SgList,
     },
+    Flush,
     Op(Rc<dyn Fn() -> BlockOp>),
 }
 
 fn flush() -> Step {
-    Step::Op(Rc::new(|| BlockOp::Flush))
+    Step::Flush
 }
 
 /// Runs `cmd`: emulated commands to a response, I/O commands to their steps.
@@ -388,16 +398,17 @@ fn emulate(st: &HdState, req: &ScsiRequest, cmd: Command) -> Emulated {
             } else {
                 DmaDirection::Read
             };
-            let mut steps = VecDeque::from([Step::Dma {
+            let mut steps = Steps::new();
+            steps.push(Step::Dma {
                 dir,
                 offset: st.bytes(lba),
                 sg: req.data.prefix(bytes),
-            }]);
+            });
             // Write-through (WCE off) and FUA writes are durable before GOOD.
             if write && (fua || !st.wce.load(Ordering::Acquire)) {
-                steps.push_back(flush());
+                steps.push(flush());
             }
-            Io(steps)
+            in_order(steps)
         }
         Command::Verify { lba, blocks } => {
             if !st.in_range(lba, u64::from(blocks)) {
@@ -409,7 +420,7 @@ fn emulate(st: &HdState, req: &ScsiRequest, cmd: Command) -> Emulated {
             if !st.in_range(lba, u64::from(blocks)) {
                 return Done(st.check(Sense::LBA_OUT_OF_RANGE));
             }
-            Io(VecDeque::from([flush()]))
+            Io(smallvec::smallvec![flush()])
         }
         Command::Unmap { len } => unmap(st, req, len),
         Command::WriteSame {
@@ -423,7 +434,7 @@ fn emulate(st: &HdState, req: &ScsiRequest, cmd: Command) -> Emulated {
 
 /// UNMAP: checks the whole parameter list, then discards each range in order.
 fn unmap(st: &HdState, req: &ScsiRequest, len: u32) -> Emulated {
-    use Emulated::{Done, Io};
+    use Emulated::Done;
     if st.read_only {
         return Done(st.check(Sense::WRITE_PROTECTED));
     }
@@ -444,7 +455,7 @@ fn unmap(st: &HdState, req: &ScsiRequest, len: u32) -> Emulated {
     if desc_len / 16 > MAX_UNMAP_DESCRIPTORS as usize {
         return Done(st.check(Sense::INVALID_PARAM));
     }
-    let mut steps = VecDeque::new();
+    let mut steps = Steps::new();
     for d in p[8..8 + desc_len].chunks_exact(16) {
         let mut lba = [0u8; 8];
         lba.copy_from_slice(&d[0..8]);
@@ -461,12 +472,12 @@ fn unmap(st: &HdState, req: &ScsiRequest, len: u32) -> Emulated {
             continue;
         }
         let (offset, len) = (st.bytes(lba), st.bytes(u64::from(n)));
-        steps.push_back(Step::Op(Rc::new(move || BlockOp::Discard { offset, len })));
+        steps.push(Step::Op(Rc::new(move || BlockOp::Discard { offset, len })));
     }
     if steps.is_empty() {
         return Done(ScsiResponse::good(u64::from(len)));
     }
-    Io(steps)
+    in_order(steps)
 }
 
 /// WRITE SAME: zeroes (punching holes when UNMAP is set and the backend can), or a
@@ -479,7 +490,7 @@ fn write_same(
     unmap: bool,
     ndob: bool,
 ) -> Emulated {
-    use Emulated::{Done, Io};
+    use Emulated::Done;
     if st.read_only {
         return Done(st.check(Sense::WRITE_PROTECTED));
     }
@@ -518,11 +529,11 @@ fn write_same(
             }
         }))
     };
-    let mut steps = VecDeque::from([step]);
+    let mut steps: Steps = smallvec::smallvec![step];
     if !st.wce.load(Ordering::Acquire) {
-        steps.push_back(flush());
+        steps.push(flush());
     }
-    Io(steps)
+    in_order(steps)
 }
 
 /// The sense for a failed block operation (QEMU's `scsi_sense_from_errno`).
@@ -537,13 +548,15 @@ fn sense_from_errno(errno: Errno) -> Sense {
     }
 }
 
-/// An I/O command running its steps in order.
+/// An I/O command running its steps in order. It moves into each step's completion
+/// closure (one allocation per block operation, as for virtio-blk), so it has no box
+/// of its own.
 struct Job {
     ctx: AioContext,
     state: Arc<HdState>,
     mem: DmaMemory,
     flight: ScsiInFlight,
-    steps: VecDeque<Step>,
+    steps: Steps,
     transferred: u64,
     done: ScsiDone,
 }
@@ -553,11 +566,11 @@ impl Job {
         ctx: &AioContext,
         state: Arc<HdState>,
         req: &ScsiRequest,
-        steps: VecDeque<Step>,
+        steps: Steps,
         done: ScsiDone,
     ) -> ScsiInFlight {
         let flight = ScsiInFlight::default();
-        let job = Box::new(Job {
+        let job = Job {
             ctx: ctx.clone(),
             state,
             mem: req.data.mem.clone(),
@@ -565,50 +578,51 @@ impl Job {
             steps,
             transferred: 0,
             done,
-        });
+        };
         job.next();
         flight
     }
 
     /// Starts the next step, or completes.
-    fn next(mut self: Box<Self>) {
+    fn next(mut self) {
         if let Some(host) = self.flight.canceled() {
             return self.finish(ScsiResponse::host(host));
         }
-        let Some(step) = self.steps.pop_front() else {
+        let Some(step) = self.steps.pop() else {
             let moved = self.transferred;
             return self.finish(ScsiResponse::good(moved));
         };
         let drive = self.state.drive.clone();
         let ctx = self.ctx.clone();
         let flight = self.flight.clone();
-        let is_dma = matches!(step, Step::Dma { .. });
-        match step {
+        let req = match step {
             Step::Dma { dir, offset, sg } => {
                 let mem = self.mem.clone();
-                let req = drive.dma(
+                drive.dma(
                     &ctx,
                     &mem,
                     dir,
                     offset,
                     sg,
-                    Box::new(move |res| self.step_done(res, is_dma)),
-                );
-                flight.set_current(Some(req));
+                    Box::new(move |res| self.step_done(res, true)),
+                )
             }
-            Step::Op(make) => {
-                let req = drive.op(
-                    &ctx,
-                    move || make(),
-                    Box::new(move |res| self.step_done(res, is_dma)),
-                );
-                flight.set_current(Some(req));
-            }
-        }
+            Step::Flush => drive.op(
+                &ctx,
+                || BlockOp::Flush,
+                Box::new(move |res| self.step_done(res, false)),
+            ),
+            Step::Op(make) => drive.op(
+                &ctx,
+                move || make(),
+                Box::new(move |res| self.step_done(res, false)),
+            ),
+        };
+        flight.started(req);
     }
 
-    fn step_done(mut self: Box<Self>, res: std::result::Result<u64, Errno>, is_dma: bool) {
-        self.flight.set_current(None);
+    fn step_done(mut self, res: std::result::Result<u64, Errno>, is_dma: bool) {
+        self.flight.step_done();
         match res {
             Ok(n) => {
                 if is_dma {
@@ -629,6 +643,13 @@ impl Job {
     }
 
     fn finish(self, resp: ScsiResponse) {
-        (self.done)(resp);
+        let Job {
+            state,
+            flight,
+            done,
+            ..
+        } = self;
+        state.respond(done, resp);
+        flight.finish();
     }
 }

@@ -141,7 +141,7 @@ impl Harness {
             target,
             lun,
             req,
-            Box::new(move |r| *o.borrow_mut() = Some(r)),
+            scsi::ScsiDone::new(move |r| *o.borrow_mut() = Some(r)),
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         while out.borrow().is_none() {
