@@ -2,8 +2,6 @@
 //! and what the target itself answers (REPORT LUNS, unit attentions, commands for
 //! LUNs that do not exist).
 
-use std::sync::{Mutex, PoisonError};
-
 use aio_context::AioContext;
 use qdev_bus::{
     Bus, DeviceDeleted, HotplugController, HotplugHandler, ImmediateUnplug, ScsiAddress,
@@ -12,7 +10,7 @@ use qdev_bus::{
 use crate::cdb::{self, Command, opcode};
 use crate::disk::pages;
 use crate::request::{HostStatus, ScsiDone, ScsiInFlight, ScsiRequest, ScsiResponse, data_in};
-use crate::sense::Sense;
+use crate::sense::{Sense, UnitAttention};
 use crate::{Error, Result, ScsiDevice};
 
 /// The highest target id a bus accepts (virtio-scsi's `max_target`).
@@ -30,7 +28,7 @@ pub const MAX_LUN: u16 = 16383;
 pub struct ScsiBus {
     bus: Bus<ScsiAddress, dyn ScsiDevice>,
     /// A bus-wide unit attention (REPORTED LUNS DATA HAS CHANGED), reported once.
-    unit_attention: Mutex<Option<Sense>>,
+    unit_attention: UnitAttention,
 }
 
 impl std::fmt::Debug for ScsiBus {
@@ -55,7 +53,7 @@ impl ScsiBus {
     fn from_bus(bus: Bus<ScsiAddress, dyn ScsiDevice>) -> ScsiBus {
         ScsiBus {
             bus: bus.with_controller(ImmediateUnplug),
-            unit_attention: Mutex::new(None),
+            unit_attention: UnitAttention::default(),
         }
     }
 
@@ -89,13 +87,7 @@ impl ScsiBus {
     /// Raises a bus-wide unit attention, reported once to the next command to any LUN
     /// (QEMU's `scsi_bus_set_ua`): REPORTED LUNS DATA HAS CHANGED after a hotplug.
     pub fn set_unit_attention(&self, sense: Sense) {
-        *self.ua() = Some(sense);
-    }
-
-    fn ua(&self) -> std::sync::MutexGuard<'_, Option<Sense>> {
-        self.unit_attention
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.unit_attention.set(sense);
     }
 
     /// Whether any LUN of `target` exists (else a transport reports BAD_TARGET).
@@ -190,14 +182,12 @@ impl ScsiBus {
 
     /// The device's unit attention, else the bus's; taken (reported once).
     fn pending_ua(&self, dev: &dyn ScsiDevice) -> Option<Sense> {
-        dev.take_unit_attention().or_else(|| self.ua().take())
+        dev.take_unit_attention()
+            .or_else(|| self.unit_attention.take())
     }
 
     fn clear_luns_changed(&self) {
-        let mut ua = self.ua();
-        if *ua == Some(Sense::REPORTED_LUNS_CHANGED) {
-            *ua = None;
-        }
+        self.unit_attention.clear_if(Sense::REPORTED_LUNS_CHANGED);
     }
 
     /// A command for a LUN that does not exist.

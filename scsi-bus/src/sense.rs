@@ -156,3 +156,60 @@ mod tests {
         assert_eq!(s.to_string(), "5/21/00");
     }
 }
+
+/// A pending unit attention, reported once. Checking for none is one atomic load, so
+/// the command fast path takes no lock.
+#[derive(Debug, Default)]
+pub(crate) struct UnitAttention {
+    /// Mirrors `sense.is_some()`; written only under the lock.
+    pending: std::sync::atomic::AtomicBool,
+    sense: std::sync::Mutex<Option<Sense>>,
+}
+
+impl UnitAttention {
+    /// One pending from the start.
+    pub(crate) fn with(sense: Sense) -> UnitAttention {
+        let ua = UnitAttention::default();
+        ua.set(sense);
+        ua
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sense>> {
+        self.sense
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Raises `sense` (replacing one not yet reported).
+    pub(crate) fn set(&self, sense: Sense) {
+        let mut s = self.lock();
+        *s = Some(sense);
+        // Release, under the lock: pairs with the Acquire load in `take`, so a command
+        // that sees the flag finds the sense under the lock.
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes the pending unit attention, if any (reported once).
+    pub(crate) fn take(&self) -> Option<Sense> {
+        // Acquire: pairs with `set`'s Release. A unit attention raised just after this
+        // load is reported to the next command, as if it came a moment later.
+        if !self.pending.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let mut s = self.lock();
+        self.pending
+            .store(false, std::sync::atomic::Ordering::Release);
+        s.take()
+    }
+
+    /// Clears the pending unit attention if it is `sense`.
+    pub(crate) fn clear_if(&self, sense: Sense) {
+        let mut s = self.lock();
+        if *s == Some(sense) {
+            *s = None;
+            self.pending
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+}

@@ -7,8 +7,8 @@
 pub(crate) mod pages;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use aio_context::AioContext;
 use block_dma::{AlignedBuf, BlockOp, DmaDirection, DmaMemory, Drive, Errno, IoBuffers, SgList};
@@ -20,7 +20,7 @@ use crate::request::{
     DataDirection, HostStatus, InFlightCounter, ScsiDone, ScsiInFlight, ScsiRequest, ScsiResponse,
     data_in,
 };
-use crate::sense::Sense;
+use crate::sense::{Sense, UnitAttention};
 use crate::{Error, Result, ScsiDevice};
 
 use self::pages::{DiskView, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
@@ -71,7 +71,7 @@ struct HdState {
     memory_alignment: usize,
     wce: AtomicBool,
     d_sense: AtomicBool,
-    unit_attention: Mutex<Option<Sense>>,
+    unit_attention: UnitAttention,
     in_flight: InFlightCounter,
 }
 
@@ -132,7 +132,7 @@ impl ScsiHd {
             memory_alignment: usize::try_from(info.memory_alignment.max(1)).unwrap_or(4096),
             wce: AtomicBool::new(options.write_cache),
             d_sense: AtomicBool::new(false),
-            unit_attention: Mutex::new(Some(Sense::POWER_ON_RESET)),
+            unit_attention: UnitAttention::with(Sense::POWER_ON_RESET),
             in_flight: InFlightCounter::default(),
             drive,
             options,
@@ -203,10 +203,7 @@ impl HdState {
     }
 
     fn set_unit_attention(&self, sense: Sense) {
-        *self
-            .unit_attention
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(sense);
+        self.unit_attention.set(sense);
     }
 
     fn view(&self) -> DiskView<'_> {
@@ -280,11 +277,7 @@ impl ScsiDevice for ScsiHd {
     }
 
     fn take_unit_attention(&self) -> Option<Sense> {
-        self.state
-            .unit_attention
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.state.unit_attention.take()
     }
 
     fn descriptor_sense(&self) -> bool {
