@@ -25,6 +25,7 @@ use aio_context::AioContext;
 use io_uring::{opcode, types};
 
 use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op_sized};
+use crate::drain::{Drain, DrainToken};
 use crate::{AlignedBuf, Errno, IoBuffers, OpenError};
 
 /// `IOV_MAX`: the most iovecs one `readv`/`writev` takes.
@@ -85,6 +86,8 @@ struct Files {
     size: AtomicU64,
     /// Serializes resizes (each one's truncate and publish go together).
     resizing: Mutex<()>,
+    /// Requests in flight, for the drain before a shrink.
+    drain: Arc<Drain>,
     /// A block device: its size is the device's, not ours to change.
     block_device: bool,
 }
@@ -230,6 +233,7 @@ impl FileBackend {
                 size: AtomicU64::new(info.size),
                 info,
                 resizing: Mutex::new(()),
+                drain: Arc::default(),
                 block_device,
             }),
         })
@@ -307,6 +311,8 @@ struct InFlight {
     zero_stage: u8,
     zeros: Option<AlignedBuf>,
     done: Option<Done>,
+    /// Counts the request for the drain before a shrink until it is dropped.
+    _drain: DrainToken,
 }
 
 impl BlockBackend for FileBackend {
@@ -315,9 +321,12 @@ impl BlockBackend for FileBackend {
     }
 
     fn submit(&self, ctx: &AioContext, op: BlockOp, done: Done) -> Result<Ticket, Errno> {
-        // Acquire: pairs with the Release store in `resize`, so a request checked
-        // against a grown size runs on a file already truncated to that size.
-        let size = self.files.size.load(Ordering::Acquire);
+        // Counted before the size is read: see `Drain::enter`.
+        let drain = self.files.drain.enter();
+        // SeqCst: pairs with the stores in `resize`: a request checked against a grown
+        // size runs on a file already truncated to that size, and one checked against
+        // the size before a shrink is drained before the cut (`Drain::enter`).
+        let size = self.files.size.load(Ordering::SeqCst);
         check_op_sized(&self.files.info, size, &op)?;
         let kind = op.kind();
         let (offset, len) = op.range().unwrap_or((0, 0));
@@ -360,6 +369,7 @@ impl BlockBackend for FileBackend {
             zero_stage: u8::from(unmap),
             zeros: None,
             done: Some(done),
+            _drain: drain,
         };
         submit(ctx, op)
             .map(Ticket::Uring)
@@ -372,11 +382,11 @@ impl BlockBackend for FileBackend {
 
     /// Truncates the file (`ftruncate`). The order makes the size every new request
     /// is checked against safe at each instant: a shrink publishes the smaller size
-    /// first (requests beyond it fail with `EINVAL` from then on) and cuts the file
-    /// after; a growth extends the file first and publishes after. A request checked
-    /// before a shrink and still in flight when the file is cut completes with what
-    /// the kernel gives it past the new end of file (a read: `EIO`, from the short
-    /// read). A block device keeps its size: only a resize to that size succeeds.
+    /// first (requests beyond it fail with `EINVAL` from then on), then drains the
+    /// requests checked against the old size (they complete first, as QEMU drains the
+    /// node around the truncate; new ones keep flowing), and cuts the file after; a
+    /// growth extends the file first and publishes after. A block device keeps its
+    /// size: only a resize to that size succeeds.
     fn resize(&self, size: u64) -> Result<(), Errno> {
         let files = &*self.files;
         let _one_at_a_time = files.resizing.lock().unwrap_or_else(|e| e.into_inner());
@@ -393,12 +403,13 @@ impl BlockBackend for FileBackend {
         let len = i64::try_from(size).map_err(|_| Errno(libc::EFBIG))?;
         let truncate = || nix::unistd::ftruncate(&files.main, len).map_err(|e| Errno(e as i32));
         if size < old {
-            // Release: pairs with the Acquire load in `submit`.
-            files.size.store(size, Ordering::Release);
-            truncate().inspect_err(|_| files.size.store(old, Ordering::Release))
+            // SeqCst: pairs with the load in `submit` (see `Drain::enter`).
+            files.size.store(size, Ordering::SeqCst);
+            files.drain.wait_old();
+            truncate().inspect_err(|_| files.size.store(old, Ordering::SeqCst))
         } else {
             truncate()?;
-            files.size.store(size, Ordering::Release);
+            files.size.store(size, Ordering::SeqCst);
             Ok(())
         }
     }

@@ -42,6 +42,7 @@
 mod backend;
 mod buffers;
 mod dma;
+mod drain;
 mod error;
 mod fault;
 mod file;

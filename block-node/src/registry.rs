@@ -295,7 +295,7 @@ impl Inner {
     }
 
     fn node_json(&self, name: &str, n: &Node) -> Value {
-        let size = n.image.size();
+        let size = virtual_size(n);
         let mut image = json!({
             "virtual-size": size,
             "filename": n.filename.display().to_string(),
@@ -556,7 +556,7 @@ impl NodeRegistry {
                     "image": {
                         "filename": file,
                         "format": n.driver,
-                        "virtual-size": n.image.size(),
+                        "virtual-size": virtual_size(n),
                     },
                 });
                 Some(entry)
@@ -564,4 +564,11 @@ impl NodeRegistry {
             .collect();
         Value::Array(list)
     }
+}
+
+/// The size queries report: whole 512-byte sectors, rounded up, as QEMU reports
+/// `bdrv_getlength` (qemu-storage-daemon 10 says 1024 for a file `block_resize`d to
+/// 1000 bytes, while the file keeps 1000).
+fn virtual_size(n: &Node) -> u64 {
+    n.image.size().next_multiple_of(512)
 }

@@ -95,7 +95,7 @@ fn block_resize_errors_are_qemus() {
 #[test]
 fn block_resize_changes_the_file_and_what_queries_say() {
     let (a, b) = (image(1 << 20), image(1 << 20));
-    let (_nodes, c) = daemon(&a, &b);
+    let (nodes, c) = daemon(&a, &b);
     assert_eq!(
         call(
             &c,
@@ -115,6 +115,25 @@ fn block_resize_changes_the_file_and_what_queries_say() {
     // An unaligned size is accepted, as QEMU accepts it (the file gets it exactly).
     call(&c, "block_resize", json!({"node-name": "f0", "size": 1000})).unwrap();
     assert_eq!(std::fs::metadata(a.path()).unwrap().len(), 1000);
+    // Queries report whole sectors, rounded up: qemu-storage-daemon 10 says 1024 for
+    // both nodes here (and for 513).
+    assert_eq!(virtual_size(&c, "d0"), 1024);
+    assert_eq!(virtual_size(&c, "f0"), 1024);
+    call(&c, "block_resize", json!({"node-name": "d0", "size": 513})).unwrap();
+    assert_eq!(virtual_size(&c, "d0"), 1024);
+    assert_eq!(std::fs::metadata(a.path()).unwrap().len(), 513);
+    // query-block says the same for a device's backend.
+    let _dev = nodes
+        .attach(
+            "d0",
+            AttachOptions {
+                qdev: Some("/machine/peripheral/disk0".into()),
+                ..AttachOptions::default()
+            },
+        )
+        .unwrap();
+    let blocks = call(&c, "query-block", json!({})).unwrap();
+    assert_eq!(blocks[0]["inserted"]["image"]["virtual-size"], 1024);
     // Both device and node-name: the device is looked up first, then the node.
     call(
         &c,

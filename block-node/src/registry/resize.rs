@@ -85,7 +85,7 @@ impl NodeRegistry {
     /// [`Error::ReadOnly`] (a read-only node or image), [`Error::Resize`] (the
     /// operating system's refusal).
     pub fn resize(&self, device: Option<&str>, node_name: Option<&str>, size: i64) -> Result<()> {
-        let (image, listeners) = {
+        let (image, name, size) = {
             let inner = self.lock();
             let name = inner.lookup(device, node_name)?;
             let size_ok = u64::try_from(size).map_err(|_| Error::NegativeSize)?;
@@ -93,9 +93,13 @@ impl NodeRegistry {
             if node.read_only || node.image.info().read_only {
                 return Err(Error::ReadOnly);
             }
-            node.image.resize(size_ok).map_err(resize_error)?;
-            (node.image.clone(), inner.resize_listeners(&name))
+            (node.image.clone(), name, size_ok)
         };
+        // Outside the lock: a shrink drains the image's requests first, and this
+        // thread's own requests complete through it meanwhile (their completions may
+        // report errors through the registry).
+        image.resize(size).map_err(resize_error)?;
+        let listeners = self.lock().resize_listeners(&name);
         let now = image.size();
         tracing::debug!(size = now, "block_resize: {} listener(s)", listeners.len());
         for listener in listeners {
