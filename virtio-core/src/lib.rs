@@ -21,7 +21,7 @@ mod ops;
 mod queues;
 mod runner;
 
-pub use queues::QueueSet;
+pub use queues::{QueuePoller, QueueSet};
 pub use runner::{Completion, Desc, InFlight, QueueHandler};
 
 use std::sync::Arc;

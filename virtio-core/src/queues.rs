@@ -121,6 +121,13 @@ impl QueueSet {
         rx.recv().ok().flatten()
     }
 
+    /// A handle that pops queue `index`'s available chains on demand (see
+    /// [`QueuePoller`]); `None` if the queue is not started.
+    pub fn poller(&self, index: u16) -> Option<QueuePoller> {
+        let running = self.queues.get(usize::from(index))?.as_ref()?;
+        Some(QueuePoller { id: running.id })
+    }
+
     /// Stops every queue without waiting: each drains in its own context, then `done`
     /// runs (on whichever thread finished last; `done` must not block).
     pub fn reset_async(&mut self, done: Box<dyn FnOnce() + Send>) {
@@ -206,6 +213,24 @@ impl QueueSet {
                     });
             }
         }
+    }
+}
+
+/// Pops a running queue's available chains on demand, from its own iothread: a device
+/// that needs a buffer now (virtio-scsi posting an event, as QEMU's
+/// `virtio_scsi_push_event` pops the event queue) need not wait for the driver's kick.
+/// It names one start of the queue: after a stop or restart, it does nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct QueuePoller {
+    id: u64,
+}
+
+impl QueuePoller {
+    /// Pops and starts every available chain now, as a kick would (the handler's
+    /// `start` runs inside this call). Does nothing off the queue's iothread or once
+    /// the queue stopped. Must not be called from inside that queue's own `parse`.
+    pub fn pop_now(&self) {
+        runner::process_now(self.id);
     }
 }
 

@@ -90,6 +90,15 @@ trait AnyWorker {
     fn complete(&self, slot: usize, head: u16, used_len: u32);
     fn flush_notify(&self);
     fn stop(self: Rc<Self>) -> Option<Queue>;
+    fn process_now(self: Rc<Self>);
+}
+
+/// Pops and starts every chain the driver made available on the running queue `id`
+/// now, as its kick would; nothing if that queue does not run on this thread.
+pub(crate) fn process_now(id: u64) {
+    if let Some(w) = WORKERS.with(|m| m.borrow().get(&id).cloned()) {
+        w.process_now();
+    }
 }
 
 struct Worker<H: QueueHandler> {
@@ -289,6 +298,10 @@ impl<H: QueueHandler> AnyWorker for Worker<H> {
             drop(st);
             self.interrupt.notify_queue(self.index);
         }
+    }
+
+    fn process_now(self: Rc<Self>) {
+        process(&self);
     }
 
     fn stop(self: Rc<Self>) -> Option<Queue> {

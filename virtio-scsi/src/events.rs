@@ -1,17 +1,20 @@
 //! The event queue: events posted from any thread (hotplug on the main thread) are
-//! written into the buffers the driver posted, in the event queue's iothread. With no
-//! buffer the event is dropped and the next one carries `VIRTIO_SCSI_T_EVENTS_MISSED`;
-//! when a buffer arrives after a drop, a NO_EVENT|EVENTS_MISSED event tells the driver
-//! to rescan (QEMU's `events_dropped`).
+//! written into the buffers the driver posted, in the event queue's iothread. An event
+//! that finds no buffer popped yet first pops the queue's avail ring (QEMU's
+//! `virtio_scsi_push_event` pops the queue itself): buffers the driver made available
+//! without a kick, or whose kick is not handled yet, are used, not missed. With no
+//! buffer at all the event is dropped and the next one carries
+//! `VIRTIO_SCSI_T_EVENTS_MISSED`; when a buffer arrives after a drop, a
+//! NO_EVENT|EVENTS_MISSED event tells the driver to rescan (QEMU's `events_dropped`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aio_context::AioHandle;
 use block_dma::SgList;
 use virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_EVENTS_MISSED;
-use virtio_core::Completion;
+use virtio_core::{Completion, QueuePoller};
 
 use crate::chain;
 use crate::wire::{EVENT_SIZE, Event};
@@ -22,6 +25,9 @@ type Buffers = HashMap<u64, VecDeque<(u64, SgList, Completion)>>;
 thread_local! {
     /// The event buffers the driver posted, per device, in the event queue's iothread.
     static BUFFERS: RefCell<Buffers> = RefCell::new(HashMap::new());
+    /// A flush is popping an event queue on this thread (a flush inside it, from the
+    /// buffers it pops, does not pop again).
+    static POPPING: Cell<bool> = const { Cell::new(false) };
 }
 
 #[derive(Default)]
@@ -31,6 +37,8 @@ struct State {
     next_id: u64,
     /// The event queue's iothread, once started.
     handle: Option<AioHandle>,
+    /// Pops the event queue's avail ring (in that iothread), once started.
+    poller: Option<QueuePoller>,
 }
 
 /// A device's events on their way to the driver.
@@ -54,7 +62,16 @@ impl Events {
     /// The event queue runs in `handle`'s context from now on (`None`: stopped; posted
     /// events are then dropped and reported as missed).
     pub(crate) fn set_handle(&self, handle: Option<AioHandle>) {
-        self.lock().handle = handle;
+        let mut st = self.lock();
+        if handle.is_none() {
+            st.poller = None;
+        }
+        st.handle = handle;
+    }
+
+    /// The running event queue's poller (after its start was submitted).
+    pub(crate) fn set_poller(&self, poller: Option<QueuePoller>) {
+        self.lock().poller = poller;
     }
 
     /// Posts `event` from any thread.
@@ -98,8 +115,10 @@ impl Events {
         }
     }
 
-    /// Writes pending events into buffers (in the event queue's iothread).
+    /// Writes pending events into buffers (in the event queue's iothread). With no
+    /// buffer popped, pops the avail ring once first.
     pub(crate) fn flush(&self) {
+        let mut popped = false;
         loop {
             let mut st = self.lock();
             let Some(mut event) = st.pending.pop_front() else {
@@ -107,7 +126,18 @@ impl Events {
             };
             let buf = BUFFERS.with(|b| b.borrow_mut().get_mut(&self.device)?.pop_front());
             let Some((_, sg, done)) = buf else {
-                st.dropped = true;
+                let Some(poller) = st.poller.filter(|_| !popped && !POPPING.get()) else {
+                    st.dropped = true;
+                    continue;
+                };
+                // Pop the avail ring once, with the event back in front: the buffers
+                // arrive through `buffer`, whose own flush may use them already.
+                st.pending.push_front(event);
+                drop(st);
+                popped = true;
+                POPPING.set(true);
+                poller.pop_now();
+                POPPING.set(false);
                 continue;
             };
             if st.dropped {

@@ -306,10 +306,12 @@ impl VirtioScsi {
         match index {
             0 => go!(CtrlQueue { shared }),
             1 => {
-                shared
-                    .events
-                    .set_handle(Some(setup.iothread.handle().clone()));
-                go!(EventQueue { shared })
+                let events = shared.events.clone();
+                events.set_handle(Some(setup.iothread.handle().clone()));
+                let started = go!(EventQueue { shared });
+                // An event that finds no buffer pops the ring (in the queue's thread).
+                events.set_poller(self.queues.poller(index));
+                started
             }
             _ => {
                 let handler = CmdQueue::new(shared, &setup.memory);

@@ -54,8 +54,13 @@ struct CmdSink;
 static CMD_SINK: CmdSink = CmdSink;
 
 /// Takes command `token` out of the table (the borrow ends before the caller goes on).
+/// `try_with`: a command abandoned while the thread's locals are torn down (its
+/// context dropped with I/O in flight) finds no table.
 fn take(token: usize) -> Option<Pending> {
-    TASKS.with(|t| t.borrow_mut().try_remove(token))
+    TASKS
+        .try_with(|t| t.try_borrow_mut().ok()?.try_remove(token))
+        .ok()
+        .flatten()
 }
 
 impl ScsiSink for CmdSink {

@@ -319,6 +319,7 @@ mod tests {
         };
         let b = resp.encode(96);
         assert_eq!(b.len(), 108);
+        assert!(!b.spilled(), "the default response size is encoded inline");
         assert_eq!(&b[0..12], &[18, 0, 0, 0, 5, 0, 0, 0, 0, 0, 2, 0]);
         let mut tmf = vec![0u8; TMF_REQ];
         tmf[4] = VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET as u8;
