@@ -272,7 +272,7 @@ impl ScsiDevice for ScsiHd {
                 st.respond(done, resp);
                 None
             }
-            Emulated::Io(steps) => Some(Job::start(ctx, st.clone(), &req, steps, done)),
+            Emulated::Io(steps) => Some(Job::start(ctx, st.clone(), steps, done)),
         }
     }
 
@@ -297,19 +297,43 @@ enum Emulated {
     Io(Steps),
 }
 
-/// A command's block operations, stored last first (the next one is popped off the
-/// end). Inline for READ/WRITE (one DMA, maybe a flush): no allocation.
-type Steps = SmallVec<[Step; 2]>;
+/// A command's block operations: `list` stored last first (the next one is popped off
+/// the end), then a FLUSH if `then_flush`. Inline for every common command (one
+/// operation, maybe a flush), and small, since it moves with its job.
+struct Steps {
+    list: SmallVec<[Step; 1]>,
+    then_flush: bool,
+}
 
-/// `steps` in order of execution, as [`Steps`] keeps them.
-fn in_order(mut steps: Steps) -> Emulated {
-    steps.reverse();
-    Emulated::Io(steps)
+impl Steps {
+    /// `step`, then a FLUSH if `then_flush`.
+    fn one(step: Step, then_flush: bool) -> Emulated {
+        Emulated::Io(Steps {
+            list: smallvec::smallvec![step],
+            then_flush,
+        })
+    }
+
+    /// `list` in order of execution.
+    fn in_order(mut list: SmallVec<[Step; 1]>) -> Emulated {
+        list.reverse();
+        Emulated::Io(Steps {
+            list,
+            then_flush: false,
+        })
+    }
+
+    fn pop(&mut self) -> Option<Step> {
+        self.list
+            .pop()
+            .or_else(|| std::mem::take(&mut self.then_flush).then_some(Step::Flush))
+    }
 }
 
 /// One block operation of a command.
 enum Step {
     Dma {
+        mem: DmaMemory,
         dir: DmaDirection,
         offset: u64,
         sg: SgList,
@@ -318,13 +342,9 @@ enum Step {
     Op(Rc<dyn Fn() -> BlockOp>),
 }
 
-fn flush() -> Step {
-    Step::Flush
-}
-
 /// Runs `cmd`: emulated commands to a response, I/O commands to their steps.
 fn emulate(st: &HdState, req: &ScsiRequest, cmd: Command) -> Emulated {
-    use Emulated::{Done, Io};
+    use Emulated::Done;
     let result = |r: std::result::Result<Vec<u8>, Sense>, alloc: u32| match r {
         Ok(data) => Done(data_in(req, &data, alloc)),
         Err(sense) => Done(st.check(sense)),
@@ -391,17 +411,14 @@ fn emulate(st: &HdState, req: &ScsiRequest, cmd: Command) -> Emulated {
             } else {
                 DmaDirection::Read
             };
-            let mut steps = Steps::new();
-            steps.push(Step::Dma {
+            let dma = Step::Dma {
+                mem: req.data.mem.clone(),
                 dir,
                 offset: st.bytes(lba),
                 sg: req.data.prefix(bytes),
-            });
+            };
             // Write-through (WCE off) and FUA writes are durable before GOOD.
-            if write && (fua || !st.wce.load(Ordering::Acquire)) {
-                steps.push(flush());
-            }
-            in_order(steps)
+            Steps::one(dma, write && (fua || !st.wce.load(Ordering::Acquire)))
         }
         Command::Verify { lba, blocks } => {
             if !st.in_range(lba, u64::from(blocks)) {
@@ -413,7 +430,7 @@ fn emulate(st: &HdState, req: &ScsiRequest, cmd: Command) -> Emulated {
             if !st.in_range(lba, u64::from(blocks)) {
                 return Done(st.check(Sense::LBA_OUT_OF_RANGE));
             }
-            Io(smallvec::smallvec![flush()])
+            Steps::one(Step::Flush, false)
         }
         Command::Unmap { len } => unmap(st, req, len),
         Command::WriteSame {
@@ -448,7 +465,7 @@ fn unmap(st: &HdState, req: &ScsiRequest, len: u32) -> Emulated {
     if desc_len / 16 > MAX_UNMAP_DESCRIPTORS as usize {
         return Done(st.check(Sense::INVALID_PARAM));
     }
-    let mut steps = Steps::new();
+    let mut steps = SmallVec::new();
     for d in p[8..8 + desc_len].chunks_exact(16) {
         let mut lba = [0u8; 8];
         lba.copy_from_slice(&d[0..8]);
@@ -470,7 +487,7 @@ fn unmap(st: &HdState, req: &ScsiRequest, len: u32) -> Emulated {
     if steps.is_empty() {
         return Done(ScsiResponse::good(u64::from(len)));
     }
-    in_order(steps)
+    Steps::in_order(steps)
 }
 
 /// WRITE SAME: zeroes (punching holes when UNMAP is set and the backend can), or a
@@ -522,11 +539,7 @@ fn write_same(
             }
         }))
     };
-    let mut steps: Steps = smallvec::smallvec![step];
-    if !st.wce.load(Ordering::Acquire) {
-        steps.push(flush());
-    }
-    in_order(steps)
+    Steps::one(step, !st.wce.load(Ordering::Acquire))
 }
 
 /// The sense for a failed block operation (QEMU's `scsi_sense_from_errno`).
@@ -547,7 +560,6 @@ fn sense_from_errno(errno: Errno) -> Sense {
 struct Job {
     ctx: AioContext,
     state: Arc<HdState>,
-    mem: DmaMemory,
     flight: ScsiInFlight,
     steps: Steps,
     transferred: u64,
@@ -555,18 +567,11 @@ struct Job {
 }
 
 impl Job {
-    fn start(
-        ctx: &AioContext,
-        state: Arc<HdState>,
-        req: &ScsiRequest,
-        steps: Steps,
-        done: ScsiDone,
-    ) -> ScsiInFlight {
+    fn start(ctx: &AioContext, state: Arc<HdState>, steps: Steps, done: ScsiDone) -> ScsiInFlight {
         let flight = ScsiInFlight::default();
         let job = Job {
             ctx: ctx.clone(),
             state,
-            mem: req.data.mem.clone(),
             flight: flight.clone(),
             steps,
             transferred: 0,
@@ -589,17 +594,19 @@ impl Job {
         let ctx = self.ctx.clone();
         let flight = self.flight.clone();
         let req = match step {
-            Step::Dma { dir, offset, sg } => {
-                let mem = self.mem.clone();
-                drive.dma(
-                    &ctx,
-                    &mem,
-                    dir,
-                    offset,
-                    sg,
-                    Box::new(move |res| self.step_done(res, true)),
-                )
-            }
+            Step::Dma {
+                mem,
+                dir,
+                offset,
+                sg,
+            } => drive.dma(
+                &ctx,
+                &mem,
+                dir,
+                offset,
+                sg,
+                Box::new(move |res| self.step_done(res, true)),
+            ),
             Step::Flush => drive.op(
                 &ctx,
                 || BlockOp::Flush,
