@@ -33,9 +33,13 @@ const VERSION_1: u64 = 1 << 32;
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 const DESC_NEXT: u16 = 1;
 const DESC_WRITE: u16 = 2;
-/// Per request: header/command (64 bytes), status/response (128 bytes).
+/// Per request: header/command (64 bytes), status/response (128 bytes), then the data
+/// on the next page (page-aligned, as a guest's block layer gives it: an unaligned
+/// buffer sends an O_DIRECT export through bounce copies that no guest causes).
 const HDR: u64 = 64;
 const RESP: u64 = 128;
+const DATA: u64 = 4096;
+const _: () = assert!(HDR + RESP <= DATA);
 
 /// A connected frontend with one running request queue and `slots` request slots of
 /// `bs` bytes.
@@ -83,7 +87,7 @@ impl VuQueue {
         fe.set_protocol_features(want).or_die("SET_PROTOCOL_FEATURES");
         // Memory: rings, then the slots.
         let ring_bytes = 3 * 4096u64 + 16 * u64::from(QSIZE);
-        let slot_bytes = (HDR + RESP + bs as u64).div_ceil(4096) * 4096;
+        let slot_bytes = DATA + (bs as u64).div_ceil(4096) * 4096;
         let len = (ring_bytes.div_ceil(4096) * 4096 + slot_bytes * slots as u64) as usize;
         let fd = nix::sys::memfd::memfd_create(c"vhost-user-load", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .unwrap_or_else(|e| die(&format!("memfd: {e}")));
@@ -169,7 +173,7 @@ impl VuQueue {
 
     fn slot(&self, slot: usize) -> (u64, u64, u64) {
         let b = self.slot_base + slot as u64 * self.slot_bytes;
-        (b, b + HDR, b + HDR + RESP)
+        (b, b + HDR, b + DATA)
     }
 
     /// Queues request `slot`: `write` or read of `len` bytes at byte `off` (or, for
