@@ -153,6 +153,33 @@ pub struct AioContext {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OpId(u64);
 
+/// How the kernel starts an operation ([`AioContext::submit_with_opts`]). The default is
+/// io_uring's: try the operation inline in the submitting thread, and hand it to the
+/// kernel's io-wq worker threads only if it would block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpOptions {
+    /// `IOSQE_ASYNC`: go straight to an io-wq worker. Worth it for work that would run
+    /// inline and long in this thread (a large read or write that is a memory copy: a
+    /// page-cache or tmpfs file): forced-async work items may run in several workers at
+    /// once, where work punted after a failed inline attempt gets a new worker only when
+    /// none is running. Costs a thread hand-off per operation.
+    pub force_async: bool,
+}
+
+/// Whether the calling thread has an io-wq worker: a kernel thread that runs its
+/// io_uring operations which cannot (or, with [`OpOptions::force_async`], may not) run
+/// inline. The kernel names it `iou-wrk-<tid>` after the submitting thread; this looks
+/// for that name in `/proc/self/task`. For diagnostics and tests.
+pub fn thread_has_io_worker() -> bool {
+    let name = format!("iou-wrk-{}", nix::unistd::gettid());
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .any(|comm| comm.trim_end() == name)
+}
+
 /// A handle to an [`AioContext`] usable from any thread: create and schedule BHs, arm
 /// timers, notify, spawn `Send` futures.
 #[derive(Clone)]
@@ -389,13 +416,34 @@ impl AioContext {
         state: T,
         on_complete: fn(T, i32),
     ) -> std::result::Result<OpId, (io::Error, T)> {
+        // SAFETY: forwarded to our caller's contract.
+        unsafe { self.submit_with_opts(entry, OpOptions::default(), state, on_complete) }
+    }
+
+    /// [`submit_with`](Self::submit_with), with [`OpOptions`] for how the kernel starts
+    /// the operation.
+    ///
+    /// # Safety
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    pub unsafe fn submit_with_opts<T: 'static>(
+        &self,
+        entry: io_uring::squeue::Entry,
+        opts: OpOptions,
+        state: T,
+        on_complete: fn(T, i32),
+    ) -> std::result::Result<OpId, (io::Error, T)> {
         let mut fdmon = self.inner.fdmon.borrow_mut();
         if !fdmon.supports_ops() {
             let e = io::Error::new(io::ErrorKind::Unsupported, "io_uring is not available");
             return Err((e, state));
         }
         // SAFETY: forwarded to our caller's contract.
-        unsafe { fdmon.submit(entry, state, on_complete) }.map(OpId)
+        unsafe { fdmon.submit(entry, opts.force_async, state, on_complete) }.map(OpId)
     }
 
     /// Asks the kernel to cancel the operation `id` (`IORING_OP_ASYNC_CANCEL`). Its

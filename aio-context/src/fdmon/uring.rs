@@ -310,6 +310,7 @@ impl Ring {
     pub(super) unsafe fn submit_op<T: 'static>(
         &mut self,
         entry: squeue::Entry,
+        force_async: bool,
         state: T,
         on_complete: fn(T, i32),
     ) -> Result<u64, (io::Error, T)> {
@@ -322,8 +323,13 @@ impl Ring {
         // The ring owns the SQE flags: a caller's IO_LINK / IO_HARDLINK would chain our
         // own entries (poll re-arms, timeouts) to theirs, SKIP_SUCCESS would lose the one
         // CQE the callback waits for. io-uring's public API can clear the flags but not
-        // read them, so they are cleared rather than checked.
-        let entry = entry.clear_flags().user_data(user_data);
+        // read them, so they are cleared rather than checked. `ASYNC` is the one flag a
+        // caller may ask for (`force_async`): it changes where the op runs, not which CQEs
+        // come back.
+        let mut entry = entry.clear_flags().user_data(user_data);
+        if force_async {
+            entry = entry.flags(squeue::Flags::ASYNC);
+        }
         // SAFETY: the caller keeps what `entry` references valid until the callback is handed
         // out or dropped, which `reap`/`drop` do only after the op's (single) CQE. `push`
         // only hands entries to the kernel, never reaps, so the op is in `ops` (below)
@@ -734,7 +740,7 @@ mod tests {
             let entry = opcode::Nop::new().build();
             let on_complete: fn(Rc<Cell<i32>>, i32) = |done, _| done.set(done.get() + 1);
             // SAFETY: a NOP references no memory.
-            assert!(unsafe { m.ring.submit_op(entry, done, on_complete) }.is_ok());
+            assert!(unsafe { m.ring.submit_op(entry, false, done, on_complete) }.is_ok());
         }
         let fds: Vec<_> = (0..20).map(|_| eventfd(1)).collect();
         for (i, fd) in fds.iter().enumerate() {
