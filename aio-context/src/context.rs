@@ -686,6 +686,13 @@ impl AioContext {
                 *notified = true;
                 return true;
             }
+            // io_uring completions (and submissions still queued) are work too: stop
+            // spinning and let the wait reap them, as QEMU's io_uring poll handler
+            // (`io_uring_cq_ready`) does. Spinning on, a completion would wait out the whole
+            // window (block-dma's DESIGN.md, "Busy polling").
+            if inner.fdmon.borrow_mut().ops_have_work() {
+                return true;
+            }
             for &(token, _) in &tokens {
                 let cb = inner.handlers.borrow_mut().take_poll(token);
                 let Some(mut cb) = cb else { continue };
@@ -868,5 +875,63 @@ impl std::fmt::Debug for FdHandler {
             .field("write", &self.write.is_some())
             .field("poll", &self.poll.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod busy_poll_tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use io_uring::opcode;
+
+    use super::PollParams;
+    use crate::Backend;
+    use crate::refill_tests::context_with_ops;
+
+    /// The busy-poll window of this test: long enough that waiting it out is unmistakable.
+    const WINDOW: Duration = Duration::from_secs(15);
+
+    /// A completion ends a busy poll at once: with a window of 15 s, a NOP's callback runs
+    /// well before it would end (the deadline is generous: this checks for a wait of the
+    /// whole window, not for speed).
+    fn check(backend: Backend) {
+        std::thread::spawn(move || {
+            let Some(ctx) = context_with_ops(backend, "busy poll") else {
+                return;
+            };
+            let ns = WINDOW.as_nanos() as u64;
+            ctx.set_poll_params(PollParams {
+                max_ns: ns,
+                grow: 2,
+                shrink: 2,
+            });
+            ctx.inner.notifier_poll_ns.set(ns);
+            let done = Rc::new(Cell::new(false));
+            let d = done.clone();
+            // SAFETY: a NOP references no memory.
+            unsafe { ctx.submit(opcode::Nop::new().build(), move |_| d.set(true)) }.unwrap();
+            let start = Instant::now();
+            while !done.get() {
+                ctx.poll(true);
+                assert!(
+                    start.elapsed() < WINDOW / 3,
+                    "{backend:?}: a completion waited out the busy-poll window"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn completion_ends_busy_poll_io_uring() {
+        check(Backend::IoUring);
+    }
+
+    #[test]
+    fn completion_ends_busy_poll_epoll() {
+        check(Backend::Epoll);
     }
 }

@@ -216,6 +216,16 @@ impl FdMonitor {
         }
     }
 
+    /// Whether the operations ring has completions to reap or submissions to make now (see
+    /// `Ring::has_work`); false without a ring. Cheap: reads the ring's shared memory only.
+    pub(crate) fn ops_have_work(&mut self) -> bool {
+        let ring = match &mut self.imp {
+            Imp::Uring(m) => Some(m.ring_mut()),
+            Imp::Epoll(m) => m.ring_mut(),
+        };
+        ring.is_some_and(Ring::has_work)
+    }
+
     /// Cancels the op submitted as `user_data` if it is still in flight (see `Ring::cancel`).
     pub(crate) fn cancel(&mut self, user_data: u64) -> io::Result<bool> {
         match &mut self.imp {

@@ -263,6 +263,13 @@ impl Ring {
         sq.is_empty() && !sq.cq_overflow() && !sq.taskrun()
     }
 
+    /// Whether the ring has something for the loop without any waiting: completions on the
+    /// CQ, completions held back by the kernel (deferred task work, an overflowed CQ), or
+    /// SQEs queued and not yet submitted. A busy poll stops spinning on it.
+    pub(super) fn has_work(&mut self) -> bool {
+        !self.backlog.is_empty() || !self.idle() || !self.ring.completion().is_empty()
+    }
+
     /// Runs deferred task work now (an enter with `GETEVENTS`), so that the kernel's
     /// completion side of what was just submitted (the removal of a poll, which drops its
     /// reference to the file) is done before this returns. Without `DEFER_TASKRUN` the
