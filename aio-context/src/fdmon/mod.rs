@@ -242,6 +242,15 @@ impl FdMonitor {
         }
     }
 
+    /// How many `io_uring_enter` calls the operations ring has made (0 without one).
+    #[cfg(test)]
+    pub(crate) fn enters(&self) -> u64 {
+        match &self.imp {
+            Imp::Uring(m) => m.ring().enters(),
+            Imp::Epoll(m) => m.ring().map_or(0, Ring::enters),
+        }
+    }
+
     /// Number of operations submitted whose callback has not been handed out yet.
     pub(crate) fn in_flight(&self) -> usize {
         match &self.imp {

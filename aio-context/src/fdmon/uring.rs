@@ -82,6 +82,9 @@ pub(super) struct Ring {
     probe: io_uring::Probe,
     /// Set up with `DEFER_TASKRUN`.
     defer_taskrun: bool,
+    /// `io_uring_enter` calls made so far (for tests of the submission policy).
+    #[cfg(test)]
+    enters: u64,
 }
 
 /// Ring setups to try, most capable first; each drops what the previous one added.
@@ -187,6 +190,8 @@ impl Ring {
             timeout: Box::new(types::Timespec::new()),
             probe,
             defer_taskrun: setup == Setup::Defer,
+            #[cfg(test)]
+            enters: 0,
         })
     }
 
@@ -228,6 +233,12 @@ impl Ring {
 
     pub(super) fn in_flight(&self) -> usize {
         self.ops.len()
+    }
+
+    /// How many `io_uring_enter` calls this ring has made.
+    #[cfg(test)]
+    pub(super) fn enters(&self) -> u64 {
+        self.enters
     }
 
     fn next_generation(&mut self) -> u32 {
@@ -287,6 +298,10 @@ impl Ring {
             return Ok(0);
         }
         loop {
+            #[cfg(test)]
+            {
+                self.enters += 1;
+            }
             match self.ring.submit() {
                 Err(e) if is_errno(&e, libc::EINTR) => {}
                 // Completions back up; take them off the CQ and retry.
@@ -360,7 +375,7 @@ impl Ring {
             // `idle`) and no wait: completions are read straight from the CQ, so skip the
             // syscall (QEMU's `need_wait` does the same). This is most of a non-blocking
             // poll's cost. Otherwise `submit` enters, with GETEVENTS if task work waits.
-            Some(t) if t.is_zero() && self.idle() => Ok(0),
+            Some(t) if t.is_zero() && self.idle() => return Ok(false),
             Some(t) if t.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
             Some(t) if self.ext_arg => {
@@ -381,6 +396,10 @@ impl Ring {
                 self.ring.submit_and_wait(1)
             }
         };
+        #[cfg(test)]
+        {
+            self.enters += 1;
+        }
         match res {
             Ok(_) => Ok(false),
             Err(e) if is_errno(&e, libc::ETIME) => Ok(true),
