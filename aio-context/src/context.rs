@@ -153,6 +153,33 @@ pub struct AioContext {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OpId(u64);
 
+/// How the kernel starts an operation ([`AioContext::submit_with_opts`]). The default is
+/// io_uring's: try the operation inline in the submitting thread, and hand it to the
+/// kernel's io-wq worker threads only if it would block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpOptions {
+    /// `IOSQE_ASYNC`: go straight to an io-wq worker. Worth it for work that would run
+    /// inline and long in this thread (a large read or write that is a memory copy: a
+    /// page-cache or tmpfs file): forced-async work items may run in several workers at
+    /// once, where work punted after a failed inline attempt gets a new worker only when
+    /// none is running. Costs a thread hand-off per operation.
+    pub force_async: bool,
+}
+
+/// Whether the calling thread has an io-wq worker: a kernel thread that runs its
+/// io_uring operations which cannot (or, with [`OpOptions::force_async`], may not) run
+/// inline. The kernel names it `iou-wrk-<tid>` after the submitting thread; this looks
+/// for that name in `/proc/self/task`. For diagnostics and tests.
+pub fn thread_has_io_worker() -> bool {
+    let name = format!("iou-wrk-{}", nix::unistd::gettid());
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .any(|comm| comm.trim_end() == name)
+}
+
 /// A handle to an [`AioContext`] usable from any thread: create and schedule BHs, arm
 /// timers, notify, spawn `Send` futures.
 #[derive(Clone)]
@@ -389,13 +416,34 @@ impl AioContext {
         state: T,
         on_complete: fn(T, i32),
     ) -> std::result::Result<OpId, (io::Error, T)> {
+        // SAFETY: forwarded to our caller's contract.
+        unsafe { self.submit_with_opts(entry, OpOptions::default(), state, on_complete) }
+    }
+
+    /// [`submit_with`](Self::submit_with), with [`OpOptions`] for how the kernel starts
+    /// the operation.
+    ///
+    /// # Safety
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    pub unsafe fn submit_with_opts<T: 'static>(
+        &self,
+        entry: io_uring::squeue::Entry,
+        opts: OpOptions,
+        state: T,
+        on_complete: fn(T, i32),
+    ) -> std::result::Result<OpId, (io::Error, T)> {
         let mut fdmon = self.inner.fdmon.borrow_mut();
         if !fdmon.supports_ops() {
             let e = io::Error::new(io::ErrorKind::Unsupported, "io_uring is not available");
             return Err((e, state));
         }
         // SAFETY: forwarded to our caller's contract.
-        unsafe { fdmon.submit(entry, state, on_complete) }.map(OpId)
+        unsafe { fdmon.submit(entry, opts.force_async, state, on_complete) }.map(OpId)
     }
 
     /// Asks the kernel to cancel the operation `id` (`IORING_OP_ASYNC_CANCEL`). Its
@@ -560,7 +608,10 @@ impl AioContext {
     /// poll: held until the whole round of completions has run, the refills of one round
     /// reached the device together, late, and at queue depth 32 that cost a fifth of the
     /// IOPS (block-dma's DESIGN.md, "Queue depth"). Submissions from fd handlers and BHs
-    /// (a virtqueue kick's requests) are still batched into one enter per poll.
+    /// (a virtqueue kick's requests) are still batched into one enter per poll. The last
+    /// callback of a round is the exception: its submissions go with the next wait's
+    /// enter, which submits and waits in one syscall (the next poll does not busy-poll
+    /// while SQEs are queued).
     fn run_completions(&self) -> bool {
         let mut ran = false;
         loop {
@@ -568,7 +619,12 @@ impl AioContext {
             let Some(completion) = next else { break };
             completion.run();
             ran = true;
-            self.flush_submissions();
+            // The last callback's submissions go with the next wait: its `io_uring_enter`
+            // submits and waits in one syscall, as fio's loop does (at queue depth 1, one
+            // enter per I/O instead of two).
+            if !self.inner.completions.borrow().is_empty() {
+                self.flush_submissions();
+            }
         }
         ran
     }
@@ -636,6 +692,13 @@ impl AioContext {
             // iteration fight the producers for the cache line.
             if inner.wakeup.is_notified() && inner.wakeup.accept() {
                 *notified = true;
+                return true;
+            }
+            // io_uring completions (and submissions still queued) are work too: stop
+            // spinning and let the wait reap them, as QEMU's io_uring poll handler
+            // (`io_uring_cq_ready`) does. Spinning on, a completion would wait out the whole
+            // window (block-dma's DESIGN.md, "Busy polling").
+            if inner.fdmon.borrow_mut().ops_have_work() {
                 return true;
             }
             for &(token, _) in &tokens {
@@ -820,5 +883,102 @@ impl std::fmt::Debug for FdHandler {
             .field("write", &self.write.is_some())
             .field("poll", &self.poll.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod submission_tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use io_uring::opcode;
+
+    use super::{AioContext, PollParams};
+    use crate::Backend;
+    use crate::refill_tests::context_with_ops;
+
+    /// The busy-poll window of this test: long enough that waiting it out is unmistakable.
+    const WINDOW: Duration = Duration::from_secs(15);
+
+    /// A completion ends a busy poll at once: with a window of 15 s, a NOP's callback runs
+    /// well before it would end (the deadline is generous: this checks for a wait of the
+    /// whole window, not for speed).
+    fn check(backend: Backend) {
+        std::thread::spawn(move || {
+            let Some(ctx) = context_with_ops(backend, "busy poll") else {
+                return;
+            };
+            let ns = WINDOW.as_nanos() as u64;
+            ctx.set_poll_params(PollParams {
+                max_ns: ns,
+                grow: 2,
+                shrink: 2,
+            });
+            ctx.inner.notifier_poll_ns.set(ns);
+            let done = Rc::new(Cell::new(false));
+            let d = done.clone();
+            // SAFETY: a NOP references no memory.
+            unsafe { ctx.submit(opcode::Nop::new().build(), move |_| d.set(true)) }.unwrap();
+            let start = Instant::now();
+            while !done.get() {
+                ctx.poll(true);
+                assert!(
+                    start.elapsed() < WINDOW / 3,
+                    "{backend:?}: a completion waited out the busy-poll window"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A chain of NOPs at queue depth 1 (each callback submits the next): the last (here
+    /// the only) callback of a round leaves its NOP to the next wait, which submits and
+    /// waits in one `io_uring_enter`: about one enter per NOP, not two.
+    #[test]
+    fn last_refill_of_a_round_goes_with_the_wait() {
+        const N: u64 = 1000;
+        std::thread::spawn(|| {
+            let Some(ctx) = context_with_ops(Backend::IoUring, "last refill") else {
+                return;
+            };
+            fn next(ctx: AioContext, left: Rc<Cell<u64>>) {
+                if left.get() == 0 {
+                    return;
+                }
+                left.set(left.get() - 1);
+                let c = ctx.clone();
+                // SAFETY: a NOP references no memory.
+                let submitted =
+                    unsafe { ctx.submit(opcode::Nop::new().build(), move |_| next(c, left)) };
+                submitted.unwrap();
+            }
+            let left = Rc::new(Cell::new(N));
+            next(ctx.clone(), left.clone());
+            let before = ctx.inner.fdmon.borrow().enters();
+            let start = Instant::now();
+            while left.get() > 0 || ctx.io_uring_ops_in_flight() > 0 {
+                assert!(start.elapsed() < Duration::from_secs(30), "NOPs hang");
+                ctx.poll(true);
+            }
+            let enters = ctx.inner.fdmon.borrow().enters() - before;
+            assert!(
+                enters <= N + N / 4,
+                "{enters} io_uring_enter calls for {N} NOPs at queue depth 1"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn completion_ends_busy_poll_io_uring() {
+        check(Backend::IoUring);
+    }
+
+    #[test]
+    fn completion_ends_busy_poll_epoll() {
+        check(Backend::Epoll);
     }
 }

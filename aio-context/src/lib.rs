@@ -50,6 +50,8 @@ mod iothread;
 #[cfg(not(loom))]
 mod iothread_object;
 #[cfg(all(test, not(loom)))]
+mod op_options_tests;
+#[cfg(all(test, not(loom)))]
 mod refill_tests;
 #[cfg(not(loom))]
 pub mod signals;
@@ -62,7 +64,9 @@ pub mod wakeup;
 #[cfg(not(loom))]
 pub use bottom_half::{Bh, BhScheduler};
 #[cfg(not(loom))]
-pub use context::{AioContext, AioHandle, FdHandler, OpId, PollParams};
+pub use context::{
+    AioContext, AioHandle, FdHandler, OpId, OpOptions, PollParams, thread_has_io_worker,
+};
 #[cfg(not(loom))]
 pub use event_notifier::EventNotifier;
 #[cfg(not(loom))]

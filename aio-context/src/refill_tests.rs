@@ -12,21 +12,28 @@ use nix::fcntl::OFlag;
 use crate::fdmon::FdMonitor;
 use crate::{AioContext, Backend};
 
-/// What the second callback of a round saw in the pipe: `Some(true)` if the write that the
-/// first callback submitted had already happened.
-fn second_callback_sees_first_refill(backend: Backend) -> Option<bool> {
+/// This thread's context on `backend`, if it can run io_uring operations (else a
+/// SKIPPED line naming `test`).
+pub(crate) fn context_with_ops(backend: Backend, test: &str) -> Option<AioContext> {
     let fdmon = match FdMonitor::with_backend(backend) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("SKIPPED refill test on {backend:?}: {e}");
+            eprintln!("SKIPPED {test} test on {backend:?}: {e}");
             return None;
         }
     };
     let ctx = AioContext::with_fdmon(fdmon).unwrap();
     if !ctx.supports_io_uring_ops() {
-        eprintln!("SKIPPED refill test on {backend:?}: no io_uring operations");
+        eprintln!("SKIPPED {test} test on {backend:?}: no io_uring operations");
         return None;
     }
+    Some(ctx)
+}
+
+/// What the second callback of a round saw in the pipe: `Some(true)` if the write that the
+/// first callback submitted had already happened.
+fn second_callback_sees_first_refill(backend: Backend) -> Option<bool> {
+    let ctx = context_with_ops(backend, "refill")?;
     let (rd, wr): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
     let wr = Rc::new(wr);

@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use aio_context::AioContext;
+use aio_context::{AioContext, OpOptions};
 use io_uring::{opcode, types};
 
 use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op_sized};
 use crate::drain::{Drain, DrainToken};
-use crate::{AlignedBuf, Errno, IoBuffers, OpenError};
+use crate::{AlignedBuf, Errno, IoBuffers, OpenError, copy_offload};
 
 /// `IOV_MAX`: the most iovecs one `readv`/`writev` takes.
 const IOV_MAX: usize = 1024;
@@ -90,6 +90,9 @@ struct Files {
     drain: Arc<Drain>,
     /// A block device: its size is the device's, not ours to change.
     block_device: bool,
+    /// Reads and writes of at least this many bytes go straight to io-wq workers
+    /// (`copy_offload`; `u64::MAX`: none): on `main`, and on `buffered`.
+    async_min: (u64, u64),
 }
 
 /// A raw image on io_uring. Cheap to clone; in-flight operations keep the descriptors
@@ -226,6 +229,12 @@ impl FileBackend {
             write_zeroes: true,
             direct: options.direct,
         };
+        let env = std::env::var(copy_offload::ENV).ok();
+        let memory_copy = copy_offload::is_memory_copy(&main, options.direct, block_device);
+        let async_min = (
+            copy_offload::min_bytes(memory_copy, env.as_deref()),
+            copy_offload::min_bytes(true, env.as_deref()),
+        );
         Ok(FileBackend {
             files: Arc::new(Files {
                 main,
@@ -235,6 +244,7 @@ impl FileBackend {
                 resizing: Mutex::new(()),
                 drain: Arc::default(),
                 block_device,
+                async_min,
             }),
         })
     }
@@ -425,18 +435,32 @@ impl BlockBackend for FileBackend {
 /// the rare path pays for it, not every return) if it cannot be queued.
 fn submit(ctx: &AioContext, mut op: InFlight) -> Result<aio_context::OpId, (Box<InFlight>, Errno)> {
     let entry = op.entry();
+    let opts = OpOptions {
+        force_async: op.force_async(),
+    };
     // SAFETY: every pointer in `entry` points into memory `op` owns outside itself (see
     // `InFlight`: `IoBuffers` keeps guest RAM mapped and bounce buffers alive, `AlignedBuf`s
     // and `iov` are heap buffers that stay put when `op` moves), and the fd is kept open by
     // `op.files`. The context keeps `op` until the CQE (and on teardown drops it only after
     // the kernel let go); a failed submit hands it back here, never queued.
-    match unsafe { ctx.submit_with(entry, op, InFlight::complete) } {
+    match unsafe { ctx.submit_with_opts(entry, opts, op, InFlight::complete) } {
         Ok(id) => Ok(id),
         Err((e, op)) => Err((Box::new(op), Errno::from_io(&e))),
     }
 }
 
 impl InFlight {
+    /// Whether what is left of this request goes straight to an io-wq worker: a read or
+    /// write of at least `async_min` bytes (`copy_offload`).
+    fn force_async(&self) -> bool {
+        let (main, buffered) = self.files.async_min;
+        let min = match self.path {
+            Path_::Buffered => buffered,
+            _ => main,
+        };
+        matches!(self.kind, OpKind::Read | OpKind::Write) && self.len - self.done_bytes >= min
+    }
+
     fn fd(&self) -> RawFd {
         match (&self.path, &self.files.buffered) {
             (Path_::Buffered, Some(b)) => b.as_raw_fd(),

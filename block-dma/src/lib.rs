@@ -41,6 +41,7 @@
 
 mod backend;
 mod buffers;
+mod copy_offload;
 mod dma;
 mod drain;
 mod error;

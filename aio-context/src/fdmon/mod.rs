@@ -168,7 +168,8 @@ impl FdMonitor {
 
     /// Queues one io_uring operation; `callback(result)` comes back through [`wait`](Self::wait),
     /// which also submits it to the kernel. The entry's `user_data` is overwritten and its SQE
-    /// flags are cleared (no links, no `SKIP_SUCCESS`: one SQE, one CQE). Fails with
+    /// flags are cleared (no links, no `SKIP_SUCCESS`: one SQE, one CQE); `force_async` sets
+    /// `IOSQE_ASYNC` (the kernel runs the op in its io-wq workers). Fails with
     /// `Unsupported` without a ring.
     ///
     /// # Safety
@@ -181,6 +182,7 @@ impl FdMonitor {
     pub(crate) unsafe fn submit<T: 'static>(
         &mut self,
         entry: io_uring::squeue::Entry,
+        force_async: bool,
         state: T,
         on_complete: fn(T, i32),
     ) -> Result<u64, (io::Error, T)> {
@@ -196,7 +198,7 @@ impl FdMonitor {
             return Err((e, state));
         };
         // SAFETY: the caller upholds the contract above, which is `Ring::submit_op`'s.
-        unsafe { ring.submit_op(entry, state, on_complete) }
+        unsafe { ring.submit_op(entry, force_async, state, on_complete) }
     }
 
     /// Hands the operations queued so far to the kernel now, without waiting (one
@@ -214,6 +216,16 @@ impl FdMonitor {
         }
     }
 
+    /// Whether the operations ring has completions to reap or submissions to make now (see
+    /// `Ring::has_work`); false without a ring. Cheap: reads the ring's shared memory only.
+    pub(crate) fn ops_have_work(&mut self) -> bool {
+        let ring = match &mut self.imp {
+            Imp::Uring(m) => Some(m.ring_mut()),
+            Imp::Epoll(m) => m.ring_mut(),
+        };
+        ring.is_some_and(Ring::has_work)
+    }
+
     /// Cancels the op submitted as `user_data` if it is still in flight (see `Ring::cancel`).
     pub(crate) fn cancel(&mut self, user_data: u64) -> io::Result<bool> {
         match &mut self.imp {
@@ -227,6 +239,15 @@ impl FdMonitor {
         match &self.imp {
             Imp::Uring(m) => m.ring().supports_opcode(opcode),
             Imp::Epoll(m) => m.ring().is_some_and(|r| r.supports_opcode(opcode)),
+        }
+    }
+
+    /// How many `io_uring_enter` calls the operations ring has made (0 without one).
+    #[cfg(test)]
+    pub(crate) fn enters(&self) -> u64 {
+        match &self.imp {
+            Imp::Uring(m) => m.ring().enters(),
+            Imp::Epoll(m) => m.ring().map_or(0, Ring::enters),
         }
     }
 
@@ -384,7 +405,7 @@ mod tests {
         f: F,
     ) -> io::Result<u64> {
         // SAFETY: forwarded to the caller.
-        unsafe { m.submit(entry, f, |f: F, res| f(res)) }.map_err(|(e, _)| e)
+        unsafe { m.submit(entry, false, f, |f: F, res| f(res)) }.map_err(|(e, _)| e)
     }
 
     /// Submits a NOP whose callback runs `f(result)`.

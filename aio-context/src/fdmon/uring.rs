@@ -82,6 +82,9 @@ pub(super) struct Ring {
     probe: io_uring::Probe,
     /// Set up with `DEFER_TASKRUN`.
     defer_taskrun: bool,
+    /// `io_uring_enter` calls made so far (for tests of the submission policy).
+    #[cfg(test)]
+    enters: u64,
 }
 
 /// Ring setups to try, most capable first; each drops what the previous one added.
@@ -187,6 +190,8 @@ impl Ring {
             timeout: Box::new(types::Timespec::new()),
             probe,
             defer_taskrun: setup == Setup::Defer,
+            #[cfg(test)]
+            enters: 0,
         })
     }
 
@@ -230,6 +235,12 @@ impl Ring {
         self.ops.len()
     }
 
+    /// How many `io_uring_enter` calls this ring has made.
+    #[cfg(test)]
+    pub(super) fn enters(&self) -> u64 {
+        self.enters
+    }
+
     fn next_generation(&mut self) -> u32 {
         self.generation = self.generation.wrapping_add(1) & GEN_MASK;
         self.generation
@@ -263,6 +274,13 @@ impl Ring {
         sq.is_empty() && !sq.cq_overflow() && !sq.taskrun()
     }
 
+    /// Whether the ring has something for the loop without any waiting: completions on the
+    /// CQ, completions held back by the kernel (deferred task work, an overflowed CQ), or
+    /// SQEs queued and not yet submitted. A busy poll stops spinning on it.
+    pub(super) fn has_work(&mut self) -> bool {
+        !self.backlog.is_empty() || !self.idle() || !self.ring.completion().is_empty()
+    }
+
     /// Runs deferred task work now (an enter with `GETEVENTS`), so that the kernel's
     /// completion side of what was just submitted (the removal of a poll, which drops its
     /// reference to the file) is done before this returns. Without `DEFER_TASKRUN` the
@@ -280,6 +298,10 @@ impl Ring {
             return Ok(0);
         }
         loop {
+            #[cfg(test)]
+            {
+                self.enters += 1;
+            }
             match self.ring.submit() {
                 Err(e) if is_errno(&e, libc::EINTR) => {}
                 // Completions back up; take them off the CQ and retry.
@@ -310,6 +332,7 @@ impl Ring {
     pub(super) unsafe fn submit_op<T: 'static>(
         &mut self,
         entry: squeue::Entry,
+        force_async: bool,
         state: T,
         on_complete: fn(T, i32),
     ) -> Result<u64, (io::Error, T)> {
@@ -322,8 +345,13 @@ impl Ring {
         // The ring owns the SQE flags: a caller's IO_LINK / IO_HARDLINK would chain our
         // own entries (poll re-arms, timeouts) to theirs, SKIP_SUCCESS would lose the one
         // CQE the callback waits for. io-uring's public API can clear the flags but not
-        // read them, so they are cleared rather than checked.
-        let entry = entry.clear_flags().user_data(user_data);
+        // read them, so they are cleared rather than checked. `ASYNC` is the one flag a
+        // caller may ask for (`force_async`): it changes where the op runs, not which CQEs
+        // come back.
+        let mut entry = entry.clear_flags().user_data(user_data);
+        if force_async {
+            entry = entry.flags(squeue::Flags::ASYNC);
+        }
         // SAFETY: the caller keeps what `entry` references valid until the callback is handed
         // out or dropped, which `reap`/`drop` do only after the op's (single) CQE. `push`
         // only hands entries to the kernel, never reaps, so the op is in `ops` (below)
@@ -347,7 +375,7 @@ impl Ring {
             // `idle`) and no wait: completions are read straight from the CQ, so skip the
             // syscall (QEMU's `need_wait` does the same). This is most of a non-blocking
             // poll's cost. Otherwise `submit` enters, with GETEVENTS if task work waits.
-            Some(t) if t.is_zero() && self.idle() => Ok(0),
+            Some(t) if t.is_zero() && self.idle() => return Ok(false),
             Some(t) if t.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
             Some(t) if self.ext_arg => {
@@ -368,6 +396,10 @@ impl Ring {
                 self.ring.submit_and_wait(1)
             }
         };
+        #[cfg(test)]
+        {
+            self.enters += 1;
+        }
         match res {
             Ok(_) => Ok(false),
             Err(e) if is_errno(&e, libc::ETIME) => Ok(true),
@@ -734,7 +766,7 @@ mod tests {
             let entry = opcode::Nop::new().build();
             let on_complete: fn(Rc<Cell<i32>>, i32) = |done, _| done.set(done.get() + 1);
             // SAFETY: a NOP references no memory.
-            assert!(unsafe { m.ring.submit_op(entry, done, on_complete) }.is_ok());
+            assert!(unsafe { m.ring.submit_op(entry, false, done, on_complete) }.is_ok());
         }
         let fds: Vec<_> = (0..20).map(|_| eventfd(1)).collect();
         for (i, fd) in fds.iter().enumerate() {
