@@ -75,9 +75,11 @@ fn main() {
     // the signals reach only the main loop's signalfd.
     let signals = TerminationSignals::block()
         .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
+    let iothreads = vmm_bin::disks::iothreads(&config).unwrap_or_else(|e| fail(e));
+    qemu_log::boot_time::mark("iothreads");
     let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
     qemu_log::boot_time::mark("machine");
-    let devices = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
+    let devices = vmm_bin::disks::attach(&runner, &config, iothreads).unwrap_or_else(|e| fail(e));
     qemu_log::boot_time::mark("devices");
     let terminated = watch_signals(&runner, signals);
     let monitor = pc_devices::vm_monitor::attach(&runner, &monitor_config(&config), &devices)

@@ -212,6 +212,7 @@ fn boot_time_marks_each_phase_in_order() {
         [
             "main",
             "cli",
+            "iothreads",
             "kvm",
             "memory",
             "firmware",
