@@ -75,6 +75,10 @@ fn main() {
     // the signals reach only the main loop's signalfd.
     let signals = TerminationSignals::block()
         .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
+    // Also before the first thread: RCU's one membarrier(REGISTER_PRIVATE_EXPEDITED)
+    // costs a kernel grace period (5 ms here) once the process has a second thread,
+    // microseconds while it has one.
+    rcu::uses_membarrier();
     let iothreads = vmm_bin::disks::iothreads(&config).unwrap_or_else(|e| fail(e));
     qemu_log::boot_time::mark("iothreads");
     let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
