@@ -63,6 +63,7 @@ use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use ::pci::PciHost;
+use qemu_log::boot_time;
 use vcpu::{BootEntry, Control, InitialState, Vcpu};
 
 /// The README's example, run as a doctest.
@@ -253,9 +254,11 @@ impl Machine {
         // MSI route per vector): every boot exercises it through the PIT and COM1.
         let routing = GsiRouting::new(vm.clone())
             .map_err(|e| Error::io("KVM_SET_GSI_ROUTING (default routes)", e))?;
+        boot_time::mark("kvm");
 
         let layout = RamLayout::new(config.ram_bytes);
         let mut ram = GuestRam::new(&vm, layout)?;
+        boot_time::mark("memory");
         let boot_entry = Arc::new(Mutex::new(None));
         if config.kernel.is_none() {
             let bios = std::fs::read(&config.bios).map_err(|error| Error::File {
@@ -263,6 +266,7 @@ impl Machine {
                 error,
             })?;
             ram.load_bios(&vm, bios)?;
+            boot_time::mark("firmware");
         }
 
         let platform = Platform::new(
@@ -274,6 +278,7 @@ impl Machine {
             Arc::new(KvmIrqLine(vm.clone())),
             ram.pam(),
         )?;
+        boot_time::mark("platform");
 
         let control = MachineControl {
             inner: Arc::new(ControlInner {
@@ -297,7 +302,9 @@ impl Machine {
         };
         machine.load_kernel()?;
         machine.install_reset_hook();
+        boot_time::mark("ide");
         machine.create_vcpus(&kvm, events)?;
+        boot_time::mark("vcpus");
         Ok(machine)
     }
 
@@ -396,6 +403,7 @@ impl Machine {
                 events: events.clone(),
                 initial,
                 boot: self.control.inner.boot.clone(),
+                first_run: index == 0,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))

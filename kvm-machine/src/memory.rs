@@ -209,10 +209,17 @@ impl GuestRam {
             });
         }
         drop(slots);
-        let map = Pam::new(vm.clone(), ram, rom.clone(), self.readonly_rom, ids)?;
+        let bios = Arc::new(bios);
+        let map = Pam::new(
+            vm.clone(),
+            ram,
+            (rom.clone(), bios.clone()),
+            self.readonly_rom,
+            ids,
+        )?;
         self.pam = Some(Arc::new(map));
         self.rom = Some(rom);
-        self.bios = Arc::new(bios);
+        self.bios = bios;
         Ok(())
     }
 
@@ -222,15 +229,19 @@ impl GuestRam {
         self.pam.clone().map(|p| p as Arc<dyn PamListener>)
     }
 
-    /// A closure that rewrites the BIOS image into the ROM, for the reset path: `None`
-    /// without a BIOS, or where the ROM is read-only to the guest (KVM's read-only
-    /// slots) and so never changes.
+    /// A closure that puts the BIOS back for the reset path: the image into the ROM
+    /// (where the ROM is writable to the guest, without KVM's read-only slots) and into
+    /// the shadow RAM ([`Pam::preload`]); `None` without a BIOS.
     pub fn rom_restorer(&self) -> Option<Box<dyn Fn() -> Result<()> + Send + Sync>> {
-        let rom = self.rom.clone().filter(|_| !self.readonly_rom)?;
+        let pam = self.pam.clone()?;
+        let rom = self.rom.clone().filter(|_| !self.readonly_rom);
         let bios = self.bios.clone();
         Some(Box::new(move || {
-            rom.write_slice(&bios, MemoryRegionAddress(0))
-                .map_err(Error::Rom)
+            if let Some(rom) = &rom {
+                rom.write_slice(&bios, MemoryRegionAddress(0))
+                    .map_err(Error::Rom)?;
+            }
+            pam.preload()
         }))
     }
 }
@@ -264,23 +275,35 @@ mod tests {
 
     use super::*;
 
+    /// A VM with `mib` MiB of guest RAM, or `None` (after a SKIPPED line for `what`)
+    /// without /dev/kvm.
+    fn vm_with_ram(what: &str, mib: u64) -> Option<(Arc<VmFd>, GuestRam)> {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIPPED {what}: /dev/kvm unavailable");
+            return None;
+        };
+        let vm = Arc::new(kvm.create_vm().expect("KVM_CREATE_VM"));
+        let ram = GuestRam::new(&vm, RamLayout::new(mib << 20)).expect("guest RAM");
+        Some((vm, ram))
+    }
+
+    /// `pc.ram`, the block at guest 0.
+    fn low_ram(ram: &GuestRam) -> Arc<RamBlock> {
+        let guard = rcu::read();
+        let found = ram.list().blocks(&guard).find_shared(GuestAddress(0));
+        found.expect("pc.ram")
+    }
+
     /// Issue 15: a KVM slot's memory outlives its registration by type. Removing the
     /// block through a clone of the RAM list (which anyone holding the list can do) and
     /// waiting for every deferred unmap leaves the block mapped while its slot exists;
     /// it goes once the slot does.
     #[test]
     fn a_slot_keeps_its_memory_mapped_whatever_happens_to_the_list() {
-        let Ok(kvm) = Kvm::new() else {
-            eprintln!("SKIPPED memory slot ownership: /dev/kvm unavailable");
+        let Some((_vm, ram)) = vm_with_ram("memory slot ownership", 16) else {
             return;
         };
-        let vm = Arc::new(kvm.create_vm().expect("KVM_CREATE_VM"));
-        let ram = GuestRam::new(&vm, RamLayout::new(16 << 20)).expect("guest RAM");
-        let block: Weak<RamBlock> = {
-            let guard = rcu::read();
-            let found = ram.list().blocks(&guard).find_shared(GuestAddress(0));
-            Arc::downgrade(&found.expect("pc.ram"))
-        };
+        let block: Weak<RamBlock> = Arc::downgrade(&low_ram(&ram));
         let someone_else = ram.list().clone();
         someone_else.remove(GuestAddress(0)).unwrap();
         rcu::barrier(); // every deferred drop (the list's references) has run
@@ -294,5 +317,42 @@ mod tests {
             block.upgrade().is_none(),
             "the slot's hold was never released"
         );
+    }
+
+    /// Issue 20: at power-on the shadow RAM holds the BIOS (the image's tail ending at
+    /// 1 MiB, zeros below it) and PAM0 says the F segment reads it (0x10), so SeaBIOS
+    /// does not copy itself there; a reset puts both back whatever the guest wrote.
+    #[test]
+    fn the_shadow_ram_holds_the_bios_at_power_on_and_after_reset() {
+        let Some((vm, mut ram)) = vm_with_ram("shadow RAM preload", 16) else {
+            return;
+        };
+        // A 128 KiB image: 0xE0000..1 MiB; every byte tells where it is.
+        let image: Vec<u8> = (0..128 * 1024u32).map(|i| (i % 251) as u8 + 1).collect();
+        ram.load_bios(&vm, image.clone()).expect("BIOS");
+        let pam = ram.pam().expect("a PAM map with a BIOS");
+        assert_eq!(pam.power_on(), [0x10, 0, 0, 0, 0, 0, 0]);
+        let shadow = |ram: &GuestRam| {
+            let mut bytes = vec![0u8; 0x40000];
+            let block = low_ram(ram);
+            block
+                .read_slice(&mut bytes, MemoryRegionAddress(0xc_0000))
+                .unwrap();
+            bytes
+        };
+        let want: Vec<u8> = vec![0u8; 0x20000].into_iter().chain(image).collect();
+        assert!(shadow(&ram) == want, "the shadow RAM is not the BIOS");
+
+        // The guest scribbles over it (SeaBIOS's variables, an option ROM).
+        let block = low_ram(&ram);
+        for at in [0xc_8000, 0xf_ff00] {
+            block
+                .write_slice(&[0xcc; 0x100], MemoryRegionAddress(at))
+                .unwrap();
+        }
+        assert!(shadow(&ram) != want);
+        let restore = ram.rom_restorer().expect("a restorer with a BIOS");
+        restore().expect("reset");
+        assert!(shadow(&ram) == want, "reset did not put the BIOS back");
     }
 }

@@ -127,6 +127,7 @@ impl Runner {
     /// Starts the VM unless `start_paused`, then loops until something ends it; stops
     /// and joins the vCPUs and returns the process exit status.
     pub fn run(self, start_paused: bool) -> i32 {
+        qemu_log::boot_time::mark("run");
         if !start_paused {
             if let Err(e) = self.runstate.start() {
                 tracing::error!("cannot start: {e}");

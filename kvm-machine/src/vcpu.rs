@@ -282,6 +282,8 @@ pub(crate) struct Vcpu {
     pub(crate) events: EventSink,
     pub(crate) initial: InitialState,
     pub(crate) boot: Arc<Mutex<Option<BootEntry>>>,
+    /// No `KVM_RUN` yet (the boot-time marks of the first run and exit).
+    pub(crate) first_run: bool,
 }
 
 /// What the exit loop decided.
@@ -397,7 +399,13 @@ impl Vcpu {
             let io = std::ptr::addr_of!((*run_ptr).__bindgen_anon_1.io).read_volatile();
             usize::from(io.size)
         };
+        if self.first_run {
+            qemu_log::boot_time::mark("first-kvm-run");
+        }
         let result = self.fd.run();
+        if std::mem::take(&mut self.first_run) {
+            qemu_log::boot_time::mark("first-exit");
+        }
         tracing::trace!(vcpu = self.index, ?result, "KVM_RUN exit");
         match result {
             Ok(VcpuExit::IoIn(port, data)) => {

@@ -25,10 +25,18 @@ pub trait PamListener: Send + Sync {
     /// the new mapping). Called with the host bridge's config locked, so calls are
     /// serialized and come in register-write order.
     fn pam_changed(&self, registers: &[u8; PAM_REGISTERS]);
+
+    /// The PAM registers at power-on and after a reset (PAM0 first). The chipset's are
+    /// all 0 (the default); a machine that has the shadow RAM hold the BIOS already
+    /// says so here (kvm-machine: PAM0 = 0x10, see its `pam` module).
+    fn power_on(&self) -> [u8; PAM_REGISTERS] {
+        [0; PAM_REGISTERS]
+    }
 }
 
 /// The i440FX PMC: 8086:1237, with the PAM registers (0x59..=0x5F) and SMRAM (0x72)
-/// writable. PAM writes and resets (all PAM registers 0) are passed to a
+/// writable. PAM writes and resets (to the listener's [`PamListener::power_on`]
+/// values, all 0 by default) are passed to a
 /// [`PamListener`] that remaps 0xC0000–0xFFFFF; without one (direct kernel boot, no
 /// BIOS) they are only stored, and the area stays RAM. SMRAM is stored only.
 pub struct I440fxHost {
@@ -42,6 +50,11 @@ impl I440fxHost {
         let mut c = PciConfig::new(0x8086, 0x1237, 0x06_00_00, 0x02);
         for pam in PAM0..PAM0 + PAM_REGISTERS {
             c.set_writable(pam, 1, 0xff);
+        }
+        if let Some(listener) = &pam {
+            for (i, value) in listener.power_on().into_iter().enumerate() {
+                c.set_u8(PAM0 + i, value);
+            }
         }
         c.set_u8(0x72, 0x02); // SMRAM: default
         c.set_writable(0x72, 1, 0x78);

@@ -42,6 +42,8 @@
 
 #![deny(missing_docs)]
 
+pub mod boot_time;
+
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -71,6 +73,7 @@ TARGET=LEVEL    events of TARGET (a crate or module path, e.g. qmp, virtio_core:
                 vhost_user_export) at LEVEL or above
 trace:PATTERN   trace events whose target starts with PATTERN (a trailing * is allowed)
 off             nothing beyond warnings and errors (which are always printed)
+trace:boot_time when each start-up phase ended (CLOCK_MONOTONIC seconds)
 
 -D FILE writes the log to FILE instead of stderr (warnings and errors stay on stderr).
 Later items override earlier ones for the same target; VMM_LOG comes before -d.
@@ -299,13 +302,13 @@ fn open_log(path: &Path) -> Result<Mutex<File>, LogError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
 
     /// A writer that keeps what it gets.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
     impl io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -325,7 +328,7 @@ mod tests {
     }
 
     impl Captured {
-        fn text(&self) -> String {
+        pub(crate) fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
     }

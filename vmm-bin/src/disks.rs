@@ -17,8 +17,18 @@ use crate::cli::Config;
 pub(crate) use block_node::shutdown::SHUTDOWN_IO_DEADLINE;
 pub use block_node::shutdown::{drain, flush};
 
-/// The `-object iothread`s of `config`, started, in order.
-fn iothreads(config: &Config) -> Result<Vec<(String, Arc<IoThread>)>, String> {
+/// The `-object iothread`s of a command line, started, in order (their ids and threads).
+pub type Iothreads = Vec<(String, Arc<IoThread>)>;
+
+/// Starts the `-object iothread`s of `config`, in order. As QEMU creates them before
+/// the machine, `main` calls this before building the machine: each thread's start
+/// (its context, its io_uring) runs while the main thread sets KVM up, instead of the
+/// main thread waiting for it afterwards (issue 20).
+///
+/// # Errors
+///
+/// An unknown object type or property, a duplicate id, a thread that cannot start.
+pub fn iothreads(config: &Config) -> Result<Iothreads, String> {
     let mut threads: Vec<(String, Arc<IoThread>)> = Vec::new();
     for o in &config.objects {
         if o.qom_type != "iothread" {
@@ -48,15 +58,20 @@ fn iothreads(config: &Config) -> Result<Vec<(String, Arc<IoThread>)>, String> {
     Ok(threads)
 }
 
-/// Builds the iothreads, block nodes and devices of `config` on `runner`'s machine.
+/// Builds the block nodes and devices of `config` on `runner`'s machine, serving
+/// their queues from `iothreads` (what [`iothreads`] started for `config`).
 ///
 /// # Errors
 ///
-/// A message naming the bad option: an unknown object type, a drive that cannot be
-/// opened, a device whose drive does not exist or is used twice, ...
-pub fn attach(runner: &Runner, config: &Config) -> Result<Rc<Devices>, String> {
+/// A message naming the bad option: a drive that cannot be opened, a device whose
+/// drive does not exist or is used twice, ...
+pub fn attach(
+    runner: &Runner,
+    config: &Config,
+    iothreads: Iothreads,
+) -> Result<Rc<Devices>, String> {
     let devices = DevicesConfig {
-        iothreads: iothreads(config)?,
+        iothreads,
         blockdevs: config.blockdevs.clone(),
         drives: config.drives.clone(),
         devices: config.devices.clone(),

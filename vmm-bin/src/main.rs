@@ -23,6 +23,8 @@ fn fail(message: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
+    // Read before anything else: the end of the process-start phase (exec to main).
+    let entered = qemu_log::boot_time::monotonic_seconds();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("storage-daemon") {
         // qemu-storage-daemon has no -d/-D: its log is configured by VMM_LOG alone.
@@ -50,6 +52,8 @@ fn main() {
     if let Err(e) = qemu_log::init(PROGRAM, &config.log) {
         fail(e);
     }
+    qemu_log::boot_time::mark_at("main", entered);
+    qemu_log::boot_time::mark("cli");
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -71,11 +75,20 @@ fn main() {
     // the signals reach only the main loop's signalfd.
     let signals = TerminationSignals::block()
         .unwrap_or_else(|e| fail(format!("cannot set up signal handling: {e}")));
+    // Also before the first thread: RCU's one membarrier(REGISTER_PRIVATE_EXPEDITED)
+    // costs a kernel grace period (5 ms here) once the process has a second thread,
+    // microseconds while it has one.
+    rcu::uses_membarrier();
+    let iothreads = vmm_bin::disks::iothreads(&config).unwrap_or_else(|e| fail(e));
+    qemu_log::boot_time::mark("iothreads");
     let runner = Runner::new(&machine_config(&config)).unwrap_or_else(|e| fail(e));
-    let devices = vmm_bin::disks::attach(&runner, &config).unwrap_or_else(|e| fail(e));
+    qemu_log::boot_time::mark("machine");
+    let devices = vmm_bin::disks::attach(&runner, &config, iothreads).unwrap_or_else(|e| fail(e));
+    qemu_log::boot_time::mark("devices");
     let terminated = watch_signals(&runner, signals);
     let monitor = pc_devices::vm_monitor::attach(&runner, &monitor_config(&config), &devices)
         .unwrap_or_else(|e| fail(e));
+    qemu_log::boot_time::mark("monitor");
     // A signal during `-qmp ...,wait=on` ends the process without starting the guest.
     tracing::debug!(paused = config.start_paused, "machine built; running");
     let status = runner.run(config.start_paused || terminated.get());

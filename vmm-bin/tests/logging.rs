@@ -187,3 +187,54 @@ fn the_serial_console_carries_no_log_lines() {
         vm.stderr()
     );
 }
+
+/// Issue 20: `-d trace:boot_time` prints one mark per start-up phase, in order, with
+/// non-decreasing CLOCK_MONOTONIC times, from `main` to the guest's first serial byte
+/// reaching stdout; without it there is none.
+#[test]
+fn boot_time_marks_each_phase_in_order() {
+    let test = "boot_time_marks_each_phase_in_order";
+    let Some(vm) = common::seabios_until_reset(test, &["-d", "trace:boot_time"]) else {
+        return;
+    };
+    let stderr = vm.stderr();
+    let marks: Vec<(String, f64)> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("vmm-bin: trace: boot_time: "))
+        .map(|l| {
+            let (phase, t) = l.split_once(" t=").expect("PHASE t=SECONDS");
+            (phase.to_owned(), t.parse().expect("seconds"))
+        })
+        .collect();
+    let phases: Vec<&str> = marks.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "main",
+            "cli",
+            "iothreads",
+            "kvm",
+            "memory",
+            "firmware",
+            "platform",
+            "ide",
+            "vcpus",
+            "machine",
+            "devices",
+            "monitor",
+            "run",
+            "first-kvm-run",
+            "first-exit",
+            "first-serial-byte",
+            "first-serial-write"
+        ],
+        "{stderr}"
+    );
+    assert!(
+        marks.windows(2).all(|w| w[0].1 <= w[1].1),
+        "times go backwards: {marks:?}"
+    );
+
+    let quiet = common::seabios_until_reset(test, &[]).expect("probed above");
+    assert!(!quiet.stderr().contains("boot_time"), "{}", quiet.stderr());
+}

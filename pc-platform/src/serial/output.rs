@@ -105,6 +105,9 @@ pub struct SerialOutput {
     flush_bh: OnceLock<Bh>,
     /// Main-loop side: the writer and its progress.
     flusher: Mutex<Option<Flusher>>,
+    /// The boot-time marks of the guest's first byte and of its write to stdout.
+    first_byte: qemu_log::boot_time::Once,
+    first_write: qemu_log::boot_time::Once,
 }
 
 #[derive(Default)]
@@ -135,12 +138,15 @@ impl SerialOutput {
             state: Mutex::new(Pending::default()),
             flush_bh: OnceLock::new(),
             flusher: Mutex::new(None),
+            first_byte: qemu_log::boot_time::Once::new(),
+            first_write: qemu_log::boot_time::Once::new(),
         })
     }
 
     /// Appends the guest's bytes; never waits for I/O. What does not fit is dropped
     /// and counted.
     pub fn push(&self, bytes: &[u8]) {
+        self.first_byte.mark("first-serial-byte");
         let mut st = lock(&self.state);
         if st.broken {
             return;
@@ -222,6 +228,7 @@ impl SerialOutput {
             let result = f.writer.write(st.bytes.as_slices().0);
             match result {
                 Ok(n) => {
+                    self.first_write.mark("first-serial-write");
                     st.bytes.drain(..n);
                 }
                 Err(Errno::EINTR) => {}
