@@ -7,8 +7,9 @@ use std::rc::Rc;
 use serde_json::{Value, json};
 
 use crate::commands::{Commands, no_arguments};
+use crate::json;
 use crate::lexer::{Frame, Framer};
-use crate::protocol::{QmpError, Version};
+use crate::protocol::{QmpError, Version, take_id};
 use crate::session::{self, Session};
 
 /// The largest message the fuzzed framer takes (small, so the bound is reached).
@@ -49,17 +50,31 @@ fn dummy_table() -> Commands {
     commands
 }
 
-/// Checks one reply: a single JSON object on one `\r\n`-terminated line.
-fn check_reply(line: &[u8]) {
+/// The `id` of a request frame that reads as a JSON object with one.
+fn request_id(frame: &Frame) -> Option<Value> {
+    match frame {
+        Frame::Json(text) => take_id(&mut json::parse(text).ok()?),
+        _ => None,
+    }
+}
+
+/// Checks one reply: a single JSON object on one `\r\n`-terminated line, carrying
+/// the request's `id` when it had one (QEMU echoes it whatever the outcome).
+fn check_reply(line: &[u8], id: Option<Value>) {
     let body = line.strip_suffix(b"\r\n");
     assert!(body.is_some(), "reply without CRLF: {line:?}");
     let body = body.unwrap_or_default();
     assert!(!body.contains(&b'\n'), "reply spans lines: {line:?}");
     let parsed = serde_json::from_slice::<Value>(body);
-    assert!(
-        matches!(parsed, Ok(Value::Object(_))),
-        "reply is not a JSON object: {line:?}"
-    );
+    let Ok(Value::Object(mut reply)) = parsed else {
+        panic!("reply is not a JSON object: {line:?}");
+    };
+    if let Some(id) = id {
+        // Compared as the server prints it: the reply is that text read back.
+        let printed = json::to_string(&id);
+        let expected = serde_json::from_str::<Value>(&printed).ok();
+        assert_eq!(reply.remove("id"), expected, "id not echoed: {line:?}");
+    }
 }
 
 /// Feeds `data` through the framer and dispatch of two connections (one fresh, one
@@ -77,8 +92,16 @@ pub fn fuzz_feed(data: &[u8]) {
 /// [`fuzz_feed`], returning how many frames were answered and how many of the answers
 /// were a `return` (the test checks that random input gets that far).
 fn feed_counting(data: &[u8]) -> (usize, usize) {
+    // The table holds no state between calls (its commands only read), so it is built
+    // once per thread: building it cost more than feeding a short input.
+    thread_local! {
+        static COMMANDS: Commands = dummy_table();
+    }
+    COMMANDS.with(|commands| feed_with(commands, data))
+}
+
+fn feed_with(commands: &Commands, data: &[u8]) -> (usize, usize) {
     let (mut answered, mut returned) = (0, 0);
-    let commands = dummy_table();
     let split = data
         .first()
         .map_or(0, |&b| usize::from(b) % (data.len() + 1));
@@ -90,8 +113,9 @@ fn feed_counting(data: &[u8]) -> (usize, usize) {
             framer.feed(chunk, &mut frames);
             for frame in frames.drain(..) {
                 let too_long = matches!(frame, Frame::TooLong { .. });
-                let response = session.respond(&commands, frame);
-                check_reply(&response.line);
+                let id = request_id(&frame);
+                let response = session.respond(commands, frame);
+                check_reply(&response.line, id);
                 answered += 1;
                 returned += usize::from(response.line.starts_with(b"{\"return\""));
                 assert_eq!(response.disconnect, too_long);

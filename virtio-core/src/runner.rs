@@ -197,8 +197,16 @@ fn process<H: QueueHandler>(worker: &Rc<Worker<H>>) {
         let mem = worker.memory.memory();
         let _ = st.queue.disable_notification(&*mem);
         let mut chains = std::mem::take(&mut *worker.chains.borrow_mut());
+        let mut bad_head = None;
         while let Some(chain) = st.queue.pop_descriptor_chain(mem.clone()) {
             let head = chain.head_index();
+            if head >= st.queue.size() {
+                // virtio-queue pops an avail entry naming a descriptor past the table
+                // as an empty chain; QEMU's virtqueue_get_head calls the device broken
+                // ("Guest says index %u is available"), and so do we.
+                bad_head = Some(head);
+                break;
+            }
             let descs: smallvec::SmallVec<[Desc; 8]> = chain
                 .map(|d| Desc {
                     addr: d.addr().0,
@@ -207,6 +215,21 @@ fn process<H: QueueHandler>(worker: &Rc<Worker<H>>) {
                 })
                 .collect();
             chains.push((head, worker.handler.parse(&mem, &descs)));
+        }
+        if let Some(head) = bad_head {
+            st.broken = true;
+            tracing::warn!(
+                "{}: queue {}: guest says descriptor {head} is available (queue size {}); queue stopped until reset",
+                worker.name,
+                worker.index,
+                st.queue.size()
+            );
+            drop(mem);
+            drop(st);
+            // The chains popped before the bad entry are well-formed: they run.
+            dispatch_all(worker, chains);
+            worker.interrupt.device_error();
+            return;
         }
         let more = st.queue.enable_notification(&*mem).unwrap_or(false);
         if more && chains.is_empty() {
@@ -240,14 +263,19 @@ fn process<H: QueueHandler>(worker: &Rc<Worker<H>>) {
         }
         drop(mem);
         drop(st);
-        for (head, req) in chains.drain(..) {
-            dispatch(worker, head, req);
-        }
-        *worker.chains.borrow_mut() = chains;
+        dispatch_all(worker, chains);
         if !more {
             return;
         }
     }
+}
+
+/// Starts the requests of one round, then keeps the vector (for its capacity).
+fn dispatch_all<H: QueueHandler>(worker: &Rc<Worker<H>>, mut chains: Vec<(u16, H::Request)>) {
+    for (head, req) in chains.drain(..) {
+        dispatch(worker, head, req);
+    }
+    *worker.chains.borrow_mut() = chains;
 }
 
 /// Starts one request, tracking it while it is in flight.

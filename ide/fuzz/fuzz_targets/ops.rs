@@ -5,6 +5,7 @@
 //! channel still answers IDENTIFY.
 
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use aio_context::AioContext;
@@ -47,41 +48,91 @@ impl Input<'_> {
     }
 }
 
+/// The disk image's size and fill byte, and the CD image's (read-only: never changes).
+const DISK: (usize, u8) = (64 * 1024, 0x11);
+const ISO: (usize, u8) = (32 * 2048, 0x22);
+/// Guest RAM: one block at 0 (PRD entries land anywhere in its first 512 KiB).
+const RAM_SIZE: usize = 1 << 20;
+
+/// What every run shares, set up once per thread (an io_uring context, the image files
+/// and guest RAM cost more to create than a run costs): each run starts from the same
+/// state, which [`Shared::reset`] restores and checks.
+struct Shared {
+    ctx: AioContext,
+    disk: tempfile::NamedTempFile,
+    iso: tempfile::NamedTempFile,
+    ram: RamList,
+    zeros: Vec<u8>,
+}
+
+impl Shared {
+    fn new() -> Option<Shared> {
+        let ctx = AioContext::new().ok()?;
+        if !ctx.supports_io_uring_ops() {
+            return None;
+        }
+        let mut disk = tempfile::NamedTempFile::new().ok()?;
+        let mut iso = tempfile::NamedTempFile::new().ok()?;
+        disk.write_all(&[DISK.1; DISK.0]).ok()?;
+        iso.write_all(&[ISO.1; ISO.0]).ok()?;
+        let ram = RamList::new();
+        let block = RamBlock::new(
+            "ram",
+            GuestAddress(0),
+            RAM_SIZE as u64,
+            Backing::Anonymous { huge_pages: false },
+        )
+        .ok()?;
+        ram.add(block).ok()?;
+        Some(Shared {
+            ctx,
+            disk,
+            iso,
+            ram,
+            zeros: vec![0; RAM_SIZE],
+        })
+    }
+
+    /// Puts the disk image and guest RAM back as a fresh run finds them, and checks
+    /// that the last run left nothing behind (no I/O in flight, images intact).
+    fn reset(&self) {
+        assert_eq!(self.ctx.io_uring_ops_in_flight(), 0, "I/O left in flight");
+        let disk = self.disk.as_file();
+        disk.set_len(DISK.0 as u64).expect("the disk image resizes");
+        disk.write_all_at(&[DISK.1; DISK.0], 0)
+            .expect("the disk image rewrites");
+        let iso_len = self.iso.as_file().metadata().map(|m| m.len()).ok();
+        assert_eq!(iso_len, Some(ISO.0 as u64), "the read-only image changed");
+        self.ram
+            .memory()
+            .write_slice(&self.zeros, GuestAddress(0))
+            .expect("guest RAM is one block");
+    }
+}
+
 /// Runs `data` against a fresh controller. Returns false when the environment has no
 /// io_uring (nothing was checked).
 pub(crate) fn run(data: &[u8]) -> bool {
-    let Ok(ctx) = AioContext::new() else {
-        return false;
-    };
-    if !ctx.supports_io_uring_ops() {
-        return false;
+    thread_local! {
+        static SHARED: Option<Shared> = Shared::new();
     }
-    let Ok(mut disk) = tempfile::NamedTempFile::new() else {
-        return false;
-    };
-    let Ok(mut iso) = tempfile::NamedTempFile::new() else {
-        return false;
-    };
-    if disk.write_all(&[0x11; 64 * 1024]).is_err() || iso.write_all(&[0x22; 32 * 2048]).is_err() {
-        return false;
-    }
-    let ram = RamList::new();
-    let Ok(block) = RamBlock::new(
-        "ram",
-        GuestAddress(0),
-        1 << 20,
-        Backing::Anonymous { huge_pages: false },
-    ) else {
-        return false;
-    };
-    if ram.add(block).is_err() {
-        return false;
-    }
+    SHARED.with(|shared| shared.as_ref().is_some_and(|s| run_on(s, data)))
+}
+
+fn run_on(shared: &Shared, data: &[u8]) -> bool {
+    shared.reset();
+    let Shared {
+        ctx,
+        disk,
+        iso,
+        ram,
+        ..
+    } = shared;
     let (Some(d0), Some(c0), Some(c1), Some(spare)) = (
-        drive(&disk, "hd", false),
-        drive(&iso, "cd0", true),
-        drive(&iso, "cd1", true),
-        drive(&iso, "spare", true),
+        drive(disk, "hd", false),
+        drive(iso, "cd0", true),
+        drive(iso, "cd1", true),
+        drive(iso, "spare", true),
     ) else {
         return false;
     };
@@ -190,7 +241,7 @@ pub(crate) fn run(data: &[u8]) -> bool {
         }
     }
     // Drain what is in flight, then check that a reset disk answers IDENTIFY.
-    settle(&ctx);
+    settle(ctx);
     ctl[0].write(0, &[0x04]);
     ctl[0].write(0, &[0x00]);
     cmd[0].write(6, &[0xa0]);
@@ -205,7 +256,12 @@ pub(crate) fn run(data: &[u8]) -> bool {
     );
     // Finish in-flight I/O, so that nothing keeps this context's ring alive.
     ide.reset();
-    settle(&ctx);
+    settle(ctx);
+    assert_eq!(
+        ctx.io_uring_ops_in_flight(),
+        0,
+        "I/O in flight after a reset"
+    );
     true
 }
 

@@ -67,7 +67,8 @@ fn items() -> (Vec<(u16, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>) {
 
 /// The spec's view of the device.
 struct Model {
-    items: BTreeMap<u16, Vec<u8>>,
+    /// The items: read-only (fw_cfg has no writable items), shared by every run.
+    items: &'static BTreeMap<u16, Vec<u8>>,
     key: u16,
     offset: usize,
     dma_high: u64,
@@ -147,7 +148,7 @@ fn device(ram: &RamList, fixed: &[(u16, Vec<u8>)], files: &[(&str, Vec<u8>)]) ->
 }
 
 /// The device (built once: it has no writable items, so a reset and zeroed RAM give
-/// every run the same start) and a fresh model.
+/// every run the same start) and a fresh model over the shared items.
 fn setup() -> (&'static RamList, &'static Arc<FwCfg>, Model) {
     static DEVICE: OnceLock<Arc<FwCfg>> = OnceLock::new();
     let ram = fresh_ram();
@@ -157,7 +158,7 @@ fn setup() -> (&'static RamList, &'static Arc<FwCfg>, Model) {
     });
     cfg.reset();
     let model = Model {
-        items: fixture(ram).model.clone(),
+        items: &fixture(ram).model,
         key: 0,
         offset: 0,
         dma_high: 0,
@@ -192,7 +193,7 @@ fn dma(ram: &RamList, model: &mut Model, desc: u64, write: impl FnOnce()) {
     if control & dma_control::SELECT != 0 {
         model.select((control >> 16) as u16);
     }
-    let item = model.items.get(&model.key).cloned().unwrap_or_default();
+    let item: &[u8] = model.items.get(&model.key).map_or(&[], Vec::as_slice);
     let from_item = (item.len().saturating_sub(model.offset) as u64).min(length);
     let buffer_ok = all_ram(ram, address, length);
     let (error, read) = if control & dma_control::READ != 0 {
