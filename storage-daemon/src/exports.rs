@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use aio_context::{AioHandle, IoThread};
+use aio_context::{AioHandle, IoThread, PollParams};
 use block_node::{AttachOptions, Claim, NodeRegistry};
 use qmp::QmpEvents;
 use serde_json::json;
@@ -19,6 +19,25 @@ use virtio_blk::{BlkOptions, VirtioBlk};
 
 use super::scsi::ScsiExport;
 use super::{ExportAddr, ExportKind, ExportSpec};
+
+/// The busy polling of the thread an export gets when it names no `iothread`: none.
+/// qemu-storage-daemon serves such an export from its main loop, which does not poll;
+/// and where the frontend shares the host's CPUs, a polling export takes their time.
+/// Measured on a 2-CPU host (vhost-user-compare, 3 rounds, one run): 4k randread QD32
+/// on a disk file 68.0k IOPS polling vs 75.7k not, at 6.47 vs 5.65 us of CPU per I/O;
+/// on tmpfs 261k vs 279k. An `--object iothread` (which polls, as QEMU's iothreads do)
+/// named by `iothread=` gives an export polling.
+const OWN_THREAD_POLL: PollParams = PollParams {
+    max_ns: 0,
+    ..PollParams::IOTHREAD
+};
+
+/// The thread of an export that names no `iothread`.
+fn own_thread(export: &str) -> std::io::Result<IoThread> {
+    let thread = IoThread::spawn(&format!("export-{export}"))?;
+    thread.set_poll_params(OWN_THREAD_POLL);
+    Ok(thread)
+}
 
 /// One export, as the table holds it.
 pub(crate) struct Export {
@@ -134,9 +153,7 @@ impl Daemon {
                 .get(id)
                 .cloned()
                 .ok_or_else(|| format!("iothread \"{id}\" not found"))?,
-            None => Arc::new(
-                IoThread::spawn(&format!("export-{}", spec.id)).map_err(|e| e.to_string())?,
-            ),
+            None => Arc::new(own_thread(&spec.id).map_err(|e| e.to_string())?),
         };
         let how = AttachOptions {
             device: Some(spec.id.clone()),
@@ -289,5 +306,17 @@ pub(crate) fn socket_path(addr: &ExportAddr) -> Option<PathBuf> {
     match addr {
         ExportAddr::Unix(p) => Some(p.clone()),
         ExportAddr::Fd(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_s_own_thread_does_not_busy_poll() {
+        let thread = own_thread("exp0").unwrap();
+        assert_eq!(thread.name(), "export-exp0");
+        assert_eq!(thread.poll_params().max_ns, 0);
     }
 }
