@@ -73,6 +73,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "fstatfs and fcntl on a real file: miri's isolation refuses them"
+    )]
     fn tmpfs_and_buffered_files_are_memory_copies() {
         let shm = std::path::Path::new("/dev/shm");
         if !shm.is_dir() {
