@@ -241,23 +241,40 @@ fn wait_for_message(sock: RawFd, faults: &FaultReport) -> bool {
     }
 }
 
-/// Refuses the next message if it carries more fds than the protocol library
-/// receives: it would drop them with the message's first bytes, after which it waits
-/// for bytes that never come (the connection hangs). Looks with `MSG_PEEK` (which
-/// receives copies of the fds: they are closed at once) and consumes nothing. A frontend
-/// that attaches fds to a later segment of a message is not seen here.
+/// The size of a vhost-user message header: request code, flags, payload size.
+const HEADER_LEN: usize = 12;
+
+/// How long [`check_fds`] waits between looks at a header that has only partly
+/// arrived.
+const PARTIAL_HEADER_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Refuses the next message if its header arrives with more fds than the protocol
+/// library receives, or split after the fds it carries. Looks with `MSG_PEEK` (which
+/// receives copies of the fds: they are closed at once) and consumes nothing.
+///
+/// Why: the library reads a header with `recvmsg` calls that take at most
+/// `MAX_ATTACHED_FD_ENTRIES` fds, and a read that gets more (`MSG_CTRUNC`) fails with
+/// `ENOBUFS`, which it retries as a temporary error after the kernel has consumed that
+/// read's bytes: the header's bytes are lost, and the next bytes are parsed as a
+/// header (the stream is out of step; fuzzing found it with 40 fds on the second
+/// segment of a header). A peek of the whole header crosses the same segments as that
+/// read (both stop after the first segment that carries fds), so it sees those fds.
+/// A header that ends past a segment with fds is refused, since the library's next
+/// read could meet more. A header that has only partly arrived (no fds yet) is looked
+/// at again every [`PARTIAL_HEADER_WAIT`] until it is whole or the frontend hangs up.
+/// Fds attached to a payload are the library's to refuse (its payload reads take
+/// none: the message fails, and the connection closes).
 ///
 /// The copy of the one fd of a `SET_BACKEND_REQ_FD` is kept and returned: it is the
 /// backend channel (`channel.rs`).
 fn check_fds(sock: RawFd) -> Result<Option<OwnedFd>, RefusedMessage> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    // Room for SCM_MAX_FD (253), the most one sendmsg can carry.
-    let mut space = nix::cmsg_space!([RawFd; 253]);
-    // The header's request code (the first of its three u32s).
-    let mut code = [0u8; 4];
-    let mut iov = [std::io::IoSliceMut::new(&mut code)];
-    let msg = loop {
-        match recvmsg::<()>(
+    loop {
+        // Room for SCM_MAX_FD (253), the most one sendmsg can carry.
+        let mut space = nix::cmsg_space!([RawFd; 253]);
+        let mut header = [0u8; HEADER_LEN];
+        let mut iov = [std::io::IoSliceMut::new(&mut header)];
+        let (bytes, truncated, mut fds) = match recvmsg::<()>(
             sock,
             &mut iov,
             Some(&mut space),
@@ -266,28 +283,64 @@ fn check_fds(sock: RawFd) -> Result<Option<OwnedFd>, RefusedMessage> {
             Err(nix::errno::Errno::EINTR) => continue,
             // End of file and socket errors: the protocol library reports them.
             Err(_) => return Ok(None),
-            Ok(msg) => break msg,
+            Ok(msg) => {
+                let mut fds: Vec<OwnedFd> = Vec::new();
+                for cmsg in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(received) = cmsg {
+                        // SAFETY: recvmsg just installed each fd in this process for us
+                        // alone; owning it closes it.
+                        fds.extend(
+                            received
+                                .into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+                (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC), fds)
+            }
+        };
+        let count = fds.len();
+        if truncated || count > MAX_ATTACHED_FD_ENTRIES {
+            return Err(RefusedMessage::TooManyFds { count, truncated });
         }
-    };
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for cmsg in msg.cmsgs().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(received) = cmsg {
-            // SAFETY: recvmsg just installed each fd in this process for us alone;
-            // owning it closes it.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+        if bytes == 0 {
+            // End of file: the library reports it.
+            return Ok(None);
         }
+        if bytes < HEADER_LEN {
+            if count > 0 {
+                return Err(RefusedMessage::SplitHeader { bytes, count });
+            }
+            if peer_hung_up(sock) {
+                // Nothing more will come: the library reads the partial header.
+                return Ok(None);
+            }
+            std::thread::sleep(PARTIAL_HEADER_WAIT);
+            continue;
+        }
+        let code = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let backend_channel = code == SET_BACKEND_REQ_FD && count == 1;
+        return Ok(backend_channel.then(|| fds.remove(0)));
     }
-    let (count, truncated) = (fds.len(), msg.flags.contains(MsgFlags::MSG_CTRUNC));
-    if truncated || count > MAX_ATTACHED_FD_ENTRIES {
-        return Err(RefusedMessage::TooManyFds { count, truncated });
+}
+
+/// Whether the frontend has shut down its end of `sock` (or the socket was shut down
+/// here, by [`ExportServer::shut_down`]).
+fn peer_hung_up(sock: RawFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // SAFETY: `sock` is the connection's socket, open for this whole call (the handler
+    // that owns it outlives the call).
+    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+    // nix has no name for Linux's POLLRDHUP (the peer shut down its writing side).
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(sock, rdhup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
+        // A socket that cannot be polled cannot be read either: let the library fail.
+        Err(_) => true,
     }
-    let backend_channel =
-        msg.bytes == code.len() && u32::from_le_bytes(code) == SET_BACKEND_REQ_FD && count == 1;
-    Ok(backend_channel.then(|| fds.remove(0)))
 }
 
 /// Why the server refuses a frontend's next message (and closes its connection).
@@ -300,6 +353,10 @@ enum RefusedMessage {
         over = if *truncated { "over " } else { "" }
     )]
     TooManyFds { count: usize, truncated: bool },
+    /// The header's first `bytes` bytes came with `count` fds and the rest of it
+    /// later: the library would read the rest with a call that may take more fds.
+    #[error("a message header is split after its first {bytes} bytes and their {count} fd(s)")]
+    SplitHeader { bytes: usize, count: usize },
 }
 
 /// Binds and serves forever on the calling thread.

@@ -209,6 +209,119 @@ fn too_many_fds_close_the_connection() {
     export.check_serves(0);
 }
 
+/// Found by fuzzing (`messages`): a header whose first 8 bytes the export had read
+/// when its last 4 came, in a segment of their own with 40 fds. The protocol library's
+/// read of those 4 bytes failed with ENOBUFS (fds truncated) after the kernel had
+/// consumed them, and it retried as if nothing had been read: the next bytes finished
+/// the header, and the export answered a request that was never sent as such. The
+/// server now waits until the whole header is there, peeks at it with its fds, and
+/// refuses it: the connection closes, unanswered, with a logged error.
+///
+/// The frontend sends the header's last 4 bytes only once the export has consumed the
+/// first 8 (the socket's unread bytes, `SIOCOUTQ`, drop to zero), or after 2 s: the
+/// fixed export never consumes a partial header.
+#[test]
+fn too_many_fds_on_a_header_s_second_segment_close_the_connection() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (_, mut export) = Export::scratch("hostile-split-fds", 1, "");
+    let f = Frontend::connect(&export.sock, &Options::default()).unwrap();
+    let fd = f.mem().fd().as_raw_fd();
+    let code = u32::from(vhost::vhost_user::message::FrontendReq::GET_FEATURES);
+    let mut header = Vec::new();
+    header.extend_from_slice(&code.to_le_bytes());
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    f.send_segment(&header[..8], &[]).unwrap();
+    let unread = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int, `n`, which outlives the call.
+        let rc = unsafe { libc::ioctl(f.socket().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+        n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while unread() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    f.send_segment(&header[8..], &[fd; 40]).unwrap();
+    // What the old export read as the rest of the header (a size of 0), then a whole
+    // GET_FEATURES: it answered both.
+    f.send_segment(&0u32.to_le_bytes(), &[]).unwrap();
+    f.send_segment(&header, &[]).unwrap();
+    let mut sock = f.socket().try_clone().unwrap();
+    let mut answered = Vec::new();
+    let end = sock.read_to_end(&mut answered);
+    assert!(
+        answered.is_empty(),
+        "the export answered {} bytes after losing a header with 40 fds",
+        answered.len()
+    );
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection stayed open after a header with 40 fds: {end:?}"
+    );
+    assert!(export.wait_log("more than the 32 supported", TIMEOUT));
+    assert!(export.alive());
+    export.check_serves(0);
+}
+
+/// A header split after a first segment that carries fds is refused: the library's
+/// read of the rest could meet more fds than it takes (the test above).
+#[test]
+fn a_header_split_after_its_fds_closes_the_connection() {
+    use std::os::fd::AsRawFd;
+    let (_, mut export) = Export::scratch("hostile-split-header", 1, "");
+    let mut f = Frontend::connect(&export.sock, &Options::default()).unwrap();
+    f.negotiate().unwrap();
+    let fd = f.mem().fd().as_raw_fd();
+    let mut header = Vec::new();
+    header.extend_from_slice(
+        &u32::from(vhost::vhost_user::message::FrontendReq::GET_FEATURES).to_le_bytes(),
+    );
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    f.send_segment(&header[..8], &[fd]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // The export may have refused the first part already (then this fails: EPIPE).
+    let _ = f.send_segment(&header[8..], &[]);
+    assert!(
+        f.closed_within(TIMEOUT),
+        "a header split after its fds was served"
+    );
+    assert!(export.wait_log("split after its first 8 bytes and their 1 fd(s)", TIMEOUT));
+    assert!(export.alive());
+    export.check_serves(0);
+}
+
+/// A header that arrives in pieces without fds is still served (a slow frontend):
+/// the server waits for the whole header before it lets the library read.
+#[test]
+fn a_header_in_pieces_without_fds_is_served() {
+    let (_, export) = Export::scratch("hostile-slow-header", 1, "");
+    let mut f = Frontend::connect(&export.sock, &Options::default()).unwrap();
+    f.negotiate().unwrap();
+    let code = vhost::vhost_user::message::FrontendReq::GET_FEATURES;
+    let mut header = Vec::new();
+    header.extend_from_slice(&u32::from(code).to_le_bytes());
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    for piece in header.chunks(5) {
+        f.send_segment(piece, &[]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let features = f.recv_reply(code).unwrap();
+    assert_eq!(features.len(), 8);
+    assert_eq!(
+        u64::from_le_bytes(features.try_into().unwrap()),
+        f.get_features().unwrap()
+    );
+    drop(export);
+}
+
 /// Issue 14 section 4: a write whose chain is longer than one submission (1024
 /// iovecs) and whose last buffer lies outside guest memory returned IOERR after its
 /// first part had reached the image. The whole chain is checked before any I/O: IOERR

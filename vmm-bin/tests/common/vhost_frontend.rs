@@ -427,7 +427,13 @@ impl Frontend {
         msg.extend_from_slice(&flags.to_le_bytes());
         msg.extend_from_slice(&size.to_le_bytes());
         msg.extend_from_slice(payload);
-        let iov = [io::IoSlice::new(&msg)];
+        self.send_segment(&msg, fds)
+    }
+
+    /// Sends `bytes` in one `sendmsg` with `fds` attached, whatever message boundaries
+    /// they cross (a part of a message, or several).
+    pub(crate) fn send_segment(&self, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        let iov = [io::IoSlice::new(bytes)];
         let rights = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         let n = sendmsg::<()>(
@@ -437,8 +443,8 @@ impl Frontend {
             MsgFlags::MSG_NOSIGNAL,
             None,
         )?;
-        if n != msg.len() {
-            return Err(other(format!("short send: {n} of {}", msg.len())));
+        if n != bytes.len() {
+            return Err(other(format!("short send: {n} of {}", bytes.len())));
         }
         Ok(())
     }
