@@ -209,6 +209,12 @@ fn too_many_fds_close_the_connection() {
     export.check_serves(0);
 }
 
+/// A `GET_FEATURES` header (version 1, no payload), to be sent in pieces.
+fn get_features_header() -> Vec<u8> {
+    let code = u32::from(vhost::vhost_user::message::FrontendReq::GET_FEATURES);
+    [code, 1, 0].iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
 /// Found by fuzzing (`messages`): a header whose first 8 bytes the export had read
 /// when its last 4 came, in a segment of their own with 40 fds. The protocol library's
 /// read of those 4 bytes failed with ENOBUFS (fds truncated) after the kernel had
@@ -227,11 +233,7 @@ fn too_many_fds_on_a_header_s_second_segment_close_the_connection() {
     let (_, mut export) = Export::scratch("hostile-split-fds", 1, "");
     let f = Frontend::connect(&export.sock, &Options::default()).unwrap();
     let fd = f.mem().fd().as_raw_fd();
-    let code = u32::from(vhost::vhost_user::message::FrontendReq::GET_FEATURES);
-    let mut header = Vec::new();
-    header.extend_from_slice(&code.to_le_bytes());
-    header.extend_from_slice(&1u32.to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes());
+    let header = get_features_header();
     f.send_segment(&header[..8], &[]).unwrap();
     let unread = || {
         let mut n: libc::c_int = 0;
@@ -278,12 +280,7 @@ fn a_header_split_after_its_fds_closes_the_connection() {
     let mut f = Frontend::connect(&export.sock, &Options::default()).unwrap();
     f.negotiate().unwrap();
     let fd = f.mem().fd().as_raw_fd();
-    let mut header = Vec::new();
-    header.extend_from_slice(
-        &u32::from(vhost::vhost_user::message::FrontendReq::GET_FEATURES).to_le_bytes(),
-    );
-    header.extend_from_slice(&1u32.to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes());
+    let header = get_features_header();
     f.send_segment(&header[..8], &[fd]).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     // The export may have refused the first part already (then this fails: EPIPE).
@@ -305,10 +302,7 @@ fn a_header_in_pieces_without_fds_is_served() {
     let mut f = Frontend::connect(&export.sock, &Options::default()).unwrap();
     f.negotiate().unwrap();
     let code = vhost::vhost_user::message::FrontendReq::GET_FEATURES;
-    let mut header = Vec::new();
-    header.extend_from_slice(&u32::from(code).to_le_bytes());
-    header.extend_from_slice(&1u32.to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes());
+    let header = get_features_header();
     for piece in header.chunks(5) {
         f.send_segment(piece, &[]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
