@@ -327,20 +327,18 @@ fn check_fds(sock: RawFd) -> Result<Option<OwnedFd>, RefusedMessage> {
 /// Whether the frontend has shut down its end of `sock` (or the socket was shut down
 /// here, by [`ExportServer::shut_down`]).
 fn peer_hung_up(sock: RawFd) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    // SAFETY: `sock` is the connection's socket, open for this whole call (the handler
-    // that owns it outlives the call).
-    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
-    // nix has no name for Linux's POLLRDHUP (the peer shut down its writing side).
-    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-    let mut fds = [PollFd::new(sock, rdhup)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
-        // A socket that cannot be polled cannot be read either: let the library fail.
-        Err(_) => true,
-    }
+    // libc, not nix: nix's `PollFlags` has no POLLRDHUP (the peer shut down its
+    // writing side), and its `revents()` reads a set with an unknown bit as none.
+    let mut fd = libc::pollfd {
+        fd: sock,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one initialized pollfd, the count 1, no wait; `sock` is the connection's
+    // socket, open for this whole call.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    // A socket that cannot be polled cannot be read either: let the library fail.
+    n < 0 || fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Why the server refuses a frontend's next message (and closes its connection).

@@ -294,6 +294,27 @@ fn a_header_split_after_its_fds_closes_the_connection() {
     export.check_serves(0);
 }
 
+/// Found by fuzzing (`messages`), in the fix above: a frontend that sent part of a header
+/// and then shut down its writing side hung the export's connection. The wait for the
+/// rest of the header asked nix's `poll` for POLLRDHUP, which nix has no name for: its
+/// `revents()` read the answer as "nothing", so the export waited for bytes that could
+/// not come. Now it sees the hang-up, the library reads the partial header, and the
+/// connection closes.
+#[test]
+fn part_of_a_header_then_a_hang_up_closes_the_connection() {
+    let (_, mut export) = Export::scratch("hostile-partial-header", 1, "");
+    let mut f = Frontend::connect(&export.sock, &Options::default()).unwrap();
+    f.negotiate().unwrap();
+    f.send_segment(&get_features_header()[..1], &[]).unwrap();
+    f.socket().shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        f.closed_within(TIMEOUT),
+        "the export waits for the rest of a header after the frontend hung up"
+    );
+    assert!(export.alive());
+    export.check_serves(0);
+}
+
 /// A header that arrives in pieces without fds is still served (a slow frontend):
 /// the server waits for the whole header before it lets the library read.
 #[test]
