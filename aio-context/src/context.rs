@@ -465,6 +465,43 @@ impl AioContext {
         self.inner.fdmon.borrow().supports_opcode(opcode)
     }
 
+    /// The index of the io_uring registered buffer ("fixed buffer") of this context's
+    /// ring that holds `[ptr, ptr + len)`, for `READ_FIXED` / `WRITE_FIXED` (and the
+    /// vectored `READV_FIXED` / `WRITEV_FIXED`, all of whose iovecs must lie in it).
+    ///
+    /// The buffer is `owner`'s whole region `[base, base + size)`, registered (pinned)
+    /// on the first call for that owner, in slots of at most 1 GiB; a range across a
+    /// 1 GiB boundary of the region gets `None`, as do a ring-less context, a kernel or
+    /// `RLIMIT_MEMLOCK` that refuses the region (remembered per owner, logged once) and
+    /// a full table: the caller then submits the plain opcode. The ring keeps a counted
+    /// reference to `owner` while the region is registered, and unregisters regions
+    /// that nothing else holds when it registers the next one or closes.
+    ///
+    /// # Safety
+    ///
+    /// `[base, base + size)` must be mapped, readable and writable memory for as long as
+    /// `owner` lives (its pages are pinned and written by the kernel for later ops), and
+    /// every call with the same `owner` must name the same region.
+    pub unsafe fn fixed_buffer<T: std::any::Any + Send + Sync>(
+        &self,
+        owner: &std::sync::Arc<T>,
+        base: *mut u8,
+        size: usize,
+        ptr: *const u8,
+        len: usize,
+    ) -> Option<u16> {
+        let region = crate::fdmon::Region {
+            key: std::sync::Arc::as_ptr(owner).cast(),
+            owner: &|| owner.clone(),
+            base,
+            size,
+        };
+        self.inner
+            .fdmon
+            .borrow_mut()
+            .fixed_buffer(&region, ptr, len)
+    }
+
     /// Whether io_uring operations can be submitted.
     pub fn supports_io_uring_ops(&self) -> bool {
         self.inner.fdmon.borrow().supports_ops()

@@ -43,6 +43,8 @@ mod context;
 mod event_notifier;
 #[cfg(not(loom))]
 mod fdmon;
+#[cfg(all(test, not(loom)))]
+mod fixed_buffer_tests;
 #[cfg(not(loom))]
 mod handlers;
 #[cfg(not(loom))]

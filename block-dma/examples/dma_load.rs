@@ -12,6 +12,9 @@
 //! - `--raw`: [`BlockBackend::submit`] with [`BlockOp::Read`]/[`BlockOp::Write`] on
 //!   buffers of our own, without the DMA layer, so its cost shows as the difference.
 //!
+//! `--registered` sets `FileOptions::registered_buffers`: guest RAM through io_uring
+//! registered buffers (`READ_FIXED`/`WRITE_FIXED`).
+//!
 //! ```text
 //! cargo run --release -p block-dma --example dma_load -- \
 //!     --file target/bench.img --rw randread --bs 4096 --iodepth 32 --runtime 5 --direct
@@ -32,7 +35,7 @@ use ram_block::{Backing, RamBlock, RamList};
 use vm_memory::GuestAddress;
 
 const USAGE: &str = "usage: dma_load --file PATH --rw randread|randwrite|read|write \
---bs BYTES --iodepth N --runtime SECS [--size BYTES] [--direct] [--raw]";
+--bs BYTES --iodepth N --runtime SECS [--size BYTES] [--direct] [--raw] [--registered]";
 
 /// The access pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +82,8 @@ struct Args {
     size: Option<u64>,
     direct: bool,
     raw: bool,
+    /// Guest RAM through io_uring registered buffers (`FileOptions::registered_buffers`).
+    registered: bool,
 }
 
 fn parse_u64(flag: &str, v: &str) -> Result<u64, String> {
@@ -88,7 +93,7 @@ fn parse_u64(flag: &str, v: &str) -> Result<u64, String> {
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut file, mut rw, mut bs, mut iodepth, mut runtime) = (None, None, None, None, None);
-    let (mut size, mut direct, mut raw) = (None, false, false);
+    let (mut size, mut direct, mut raw, mut registered) = (None, false, false, false);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -109,6 +114,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--size" => size = Some(parse_u64("--size", &value()?)?),
             "--direct" => direct = true,
             "--raw" => raw = true,
+            "--registered" => registered = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
@@ -133,6 +139,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         size,
         direct,
         raw,
+        registered,
     })
 }
 
@@ -295,7 +302,9 @@ fn run(args: Args) -> Result<(), String> {
     if !ctx.supports_io_uring_ops() {
         return Err("io_uring operations are not available on this kernel".into());
     }
-    let options = FileOptions::new(&args.file).direct(args.direct);
+    let options = FileOptions::new(&args.file)
+        .direct(args.direct)
+        .registered_buffers(args.registered);
     let file = FileBackend::open(&options).map_err(|e| format!("{}: {e}", args.file))?;
     let info = file.info().clone();
     let size = args.size.unwrap_or(info.size);

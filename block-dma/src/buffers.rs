@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 /// What keeps one iovec's memory valid until the I/O completes.
 enum Keep {
     /// Guest RAM: a counted reference to its block (the mapping outlives a hot remove).
-    Ram(#[allow(dead_code, reason = "held, never read")] Arc<RamBlock>),
+    Ram(Arc<RamBlock>),
     /// A bounce buffer of map-client (MMIO).
     Bounce(BounceMapping),
     /// Memory of our own (an aligned bounce for O_DIRECT, a test buffer).
@@ -71,6 +71,17 @@ impl IoBuffers {
     /// Number of iovecs.
     pub fn count(&self) -> usize {
         self.iov.len()
+    }
+
+    /// The RAM block that every iovec lies in, if they are all guest RAM of one block
+    /// (what an io_uring registered buffer can cover: see `FileOptions::registered_buffers`).
+    pub fn single_ram_block(&self) -> Option<&Arc<RamBlock>> {
+        let mut keep = self.keep.iter();
+        let Some(Keep::Ram(first)) = keep.next() else {
+            return None;
+        };
+        keep.all(|k| matches!(k, Keep::Ram(b) if Arc::ptr_eq(b, first)))
+            .then_some(first)
     }
 
     /// Appends `len` bytes of `block` at host address `ptr`.

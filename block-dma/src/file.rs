@@ -50,6 +50,16 @@ pub struct FileOptions {
     pub direct: bool,
     /// The smallest acceptable size in bytes (at least one 512-byte sector).
     pub min_size: u64,
+    /// Read and write guest RAM through io_uring registered buffers: each RAM block is
+    /// registered (pinned) with the ring of the context that first does I/O into it,
+    /// once, and O_DIRECT requests then skip the per-request page pinning
+    /// (`READ_FIXED`/`WRITE_FIXED`; vectored requests need Linux 6.15). The cost: the
+    /// whole block is faulted in and pinned at its first I/O, counted against
+    /// `RLIMIT_MEMLOCK` (where that refuses it, I/O takes the plain path), and a removed
+    /// block's memory stays pinned until that ring registers another block. Off by
+    /// default; the environment variable `BLOCK_DMA_REGISTERED_BUFFERS=1` (or `0`)
+    /// overrides it. DESIGN.md, "Registered buffers", has the measurements.
+    pub registered_buffers: bool,
 }
 
 impl FileOptions {
@@ -60,6 +70,7 @@ impl FileOptions {
             read_only: false,
             direct: false,
             min_size: 512,
+            registered_buffers: false,
         }
     }
 
@@ -74,7 +85,16 @@ impl FileOptions {
         self.direct = direct;
         self
     }
+
+    /// Sets [`registered_buffers`](Self::registered_buffers).
+    pub fn registered_buffers(mut self, on: bool) -> Self {
+        self.registered_buffers = on;
+        self
+    }
 }
+
+/// Overrides [`FileOptions::registered_buffers`] for every image: `1` or `0`.
+pub(crate) const REGISTERED_BUFFERS_ENV: &str = "BLOCK_DMA_REGISTERED_BUFFERS";
 
 struct Files {
     /// The descriptor of the fast path (O_DIRECT if asked).
@@ -93,6 +113,8 @@ struct Files {
     /// Reads and writes of at least this many bytes go straight to io-wq workers
     /// (`copy_offload`; `u64::MAX`: none): on `main`, and on `buffered`.
     async_min: (u64, u64),
+    /// Guest RAM goes through registered buffers on `main`.
+    registered_buffers: bool,
 }
 
 /// A raw image on io_uring. Cheap to clone; in-flight operations keep the descriptors
@@ -115,6 +137,8 @@ impl std::fmt::Debug for FileBackend {
 struct Opcodes {
     rw_and_sync: bool,
     fallocate: bool,
+    /// `READV_FIXED` and `WRITEV_FIXED` (Linux 6.15).
+    vectored_fixed: bool,
 }
 
 fn opcodes() -> &'static Opcodes {
@@ -134,6 +158,9 @@ fn opcodes() -> &'static Opcodes {
                 .iter()
                 .all(|&c| probe.is_supported(c)),
             fallocate: ok && probe.is_supported(opcode::Fallocate::CODE),
+            vectored_fixed: ok
+                && probe.is_supported(opcode::ReadvFixed::CODE)
+                && probe.is_supported(opcode::WritevFixed::CODE),
         }
     })
 }
@@ -235,6 +262,11 @@ impl FileBackend {
             copy_offload::min_bytes(memory_copy, env.as_deref()),
             copy_offload::min_bytes(true, env.as_deref()),
         );
+        let registered_buffers = match std::env::var(REGISTERED_BUFFERS_ENV).as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => options.registered_buffers,
+        };
         Ok(FileBackend {
             files: Arc::new(Files {
                 main,
@@ -245,6 +277,7 @@ impl FileBackend {
                 drain: Arc::default(),
                 block_device,
                 async_min,
+                registered_buffers,
             }),
         })
     }
@@ -434,7 +467,7 @@ impl BlockBackend for FileBackend {
 /// Builds the SQE for the current stage of `op` and submits it; gives `op` back (boxed:
 /// the rare path pays for it, not every return) if it cannot be queued.
 fn submit(ctx: &AioContext, mut op: InFlight) -> Result<aio_context::OpId, (Box<InFlight>, Errno)> {
-    let entry = op.entry();
+    let entry = op.entry(ctx);
     let opts = OpOptions {
         force_async: op.force_async(),
     };
@@ -468,9 +501,22 @@ impl InFlight {
         }
     }
 
-    /// The SQE for what is left to do. Its pointers point at memory `self` owns outside
-    /// itself (see [`InFlight`]).
-    fn entry(&mut self) -> io_uring::squeue::Entry {
+    /// The registered buffer of `ctx`'s ring that holds `[ptr, ptr + len)`, all of it in
+    /// the guest RAM block of this request's buffers, where registered buffers are on.
+    fn fixed_buffer(&self, ctx: &AioContext, ptr: *const u8, len: usize) -> Option<u16> {
+        if !self.files.registered_buffers || !matches!(self.path, Path_::Direct) {
+            return None;
+        }
+        let block = self.bufs.as_ref()?.single_ram_block()?;
+        // SAFETY: a RAM block's mapping `[host_address, + size)` is readable and writable
+        // guest memory for as long as the block lives (ram-block's contract), and it is
+        // the same region on every call for that block.
+        unsafe { ctx.fixed_buffer(block, block.host_address(), block.size() as usize, ptr, len) }
+    }
+
+    /// The SQE for what is left to do, on `ctx`'s ring. Its pointers point at memory
+    /// `self` owns outside itself (see [`InFlight`]).
+    fn entry(&mut self, ctx: &AioContext) -> io_uring::squeue::Entry {
         let fd = types::Fd(self.fd());
         let offset = self.offset + self.done_bytes;
         match self.kind {
@@ -497,10 +543,18 @@ impl InFlight {
                 };
                 if let Some(v) = single.filter(|v| u32::try_from(v.iov_len).is_ok()) {
                     let (ptr, n) = (v.iov_base.cast::<u8>(), v.iov_len as u32);
-                    return if self.kind == OpKind::Read {
-                        opcode::Read::new(fd, ptr, n).offset(offset).build()
-                    } else {
-                        opcode::Write::new(fd, ptr, n).offset(offset).build()
+                    let fixed = self.fixed_buffer(ctx, ptr, v.iov_len);
+                    return match (self.kind, fixed) {
+                        (OpKind::Read, Some(index)) => opcode::ReadFixed::new(fd, ptr, n, index)
+                            .offset(offset)
+                            .build(),
+                        (OpKind::Read, None) => {
+                            opcode::Read::new(fd, ptr, n).offset(offset).build()
+                        }
+                        (_, Some(index)) => opcode::WriteFixed::new(fd, ptr, n, index)
+                            .offset(offset)
+                            .build(),
+                        (_, None) => opcode::Write::new(fd, ptr, n).offset(offset).build(),
                     };
                 }
                 self.iov.clear();
@@ -510,10 +564,20 @@ impl InFlight {
                     (None, None) => {}
                 }
                 let (ptr, n) = (self.iov.as_ptr(), self.iov.len() as u32);
-                if self.kind == OpKind::Read {
-                    opcode::Readv::new(fd, ptr, n).offset(offset).build()
-                } else {
-                    opcode::Writev::new(fd, ptr, n).offset(offset).build()
+                let fixed = opcodes()
+                    .vectored_fixed
+                    .then(|| span(&self.iov))
+                    .flatten()
+                    .and_then(|(lo, len)| self.fixed_buffer(ctx, lo, len));
+                match (self.kind, fixed) {
+                    (OpKind::Read, Some(index)) => opcode::ReadvFixed::new(fd, ptr, n, index)
+                        .offset(offset)
+                        .build(),
+                    (OpKind::Read, None) => opcode::Readv::new(fd, ptr, n).offset(offset).build(),
+                    (_, Some(index)) => opcode::WritevFixed::new(fd, ptr, n, index)
+                        .offset(offset)
+                        .build(),
+                    (_, None) => opcode::Writev::new(fd, ptr, n).offset(offset).build(),
                 }
             }
             OpKind::Flush => opcode::Fsync::new(fd)
@@ -613,6 +677,14 @@ impl InFlight {
             done(result, self.bufs.take());
         }
     }
+}
+
+/// The lowest address and the length up to the highest end of a non-empty `iov`: one
+/// range that a registered buffer must hold for a vectored fixed request.
+fn span(iov: &[libc::iovec]) -> Option<(*const u8, usize)> {
+    let lo = iov.iter().map(|v| v.iov_base as usize).min()?;
+    let hi = iov.iter().map(|v| v.iov_base as usize + v.iov_len).max()?;
+    Some((lo as *const u8, hi - lo))
 }
 
 /// Appends the iovecs of `iov` after skipping `skip` bytes to `out`.

@@ -14,6 +14,7 @@
 //! [`Completion`]s for the caller to run once the monitor is no longer borrowed.
 
 mod epoll;
+mod fixed;
 mod uring;
 
 use std::ffi::OsStr;
@@ -22,6 +23,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use epoll::EpollMonitor;
+pub(crate) use fixed::Region;
 use uring::{Ring, UringMonitor};
 
 /// Which kernel interface watches fds.
@@ -224,6 +226,21 @@ impl FdMonitor {
             Imp::Epoll(m) => m.ring_mut(),
         };
         ring.is_some_and(Ring::has_work)
+    }
+
+    /// The registered buffer of the operations ring that holds `[ptr, ptr + len)` of
+    /// `region`, registering the region on first use; `None` without a ring, or where the
+    /// kernel refuses it (see `fixed`).
+    pub(crate) fn fixed_buffer(
+        &mut self,
+        region: &Region<'_>,
+        ptr: *const u8,
+        len: usize,
+    ) -> Option<u16> {
+        match &mut self.imp {
+            Imp::Uring(m) => m.ring_mut().fixed_buffer(region, ptr, len),
+            Imp::Epoll(m) => m.ring_mut()?.fixed_buffer(region, ptr, len),
+        }
     }
 
     /// Cancels the op submitted as `user_data` if it is still in flight (see `Ring::cancel`).

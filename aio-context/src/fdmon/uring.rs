@@ -34,6 +34,7 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
+use super::fixed::{FixedBuffers, Region};
 use super::{Completion, Interest, Readiness, deadline, is_errno, remaining};
 
 /// Submission queue size (QEMU uses 128 too); the CQ is larger so bursts rarely overflow.
@@ -70,6 +71,9 @@ struct Op {
 /// An io_uring plus the callbacks of the operations in flight on it.
 pub(super) struct Ring {
     ring: IoUring,
+    /// Registered buffers and their owners; after `ring`, so the ring is closed before an
+    /// owner is dropped.
+    fixed: FixedBuffers,
     ops: Slab<Op>,
     generation: u32,
     /// `IORING_FEAT_EXT_ARG`: `io_uring_enter` takes a timeout.
@@ -183,6 +187,7 @@ impl Ring {
         }
         Ok(Ring {
             ring,
+            fixed: FixedBuffers::default(),
             ops: Slab::new(),
             generation: 0,
             ext_arg,
@@ -229,6 +234,17 @@ impl Ring {
 
     pub(super) fn submitter(&self) -> io_uring::Submitter<'_> {
         self.ring.submitter()
+    }
+
+    /// The registered buffer that holds `[ptr, ptr + len)` of `region` (see `fixed`).
+    pub(super) fn fixed_buffer(
+        &mut self,
+        region: &Region<'_>,
+        ptr: *const u8,
+        len: usize,
+    ) -> Option<u16> {
+        self.fixed
+            .slot_for(&self.ring.submitter(), region, ptr, len)
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -448,6 +464,15 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Gives up on ops the kernel may still run: their callbacks (and the buffers they
+    /// own) and the registered buffers' owners stay allocated and mapped forever.
+    fn leak(&mut self) {
+        mem::forget(mem::take(&mut self.ops));
+        mem::forget(mem::take(&mut self.fixed));
+    }
+}
+
 impl Drop for Ring {
     /// Closing the ring with ops in flight would let the kernel write to freed buffers: cancel
     /// every op and wait for all their CQEs, then drop the callbacks uncalled. Cancels are sent
@@ -466,15 +491,13 @@ impl Drop for Ring {
                     .user_data(UD_INTERNAL);
                 // SAFETY: an ASYNC_CANCEL references no memory.
                 if unsafe { self.push(&cancel) }.is_err() {
-                    return mem::forget(mem::take(&mut self.ops));
+                    return self.leak();
                 }
             }
             let until = deadline(Some(Duration::from_secs(1)));
             while !self.ops.is_empty() && remaining(until) != Some(Duration::ZERO) {
                 match self.enter(remaining(until)) {
-                    Err(e) if !is_errno(&e, libc::EINTR) => {
-                        return mem::forget(mem::take(&mut self.ops));
-                    }
+                    Err(e) if !is_errno(&e, libc::EINTR) => return self.leak(),
                     _ => self.reap(&mut Vec::new(), |_, _| {}),
                 }
             }
