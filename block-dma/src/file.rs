@@ -501,13 +501,15 @@ impl InFlight {
         }
     }
 
-    /// The registered buffer of `ctx`'s ring that holds `[ptr, ptr + len)`, all of it in
-    /// the guest RAM block of this request's buffers, where registered buffers are on.
-    fn fixed_buffer(&self, ctx: &AioContext, ptr: *const u8, len: usize) -> Option<u16> {
+    /// The registered buffer of `ctx`'s ring that holds every iovec of `iov`, all of
+    /// them in the guest RAM block of this request's buffers, where registered buffers
+    /// are on (checked first: the plain path pays one branch).
+    fn fixed_buffer(&self, ctx: &AioContext, iov: &[libc::iovec]) -> Option<u16> {
         if !self.files.registered_buffers || !matches!(self.path, Path_::Direct) {
             return None;
         }
         let block = self.bufs.as_ref()?.single_ram_block()?;
+        let (ptr, len) = span(iov)?;
         // SAFETY: a RAM block's mapping `[host_address, + size)` is readable and writable
         // guest memory for as long as the block lives (ram-block's contract), and it is
         // the same region on every call for that block.
@@ -543,7 +545,7 @@ impl InFlight {
                 };
                 if let Some(v) = single.filter(|v| u32::try_from(v.iov_len).is_ok()) {
                     let (ptr, n) = (v.iov_base.cast::<u8>(), v.iov_len as u32);
-                    let fixed = self.fixed_buffer(ctx, ptr, v.iov_len);
+                    let fixed = self.fixed_buffer(ctx, &[v]);
                     return match (self.kind, fixed) {
                         (OpKind::Read, Some(index)) => opcode::ReadFixed::new(fd, ptr, n, index)
                             .offset(offset)
@@ -566,9 +568,8 @@ impl InFlight {
                 let (ptr, n) = (self.iov.as_ptr(), self.iov.len() as u32);
                 let fixed = opcodes()
                     .vectored_fixed
-                    .then(|| span(&self.iov))
-                    .flatten()
-                    .and_then(|(lo, len)| self.fixed_buffer(ctx, lo, len));
+                    .then(|| self.fixed_buffer(ctx, &self.iov))
+                    .flatten();
                 match (self.kind, fixed) {
                     (OpKind::Read, Some(index)) => opcode::ReadvFixed::new(fd, ptr, n, index)
                         .offset(offset)
@@ -679,8 +680,8 @@ impl InFlight {
     }
 }
 
-/// The lowest address and the length up to the highest end of a non-empty `iov`: one
-/// range that a registered buffer must hold for a vectored fixed request.
+/// The lowest address and the length up to the highest end of a non-empty `iov`: the
+/// range a registered buffer must hold for a fixed request.
 fn span(iov: &[libc::iovec]) -> Option<(*const u8, usize)> {
     let lo = iov.iter().map(|v| v.iov_base as usize).min()?;
     let hi = iov.iter().map(|v| v.iov_base as usize + v.iov_len).max()?;
