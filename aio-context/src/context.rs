@@ -164,6 +164,10 @@ pub struct OpOptions {
     /// once, where work punted after a failed inline attempt gets a new worker only when
     /// none is running. Costs a thread hand-off per operation.
     pub force_async: bool,
+    /// `IOSQE_FIXED_FILE`: the entry's fd is a slot of this context's table of
+    /// registered files ([`AioContext::fixed_file`]), not a descriptor. (The context
+    /// replaces an entry's SQE flags, so the flag is asked for here.)
+    pub fixed_file: bool,
 }
 
 /// Whether the calling thread has an io-wq worker: a kernel thread that runs its
@@ -442,8 +446,16 @@ impl AioContext {
             let e = io::Error::new(io::ErrorKind::Unsupported, "io_uring is not available");
             return Err((e, state));
         }
-        // SAFETY: forwarded to our caller's contract.
-        unsafe { fdmon.submit(entry, opts.force_async, state, on_complete) }.map(OpId)
+        let mut flags = io_uring::squeue::Flags::empty();
+        if opts.force_async {
+            flags |= io_uring::squeue::Flags::ASYNC;
+        }
+        if opts.fixed_file {
+            flags |= io_uring::squeue::Flags::FIXED_FILE;
+        }
+        // SAFETY: forwarded to our caller's contract (a fixed file's slot names a file
+        // the table keeps open while the op runs).
+        unsafe { fdmon.submit(entry, flags, state, on_complete) }.map(OpId)
     }
 
     /// Asks the kernel to cancel the operation `id` (`IORING_OP_ASYNC_CANCEL`). Its
@@ -500,6 +512,31 @@ impl AioContext {
             .fdmon
             .borrow_mut()
             .fixed_buffer(&region, ptr, len)
+    }
+
+    /// `file`'s slot in this context's io_uring table of registered files, registering
+    /// it on its first use here: an op on the file may then name the slot with
+    /// `IOSQE_FIXED_FILE` (the slot's file is `file` until `file` is dropped, and only
+    /// on this context's ring). `None` without io_uring ops, or where the kernel refuses
+    /// the registration (logged once per file; use the descriptor then).
+    pub fn fixed_file(&self, file: &crate::FixedFile) -> Option<u32> {
+        let slot = self.inner.fdmon.borrow_mut().fixed_file(file.shared())?;
+        if slot.new {
+            file.registered_on(self);
+        }
+        Some(slot.index)
+    }
+
+    /// Empties the ring's slots of registered files whose [`crate::FixedFile`] is gone.
+    pub(crate) fn release_dead_fixed_files(&self) {
+        self.inner.fdmon.borrow_mut().release_dead_fixed_files();
+    }
+
+    /// How many files this context's ring has registered (dead ones not yet released
+    /// included).
+    #[cfg(test)]
+    pub(crate) fn fixed_files(&self) -> usize {
+        self.inner.fdmon.borrow_mut().fixed_files()
     }
 
     /// Whether io_uring operations can be submitted.

@@ -46,6 +46,10 @@ mod fdmon;
 #[cfg(all(test, not(loom)))]
 mod fixed_buffer_tests;
 #[cfg(not(loom))]
+mod fixed_file;
+#[cfg(all(test, not(loom)))]
+mod fixed_file_tests;
+#[cfg(not(loom))]
 mod handlers;
 #[cfg(not(loom))]
 mod iothread;
@@ -73,6 +77,8 @@ pub use context::{
 pub use event_notifier::EventNotifier;
 #[cfg(not(loom))]
 pub use fdmon::Backend;
+#[cfg(not(loom))]
+pub use fixed_file::FixedFile;
 #[cfg(not(loom))]
 pub use iothread::IoThread;
 #[cfg(not(loom))]

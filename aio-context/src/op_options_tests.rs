@@ -65,7 +65,10 @@ fn check(backend: Backend) {
             .join()
             .unwrap()
     };
-    let forced = OpOptions { force_async: true };
+    let forced = OpOptions {
+        force_async: true,
+        ..OpOptions::default()
+    };
     if let Some(worker) = run(forced, Duration::from_secs(10)) {
         assert!(
             worker,

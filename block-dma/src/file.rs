@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use aio_context::{AioContext, OpOptions};
+use aio_context::{AioContext, FixedFile, OpOptions};
 use io_uring::{opcode, types};
 
 use crate::backend::{BackendInfo, BlockBackend, BlockOp, Done, OpKind, Ticket, check_op_sized};
@@ -60,6 +60,13 @@ pub struct FileOptions {
     /// default; the environment variable `BLOCK_DMA_REGISTERED_BUFFERS=1` (or `0`)
     /// overrides it. DESIGN.md, "Registered buffers", has the measurements.
     pub registered_buffers: bool,
+    /// Register the image's descriptors with the io_uring ring of each context that does
+    /// I/O on them (`IORING_REGISTER_FILES`), so requests skip the per-request
+    /// descriptor lookup (`fget`/`fput`). A dropped backend's file is closed in the
+    /// kernel at each such context's next iteration, not at once. On by default; the
+    /// environment variable `BLOCK_DMA_REGISTERED_FILES=0` (or `1`) overrides it.
+    /// DESIGN.md, "Registered files", has the measurements.
+    pub registered_files: bool,
 }
 
 impl FileOptions {
@@ -71,6 +78,7 @@ impl FileOptions {
             direct: false,
             min_size: 512,
             registered_buffers: false,
+            registered_files: true,
         }
     }
 
@@ -91,16 +99,34 @@ impl FileOptions {
         self.registered_buffers = on;
         self
     }
+
+    /// Sets [`registered_files`](Self::registered_files).
+    pub fn registered_files(mut self, on: bool) -> Self {
+        self.registered_files = on;
+        self
+    }
 }
 
 /// Overrides [`FileOptions::registered_buffers`] for every image: `1` or `0`.
 pub(crate) const REGISTERED_BUFFERS_ENV: &str = "BLOCK_DMA_REGISTERED_BUFFERS";
 
+/// Overrides [`FileOptions::registered_files`] for every image: `1` or `0`.
+pub(crate) const REGISTERED_FILES_ENV: &str = "BLOCK_DMA_REGISTERED_FILES";
+
+/// `options`' switch unless the environment variable `env` says `1` or `0`.
+fn switch(env: &str, option: bool) -> bool {
+    match std::env::var(env).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => option,
+    }
+}
+
 struct Files {
     /// The descriptor of the fast path (O_DIRECT if asked).
-    main: File,
+    main: FixedFile,
     /// With O_DIRECT: a buffered descriptor for unaligned requests.
-    buffered: Option<File>,
+    buffered: Option<FixedFile>,
     info: BackendInfo,
     /// The size now (`block_resize` changes it; see [`FileBackend::resize`]).
     size: AtomicU64,
@@ -115,6 +141,8 @@ struct Files {
     async_min: (u64, u64),
     /// Guest RAM goes through registered buffers on `main`.
     registered_buffers: bool,
+    /// The descriptors are registered with the rings that do I/O on them.
+    registered_files: bool,
 }
 
 /// A raw image on io_uring. Cheap to clone; in-flight operations keep the descriptors
@@ -262,15 +290,12 @@ impl FileBackend {
             copy_offload::min_bytes(memory_copy, env.as_deref()),
             copy_offload::min_bytes(true, env.as_deref()),
         );
-        let registered_buffers = match std::env::var(REGISTERED_BUFFERS_ENV).as_deref() {
-            Ok("1") => true,
-            Ok("0") => false,
-            _ => options.registered_buffers,
-        };
+        let registered_buffers = switch(REGISTERED_BUFFERS_ENV, options.registered_buffers);
+        let registered_files = switch(REGISTERED_FILES_ENV, options.registered_files);
         Ok(FileBackend {
             files: Arc::new(Files {
-                main,
-                buffered,
+                main: FixedFile::new(main),
+                buffered: buffered.map(FixedFile::new),
                 size: AtomicU64::new(info.size),
                 info,
                 resizing: Mutex::new(()),
@@ -278,6 +303,7 @@ impl FileBackend {
                 block_device,
                 async_min,
                 registered_buffers,
+                registered_files,
             }),
         })
     }
@@ -467,9 +493,11 @@ impl BlockBackend for FileBackend {
 /// Builds the SQE for the current stage of `op` and submits it; gives `op` back (boxed:
 /// the rare path pays for it, not every return) if it cannot be queued.
 fn submit(ctx: &AioContext, mut op: InFlight) -> Result<aio_context::OpId, (Box<InFlight>, Errno)> {
-    let entry = op.entry(ctx);
+    let (fd, fixed_file) = op.file(ctx);
+    let entry = op.entry(ctx, fd);
     let opts = OpOptions {
         force_async: op.force_async(),
+        fixed_file,
     };
     // SAFETY: every pointer in `entry` points into memory `op` owns outside itself (see
     // `InFlight`: `IoBuffers` keeps guest RAM mapped and bounce buffers alive, `AlignedBuf`s
@@ -494,11 +522,21 @@ impl InFlight {
         matches!(self.kind, OpKind::Read | OpKind::Write) && self.len - self.done_bytes >= min
     }
 
-    fn fd(&self) -> RawFd {
-        match (&self.path, &self.files.buffered) {
-            (Path_::Buffered, Some(b)) => b.as_raw_fd(),
-            _ => self.files.main.as_raw_fd(),
+    /// What the SQE names the file by: its slot in `ctx`'s table of registered files
+    /// (and `true`: `IOSQE_FIXED_FILE`) where registered files are on and the ring has
+    /// it, else its descriptor.
+    fn file(&self, ctx: &AioContext) -> (types::Fd, bool) {
+        let file = match (&self.path, &self.files.buffered) {
+            (Path_::Buffered, Some(b)) => b,
+            _ => &self.files.main,
+        };
+        if self.files.registered_files {
+            if let Some(slot) = ctx.fixed_file(file) {
+                // The table has 256 slots: the index fits.
+                return (types::Fd(slot as RawFd), true);
+            }
         }
+        (types::Fd(file.as_raw_fd()), false)
     }
 
     /// The registered buffer of `ctx`'s ring that holds every iovec of `iov`, all of
@@ -516,10 +554,10 @@ impl InFlight {
         unsafe { ctx.fixed_buffer(block, block.host_address(), block.size() as usize, ptr, len) }
     }
 
-    /// The SQE for what is left to do, on `ctx`'s ring. Its pointers point at memory
-    /// `self` owns outside itself (see [`InFlight`]).
-    fn entry(&mut self, ctx: &AioContext) -> io_uring::squeue::Entry {
-        let fd = types::Fd(self.fd());
+    /// The SQE for what is left to do on the file `fd` names (see [`InFlight::file`]),
+    /// on `ctx`'s ring. Its pointers point at memory `self` owns outside itself (see
+    /// [`InFlight`]).
+    fn entry(&mut self, ctx: &AioContext, fd: types::Fd) -> io_uring::squeue::Entry {
         let offset = self.offset + self.done_bytes;
         match self.kind {
             OpKind::Read | OpKind::Write => {

@@ -15,6 +15,7 @@
 
 mod epoll;
 mod fixed;
+mod fixed_files;
 mod uring;
 
 use std::ffi::OsStr;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use epoll::EpollMonitor;
 pub(crate) use fixed::Region;
+pub(crate) use fixed_files::Slot;
 use uring::{Ring, UringMonitor};
 
 /// Which kernel interface watches fds.
@@ -170,8 +172,9 @@ impl FdMonitor {
 
     /// Queues one io_uring operation; `callback(result)` comes back through [`wait`](Self::wait),
     /// which also submits it to the kernel. The entry's `user_data` is overwritten and its SQE
-    /// flags are cleared (no links, no `SKIP_SUCCESS`: one SQE, one CQE); `force_async` sets
-    /// `IOSQE_ASYNC` (the kernel runs the op in its io-wq workers). Fails with
+    /// flags are cleared (no links, no `SKIP_SUCCESS`: one SQE, one CQE) and replaced by
+    /// `flags` (`IOSQE_ASYNC`: the kernel runs the op in its io-wq workers;
+    /// `IOSQE_FIXED_FILE`: the fd is a registered file's slot). Fails with
     /// `Unsupported` without a ring.
     ///
     /// # Safety
@@ -184,7 +187,7 @@ impl FdMonitor {
     pub(crate) unsafe fn submit<T: 'static>(
         &mut self,
         entry: io_uring::squeue::Entry,
-        force_async: bool,
+        flags: io_uring::squeue::Flags,
         state: T,
         on_complete: fn(T, i32),
     ) -> Result<u64, (io::Error, T)> {
@@ -200,7 +203,7 @@ impl FdMonitor {
             return Err((e, state));
         };
         // SAFETY: the caller upholds the contract above, which is `Ring::submit_op`'s.
-        unsafe { ring.submit_op(entry, force_async, state, on_complete) }
+        unsafe { ring.submit_op(entry, flags, state, on_complete) }
     }
 
     /// Hands the operations queued so far to the kernel now, without waiting (one
@@ -240,6 +243,40 @@ impl FdMonitor {
         match &mut self.imp {
             Imp::Uring(m) => m.ring_mut().fixed_buffer(region, ptr, len),
             Imp::Epoll(m) => m.ring_mut()?.fixed_buffer(region, ptr, len),
+        }
+    }
+
+    /// `file`'s slot in the operations ring's table of registered files, registering it
+    /// on first use; `None` without a ring, or where the kernel refuses it (see
+    /// `fixed_files`).
+    pub(crate) fn fixed_file(
+        &mut self,
+        file: &std::sync::Arc<crate::fixed_file::Shared>,
+    ) -> Option<Slot> {
+        match &mut self.imp {
+            Imp::Uring(m) => m.ring_mut().fixed_file(file),
+            Imp::Epoll(m) => m.ring_mut()?.fixed_file(file),
+        }
+    }
+
+    /// Empties the operations ring's slots of registered files that are gone.
+    pub(crate) fn release_dead_fixed_files(&mut self) {
+        match &mut self.imp {
+            Imp::Uring(m) => m.ring_mut().release_dead_files(),
+            Imp::Epoll(m) => {
+                if let Some(r) = m.ring_mut() {
+                    r.release_dead_files();
+                }
+            }
+        }
+    }
+
+    /// How many files the operations ring has registered (0 without a ring).
+    #[cfg(test)]
+    pub(crate) fn fixed_files(&mut self) -> usize {
+        match &mut self.imp {
+            Imp::Uring(m) => m.ring_mut().fixed_files(),
+            Imp::Epoll(m) => m.ring_mut().map_or(0, |r| r.fixed_files()),
         }
     }
 
@@ -422,7 +459,12 @@ mod tests {
         f: F,
     ) -> io::Result<u64> {
         // SAFETY: forwarded to the caller.
-        unsafe { m.submit(entry, false, f, |f: F, res| f(res)) }.map_err(|(e, _)| e)
+        unsafe {
+            m.submit(entry, io_uring::squeue::Flags::empty(), f, |f: F, res| {
+                f(res)
+            })
+        }
+        .map_err(|(e, _)| e)
     }
 
     /// Submits a NOP whose callback runs `f(result)`.

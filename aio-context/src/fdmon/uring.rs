@@ -29,13 +29,16 @@ use std::collections::HashMap;
 use std::io;
 use std::mem;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use super::fixed::{FixedBuffers, Region};
+use super::fixed_files::{FixedFiles, Slot};
 use super::{Completion, Interest, Readiness, deadline, is_errno, remaining};
+use crate::fixed_file::Shared;
 
 /// Submission queue size (QEMU uses 128 too); the CQ is larger so bursts rarely overflow.
 const SQ_ENTRIES: u32 = 128;
@@ -74,6 +77,8 @@ pub(super) struct Ring {
     /// Registered buffers and their owners; after `ring`, so the ring is closed before an
     /// owner is dropped.
     fixed: FixedBuffers,
+    /// Registered files (weak references only).
+    files: FixedFiles,
     ops: Slab<Op>,
     generation: u32,
     /// `IORING_FEAT_EXT_ARG`: `io_uring_enter` takes a timeout.
@@ -188,6 +193,7 @@ impl Ring {
         Ok(Ring {
             ring,
             fixed: FixedBuffers::default(),
+            files: FixedFiles::default(),
             ops: Slab::new(),
             generation: 0,
             ext_arg,
@@ -245,6 +251,22 @@ impl Ring {
     ) -> Option<u16> {
         self.fixed
             .slot_for(&self.ring.submitter(), region, ptr, len)
+    }
+
+    /// `file`'s slot in the ring's table of registered files (see `fixed_files`).
+    pub(super) fn fixed_file(&mut self, file: &Arc<Shared>) -> Option<Slot> {
+        self.files.slot_for(&self.ring.submitter(), file)
+    }
+
+    /// Empties the slots of registered files that are gone.
+    pub(super) fn release_dead_files(&mut self) {
+        self.files.release_dead(&self.ring.submitter());
+    }
+
+    /// How many files the ring has registered.
+    #[cfg(test)]
+    pub(super) fn fixed_files(&self) -> usize {
+        self.files.len()
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -348,7 +370,7 @@ impl Ring {
     pub(super) unsafe fn submit_op<T: 'static>(
         &mut self,
         entry: squeue::Entry,
-        force_async: bool,
+        flags: squeue::Flags,
         state: T,
         on_complete: fn(T, i32),
     ) -> Result<u64, (io::Error, T)> {
@@ -361,13 +383,10 @@ impl Ring {
         // The ring owns the SQE flags: a caller's IO_LINK / IO_HARDLINK would chain our
         // own entries (poll re-arms, timeouts) to theirs, SKIP_SUCCESS would lose the one
         // CQE the callback waits for. io-uring's public API can clear the flags but not
-        // read them, so they are cleared rather than checked. `ASYNC` is the one flag a
-        // caller may ask for (`force_async`): it changes where the op runs, not which CQEs
-        // come back.
-        let mut entry = entry.clear_flags().user_data(user_data);
-        if force_async {
-            entry = entry.flags(squeue::Flags::ASYNC);
-        }
+        // read them, so they are cleared rather than checked. `flags` are the ones a
+        // caller may ask for (`OpOptions`): `ASYNC` changes where the op runs,
+        // `FIXED_FILE` what the fd field names, neither which CQEs come back.
+        let entry = entry.clear_flags().user_data(user_data).flags(flags);
         // SAFETY: the caller keeps what `entry` references valid until the callback is handed
         // out or dropped, which `reap`/`drop` do only after the op's (single) CQE. `push`
         // only hands entries to the kernel, never reaps, so the op is in `ops` (below)
@@ -788,8 +807,9 @@ mod tests {
             let done = done.clone();
             let entry = opcode::Nop::new().build();
             let on_complete: fn(Rc<Cell<i32>>, i32) = |done, _| done.set(done.get() + 1);
+            let none = squeue::Flags::empty();
             // SAFETY: a NOP references no memory.
-            assert!(unsafe { m.ring.submit_op(entry, false, done, on_complete) }.is_ok());
+            assert!(unsafe { m.ring.submit_op(entry, none, done, on_complete) }.is_ok());
         }
         let fds: Vec<_> = (0..20).map(|_| eventfd(1)).collect();
         for (i, fd) in fds.iter().enumerate() {
