@@ -56,14 +56,35 @@ impl Registered {
     }
 }
 
+/// Where a ring's sparse table of registered buffers or files stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Table {
+pub(super) enum Table {
     /// Not set up yet: the first registration asks the kernel for a sparse table.
     Untried,
-    /// Set up, `SLOTS` slots.
+    /// Set up.
     Ready,
     /// The kernel refused the table: no registration on this ring.
     Unavailable,
+}
+
+impl Table {
+    /// Sets the table up on its first use (`setup` asks the kernel for it), once: a
+    /// refusal is final for the ring.
+    pub(super) fn ensure(&mut self, setup: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        match *self {
+            Table::Ready => Ok(()),
+            Table::Unavailable => Err(io::ErrorKind::Unsupported.into()),
+            Table::Untried => {
+                let r = setup();
+                *self = if r.is_ok() {
+                    Table::Ready
+                } else {
+                    Table::Unavailable
+                };
+                r
+            }
+        }
+    }
 }
 
 /// The slot that holds `[ptr, ptr + len)` of a region `[base, base + size)` registered
@@ -158,19 +179,8 @@ impl FixedBuffers {
         submitter: &io_uring::Submitter<'_>,
         region: &Region<'_>,
     ) -> io::Result<()> {
-        match self.table {
-            Table::Unavailable => return Err(io::ErrorKind::Unsupported.into()),
-            Table::Untried => {
-                let setup = submitter.register_buffers_sparse(u32::from(SLOTS));
-                self.table = if setup.is_ok() {
-                    Table::Ready
-                } else {
-                    Table::Unavailable
-                };
-                setup?;
-            }
-            Table::Ready => {}
-        }
+        self.table
+            .ensure(|| submitter.register_buffers_sparse(u32::from(SLOTS)))?;
         self.unregister_orphans(submitter);
         if region.size == 0 {
             return Err(io::ErrorKind::InvalidInput.into());

@@ -23,21 +23,12 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Weak};
 
+use super::fixed::Table;
 use crate::fixed_file::Shared;
 
 /// Slots in the sparse table (the kernel checks it against `RLIMIT_NOFILE`, whose
 /// usual soft limit is 1024).
 const SLOTS: u32 = 256;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Table {
-    /// Not set up yet: the first registration asks the kernel for a sparse table.
-    Untried,
-    /// Set up, `SLOTS` slots.
-    Ready,
-    /// The kernel refused the table: no registration on this ring.
-    Unavailable,
-}
 
 struct Entry {
     file: Weak<Shared>,
@@ -117,19 +108,8 @@ impl FixedFiles {
         submitter: &io_uring::Submitter<'_>,
         file: &Arc<Shared>,
     ) -> io::Result<u32> {
-        match self.table {
-            Table::Unavailable => return Err(io::ErrorKind::Unsupported.into()),
-            Table::Untried => {
-                let setup = submitter.register_files_sparse(SLOTS);
-                self.table = if setup.is_ok() {
-                    Table::Ready
-                } else {
-                    Table::Unavailable
-                };
-                setup?;
-            }
-            Table::Ready => {}
-        }
+        self.table
+            .ensure(|| submitter.register_files_sparse(SLOTS))?;
         self.release_dead(submitter);
         let slot = self
             .free
