@@ -4,12 +4,11 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use crate::refill_tests::context_with_ops;
-use crate::{AioContext, Backend};
+use crate::refill_tests::{context_with_ops, run_op};
+use crate::{AioContext, Backend, OpOptions};
 
 /// The tests read the process's pinned memory: one at a time.
 static PINNING: Mutex<()> = Mutex::new(());
@@ -73,21 +72,9 @@ fn pinned_kib() -> u64 {
 
 /// Submits `entry` and runs the context until its result.
 fn run(ctx: &AioContext, entry: io_uring::squeue::Entry) -> i32 {
-    let done = std::rc::Rc::new(std::cell::Cell::new(None));
-    let d = done.clone();
     // SAFETY: the entry's buffer is a registered region the test keeps alive, and its
     // file is open until after this returns.
-    let submitted = unsafe { ctx.submit(entry, move |res| d.set(Some(res))) };
-    assert!(submitted.is_ok(), "submit");
-    let start = Instant::now();
-    while done.get().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "op never completed"
-        );
-        ctx.poll(true);
-    }
-    done.get().unwrap()
+    unsafe { run_op(ctx, entry, OpOptions::default()) }
 }
 
 fn memfd_with(data: &[u8]) -> OwnedFd {

@@ -10,31 +10,19 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 use nix::fcntl::OFlag;
 
-use crate::refill_tests::context_with_ops;
+use crate::refill_tests::{context_with_ops, run_op};
 use crate::{AioContext, Backend, FixedFile, OpOptions};
 
 /// Submits `entry`, whose fd is a registered file's slot, and runs the context until
 /// its result.
 fn run(ctx: &AioContext, entry: io_uring::squeue::Entry) -> i32 {
-    let done = std::rc::Rc::new(std::cell::Cell::new(None));
     let opts = OpOptions {
         fixed_file: true,
         ..OpOptions::default()
     };
     // SAFETY: the entry's buffer is the test's and outlives this call; its slot names a
     // registered file that is alive.
-    let submitted =
-        unsafe { ctx.submit_with_opts(entry, opts, done.clone(), |d, res| d.set(Some(res))) };
-    assert!(submitted.is_ok(), "submit");
-    let start = Instant::now();
-    while done.get().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "op never completed"
-        );
-        ctx.poll(true);
-    }
-    done.get().unwrap()
+    unsafe { run_op(ctx, entry, opts) }
 }
 
 fn memfd_with(data: &[u8]) -> FixedFile {
@@ -54,10 +42,16 @@ fn read_fixed(ctx: &AioContext, slot: u32, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// A pipe whose write end is a `FixedFile`; the read end non-blocking.
-fn pipe() -> (OwnedFd, FixedFile) {
+/// A pipe whose write end is a `FixedFile` registered with `ctx`'s ring; the read end
+/// non-blocking. `None` (with a SKIPPED line) if the kernel refuses the registration.
+fn registered_pipe(ctx: &AioContext) -> Option<(OwnedFd, FixedFile)> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
-    (rd, FixedFile::new(File::from(wr)))
+    let wr = FixedFile::new(File::from(wr));
+    if ctx.fixed_file(&wr).is_none() {
+        eprintln!("SKIPPED fixed_file release test: the kernel refused the registration");
+        return None;
+    }
+    Some((rd, wr))
 }
 
 /// Whether the pipe's read end sees EOF (every write end closed, in the kernel too).
@@ -117,11 +111,9 @@ fn fixed_file_is_released_when_dropped() {
     let Some(ctx) = context_with_ops(Backend::IoUring, "fixed_file") else {
         return;
     };
-    let (rd, wr) = pipe();
-    if ctx.fixed_file(&wr).is_none() {
-        eprintln!("SKIPPED fixed_file release test: the kernel refused the registration");
+    let Some((rd, wr)) = registered_pipe(&ctx) else {
         return;
-    }
+    };
     assert!(!at_eof(&rd), "the write end is open");
     drop(wr);
     assert!(
@@ -143,11 +135,9 @@ fn fixed_file_dropped_on_another_thread_is_released() {
     let Some(ctx) = context_with_ops(Backend::IoUring, "fixed_file") else {
         return;
     };
-    let (rd, wr) = pipe();
-    if ctx.fixed_file(&wr).is_none() {
-        eprintln!("SKIPPED fixed_file release test: the kernel refused the registration");
+    let Some((rd, wr)) = registered_pipe(&ctx) else {
         return;
-    }
+    };
     std::thread::spawn(move || drop(wr)).join().unwrap();
     let start = Instant::now();
     while !at_eof(&rd) {

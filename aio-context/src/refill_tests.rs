@@ -10,7 +10,7 @@ use io_uring::{opcode, types};
 use nix::fcntl::OFlag;
 
 use crate::fdmon::FdMonitor;
-use crate::{AioContext, Backend};
+use crate::{AioContext, Backend, OpOptions};
 
 /// This thread's context on `backend`, if it can run io_uring operations (else a
 /// SKIPPED line naming `test`).
@@ -28,6 +28,34 @@ pub(crate) fn context_with_ops(backend: Backend, test: &str) -> Option<AioContex
         return None;
     }
     Some(ctx)
+}
+
+/// Submits `entry` with `opts` and runs the context until its result (10 s limit).
+///
+/// # Safety
+///
+/// What `entry` references (buffers, the fd or registered slot) stays valid until this
+/// returns.
+pub(crate) unsafe fn run_op(
+    ctx: &AioContext,
+    entry: io_uring::squeue::Entry,
+    opts: OpOptions,
+) -> i32 {
+    let done = Rc::new(Cell::new(None));
+    // SAFETY: the caller keeps what `entry` references valid until we return, and we
+    // return only after the op's completion.
+    let submitted =
+        unsafe { ctx.submit_with_opts(entry, opts, done.clone(), |d, res| d.set(Some(res))) };
+    assert!(submitted.is_ok(), "submit");
+    let start = Instant::now();
+    while done.get().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "op never completed"
+        );
+        ctx.poll(true);
+    }
+    done.get().unwrap()
 }
 
 /// What the second callback of a round saw in the pipe: `Some(true)` if the write that the
