@@ -10,7 +10,9 @@ use std::thread;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use peer_benches::{MbThread, MembThread, QsbrThread, compiler_barrier, time_loop};
+use peer_benches::{
+    MbThread, MembThread, QsbrThread, compiler_barrier, time_empty_c_loop, time_loop,
+};
 
 fn read_pair(c: &mut Criterion) {
     let mut group = c.benchmark_group("read_pair");
@@ -24,6 +26,12 @@ fn read_pair(c: &mut Criterion) {
             b.iter_custom(|iters| time_loop(iters, || qsbr.read()));
         });
     }
+    // The loop floors: the qsbr read sides (ours and liburcu's) compile to nothing, so
+    // each runs at its own language's empty loop, and the two loops differ.
+    group.bench_function("empty-rust", |b| {
+        b.iter_custom(|iters| time_loop(iters, || ()));
+    });
+    group.bench_function("empty-c", |b| b.iter_custom(time_empty_c_loop));
     group.bench_function("ours-mb", |b| {
         b.iter_custom(|iters| time_loop(iters, rcu::read_mb));
     });

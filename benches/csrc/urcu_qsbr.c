@@ -28,3 +28,14 @@ uint64_t qsbr_read_pairs(uint64_t n)
 	}
 	return n;
 }
+
+/*
+ * n iterations of the same loop with nothing but the compiler barrier: the floor that
+ * qsbr_read_pairs runs at, since the qsbr read side compiles to nothing.
+ */
+uint64_t empty_pairs(uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		cmm_barrier();
+	return n;
+}

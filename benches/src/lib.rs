@@ -26,6 +26,7 @@ mod ffi {
         pub(crate) fn qsbr_register_thread();
         pub(crate) fn qsbr_unregister_thread();
         pub(crate) fn qsbr_read_pairs(n: u64) -> u64;
+        pub(crate) fn empty_pairs(n: u64) -> u64;
 
         pub(crate) fn mb_register_thread();
         pub(crate) fn mb_unregister_thread();
@@ -48,6 +49,20 @@ pub fn time_loop<R>(iters: u64, mut op: impl FnMut() -> R) -> Duration {
         drop(value);
     }
     start.elapsed()
+}
+
+/// Times `iters` iterations of the shims' loop with nothing but the compiler barrier
+/// in it: the C floor of the read-pair loops (liburcu's qsbr read side compiles to
+/// nothing, so `liburcu-qsbr` runs at it). [`time_loop`] with an empty `op` is the
+/// Rust floor.
+pub fn time_empty_c_loop(iters: u64) -> Duration {
+    let start = Instant::now();
+    // SAFETY: the shim only counts to `iters`; it touches no memory and needs no
+    // registration.
+    let done = unsafe { ffi::empty_pairs(iters) };
+    let elapsed = start.elapsed();
+    assert_eq!(done, iters);
+    elapsed
 }
 
 /// liburcu's `cmm_barrier()`, C's `asm volatile("" ::: "memory")`: the compiler may

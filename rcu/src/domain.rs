@@ -339,31 +339,39 @@ impl Domain {
     #[inline(always)]
     pub(crate) fn read_lock(&self, rec: &Record, always_fence: bool) -> bool {
         let tmp = rec.ctr.load(Ordering::Relaxed);
-        if tmp & NEST_MASK == 0 {
-            // Outermost: snapshot the phase with a count of one. The snapshot's age is
-            // what the two-phase wait tolerates (module docs). Acquire (a plain load on
-            // x86) pairs with the fence before the updater's phase flip: a section that
-            // sees the new phase sees everything unpublished before the grace period,
-            // which is why the updater needs no barrier after its last scan.
-            let gp = self.shared.gp_ctr.load(Ordering::Acquire);
-            #[cfg(test)]
-            crate::test_hooks::reached(crate::test_hooks::Point::ReaderSnapshot);
-            // Release (a plain store on x86): the previous section's accesses happen
-            // before this store too, so a scan that reads this (later) value still
-            // synchronizes with the previous unlock (a release sequence no longer
-            // includes later plain stores of the same thread, since C++20).
-            rec.ctr.store(gp, Ordering::Release);
-            // Orders the ctr store before the section's loads. Pairs with the updater's
-            // heavy barrier U1: either the updater's scan sees this reader active, or
-            // this reader's loads see what the updater stored before U1.
-            Mode::light(always_fence || gp & FENCE != 0);
-            true
-        } else if tmp & NEST_MASK != NEST_MASK {
-            rec.ctr.store(tmp + NEST_COUNT, Ordering::Relaxed);
-            true
-        } else {
-            false
+        if tmp & NEST_MASK != 0 {
+            return Self::read_lock_nested(rec, tmp);
         }
+        // Outermost: snapshot the phase with a count of one. The snapshot's age is
+        // what the two-phase wait tolerates (module docs). Acquire (a plain load on
+        // x86) pairs with the fence before the updater's phase flip: a section that
+        // sees the new phase sees everything unpublished before the grace period,
+        // which is why the updater needs no barrier after its last scan.
+        let gp = self.shared.gp_ctr.load(Ordering::Acquire);
+        #[cfg(test)]
+        crate::test_hooks::reached(crate::test_hooks::Point::ReaderSnapshot);
+        // Release (a plain store on x86): the previous section's accesses happen
+        // before this store too, so a scan that reads this (later) value still
+        // synchronizes with the previous unlock (a release sequence no longer
+        // includes later plain stores of the same thread, since C++20).
+        rec.ctr.store(gp, Ordering::Release);
+        // Orders the ctr store before the section's loads. Pairs with the updater's
+        // heavy barrier U1: either the updater's scan sees this reader active, or
+        // this reader's loads see what the updater stored before U1.
+        Mode::light(always_fence, gp & FENCE != 0);
+        true
+    }
+
+    /// [`Domain::read_lock`] inside a section, or on a saturated record. Out of line
+    /// and cold, so the outermost lock (the common case) is the straight-line path.
+    #[cold]
+    #[inline(never)]
+    fn read_lock_nested(rec: &Record, tmp: usize) -> bool {
+        if tmp & NEST_MASK == NEST_MASK {
+            return false;
+        }
+        rec.ctr.store(tmp + NEST_COUNT, Ordering::Relaxed);
+        true
     }
 
     /// Leaves a memb read section entered with [`Domain::read_lock`]. Returns false,
@@ -374,25 +382,33 @@ impl Domain {
     pub(crate) fn read_unlock(&self, rec: &Record, always_fence: bool) -> bool {
         let tmp = rec.ctr.load(Ordering::Relaxed);
         debug_assert_ne!(tmp & NEST_MASK, 0, "read_unlock outside a read section");
-        if tmp & NEST_MASK == NEST_COUNT {
-            let full_fence = always_fence || tmp & FENCE != 0;
-            // Release (with the barrier, for fence mode) orders the section's accesses
-            // before the store; pairs with the updater's Acquire scan.
-            Mode::light(full_fence);
-            rec.ctr.store(tmp - NEST_COUNT, Ordering::Release);
-            // Orders the ctr store before the gp_waiting load (store-buffering against
-            // the updater's `gp_waiting` store, heavy barrier, ctr load).
-            Mode::light(full_fence);
-            if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
-                self.wake_updater();
-            }
-            true
-        } else if tmp & NEST_MASK != NEST_MASK {
-            rec.ctr.store(tmp - NEST_COUNT, Ordering::Relaxed);
-            true
-        } else {
-            false
+        if tmp & NEST_MASK != NEST_COUNT {
+            return Self::read_unlock_nested(rec, tmp);
         }
+        let fence_mode = tmp & FENCE != 0;
+        // Release (with the barrier, for fence mode) orders the section's accesses
+        // before the store; pairs with the updater's Acquire scan.
+        Mode::light(always_fence, fence_mode);
+        rec.ctr.store(tmp - NEST_COUNT, Ordering::Release);
+        // Orders the ctr store before the gp_waiting load (store-buffering against
+        // the updater's `gp_waiting` store, heavy barrier, ctr load).
+        Mode::light(always_fence, fence_mode);
+        if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
+            self.wake_updater();
+        }
+        true
+    }
+
+    /// [`Domain::read_unlock`] of an inner section, or on a saturated record (cold, as
+    /// [`Domain::read_lock_nested`]).
+    #[cold]
+    #[inline(never)]
+    fn read_unlock_nested(rec: &Record, tmp: usize) -> bool {
+        if tmp & NEST_MASK == NEST_MASK {
+            return false;
+        }
+        rec.ctr.store(tmp - NEST_COUNT, Ordering::Relaxed);
+        true
     }
 
     /// Whether the record's thread is inside a memb read section (false for a
@@ -446,7 +462,10 @@ impl Domain {
         // Release: the read sections before this point happen before the updater's
         // Acquire scan that sees `seq`.
         rec.qs.store(seq, Ordering::Release);
-        Mode::light(self.shared.gp_ctr.load(Ordering::Relaxed) & FENCE != 0);
+        Mode::light(
+            false,
+            self.shared.gp_ctr.load(Ordering::Relaxed) & FENCE != 0,
+        );
         if self.shared.gp_waiting.load(Ordering::Relaxed) == WAITING {
             self.wake_updater();
         }
