@@ -283,7 +283,7 @@ impl AioContext {
 
     /// Runs `f` once in this context's next poll (QEMU's `aio_bh_schedule_oneshot`).
     pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
-        self.inner.bhs.scheduler().schedule_oneshot(f);
+        self.inner.bhs.schedule_oneshot(f);
     }
 
     /// Creates a disarmed timer whose callback runs in this context.

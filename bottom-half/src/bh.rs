@@ -12,15 +12,19 @@ pub(crate) const PENDING: u32 = 1 << 0;
 pub(crate) const SCHEDULED: u32 = 1 << 1;
 /// Deleted: never runs again; its callback is dropped at the next dispatch.
 pub(crate) const DELETED: u32 = 1 << 2;
-/// Runs once, then is deleted.
-pub(crate) const ONESHOT: u32 = 1 << 3;
 /// Scheduled with `schedule_idle`: not progress, and the owner may sleep up to 10 ms.
 pub(crate) const IDLE: u32 = 1 << 4;
 /// Its callback is executing (set and cleared by the owner thread only).
 pub(crate) const RUNNING: u32 = 1 << 5;
 
 /// A BH's callback.
-pub(crate) type Callback = Box<dyn FnMut() + Send>;
+pub(crate) enum Callback {
+    /// A BH created with `new_bh`: runs each time it is scheduled.
+    Repeat(Box<dyn FnMut() + Send>),
+    /// A one-shot: runs once, consumed by the call (a closure that captures nothing
+    /// costs no allocation).
+    Once(Box<dyn FnOnce() + Send>),
+}
 
 /// The shared state of one bottom half. `#[repr(C)]` with the link first, so a queued
 /// `*mut Link` is also a pointer to its `BhInner`.
@@ -31,7 +35,10 @@ pub(crate) struct BhInner {
     /// The callback: `None` while it runs (taken out for the call) and after deletion.
     /// Touched only by the owning list's thread (dispatch) and by `Drop`.
     pub(crate) callback: UnsafeCell<Option<Callback>>,
-    pub(crate) owner: Arc<Shared>,
+    /// The list the BH belongs to, for scheduling through a handle. `None` for a
+    /// one-shot: it has no handle, and is queued once, by its creator, which has the
+    /// list at hand.
+    pub(crate) owner: Option<Arc<Shared>>,
 }
 
 // SAFETY: all fields but `callback` are Sync. `callback` holds a `Send` closure and is
@@ -103,7 +110,14 @@ impl fmt::Debug for Bh {
 
 /// Sets `new_flags | PENDING`; queues the BH if it was not pending, and wakes the owner
 /// if the BH just became scheduled (or deleted).
+///
+/// Only for BHs with handles (a one-shot is queued once, at creation, and never
+/// again: see `BhList::poll`).
 pub(crate) fn enqueue(inner: &Arc<BhInner>, new_flags: u32) {
+    let owner = inner
+        .owner
+        .as_ref()
+        .expect("only one-shots have no owner, and they are never queued again");
     // AcqRel: Release makes the caller's writes before the schedule visible to the
     // callback (the owner reads the flags with AcqRel in dispatch).
     let old = inner.flags.fetch_or(PENDING | new_flags, Ordering::AcqRel);
@@ -116,10 +130,10 @@ pub(crate) fn enqueue(inner: &Arc<BhInner>, new_flags: u32) {
         // SAFETY: the node is a live `BhInner` (its first field is the link), not in the
         // queue (PENDING was clear, and only the setter of PENDING pushes), and the
         // reference we just leaked keeps it alive until popped.
-        unsafe { inner.owner.queue.push(node) };
+        unsafe { owner.queue.push(node) };
     } else if old & new_flags == new_flags {
         // Already pending with these flags: whoever set them woke the owner.
         return;
     }
-    inner.owner.wake();
+    owner.wake();
 }

@@ -6,9 +6,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::Notify;
-use crate::bh::{
-    Bh, BhInner, Callback, DELETED, IDLE, ONESHOT, PENDING, RUNNING, SCHEDULED, enqueue,
-};
+use crate::bh::{Bh, BhInner, Callback, DELETED, IDLE, PENDING, RUNNING, SCHEDULED, enqueue};
 use crate::queue::Link;
 use crate::shared::Shared;
 use crate::sync::{Arc, AtomicU32, Ordering, UnsafeCell};
@@ -88,6 +86,12 @@ impl BhList {
         }
     }
 
+    /// Runs `f` once in this list's next poll: [`BhScheduler::schedule_oneshot`]
+    /// without a scheduler (so without its reference count traffic).
+    pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
+        schedule_oneshot(&self.shared, Box::new(f));
+    }
+
     /// Moves everything the queue holds now into the ready list.
     fn take_queued(&self) {
         let mut ready = self.ready.borrow_mut();
@@ -110,6 +114,21 @@ impl BhList {
             let Some(bh) = self.ready.borrow_mut().pop_front() else {
                 break;
             };
+            if bh.owner.is_none() {
+                // A one-shot: without a handle, nothing can cancel, delete or requeue
+                // it, so its flags never change after creation and it needs none of
+                // the atomics below (the queue's pop already made its creator's
+                // writes visible).
+                progress = true;
+                // SAFETY: only this list's thread touches callbacks, and a one-shot's
+                // is taken exactly once, here.
+                let callback = bh.callback.with_mut(|cb| unsafe { (*cb).take() });
+                drop(bh);
+                if let Some(Callback::Once(f)) = callback {
+                    f();
+                }
+                continue;
+            }
             // AcqRel: Acquire sees what the scheduler wrote before scheduling; clearing
             // PENDING hands the next schedule the right to queue the BH again.
             let flags = bh
@@ -124,8 +143,8 @@ impl BhList {
                 if flags & IDLE == 0 {
                     progress = true;
                 }
-                run(&bh, flags & ONESHOT != 0);
-            } else if flags & (DELETED | ONESHOT) != 0 && flags & RUNNING == 0 {
+                run(&bh);
+            } else if flags & DELETED != 0 && flags & RUNNING == 0 {
                 // SAFETY: only this list's thread touches callbacks, and the BH is not
                 // running (a running one is cleaned up by its `Running` guard).
                 drop(bh.callback.with_mut(|cb| unsafe { (*cb).take() }));
@@ -156,19 +175,19 @@ impl BhList {
     }
 }
 
-/// Runs a BH's callback on the owner thread, marking it RUNNING meanwhile.
-fn run(bh: &Arc<BhInner>, oneshot: bool) {
-    /// Puts the callback back (or drops it if the BH was deleted, or was a one-shot)
-    /// when the call returns or unwinds.
+/// Runs the callback of a BH with handles on the owner thread, marking it RUNNING
+/// meanwhile.
+fn run(bh: &Arc<BhInner>) {
+    /// Puts the callback back (or drops it if the BH was deleted) when the call returns
+    /// or unwinds.
     struct Running<'a> {
         bh: &'a BhInner,
         callback: Option<Callback>,
-        oneshot: bool,
     }
     impl Drop for Running<'_> {
         fn drop(&mut self) {
             let flags = self.bh.flags.fetch_and(!RUNNING, Ordering::AcqRel);
-            if self.oneshot || flags & DELETED != 0 {
+            if flags & DELETED != 0 {
                 // Dropped here, after the flag: its destructor may touch the BH again.
                 let _dead = self.callback.take();
                 return;
@@ -182,12 +201,8 @@ fn run(bh: &Arc<BhInner>, oneshot: bool) {
     // holds the callback.
     let callback = bh.callback.with_mut(|cb| unsafe { (*cb).take() });
     bh.flags.fetch_or(RUNNING, Ordering::Relaxed);
-    let mut running = Running {
-        bh,
-        callback,
-        oneshot,
-    };
-    if let Some(f) = running.callback.as_mut() {
+    let mut running = Running { bh, callback };
+    if let Some(Callback::Repeat(f)) = running.callback.as_mut() {
         f();
     }
 }
@@ -209,34 +224,39 @@ impl Drop for BhList {
 impl BhScheduler {
     /// Creates a BH whose callback runs on the list's thread. It starts unscheduled.
     pub fn new_bh(&self, callback: impl FnMut() + Send + 'static) -> Bh {
-        self.new_inner(Box::new(callback), 0)
+        Bh {
+            inner: Arc::new(BhInner {
+                link: Link::new(),
+                flags: AtomicU32::new(0),
+                callback: UnsafeCell::new(Some(Callback::Repeat(Box::new(callback)))),
+                owner: Some(self.shared.clone()),
+            }),
+        }
     }
 
     /// Runs `f` once in the list's next poll, from any thread (QEMU's
     /// `aio_bh_schedule_oneshot`). The BH frees itself after the call.
     pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
-        let mut f = Some(f);
-        let bh = self.new_inner(
-            Box::new(move || {
-                if let Some(f) = f.take() {
-                    f();
-                }
-            }),
-            ONESHOT,
-        );
-        enqueue(&bh.inner, SCHEDULED);
+        schedule_oneshot(&self.shared, Box::new(f));
     }
+}
 
-    fn new_inner(&self, callback: Callback, flags: u32) -> Bh {
-        Bh {
-            inner: Arc::new(BhInner {
-                link: Link::new(),
-                flags: AtomicU32::new(flags),
-                callback: UnsafeCell::new(Some(callback)),
-                owner: self.shared.clone(),
-            }),
-        }
-    }
+/// Queues a one-shot BH into `shared`'s list. The node is born pending and scheduled,
+/// and the queue holds its only reference: no handle, no owner reference, no flag
+/// update (one allocation, or none with a closure that captures nothing, and one
+/// swap, besides the wake-up).
+fn schedule_oneshot(shared: &Shared, f: Box<dyn FnOnce() + Send>) {
+    let node = Arc::new(BhInner {
+        link: Link::new(),
+        flags: AtomicU32::new(PENDING | SCHEDULED),
+        callback: UnsafeCell::new(Some(Callback::Once(f))),
+        owner: None,
+    });
+    let node = Arc::into_raw(node).cast_mut().cast::<Link>();
+    // SAFETY: a live `BhInner` (its first field is the link), new, so in no queue; the
+    // reference leaked into the queue keeps it alive until popped.
+    unsafe { shared.queue.push(node) };
+    shared.wake();
 }
 
 impl std::fmt::Debug for BhList {

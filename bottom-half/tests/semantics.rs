@@ -161,6 +161,50 @@ fn oneshots_run_once_and_free_their_closure() {
     );
 }
 
+/// One-shots take their own path through `poll` (no handle, no flag updates): they
+/// must still keep FIFO order with BHs that have handles, run what they schedule in
+/// the next slice, and may run a nested poll.
+#[test]
+fn oneshots_keep_order_slices_and_nested_polls() {
+    let list = Box::new(list());
+    let (log, cb) = recorder();
+    let bh = list.scheduler().new_bh(cb("bh"));
+    list.schedule_oneshot(cb("first"));
+    bh.schedule();
+    let scheduler = list.scheduler();
+    let later = cb("scheduled from a one-shot");
+    list.schedule_oneshot(move || scheduler.schedule_oneshot(later));
+    list.scheduler().schedule_oneshot(cb("last"));
+    assert!(list.poll());
+    assert_eq!(*log.lock().unwrap(), ["first", "bh", "last"]);
+    assert!(
+        list.poll(),
+        "what a one-shot schedules runs in the next poll"
+    );
+    assert_eq!(log.lock().unwrap()[3], "scheduled from a one-shot");
+    assert!(!list.poll());
+
+    // As in a_nested_poll_runs_the_rest_of_the_slice_and_newer_bhs: callbacks run on
+    // this thread only, so a raw pointer stands in for an event loop's reference.
+    let list_ptr = std::ptr::from_ref::<BhList>(&*list) as usize;
+    let nested = cb("nested");
+    let mut after = cb("after the nested poll");
+    list.schedule_oneshot(move || {
+        // SAFETY: the list outlives the poll that runs this callback, on this thread.
+        let list = unsafe { &*(list_ptr as *const BhList) };
+        list.schedule_oneshot(nested);
+        assert!(list.poll(), "the nested poll runs the new one-shot");
+        after();
+    });
+    assert!(list.poll());
+    assert_eq!(
+        log.lock().unwrap()[4..],
+        ["nested", "after the nested poll"]
+    );
+    assert!(!list.poll());
+    bh.delete();
+}
+
 #[test]
 fn idle_bhs_are_not_progress_and_bound_the_sleep() {
     let list = list();
