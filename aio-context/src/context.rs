@@ -172,16 +172,49 @@ pub struct OpOptions {
 
 /// Whether the calling thread has an io-wq worker: a kernel thread that runs its
 /// io_uring operations which cannot (or, with [`OpOptions::force_async`], may not) run
-/// inline. The kernel names it `iou-wrk-<tid>` after the submitting thread; this looks
-/// for that name in `/proc/self/task`. For diagnostics and tests.
+/// inline. The kernel names it `iou-wrk-<tid>` after the submitting thread, which for a
+/// ring with a submission thread (`AIO_URING_SQPOLL`) is that thread, `iou-sqp-<tid>`;
+/// this looks for either in `/proc/self/task`. For diagnostics and tests.
 pub fn thread_has_io_worker() -> bool {
-    let name = format!("iou-wrk-{}", nix::unistd::gettid());
+    let tasks = own_tasks();
+    let mut submitters = vec![nix::unistd::gettid().to_string()];
+    let sq_thread = format!("iou-sqp-{}", nix::unistd::gettid());
+    submitters.extend(
+        tasks
+            .iter()
+            .filter(|(_, comm)| *comm == sq_thread)
+            .map(|(tid, _)| tid.clone()),
+    );
+    tasks.iter().any(|(_, comm)| {
+        comm.strip_prefix("iou-wrk-")
+            .is_some_and(|tid| submitters.iter().any(|s| s == tid))
+    })
+}
+
+/// Whether the calling thread created an io_uring with a kernel submission thread
+/// (`AIO_URING_SQPOLL`): the kernel names it `iou-sqp-<tid>` after the thread that set
+/// the ring up; this looks for that name in `/proc/self/task`. For diagnostics and
+/// tests: a context whose SQPOLL ring was refused falls back to a ring without one.
+pub fn thread_has_submission_thread() -> bool {
+    let name = format!("iou-sqp-{}", nix::unistd::gettid());
+    own_tasks().iter().any(|(_, comm)| *comm == name)
+}
+
+/// The process's threads: (tid, name), from `/proc/self/task` (empty if unreadable).
+fn own_tasks() -> Vec<(String, String)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return false;
+        return Vec::new();
     };
     tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .any(|comm| comm.trim_end() == name)
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            Some((
+                t.file_name().to_string_lossy().into_owned(),
+                comm.trim_end().to_owned(),
+            ))
+        })
+        .collect()
 }
 
 /// A handle to an [`AioContext`] usable from any thread: create and schedule BHs, arm

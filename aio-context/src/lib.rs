@@ -61,6 +61,8 @@ mod op_options_tests;
 mod refill_tests;
 #[cfg(not(loom))]
 pub mod signals;
+#[cfg(all(test, not(loom)))]
+mod sqpoll_tests;
 #[cfg(not(loom))]
 mod task;
 #[cfg(not(loom))]
@@ -72,6 +74,7 @@ pub use bottom_half::{Bh, BhScheduler};
 #[cfg(not(loom))]
 pub use context::{
     AioContext, AioHandle, FdHandler, OpId, OpOptions, PollParams, thread_has_io_worker,
+    thread_has_submission_thread,
 };
 #[cfg(not(loom))]
 pub use event_notifier::EventNotifier;

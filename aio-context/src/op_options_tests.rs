@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 use nix::fcntl::OFlag;
 
-use crate::refill_tests::context_with_ops;
+use crate::refill_tests::{context_with_ops, poll_until};
 use crate::{Backend, OpOptions, thread_has_io_worker};
 
 /// Submits a one-byte READ of an empty pipe with `opts`; returns whether an io-wq worker
@@ -46,14 +46,7 @@ fn read_empty_pipe(backend: Backend, opts: OpOptions, wait: Duration) -> Option<
         worker = thread_has_io_worker();
     }
     nix::unistd::write(&wr, b"x").unwrap();
-    let start = Instant::now();
-    while done.get().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "read never completed"
-        );
-        ctx.poll(true);
-    }
+    poll_until(&ctx, "read", || done.get().is_some());
     assert_eq!(done.get(), Some(1));
     Some(worker)
 }

@@ -30,6 +30,18 @@ pub(crate) fn context_with_ops(backend: Backend, test: &str) -> Option<AioContex
     Some(ctx)
 }
 
+/// Runs `ctx` (blocking polls) until `done()`; fails the test after 10 s, naming `what`.
+pub(crate) fn poll_until(ctx: &AioContext, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} never completed"
+        );
+        ctx.poll(true);
+    }
+}
+
 /// Submits `entry` with `opts` and runs the context until its result (10 s limit).
 ///
 /// # Safety
@@ -47,14 +59,7 @@ pub(crate) unsafe fn run_op(
     let submitted =
         unsafe { ctx.submit_with_opts(entry, opts, done.clone(), |d, res| d.set(Some(res))) };
     assert!(submitted.is_ok(), "submit");
-    let start = Instant::now();
-    while done.get().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "op never completed"
-        );
-        ctx.poll(true);
-    }
+    poll_until(ctx, "op", || done.get().is_some());
     done.get().unwrap()
 }
 

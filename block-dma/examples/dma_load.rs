@@ -13,7 +13,10 @@
 //!   buffers of our own, without the DMA layer, so its cost shows as the difference.
 //!
 //! `--registered` sets `FileOptions::registered_buffers`: guest RAM through io_uring
-//! registered buffers (`READ_FIXED`/`WRITE_FIXED`).
+//! registered buffers (`READ_FIXED`/`WRITE_FIXED`). `--poll-max-ns NS` lets the
+//! context busy-poll up to NS before it sleeps (an iothread's `poll-max-ns`). The
+//! environment's `AIO_URING_SQPOLL=MS` gives its operations ring a kernel submission
+//! thread (aio-context's fd monitor docs).
 //!
 //! ```text
 //! cargo run --release -p block-dma --example dma_load -- \
@@ -26,7 +29,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aio_context::AioContext;
+use aio_context::{AioContext, PollParams};
 use block_dma::{
     AlignedBuf, BlockBackend, BlockOp, DmaDirection, DmaMemory, Errno, FileBackend, FileOptions,
     IoBuffers, SgList, dma_rw,
@@ -35,7 +38,8 @@ use ram_block::{Backing, RamBlock, RamList};
 use vm_memory::GuestAddress;
 
 const USAGE: &str = "usage: dma_load --file PATH --rw randread|randwrite|read|write \
---bs BYTES --iodepth N --runtime SECS [--size BYTES] [--direct] [--raw] [--registered]";
+--bs BYTES --iodepth N --runtime SECS [--size BYTES] [--direct] [--raw] [--registered] \
+[--poll-max-ns NS]";
 
 /// The access pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +88,8 @@ struct Args {
     raw: bool,
     /// Guest RAM through io_uring registered buffers (`FileOptions::registered_buffers`).
     registered: bool,
+    /// The context's busy-poll window (`PollParams::max_ns`, QEMU's `poll-max-ns`); 0: none.
+    poll_max_ns: u64,
 }
 
 fn parse_u64(flag: &str, v: &str) -> Result<u64, String> {
@@ -94,6 +100,7 @@ fn parse_u64(flag: &str, v: &str) -> Result<u64, String> {
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut file, mut rw, mut bs, mut iodepth, mut runtime) = (None, None, None, None, None);
     let (mut size, mut direct, mut raw, mut registered) = (None, false, false, false);
+    let mut poll_max_ns = 0;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -115,6 +122,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--direct" => direct = true,
             "--raw" => raw = true,
             "--registered" => registered = true,
+            "--poll-max-ns" => poll_max_ns = parse_u64("--poll-max-ns", &value()?)?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
@@ -140,6 +148,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         direct,
         raw,
         registered,
+        poll_max_ns,
     })
 }
 
@@ -301,6 +310,12 @@ fn run(args: Args) -> Result<(), String> {
     let ctx = AioContext::new().map_err(|e| format!("AioContext: {e}"))?;
     if !ctx.supports_io_uring_ops() {
         return Err("io_uring operations are not available on this kernel".into());
+    }
+    if args.poll_max_ns > 0 {
+        ctx.set_poll_params(PollParams {
+            max_ns: args.poll_max_ns,
+            ..PollParams::IOTHREAD
+        });
     }
     let options = FileOptions::new(&args.file)
         .direct(args.direct)

@@ -2,6 +2,12 @@
 //! operations whose completions are signalled on an eventfd (`IORING_REGISTER_EVENTFD`) that
 //! epoll watches. epoll's `data` is the fd; the eventfd is recognized by its number and never
 //! reported (a user fd can't share the number while the eventfd is open).
+//!
+//! The side ring may have a kernel submission thread (`AIO_URING_SQPOLL`, see
+//! [`super::sqpoll_from_env`]): only operations go through it, so the fd monitoring
+//! semantics (a zero-timeout wait reports an fd that is ready now) are epoll's, which a
+//! submission thread cannot delay. That is why SQPOLL lives here and not on the
+//! io_uring monitor's ring, whose fd polls would be armed on the thread's schedule.
 
 use std::collections::HashMap;
 use std::io;
@@ -44,7 +50,8 @@ enum Ctl {
 }
 
 impl EpollMonitor {
-    pub(super) fn new() -> io::Result<EpollMonitor> {
+    /// `sqpoll`: the side ring's submission thread idle time, in ms (`None`: no thread).
+    pub(super) fn new(sqpoll: Option<u32>) -> io::Result<EpollMonitor> {
         let mut monitor = EpollMonitor {
             side: None,
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
@@ -52,14 +59,23 @@ impl EpollMonitor {
             events: vec![EpollEvent::empty(); MAX_EVENTS],
         };
         // Without io_uring this is just a monitor that can't run operations.
-        monitor.side = monitor.side_ring().ok();
+        monitor.side = match (sqpoll, monitor.side_ring(sqpoll)) {
+            (Some(idle_ms), Err(e)) => {
+                tracing::warn!(
+                    "io_uring: no ring with a submission thread (SQPOLL, {idle_ms} ms idle): \
+                     {e}; operations are submitted by the event loop"
+                );
+                monitor.side_ring(None).ok()
+            }
+            (_, ring) => ring.ok(),
+        };
         Ok(monitor)
     }
 
-    fn side_ring(&self) -> io::Result<SideRing> {
+    fn side_ring(&self, sqpoll: Option<u32>) -> io::Result<SideRing> {
         // No DEFER_TASKRUN: the eventfd must mean "CQEs are on the CQ", and deferred task
         // work would only post them at an enter with GETEVENTS (see `uring`'s docs).
-        let ring = Ring::new(SIDE_RING_ENTRIES, 2 * SIDE_RING_ENTRIES, &[], false)?;
+        let ring = Ring::new(SIDE_RING_ENTRIES, 2 * SIDE_RING_ENTRIES, &[], false, sqpoll)?;
         let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         self.epoll.add(

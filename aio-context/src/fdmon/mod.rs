@@ -109,10 +109,32 @@ impl FdMonitor {
     /// io_uring if it works (ring creation, `IORING_FEAT_NODROP`, and `POLL_ADD`, `POLL_REMOVE`,
     /// `ASYNC_CANCEL` in the probe), else epoll. `AIO_FDMON=epoll` forces epoll,
     /// `AIO_FDMON=io_uring` forces io_uring (an error if unavailable); other values are an error.
+    /// `AIO_URING_SQPOLL=MS` ([`sqpoll_from_env`]) picks epoll with a submission thread
+    /// on its operations ring, and is an error with `AIO_FDMON=io_uring`.
     pub(crate) fn new() -> io::Result<FdMonitor> {
-        match backend_from_env(std::env::var_os("AIO_FDMON").as_deref())? {
-            Some(backend) => FdMonitor::with_backend(backend),
-            None => FdMonitor::with_backend(Backend::IoUring)
+        FdMonitor::choose(
+            backend_from_env(std::env::var_os("AIO_FDMON").as_deref())?,
+            sqpoll_from_env(std::env::var_os("AIO_URING_SQPOLL").as_deref())?,
+        )
+    }
+
+    /// [`FdMonitor::new`] for the settings `AIO_FDMON` (`None`: automatic) and
+    /// `AIO_URING_SQPOLL` (`None`: no submission thread) stand for.
+    pub(crate) fn choose(backend: Option<Backend>, sqpoll: Option<u32>) -> io::Result<FdMonitor> {
+        let epoll = |sqpoll| {
+            Ok(FdMonitor {
+                imp: Imp::Epoll(EpollMonitor::new(sqpoll)?),
+            })
+        };
+        match (backend, sqpoll) {
+            (Some(Backend::IoUring), Some(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "AIO_URING_SQPOLL needs the epoll fd monitor (AIO_FDMON=epoll or unset): \
+                 a ring that watches fds cannot have a submission thread",
+            )),
+            (_, Some(idle_ms)) => epoll(Some(idle_ms)),
+            (Some(backend), None) => FdMonitor::with_backend(backend),
+            (None, None) => FdMonitor::with_backend(Backend::IoUring)
                 .or_else(|_| FdMonitor::with_backend(Backend::Epoll)),
         }
     }
@@ -121,7 +143,7 @@ impl FdMonitor {
     pub(crate) fn with_backend(backend: Backend) -> io::Result<FdMonitor> {
         let imp = match backend {
             Backend::IoUring => Imp::Uring(UringMonitor::new()?),
-            Backend::Epoll => Imp::Epoll(EpollMonitor::new()?),
+            Backend::Epoll => Imp::Epoll(EpollMonitor::new(None)?),
         };
         Ok(FdMonitor { imp })
     }
@@ -311,6 +333,21 @@ impl FdMonitor {
             Imp::Uring(m) => m.ring().in_flight(),
             Imp::Epoll(m) => m.ring().map_or(0, Ring::in_flight),
         }
+    }
+}
+
+/// Parses `AIO_URING_SQPOLL`: the idle time in milliseconds after which the operations
+/// ring's kernel submission thread (`IORING_SETUP_SQPOLL`) sleeps; `None` (unset, empty,
+/// `off`) means no thread. For hosts with a core to spare: the thread spins on the SQ for
+/// that long after each submission, so the event loop submits without a syscall.
+pub(crate) fn sqpoll_from_env(value: Option<&OsStr>) -> io::Result<Option<u32>> {
+    match value.map(|v| v.to_str()) {
+        None | Some(Some("" | "off")) => Ok(None),
+        Some(Some(ms)) if ms.parse::<u32>().is_ok() => Ok(ms.parse().ok()),
+        Some(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("AIO_URING_SQPOLL must be an idle time in ms or `off`, not {value:?}"),
+        )),
     }
 }
 

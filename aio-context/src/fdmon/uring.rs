@@ -120,9 +120,12 @@ impl Setup {
         Setup::Plain,
     ];
 
-    fn build(self, sq: u32, cq: u32) -> io::Result<IoUring> {
+    fn build(self, sq: u32, cq: u32, sqpoll: Option<u32>) -> io::Result<IoUring> {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(cq);
+        if let Some(idle_ms) = sqpoll {
+            builder.setup_sqpoll(idle_ms);
+        }
         if self != Setup::Plain {
             builder.setup_submit_all();
         }
@@ -153,14 +156,26 @@ impl Ring {
     /// `io_uring_enter` can't time out by itself, `IORING_OP_TIMEOUT`; with `DEFER_TASKRUN` if
     /// `defer_taskrun` and the kernel has it. Must be called on the thread that will use it
     /// (`SINGLE_ISSUER` binds the ring to it).
-    pub(super) fn new(sq: u32, cq: u32, extra: &[u8], defer_taskrun: bool) -> io::Result<Ring> {
+    ///
+    /// `sqpoll: Some(idle_ms)` gives the ring a kernel submission thread
+    /// (`IORING_SETUP_SQPOLL`) that sleeps after `idle_ms` without work: submitting is
+    /// then a store to the SQ (no syscall while the thread is awake). The kernel refuses
+    /// the task-work flags with it, so such a ring gets `SUBMIT_ALL` only. Not for a ring
+    /// that watches fds (see `epoll`'s side ring).
+    pub(super) fn new(
+        sq: u32,
+        cq: u32,
+        extra: &[u8],
+        defer_taskrun: bool,
+        sqpoll: Option<u32>,
+    ) -> io::Result<Ring> {
         let mut refused = None;
         let mut built = None;
         for setup in Setup::ALL {
             if setup == Setup::Defer && !defer_taskrun {
                 continue;
             }
-            match setup.build(sq, cq) {
+            match setup.build(sq, cq, sqpoll) {
                 // A flag this kernel does not know: try with fewer.
                 Err(e) if is_errno(&e, libc::EINVAL) => refused = Some(e),
                 Err(e) => return Err(e),
@@ -295,7 +310,10 @@ impl Ring {
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
-            if self.submit()? == 0 {
+            // Nothing taken and still full: the kernel refuses more for now. (With a
+            // submission thread, `submit` takes nothing when the thread emptied the SQ
+            // in the meantime: then the push is retried.)
+            if self.submit()? == 0 && self.ring.submission().is_full() {
                 return Err(io::Error::from_raw_os_error(libc::EBUSY));
             }
         }
@@ -558,7 +576,7 @@ impl UringMonitor {
     fn with_sizes(sq: u32, cq: u32) -> io::Result<UringMonitor> {
         let polls = [opcode::PollAdd::CODE, opcode::PollRemove::CODE];
         Ok(UringMonitor {
-            ring: Ring::new(sq, cq, &polls, defer_taskrun_allowed())?,
+            ring: Ring::new(sq, cq, &polls, defer_taskrun_allowed(), None)?,
             regs: Slab::new(),
             by_fd: HashMap::new(),
             to_arm: Vec::new(),
@@ -770,7 +788,7 @@ mod tests {
         if !m.ring.defers_task_work() {
             super::super::tests::skip("DEFER_TASKRUN: refused by this kernel or turned off");
         }
-        let side = Ring::new(8, 16, &[], false).unwrap();
+        let side = Ring::new(8, 16, &[], false, None).unwrap();
         assert!(!side.defers_task_work());
     }
 
