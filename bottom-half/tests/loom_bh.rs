@@ -155,3 +155,44 @@ fn deleted_bh_never_runs() {
         assert_eq!(runs.load(Ordering::Relaxed), 0, "a deleted BH ran");
     });
 }
+
+/// One-shots from two threads while the owner dispatches (their own path through
+/// `poll`: born queued, no handle, no flag updates): each closure runs exactly once, on
+/// the owner, sees what its scheduler wrote before scheduling, and is freed.
+#[test]
+fn oneshots_from_other_threads_run_once_and_are_freed() {
+    loom::model(|| {
+        let list = BhList::new(|| {});
+        let runs = Arc::new(AtomicUsize::new(0));
+        let witness = Arc::new(());
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let scheduler = list.scheduler();
+                let (r, w) = (runs.clone(), witness.clone());
+                thread::spawn(move || {
+                    let data = Arc::new(AtomicUsize::new(0));
+                    // Written before the schedule: the callback must see it.
+                    data.store(7, Ordering::Relaxed);
+                    scheduler.schedule_oneshot(move || {
+                        let _keep = &w;
+                        assert_eq!(data.load(Ordering::Relaxed), 7);
+                        r.fetch_add(1, Ordering::Relaxed);
+                    });
+                })
+            })
+            .collect();
+        list.poll();
+        for p in producers {
+            p.join().unwrap();
+        }
+        list.poll();
+        list.poll();
+        assert_eq!(runs.load(Ordering::Relaxed), 2, "each one-shot ran once");
+        assert_eq!(
+            Arc::strong_count(&witness),
+            1,
+            "the one-shot closures were freed"
+        );
+        drop(list);
+    });
+}
