@@ -56,7 +56,7 @@ impl Mode {
     /// The fence of [`Mode::Fences`], out of line: readers take it only where the
     /// kernel lacks `membarrier(2)`, and keeping it off the straight-line path saves
     /// the memb read side two taken jumps per section (1.6x liburcu-memb's time per
-    /// section before, 0.85x after; block-free `read_pair` bench).
+    /// section before, 0.85x after: `read_pair` bench, DESIGN.md "Code layout").
     #[cold]
     #[inline(never)]
     fn light_fence() {

@@ -121,18 +121,15 @@ impl FdMonitor {
     /// [`FdMonitor::new`] for the settings `AIO_FDMON` (`None`: automatic) and
     /// `AIO_URING_SQPOLL` (`None`: no submission thread) stand for.
     pub(crate) fn choose(backend: Option<Backend>, sqpoll: Option<u32>) -> io::Result<FdMonitor> {
-        let epoll = |sqpoll| {
-            Ok(FdMonitor {
-                imp: Imp::Epoll(EpollMonitor::new(sqpoll)?),
-            })
-        };
         match (backend, sqpoll) {
             (Some(Backend::IoUring), Some(_)) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "AIO_URING_SQPOLL needs the epoll fd monitor (AIO_FDMON=epoll or unset): \
                  a ring that watches fds cannot have a submission thread",
             )),
-            (_, Some(idle_ms)) => epoll(Some(idle_ms)),
+            (_, Some(idle_ms)) => Ok(FdMonitor {
+                imp: Imp::Epoll(EpollMonitor::new(Some(idle_ms))?),
+            }),
             (Some(backend), None) => FdMonitor::with_backend(backend),
             (None, None) => FdMonitor::with_backend(Backend::IoUring)
                 .or_else(|_| FdMonitor::with_backend(Backend::Epoll)),
@@ -343,11 +340,12 @@ impl FdMonitor {
 pub(crate) fn sqpoll_from_env(value: Option<&OsStr>) -> io::Result<Option<u32>> {
     match value.map(|v| v.to_str()) {
         None | Some(Some("" | "off")) => Ok(None),
-        Some(Some(ms)) if ms.parse::<u32>().is_ok() => Ok(ms.parse().ok()),
-        Some(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("AIO_URING_SQPOLL must be an idle time in ms or `off`, not {value:?}"),
-        )),
+        Some(ms) => ms.and_then(|ms| ms.parse().ok()).map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("AIO_URING_SQPOLL must be an idle time in ms or `off`, not {value:?}"),
+            )
+        }),
     }
 }
 
